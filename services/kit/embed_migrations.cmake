@@ -1,0 +1,13 @@
+# Writes OUT, a C++ file defining isorun::EmbeddedMigrations() from the .sql files in DIR.
+file(GLOB files "${DIR}/[0-9][0-9][0-9][0-9]_*.sql")
+list(SORT files)
+set(body "")
+foreach(f ${files})
+  get_filename_component(name ${f} NAME)
+  string(SUBSTRING ${name} 0 4 version)
+  math(EXPR version "${version}")
+  file(READ ${f} sql)
+  string(APPEND body "      {${version}, \"${name}\", R\"isorun_sql(${sql})isorun_sql\"},\n")
+endforeach()
+file(WRITE "${OUT}.tmp" "// Generated from migrations/*.sql. Do not edit.\n#include \"services/kit/migrate.h\"\n\nnamespace isorun {\nconst std::vector<Migration>& EmbeddedMigrations() {\n  static const std::vector<Migration> kAll = {\n${body}  };\n  return kAll;\n}\n}  // namespace isorun\n")
+file(COPY_FILE "${OUT}.tmp" "${OUT}" ONLY_IF_DIFFERENT)

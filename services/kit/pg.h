@@ -1,0 +1,77 @@
+#pragma once
+
+// A small PostgreSQL connection pool on libpqxx 6.x.
+//
+// Statements are named and prepared once per connection: a repository registers its statements
+// with Prepare() before the first query and runs them with `tx.exec_prepared(name, ...)`.
+// libpqxx exceptions stop here: Transact() turns them into absl::Status (unique violation ->
+// ALREADY_EXISTS, broken connection -> UNAVAILABLE after one retry on a fresh connection,
+// serialization failure and deadlock -> retried). Thread-safe; callers block while they wait for a
+// connection, so call it from threads that may block (the sync gRPC pool, background loops).
+
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <pqxx/pqxx>
+
+#include "absl/status/status.h"
+
+namespace isorun {
+
+enum class Durability {
+  // COMMIT waits for the WAL flush (the default).
+  kSync,
+  // COMMIT returns before the WAL flush. Only for steps whose loss on a Postgres crash is repaired
+  // by a reconciler: WAL is flushed in order, so the next durable commit makes them durable too.
+  kAsync,
+};
+
+class PgPool {
+ public:
+  PgPool(std::string url, int max_connections);
+  ~PgPool();
+  PgPool(const PgPool&) = delete;
+  PgPool& operator=(const PgPool&) = delete;
+
+  // Registers a named statement. Call before the first query (not thread-safe with queries).
+  void Prepare(std::string name, std::string sql);
+
+  // Runs `fn` in a transaction and commits. `fn` may run more than once (on retry), so it must
+  // only touch its own outputs. A non-OK status returned by `fn` rolls back and is returned.
+  absl::Status Transact(const std::function<absl::Status(pqxx::work&)>& fn,
+                        Durability durability = Durability::kSync);
+
+  // Opens a dedicated (unpooled) connection, e.g. for LISTEN.
+  std::unique_ptr<pqxx::connection> OpenDedicated();
+
+  const std::string& url() const { return url_; }
+
+ private:
+  std::unique_ptr<pqxx::connection> Acquire();
+  void Return(std::unique_ptr<pqxx::connection> conn);
+  std::unique_ptr<pqxx::connection> Connect();
+
+  const std::string url_;
+  const int max_connections_;
+  std::vector<std::pair<std::string, std::string>> statements_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::unique_ptr<pqxx::connection>> idle_;  // guarded by mu_
+  int open_ = 0;                                          // guarded by mu_
+};
+
+// Maps a libpqxx (or std) exception to a status. Used by Transact and by code that talks to
+// Postgres directly (isorunctl, LISTEN loops).
+absl::Status StatusFromPgException(const std::exception& e);
+
+// Fails with FAILED_PRECONDITION unless migration `version` (or a later one) has been applied:
+// services refuse to start on an older schema.
+absl::Status RequireSchemaVersion(PgPool& pool, int version);
+
+}  // namespace isorun

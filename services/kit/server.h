@@ -1,0 +1,51 @@
+#pragma once
+
+// Process bootstrap shared by the services: a gRPC server with the health checking service and
+// reflection, a Prometheus /metrics endpoint, and an orderly shutdown on SIGINT/SIGTERM.
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+
+namespace isorun {
+
+struct GrpcServer {
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;  // the bound port (useful with port 0)
+};
+
+// Builds and starts a server on `address` ("host:port", port 0 picks one) serving `services`,
+// plus grpc.health.v1.Health (all SERVING) and server reflection.
+absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
+                                           const std::vector<grpc::Service*>& services,
+                                           int max_threads = 64);
+
+// The metrics registry of this process and its HTTP listener.
+class Metrics {
+ public:
+  // `address` "host:port"; empty means no listener (metrics still collected).
+  explicit Metrics(const std::string& address);
+  prometheus::Registry& registry() { return *registry_; }
+  // The bound port, 0 when there is no listener.
+  int port() const;
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+};
+
+// Blocks until SIGINT or SIGTERM arrives (the signals are blocked in every thread by
+// BlockShutdownSignals(), which must run before any thread starts).
+void BlockShutdownSignals();
+int WaitForShutdownSignal();
+
+// A client channel with sane defaults (keepalive, no proxies).
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address);
+
+}  // namespace isorun
