@@ -8,8 +8,10 @@
 
 namespace isorun {
 
-PgPool::PgPool(std::string url, int max_connections)
-    : url_(std::move(url)), max_connections_(max_connections) {}
+PgPool::PgPool(std::string url, int max_connections, Durability default_durability)
+    : url_(std::move(url)),
+      max_connections_(max_connections),
+      default_durability_(default_durability) {}
 
 PgPool::~PgPool() = default;
 
@@ -19,6 +21,10 @@ void PgPool::Prepare(std::string name, std::string sql) {
 
 std::unique_ptr<pqxx::connection> PgPool::Connect() {
   auto conn = std::make_unique<pqxx::connection>(url_);
+  if (default_durability_ == Durability::kAsync) {
+    pqxx::nontransaction nt(*conn);
+    nt.exec0("SET synchronous_commit TO OFF");
+  }
   for (const auto& [name, sql] : statements_) conn->prepare(name, sql);
   return conn;
 }
@@ -59,7 +65,7 @@ void PgPool::Return(std::unique_ptr<pqxx::connection> conn) {
 }
 
 absl::Status PgPool::Transact(const std::function<absl::Status(pqxx::work&)>& fn,
-                              Durability durability) {
+                              std::optional<Durability> durability) {
   constexpr int kAttempts = 4;
   absl::Status last;
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
@@ -74,7 +80,11 @@ absl::Status PgPool::Transact(const std::function<absl::Status(pqxx::work&)>& fn
     bool retry = false;
     try {
       pqxx::work tx(*conn);
-      if (durability == Durability::kAsync) tx.exec0("SET LOCAL synchronous_commit TO OFF");
+      // The session default is set at connect; only a different choice costs a round trip.
+      if (durability && *durability != default_durability_) {
+        tx.exec0(*durability == Durability::kAsync ? "SET LOCAL synchronous_commit TO OFF"
+                                                   : "SET LOCAL synchronous_commit TO ON");
+      }
       absl::Status status = fn(tx);
       if (status.ok()) {
         tx.commit();

@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -33,7 +34,8 @@ enum class Durability {
 
 class PgPool {
  public:
-  PgPool(std::string url, int max_connections);
+  // `default_durability` applies to Transact() calls that do not choose one.
+  PgPool(std::string url, int max_connections, Durability default_durability = Durability::kSync);
   ~PgPool();
   PgPool(const PgPool&) = delete;
   PgPool& operator=(const PgPool&) = delete;
@@ -44,7 +46,7 @@ class PgPool {
   // Runs `fn` in a transaction and commits. `fn` may run more than once (on retry), so it must
   // only touch its own outputs. A non-OK status returned by `fn` rolls back and is returned.
   absl::Status Transact(const std::function<absl::Status(pqxx::work&)>& fn,
-                        Durability durability = Durability::kSync);
+                        std::optional<Durability> durability = std::nullopt);
 
   // Opens a dedicated (unpooled) connection, e.g. for LISTEN.
   std::unique_ptr<pqxx::connection> OpenDedicated();
@@ -58,6 +60,7 @@ class PgPool {
 
   const std::string url_;
   const int max_connections_;
+  const Durability default_durability_;
   std::vector<std::pair<std::string, std::string>> statements_;
 
   std::mutex mu_;

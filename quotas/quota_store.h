@@ -1,0 +1,58 @@
+#pragma once
+
+// Admission of concurrent sandboxes, on Postgres (schema `quota`).
+//
+// Exactness: Admit inserts a reservation keyed by sandbox id and increments the tenant's usage row
+// with `UPDATE ... WHERE active < max_concurrent` in one transaction. The row lock serializes
+// admissions of one tenant and Postgres re-checks the condition after waiting for it, so no
+// interleaving admits past the limit; the reservation's primary key makes a retried Admit or Release
+// a no-op. `usage.active` always equals the tenant's reservation count.
+//
+// Durability: these transactions commit asynchronously. The lifecycle service's RUNNING transition
+// commits synchronously in the same Postgres cluster after Admit returns, and WAL is flushed in
+// order, so an admission is durable before its sandbox is acknowledged; one lost in a crash belongs
+// to a create that was never acknowledged, and the reconciler repairs it.
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "services/kit/pg.h"
+
+namespace isorun::quota {
+
+struct TenantLimits {
+  int max_concurrent = 0;
+  double creates_per_sec = 0;
+  double requests_per_sec = 0;
+};
+
+struct AdmitResult {
+  int active = 0;
+  int limit = 0;
+  bool already_admitted = false;
+};
+
+struct UsageInfo {
+  int active = 0;
+  TenantLimits limits;
+};
+
+class QuotaStore {
+ public:
+  // Registers its statements on `pool`; construct before the pool's first query.
+  explicit QuotaStore(PgPool& pool);
+
+  // RESOURCE_EXHAUSTED (reason CONCURRENT_SANDBOX_LIMIT, with limit, current, retry-after) when the
+  // tenant is at its limit; NOT_FOUND when the tenant has no limits row.
+  absl::StatusOr<AdmitResult> Admit(const std::string& tenant_id, const std::string& sandbox_id);
+
+  // True when a reservation was released, false when there was none.
+  absl::StatusOr<bool> Release(const std::string& sandbox_id);
+
+  absl::StatusOr<UsageInfo> GetUsage(const std::string& tenant_id);
+
+ private:
+  PgPool& pool_;
+};
+
+}  // namespace isorun::quota

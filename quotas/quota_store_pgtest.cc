@@ -1,0 +1,118 @@
+#include "quotas/quota_store.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "services/kit/status.h"
+#include "tests/support/test_database.h"
+
+namespace isorun::quota {
+namespace {
+
+std::string CreateTenant(const testing::TestDatabase& db, const std::string& name, int limit) {
+  return db.Scalar(
+      "WITH t AS (INSERT INTO accounts.tenants (name) VALUES ('" + name + "') RETURNING id), "
+      "l AS (INSERT INTO quota.limits (tenant_id, max_concurrent) SELECT id, " +
+      std::to_string(limit) +
+      " FROM t RETURNING tenant_id), "
+      "u AS (INSERT INTO quota.usage (tenant_id) SELECT tenant_id FROM l RETURNING tenant_id) "
+      "SELECT tenant_id FROM u");
+}
+
+TEST(QuotaStore, ExactlyLimitWinsWhenFiftyRaceForFive) {
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 20, Durability::kAsync);
+  QuotaStore store(pool);
+  std::string tenant = CreateTenant(db, "racer", 5);
+  std::atomic<int> admitted{0}, refused{0}, other{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 50; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = store.Admit(tenant, "sbx_" + std::to_string(i));
+      if (r.ok()) {
+        ++admitted;
+      } else if (r.status().code() == absl::StatusCode::kResourceExhausted) {
+        ++refused;
+      } else {
+        ++other;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(admitted, 5);
+  EXPECT_EQ(refused, 45);
+  EXPECT_EQ(other, 0);
+  EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'"), "5");
+  EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), "5");
+}
+
+TEST(QuotaStore, RefusalCarriesLimitCurrentAndRetryAfter) {
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 2);
+  QuotaStore store(pool);
+  std::string tenant = CreateTenant(db, "small", 1);
+  ASSERT_TRUE(store.Admit(tenant, "a").ok());
+  auto r = store.Admit(tenant, "b");
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  auto detail = ErrorDetailOf(r.status());
+  ASSERT_TRUE(detail.has_value());
+  EXPECT_EQ(detail->reason(), "CONCURRENT_SANDBOX_LIMIT");
+  EXPECT_EQ(detail->limit(), 1);
+  EXPECT_EQ(detail->current(), 1);
+  EXPECT_GE(detail->retry_after_sec(), 1);
+  EXPECT_NE(r.status().message().find("1 of 1"), std::string::npos);
+  // The refused admission left nothing behind.
+  EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), "1");
+}
+
+TEST(QuotaStore, AdmitAndReleaseAreIdempotent) {
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 2);
+  QuotaStore store(pool);
+  std::string tenant = CreateTenant(db, "idem", 2);
+  auto first = store.Admit(tenant, "a");
+  ASSERT_TRUE(first.ok());
+  EXPECT_FALSE(first->already_admitted);
+  auto again = store.Admit(tenant, "a");
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->already_admitted);
+  EXPECT_EQ(again->active, 1);
+  auto released = store.Release("a");
+  ASSERT_TRUE(released.ok());
+  EXPECT_TRUE(*released);
+  released = store.Release("a");
+  ASSERT_TRUE(released.ok());
+  EXPECT_FALSE(*released);
+  auto usage = store.GetUsage(tenant);
+  ASSERT_TRUE(usage.ok());
+  EXPECT_EQ(usage->active, 0);
+  EXPECT_EQ(usage->limits.max_concurrent, 2);
+}
+
+TEST(QuotaStore, SlotIsFreeRightAfterRelease) {
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 2, Durability::kAsync);
+  QuotaStore store(pool);
+  std::string tenant = CreateTenant(db, "cycle", 1);
+  for (int i = 0; i < 20; ++i) {
+    std::string id = "s" + std::to_string(i);
+    ASSERT_TRUE(store.Admit(tenant, id).ok()) << i;
+    ASSERT_TRUE(store.Release(id).ok());
+  }
+}
+
+TEST(QuotaStore, BadTenantIdsAreAnsweredNotCrashed) {
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 2);
+  QuotaStore store(pool);
+  EXPECT_EQ(store.Admit("not-a-uuid", "x").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store.Admit("00000000-0000-0000-0000-000000000000", "x").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), "0");
+}
+
+}  // namespace
+}  // namespace isorun::quota
