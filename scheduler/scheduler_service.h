@@ -1,0 +1,39 @@
+#pragma once
+
+// gRPC adapter of isorun.v1.Scheduler over Fleet.
+
+#include "isorun/v1/scheduler.grpc.pb.h"
+#include "prometheus/counter.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "scheduler/fleet.h"
+
+namespace isorun::scheduler {
+
+class SchedulerService final : public v1::Scheduler::Service {
+ public:
+  SchedulerService(Fleet& fleet, prometheus::Registry& registry, int heartbeat_interval_ms);
+
+  grpc::Status RegisterRunner(grpc::ServerContext*, const v1::RegisterRunnerRequest*,
+                              v1::RegisterRunnerResponse*) override;
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*,
+                         v1::HeartbeatResponse*) override;
+  grpc::Status Place(grpc::ServerContext*, const v1::PlaceRequest*, v1::Placement*) override;
+  grpc::Status ReleasePlacement(grpc::ServerContext*, const v1::ReleasePlacementRequest*,
+                                v1::ReleasePlacementResponse*) override;
+  grpc::Status GetPlacement(grpc::ServerContext*, const v1::GetPlacementRequest*,
+                            v1::Placement*) override;
+  grpc::Status ListRunners(grpc::ServerContext*, const v1::ListRunnersRequest*,
+                           v1::ListRunnersResponse*) override;
+
+ private:
+  Fleet& fleet_;
+  const int heartbeat_interval_ms_;
+  prometheus::Family<prometheus::Counter>& placements_;
+  prometheus::Counter& warm_;
+  prometheus::Counter& cold_;
+  prometheus::Counter& no_capacity_;
+  prometheus::Histogram& latency_;
+};
+
+}  // namespace isorun::scheduler
