@@ -1,0 +1,43 @@
+#include "services/runner/runner_service.h"
+
+#include "services/kit/status.h"
+
+namespace isorun::runner {
+
+grpc::Status RunnerService::StartSandbox(grpc::ServerContext*,
+                                         const v1::StartSandboxRequest* req,
+                                         v1::StartSandboxResponse* resp) {
+  if (req->sandbox_id().empty() || req->image().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sandbox id and image are required");
+  }
+  auto result = driver_.Start(*req);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  resp->set_image_digest(result->image_digest);
+  resp->set_warm(result->warm);
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::StopSandbox(grpc::ServerContext*, const v1::StopSandboxRequest* req,
+                                        v1::StopSandboxResponse* resp) {
+  auto existed = driver_.Stop(req->sandbox_id());
+  if (!existed.ok()) return ToGrpcStatus(existed.status());
+  resp->set_existed(*existed);
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::ListSandboxes(grpc::ServerContext*,
+                                          const v1::ListRunnerSandboxesRequest*,
+                                          v1::ListRunnerSandboxesResponse* resp) {
+  for (auto& id : driver_.Sandboxes()) resp->add_sandbox_ids(std::move(id));
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::Exec(grpc::ServerContext*, const v1::RunnerExecRequest* req,
+                                 v1::ExecResponse* resp) {
+  auto result = driver_.Exec(req->sandbox_id(), req->exec());
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *resp = std::move(*result);
+  return grpc::Status::OK;
+}
+
+}  // namespace isorun::runner

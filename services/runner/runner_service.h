@@ -1,0 +1,27 @@
+#pragma once
+
+// gRPC adapter of isorun.v1.Runner over a Driver.
+
+#include "isorun/v1/runner.grpc.pb.h"
+#include "services/runner/driver.h"
+
+namespace isorun::runner {
+
+class RunnerService final : public v1::Runner::Service {
+ public:
+  explicit RunnerService(Driver& driver) : driver_(driver) {}
+
+  grpc::Status StartSandbox(grpc::ServerContext*, const v1::StartSandboxRequest*,
+                            v1::StartSandboxResponse*) override;
+  grpc::Status StopSandbox(grpc::ServerContext*, const v1::StopSandboxRequest*,
+                           v1::StopSandboxResponse*) override;
+  grpc::Status ListSandboxes(grpc::ServerContext*, const v1::ListRunnerSandboxesRequest*,
+                             v1::ListRunnerSandboxesResponse*) override;
+  grpc::Status Exec(grpc::ServerContext*, const v1::RunnerExecRequest*,
+                    v1::ExecResponse*) override;
+
+ private:
+  Driver& driver_;
+};
+
+}  // namespace isorun::runner
