@@ -30,6 +30,9 @@ class Driver {
   virtual absl::StatusOr<StartResult> Start(const v1::StartSandboxRequest& request) = 0;
   // Returns whether the sandbox existed.
   virtual absl::StatusOr<bool> Stop(const std::string& sandbox_id) = 0;
+  // Freeze and thaw every process of a sandbox. NOT_FOUND for an unknown sandbox; idempotent.
+  virtual absl::Status Pause(const std::string& sandbox_id) = 0;
+  virtual absl::Status Unpause(const std::string& sandbox_id) = 0;
   virtual std::vector<std::string> Sandboxes() = 0;
   virtual std::vector<CachedImageInfo> Images() = 0;
   virtual absl::StatusOr<v1::ExecResponse> Exec(const std::string& sandbox_id,

@@ -25,6 +25,17 @@ grpc::Status RunnerService::StopSandbox(grpc::ServerContext*, const v1::StopSand
   return grpc::Status::OK;
 }
 
+grpc::Status RunnerService::PauseSandbox(grpc::ServerContext*, const v1::PauseSandboxRequest* req,
+                                         v1::PauseSandboxResponse*) {
+  return ToGrpcStatus(driver_.Pause(req->sandbox_id()));
+}
+
+grpc::Status RunnerService::UnpauseSandbox(grpc::ServerContext*,
+                                           const v1::UnpauseSandboxRequest* req,
+                                           v1::UnpauseSandboxResponse*) {
+  return ToGrpcStatus(driver_.Unpause(req->sandbox_id()));
+}
+
 grpc::Status RunnerService::ListSandboxes(grpc::ServerContext*,
                                           const v1::ListRunnerSandboxesRequest*,
                                           v1::ListRunnerSandboxesResponse* resp) {

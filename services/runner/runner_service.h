@@ -15,6 +15,10 @@ class RunnerService final : public v1::Runner::Service {
                             v1::StartSandboxResponse*) override;
   grpc::Status StopSandbox(grpc::ServerContext*, const v1::StopSandboxRequest*,
                            v1::StopSandboxResponse*) override;
+  grpc::Status PauseSandbox(grpc::ServerContext*, const v1::PauseSandboxRequest*,
+                            v1::PauseSandboxResponse*) override;
+  grpc::Status UnpauseSandbox(grpc::ServerContext*, const v1::UnpauseSandboxRequest*,
+                              v1::UnpauseSandboxResponse*) override;
   grpc::Status ListSandboxes(grpc::ServerContext*, const v1::ListRunnerSandboxesRequest*,
                              v1::ListRunnerSandboxesResponse*) override;
   grpc::Status Exec(grpc::ServerContext*, const v1::RunnerExecRequest*,

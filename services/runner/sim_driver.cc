@@ -34,7 +34,31 @@ absl::StatusOr<StartResult> SimDriver::Start(const v1::StartSandboxRequest& requ
 
 absl::StatusOr<bool> SimDriver::Stop(const std::string& sandbox_id) {
   absl::MutexLock lock(&mu_);
+  paused_.erase(sandbox_id);
   return sandboxes_.erase(sandbox_id) > 0;
+}
+
+absl::Status SimDriver::Pause(const std::string& sandbox_id) {
+  absl::MutexLock lock(&mu_);
+  if (sandboxes_.count(sandbox_id) == 0) {
+    return absl::NotFoundError(absl::StrCat("no sandbox ", sandbox_id, " on this runner"));
+  }
+  paused_.insert(sandbox_id);
+  return absl::OkStatus();
+}
+
+absl::Status SimDriver::Unpause(const std::string& sandbox_id) {
+  absl::MutexLock lock(&mu_);
+  if (sandboxes_.count(sandbox_id) == 0) {
+    return absl::NotFoundError(absl::StrCat("no sandbox ", sandbox_id, " on this runner"));
+  }
+  paused_.erase(sandbox_id);
+  return absl::OkStatus();
+}
+
+bool SimDriver::IsPaused(const std::string& sandbox_id) {
+  absl::MutexLock lock(&mu_);
+  return paused_.count(sandbox_id) > 0;
 }
 
 std::vector<std::string> SimDriver::Sandboxes() {

@@ -27,7 +27,10 @@ class SimDriver final : public Driver {
 
   absl::StatusOr<StartResult> Start(const v1::StartSandboxRequest& request) override;
   absl::StatusOr<bool> Stop(const std::string& sandbox_id) override;
+  absl::Status Pause(const std::string& sandbox_id) override;
+  absl::Status Unpause(const std::string& sandbox_id) override;
   std::vector<std::string> Sandboxes() override;
+  bool IsPaused(const std::string& sandbox_id);
   std::vector<CachedImageInfo> Images() override;
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& sandbox_id,
                                         const v1::ExecRequest& request) override;
@@ -37,6 +40,7 @@ class SimDriver final : public Driver {
   absl::Mutex mu_;
   std::map<std::string, std::string> sandboxes_ ABSL_GUARDED_BY(mu_);  // id -> image
   std::set<std::string> images_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> paused_ ABSL_GUARDED_BY(mu_);
 };
 
 // A made-up but stable digest for an image reference.

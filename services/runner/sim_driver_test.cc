@@ -46,6 +46,17 @@ TEST(SimDriver, InjectedFailuresLeaveNothing) {
   EXPECT_TRUE(driver.Images().empty());
 }
 
+TEST(SimDriver, PauseAndUnpause) {
+  SimDriver driver;
+  ASSERT_TRUE(driver.Start(Start("a", "img:1")).ok());
+  ASSERT_TRUE(driver.Pause("a").ok());
+  EXPECT_TRUE(driver.IsPaused("a"));
+  ASSERT_TRUE(driver.Pause("a").ok());
+  ASSERT_TRUE(driver.Unpause("a").ok());
+  EXPECT_FALSE(driver.IsPaused("a"));
+  EXPECT_EQ(driver.Pause("nope").code(), absl::StatusCode::kNotFound);
+}
+
 TEST(SimDriver, DigestPinnedImagesKeepTheirDigest) {
   std::string digest = "sha256:" + std::string(64, 'a');
   EXPECT_EQ(SimulatedDigest("busybox@" + digest), digest);
