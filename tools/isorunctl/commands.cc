@@ -24,10 +24,19 @@ absl::Status WithDb(const std::string& url, const std::function<absl::Status(pqx
     pqxx::connection conn(url);
     return fn(conn);
   } catch (const std::exception& e) {
+    // libpq's messages span lines ("...failed: Connection refused\n\tIs the server running");
+    // an error here is one line.
     absl::Status status = StatusFromPgException(e);
-    std::string message(status.message());
-    while (!message.empty() && std::isspace(static_cast<unsigned char>(message.back()))) {
-      message.pop_back();
+    std::string message;
+    bool space = false;
+    for (char c : status.message()) {
+      if (std::isspace(static_cast<unsigned char>(c))) {
+        space = true;
+        continue;
+      }
+      if (space && !message.empty()) message += ' ';
+      space = false;
+      message += c;
     }
     return absl::Status(status.code(), message);
   }
