@@ -1,0 +1,144 @@
+#include "services/lifecycle/backends.h"
+
+#include <grpcpp/client_context.h>
+
+#include "absl/strings/str_cat.h"
+#include "services/kit/server.h"
+#include "services/kit/status.h"
+
+namespace isorun::lifecycle {
+namespace {
+
+void SetDeadline(grpc::ClientContext& ctx, absl::Duration d) {
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::microseconds(absl::ToInt64Microseconds(d)));
+}
+
+// Names the callee in errors that did not come from its domain (unreachable, deadline).
+absl::Status Wrap(const grpc::Status& s, const char* who) {
+  absl::Status status = FromGrpcStatus(s);
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+      s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    return absl::Status(status.code(), absl::StrCat(who, ": ", std::string(status.message())));
+  }
+  return status;
+}
+
+}  // namespace
+
+GrpcBackends::GrpcBackends(std::shared_ptr<grpc::Channel> quota,
+                           std::shared_ptr<grpc::Channel> scheduler, BackendDeadlines deadlines)
+    : quota_(v1::Quotas::NewStub(quota)),
+      scheduler_(v1::Scheduler::NewStub(scheduler)),
+      deadlines_(deadlines) {}
+
+v1::Runner::Stub& GrpcBackends::RunnerAt(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  auto& stub = runners_[address];
+  if (!stub) stub = v1::Runner::NewStub(MakeChannel(address));
+  return *stub;
+}
+
+absl::Status GrpcBackends::Admit(const std::string& tenant_id, const std::string& sandbox_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.quota);
+  v1::AdmitRequest req;
+  req.set_tenant_id(tenant_id);
+  req.set_sandbox_id(sandbox_id);
+  v1::AdmitResponse resp;
+  return Wrap(quota_->Admit(&ctx, req, &resp), "quota service");
+}
+
+absl::Status GrpcBackends::Release(const std::string& tenant_id, const std::string& sandbox_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.quota);
+  v1::ReleaseRequest req;
+  req.set_tenant_id(tenant_id);
+  req.set_sandbox_id(sandbox_id);
+  v1::ReleaseResponse resp;
+  return Wrap(quota_->Release(&ctx, req, &resp), "quota service");
+}
+
+absl::StatusOr<v1::Usage> GrpcBackends::GetUsage(const std::string& tenant_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.quota);
+  v1::GetUsageRequest req;
+  req.set_tenant_id(tenant_id);
+  v1::Usage resp;
+  grpc::Status s = quota_->GetUsage(&ctx, req, &resp);
+  if (!s.ok()) return Wrap(s, "quota service");
+  return resp;
+}
+
+absl::StatusOr<v1::Placement> GrpcBackends::Place(const v1::PlaceRequest& request) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.scheduler);
+  v1::Placement resp;
+  grpc::Status s = scheduler_->Place(&ctx, request, &resp);
+  if (!s.ok()) return Wrap(s, "scheduler");
+  return resp;
+}
+
+absl::Status GrpcBackends::ReleasePlacement(const std::string& sandbox_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.scheduler);
+  v1::ReleasePlacementRequest req;
+  req.set_sandbox_id(sandbox_id);
+  v1::ReleasePlacementResponse resp;
+  return Wrap(scheduler_->ReleasePlacement(&ctx, req, &resp), "scheduler");
+}
+
+absl::StatusOr<v1::StartSandboxResponse> GrpcBackends::Start(
+    const std::string& address, const v1::StartSandboxRequest& request) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.start);
+  v1::StartSandboxResponse resp;
+  grpc::Status s = RunnerAt(address).StartSandbox(&ctx, request, &resp);
+  if (!s.ok()) return Wrap(s, "runner");
+  return resp;
+}
+
+absl::Status GrpcBackends::Stop(const std::string& address, const std::string& sandbox_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.runner);
+  v1::StopSandboxRequest req;
+  req.set_sandbox_id(sandbox_id);
+  v1::StopSandboxResponse resp;
+  return Wrap(RunnerAt(address).StopSandbox(&ctx, req, &resp), "runner");
+}
+
+absl::Status GrpcBackends::Pause(const std::string& address, const std::string& sandbox_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.runner);
+  v1::PauseSandboxRequest req;
+  req.set_sandbox_id(sandbox_id);
+  v1::PauseSandboxResponse resp;
+  return Wrap(RunnerAt(address).PauseSandbox(&ctx, req, &resp), "runner");
+}
+
+absl::Status GrpcBackends::Unpause(const std::string& address, const std::string& sandbox_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.runner);
+  v1::UnpauseSandboxRequest req;
+  req.set_sandbox_id(sandbox_id);
+  v1::UnpauseSandboxResponse resp;
+  return Wrap(RunnerAt(address).UnpauseSandbox(&ctx, req, &resp), "runner");
+}
+
+absl::StatusOr<v1::ExecResponse> GrpcBackends::Exec(const std::string& address,
+                                                    const std::string& sandbox_id,
+                                                    const v1::ExecRequest& request) {
+  grpc::ClientContext ctx;
+  // The command's own timeout plus slack for the round trip.
+  SetDeadline(ctx, absl::Seconds(request.timeout_sec() > 0 ? request.timeout_sec() : 30) +
+                       absl::Seconds(10));
+  v1::RunnerExecRequest req;
+  req.set_sandbox_id(sandbox_id);
+  *req.mutable_exec() = request;
+  v1::ExecResponse resp;
+  grpc::Status s = RunnerAt(address).Exec(&ctx, req, &resp);
+  if (!s.ok()) return Wrap(s, "runner");
+  return resp;
+}
+
+}  // namespace isorun::lifecycle

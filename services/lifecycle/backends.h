@@ -1,0 +1,76 @@
+#pragma once
+
+// The services the lifecycle calls: quota, scheduler and runners. An interface so tests can wrap
+// the real gRPC clients and inject a failure at any step; production uses GrpcBackends.
+
+#include <grpcpp/channel.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "isorun/v1/quotas.grpc.pb.h"
+#include "isorun/v1/runner.grpc.pb.h"
+#include "isorun/v1/scheduler.grpc.pb.h"
+
+namespace isorun::lifecycle {
+
+class Backends {
+ public:
+  virtual ~Backends() = default;
+  // Quota.
+  virtual absl::Status Admit(const std::string& tenant_id, const std::string& sandbox_id) = 0;
+  virtual absl::Status Release(const std::string& tenant_id, const std::string& sandbox_id) = 0;
+  virtual absl::StatusOr<v1::Usage> GetUsage(const std::string& tenant_id) = 0;
+  // Scheduler.
+  virtual absl::StatusOr<v1::Placement> Place(const v1::PlaceRequest& request) = 0;
+  virtual absl::Status ReleasePlacement(const std::string& sandbox_id) = 0;
+  // Runner at `address`.
+  virtual absl::StatusOr<v1::StartSandboxResponse> Start(const std::string& address,
+                                                         const v1::StartSandboxRequest& request) = 0;
+  virtual absl::Status Stop(const std::string& address, const std::string& sandbox_id) = 0;
+  virtual absl::Status Pause(const std::string& address, const std::string& sandbox_id) = 0;
+  virtual absl::Status Unpause(const std::string& address, const std::string& sandbox_id) = 0;
+  virtual absl::StatusOr<v1::ExecResponse> Exec(const std::string& address,
+                                                const std::string& sandbox_id,
+                                                const v1::ExecRequest& request) = 0;
+};
+
+struct BackendDeadlines {
+  absl::Duration quota = absl::Seconds(5);
+  absl::Duration scheduler = absl::Seconds(5);
+  absl::Duration start = absl::Seconds(100);  // a cold image pull included
+  absl::Duration runner = absl::Seconds(30);
+};
+
+class GrpcBackends final : public Backends {
+ public:
+  GrpcBackends(std::shared_ptr<grpc::Channel> quota, std::shared_ptr<grpc::Channel> scheduler,
+               BackendDeadlines deadlines = {});
+
+  absl::Status Admit(const std::string& tenant_id, const std::string& sandbox_id) override;
+  absl::Status Release(const std::string& tenant_id, const std::string& sandbox_id) override;
+  absl::StatusOr<v1::Usage> GetUsage(const std::string& tenant_id) override;
+  absl::StatusOr<v1::Placement> Place(const v1::PlaceRequest& request) override;
+  absl::Status ReleasePlacement(const std::string& sandbox_id) override;
+  absl::StatusOr<v1::StartSandboxResponse> Start(const std::string& address,
+                                                 const v1::StartSandboxRequest& request) override;
+  absl::Status Stop(const std::string& address, const std::string& sandbox_id) override;
+  absl::Status Pause(const std::string& address, const std::string& sandbox_id) override;
+  absl::Status Unpause(const std::string& address, const std::string& sandbox_id) override;
+  absl::StatusOr<v1::ExecResponse> Exec(const std::string& address, const std::string& sandbox_id,
+                                        const v1::ExecRequest& request) override;
+
+ private:
+  v1::Runner::Stub& RunnerAt(const std::string& address);
+
+  std::unique_ptr<v1::Quotas::Stub> quota_;
+  std::unique_ptr<v1::Scheduler::Stub> scheduler_;
+  const BackendDeadlines deadlines_;
+  absl::Mutex mu_;
+  std::map<std::string, std::unique_ptr<v1::Runner::Stub>> runners_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace isorun::lifecycle

@@ -1,0 +1,347 @@
+#include "services/lifecycle/lifecycle.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "services/kit/ids.h"
+#include "services/kit/log.h"
+#include "services/kit/status.h"
+#include "services/lifecycle/validate.h"
+
+namespace isorun::lifecycle {
+namespace {
+
+bool IsEnded(SandboxState s) { return s == v1::DESTROYED || s == v1::FAILED || s == v1::LOST; }
+
+absl::Status NotRunning(const Sandbox& sb) {
+  return Error(absl::StatusCode::kFailedPrecondition, "SANDBOX_NOT_RUNNING",
+               absl::StrCat("sandbox ", sb.id(), " is ", StateName(sb.state()),
+                            IsEnded(sb.state()) ? "" : "; resume it first"));
+}
+
+// Keeps the first error of several best-effort steps.
+void Keep(absl::Status& first, absl::Status next) {
+  if (first.ok() && !next.ok()) first = std::move(next);
+}
+
+}  // namespace
+
+Lifecycle::Lifecycle(SandboxStore& store, Backends& backends, LifecycleOptions options)
+    : store_(store), backends_(backends), options_(std::move(options)) {}
+
+absl::StatusOr<Sandbox> Lifecycle::Create(const v1::CreateSandboxRequest& request) {
+  auto normalized = NormalizeCreate(request);
+  if (!normalized.ok()) return normalized.status();
+  // A retry loop only for idempotent creates whose first attempt vanished (it was refused and
+  // its row removed) while this one waited for it.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    bool retry = false;
+    auto result = CreateOnce(*normalized, &retry);
+    if (!retry) return result;
+  }
+  return absl::AbortedError("create raced with itself; retry");
+}
+
+absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& req, bool* retry) {
+  const std::string& tenant = req.tenant_id();
+  if (!req.idempotency_key().empty()) {
+    auto existing = store_.FindIdempotent(tenant, req.idempotency_key());
+    if (!existing.ok()) return existing.status();
+    if (existing->has_value()) {
+      auto settled = WaitSettled(tenant, **existing);
+      if (settled.status().code() == absl::StatusCode::kNotFound) *retry = true;
+      return settled;
+    }
+  }
+  const std::string id = NewSandboxId();
+  std::string existing_id;
+  absl::Status inserted = store_.InsertPending(req, id, NewPublicId(), &existing_id);
+  if (inserted.code() == absl::StatusCode::kAlreadyExists && !existing_id.empty()) {
+    auto settled = WaitSettled(tenant, existing_id);
+    if (settled.status().code() == absl::StatusCode::kNotFound) *retry = true;
+    return settled;
+  }
+  if (!inserted.ok()) return inserted;
+
+  Sandbox pending;
+  pending.set_id(id);
+  pending.set_tenant_id(tenant);
+
+  // 1. Admission.
+  if (absl::Status s = backends_.Admit(tenant, id); !s.ok()) {
+    // A refusal took nothing; any other error may hide an admission that happened.
+    absl::Status undo = s.code() == absl::StatusCode::kResourceExhausted
+                            ? absl::OkStatus()
+                            : backends_.Release(tenant, id);
+    if (undo.ok()) Keep(undo, store_.DeleteUnacknowledged(id));
+    if (!undo.ok()) {
+      LogWarn("create compensation incomplete; the reconciler will finish it",
+              {{"sandbox", id}, {"error", std::string(undo.message())}});
+    }
+    return s;
+  }
+
+  // 2. Placement.
+  v1::PlaceRequest place;
+  place.set_sandbox_id(id);
+  place.set_tenant_id(tenant);
+  place.set_image(req.image());
+  place.set_region(options_.region);
+  place.mutable_request()->set_cpu_millis(req.cpu_millis());
+  place.mutable_request()->set_memory_mb(req.memory_mb());
+  auto placement = backends_.Place(place);
+  if (!placement.ok()) {
+    absl::Status undo = Compensate(pending, "");
+    if (undo.ok()) undo = store_.DeleteUnacknowledged(id);
+    if (!undo.ok()) {
+      LogWarn("create compensation incomplete; the reconciler will finish it",
+              {{"sandbox", id}, {"error", std::string(undo.message())}});
+    }
+    return placement.status();
+  }
+  auto starting = store_.ToStarting(id, placement->runner_id(), placement->runner_address());
+  if (!starting.ok() || !starting->has_value()) {
+    (void)Compensate(pending, "");
+    if (!starting.ok()) return starting.status();
+    return absl::AbortedError(absl::StrCat("sandbox ", id, " was destroyed while it was created"));
+  }
+
+  // 3. Start on the runner.
+  v1::StartSandboxRequest start;
+  start.set_sandbox_id(id);
+  start.set_image(req.image());
+  start.set_cpu_millis(req.cpu_millis());
+  start.set_memory_mb(req.memory_mb());
+  *start.mutable_env() = req.env();
+  *start.mutable_network() = req.network();
+  auto started = backends_.Start(placement->runner_address(), start);
+  if (!started.ok()) {
+    absl::Status undo = Compensate(**starting, placement->runner_address());
+    std::string message = absl::StrCat("sandbox failed to start: ", started.status().message());
+    if (undo.ok()) {
+      auto failed = store_.ToFailed(id, message);
+      if (!failed.ok()) undo = failed.status();
+    }
+    if (!undo.ok()) {
+      LogWarn("create compensation incomplete; the reconciler will finish it",
+              {{"sandbox", id}, {"error", std::string(undo.message())}});
+    }
+    return absl::Status(started.status().code(), message);
+  }
+
+  // 4. RUNNING, durably. The guard fails only if the sandbox was destroyed meanwhile.
+  auto running = store_.ToRunning(id, started->image_digest());
+  if (!running.ok() || !running->has_value()) {
+    (void)Compensate(**starting, placement->runner_address());
+    if (!running.ok()) return running.status();
+    return absl::AbortedError(absl::StrCat("sandbox ", id, " was destroyed while it started"));
+  }
+  return **running;
+}
+
+absl::StatusOr<Sandbox> Lifecycle::WaitSettled(const std::string& tenant_id,
+                                               const std::string& id) {
+  absl::Time deadline = absl::Now() + options_.idempotent_wait;
+  while (true) {
+    auto sb = store_.Get(tenant_id, id);
+    if (!sb.ok()) return sb.status();
+    if (sb->state() != v1::PENDING && sb->state() != v1::STARTING) return sb;
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("the first create with this Idempotency-Key (sandbox ", id,
+                       ") has not finished yet; retry later"));
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+absl::Status Lifecycle::Compensate(const Sandbox& sb, const std::string& runner_address) {
+  absl::Status first;
+  if (!runner_address.empty()) Keep(first, backends_.Stop(runner_address, sb.id()));
+  Keep(first, backends_.ReleasePlacement(sb.id()));
+  Keep(first, backends_.Release(sb.tenant_id(), sb.id()));
+  return first;
+}
+
+absl::StatusOr<Sandbox> Lifecycle::Get(const std::string& tenant_id, const std::string& id) {
+  return store_.Get(tenant_id, id);
+}
+
+absl::StatusOr<ListPage> Lifecycle::List(const ListQuery& query) {
+  ListQuery q = query;
+  if (q.page_size <= 0) q.page_size = 50;
+  if (q.page_size > 1000) {
+    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
+                 "pageSize must be from 1 to 1000");
+  }
+  return store_.List(q);
+}
+
+absl::Status Lifecycle::Destroy(const std::string& tenant_id, const std::string& id) {
+  auto sb = store_.Get(tenant_id, id);
+  if (!sb.ok()) return sb.status();
+  if (IsEnded(sb->state())) return absl::OkStatus();
+  if (sb->state() != v1::DESTROYING) {
+    auto moved = store_.ToDestroying(id, {v1::PENDING, v1::STARTING, v1::RUNNING, v1::HIBERNATED},
+                                     v1::DELETED);
+    if (!moved.ok()) return moved.status();
+    if (moved->has_value()) {
+      sb = **moved;
+    } else {
+      // Someone else moved it first (the reaper, another replica): take the row as it is now.
+      sb = store_.Get(tenant_id, id);
+      if (!sb.ok()) return sb.status();
+      if (IsEnded(sb->state())) return absl::OkStatus();
+    }
+  }
+  return FinishDestroy(*sb);
+}
+
+absl::Status Lifecycle::FinishDestroy(const Sandbox& sb) {
+  // The slot first: the tenant may create again as soon as this returns.
+  if (absl::Status s = backends_.Release(sb.tenant_id(), sb.id()); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("sandbox ", sb.id(),
+                                               " is being destroyed but its slot is not yet "
+                                               "released: ",
+                                               s.message(), "; retry the delete"));
+  }
+  if (!sb.runner_address().empty()) {
+    if (absl::Status s = backends_.Stop(sb.runner_address(), sb.id()); !s.ok()) {
+      // The slot is free; the container and placement wait for the reconciler.
+      LogWarn("runner stop failed; will retry",
+              {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
+      return absl::OkStatus();
+    }
+  }
+  if (absl::Status s = backends_.ReleasePlacement(sb.id()); !s.ok()) {
+    LogWarn("placement release failed; will retry",
+            {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
+    return absl::OkStatus();
+  }
+  auto done = store_.ToDestroyed(sb.id());
+  if (!done.ok()) return done.status();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Sandbox> Lifecycle::SetTimeout(const std::string& tenant_id, const std::string& id,
+                                              int timeout_sec) {
+  if (absl::Status s = CheckTimeout(timeout_sec); !s.ok()) return s;
+  auto updated = store_.SetTimeout(tenant_id, id, timeout_sec);
+  if (!updated.ok()) return updated.status();
+  if (updated->has_value()) return **updated;
+  auto sb = store_.Get(tenant_id, id);
+  if (!sb.ok()) return sb.status();
+  return NotRunning(*sb);
+}
+
+absl::StatusOr<Sandbox> Lifecycle::Hibernate(const std::string& tenant_id, const std::string& id) {
+  auto sb = store_.Get(tenant_id, id);
+  if (!sb.ok()) return sb.status();
+  if (sb->state() == v1::HIBERNATED) return sb;
+  if (sb->state() != v1::RUNNING) return NotRunning(*sb);
+  if (absl::Status s = backends_.Pause(sb->runner_address(), id); !s.ok()) return s;
+  auto moved = store_.ToHibernated(id);
+  if (!moved.ok()) return moved.status();
+  if (!moved->has_value()) {
+    auto now = store_.Get(tenant_id, id);
+    if (!now.ok()) return now.status();
+    if (now->state() == v1::HIBERNATED) return now;
+    return NotRunning(*now);
+  }
+  // Hibernated sandboxes do not count against the concurrent limit.
+  if (absl::Status s = backends_.Release(tenant_id, id); !s.ok()) {
+    LogWarn("slot release after hibernate failed; the reconciler will repair usage",
+            {{"sandbox", id}, {"error", std::string(s.message())}});
+  }
+  return **moved;
+}
+
+absl::StatusOr<Sandbox> Lifecycle::Resume(const std::string& tenant_id, const std::string& id) {
+  auto sb = store_.Get(tenant_id, id);
+  if (!sb.ok()) return sb.status();
+  if (sb->state() == v1::RUNNING) return sb;
+  if (sb->state() != v1::HIBERNATED) return NotRunning(*sb);
+  // Resume is admitted like a create: it can get 429.
+  if (absl::Status s = backends_.Admit(tenant_id, id); !s.ok()) return s;
+  if (absl::Status s = backends_.Unpause(sb->runner_address(), id); !s.ok()) {
+    (void)backends_.Release(tenant_id, id);
+    return s;
+  }
+  auto moved = store_.ToRunningFromHibernated(id);
+  if (!moved.ok()) return moved.status();
+  if (!moved->has_value()) {
+    auto now = store_.Get(tenant_id, id);
+    if (!now.ok()) return now.status();
+    if (now->state() == v1::RUNNING) return now;
+    (void)backends_.Release(tenant_id, id);
+    return NotRunning(*now);
+  }
+  return **moved;
+}
+
+absl::StatusOr<v1::ExecResponse> Lifecycle::Exec(const v1::ExecRequest& request) {
+  auto sb = store_.Get(request.tenant_id(), request.id());
+  if (!sb.ok()) return sb.status();
+  if (sb->state() != v1::RUNNING) return NotRunning(*sb);
+  if (request.cmd().empty()) {
+    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT", "cmd is required");
+  }
+  if (request.timeout_sec() < 0 || request.timeout_sec() > kMaxTimeoutSec) {
+    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
+                 absl::StrCat("timeoutSec must be from 1 to ", kMaxTimeoutSec));
+  }
+  // Running a command is activity: the idle deadline moves before and after it.
+  (void)store_.Touch(request.id());
+  v1::ExecRequest exec = request;
+  if (exec.timeout_sec() == 0) exec.set_timeout_sec(30);
+  auto result = backends_.Exec(sb->runner_address(), request.id(), exec);
+  (void)store_.Touch(request.id());
+  return result;
+}
+
+absl::StatusOr<v1::Usage> Lifecycle::GetUsage(const std::string& tenant_id) {
+  auto usage = backends_.GetUsage(tenant_id);
+  if (!usage.ok()) return usage.status();
+  auto hibernated = store_.CountInState(tenant_id, v1::HIBERNATED);
+  if (!hibernated.ok()) return hibernated.status();
+  usage->set_hibernated_sandboxes(*hibernated);
+  return usage;
+}
+
+absl::StatusOr<int> Lifecycle::ReapOnce(int limit) {
+  auto expired = store_.ClaimExpired(limit);
+  if (!expired.ok()) return expired.status();
+  for (const auto& sb : *expired) {
+    LogInfo("idle timeout", {{"sandbox", sb.id()}, {"tenant", sb.tenant_id()}});
+    if (absl::Status s = FinishDestroy(sb); !s.ok()) {
+      LogWarn("destroy after idle timeout incomplete; will retry",
+              {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
+    }
+  }
+  return static_cast<int>(expired->size());
+}
+
+absl::StatusOr<LoopCounts> Lifecycle::ReconcileOnce(int limit) {
+  LoopCounts counts;
+  auto destroying = store_.ClaimStuck(v1::DESTROYING, options_.destroy_retry_after_sec, limit);
+  if (!destroying.ok()) return destroying.status();
+  for (const auto& sb : *destroying) {
+    if (FinishDestroy(sb).ok()) ++counts.destroys_finished;
+  }
+  for (SandboxState state : {v1::PENDING, v1::STARTING}) {
+    auto stuck = store_.ClaimStuck(state, options_.stuck_after_sec, limit);
+    if (!stuck.ok()) return stuck.status();
+    for (const auto& sb : *stuck) {
+      if (!Compensate(sb, sb.runner_address()).ok()) continue;
+      auto failed = store_.ToFailed(
+          sb.id(), absl::StrCat("create did not finish within ", options_.stuck_after_sec,
+                                " s (its lifecycle process stopped or a service was down)"));
+      if (failed.ok() && failed->has_value()) {
+        ++counts.creates_abandoned;
+        LogInfo("abandoned create repaired", {{"sandbox", sb.id()}});
+      }
+    }
+  }
+  return counts;
+}
+
+}  // namespace isorun::lifecycle

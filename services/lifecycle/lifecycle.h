@@ -1,0 +1,74 @@
+#pragma once
+
+// The sandbox lifecycle: create, destroy, timeouts, hibernate/resume, and the background loops
+// (idle reaper, reconciler). Domain code: no gRPC server types here (Backends hides the clients).
+//
+// Create: validate -> PENDING row -> quota admission -> placement -> STARTING -> runner start ->
+// RUNNING (a durable commit) -> the caller is answered. Any failure compensates in reverse order
+// (stop on the runner, release the placement, release the slot) and either removes the never
+// acknowledged row (refusals: 429) or marks it FAILED with the reason (start failures). When the
+// compensation itself cannot finish, the row stays PENDING/STARTING and the reconciler finishes
+// it once it is older than `stuck_after`: nothing is leaked even if this process dies mid-way.
+//
+// Thread-safe: all state is in Postgres; methods may run concurrently.
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "services/lifecycle/backends.h"
+#include "services/lifecycle/sandbox_store.h"
+
+namespace isorun::lifecycle {
+
+struct LifecycleOptions {
+  std::string region = "local";
+  // PENDING/STARTING rows older than this are abandoned creates: compensated and FAILED.
+  int stuck_after_sec = 120;
+  // DESTROYING rows older than this are retried (a destroy interrupted by a crash or an
+  // unreachable runner).
+  int destroy_retry_after_sec = 10;
+  // How long an idempotent retry waits for the first create to settle.
+  absl::Duration idempotent_wait = absl::Minutes(2);
+};
+
+struct LoopCounts {
+  int reaped = 0;
+  int destroys_finished = 0;
+  int creates_abandoned = 0;
+};
+
+class Lifecycle {
+ public:
+  Lifecycle(SandboxStore& store, Backends& backends, LifecycleOptions options = {});
+
+  absl::StatusOr<Sandbox> Create(const v1::CreateSandboxRequest& request);
+  absl::StatusOr<Sandbox> Get(const std::string& tenant_id, const std::string& id);
+  absl::StatusOr<ListPage> List(const ListQuery& query);
+  // OK for an ended sandbox (idempotent). The slot is released before this returns OK.
+  absl::Status Destroy(const std::string& tenant_id, const std::string& id);
+  absl::StatusOr<Sandbox> SetTimeout(const std::string& tenant_id, const std::string& id,
+                                     int timeout_sec);
+  absl::StatusOr<Sandbox> Hibernate(const std::string& tenant_id, const std::string& id);
+  absl::StatusOr<Sandbox> Resume(const std::string& tenant_id, const std::string& id);
+  absl::StatusOr<v1::ExecResponse> Exec(const v1::ExecRequest& request);
+  absl::StatusOr<v1::Usage> GetUsage(const std::string& tenant_id);
+
+  // One pass of the idle reaper: destroys running sandboxes whose deadline passed.
+  absl::StatusOr<int> ReapOnce(int limit = 100);
+  // One pass of the reconciler: finishes interrupted destroys and abandoned creates.
+  absl::StatusOr<LoopCounts> ReconcileOnce(int limit = 100);
+
+ private:
+  absl::StatusOr<Sandbox> CreateOnce(const v1::CreateSandboxRequest& request, bool* retry);
+  absl::StatusOr<Sandbox> WaitSettled(const std::string& tenant_id, const std::string& id);
+  // Releases everything a create may have taken. OK when all of it is released.
+  absl::Status Compensate(const Sandbox& sb, const std::string& runner_address);
+  // The steps after DESTROYING: slot, runner, placement, DESTROYED.
+  absl::Status FinishDestroy(const Sandbox& sb);
+
+  SandboxStore& store_;
+  Backends& backends_;
+  const LifecycleOptions options_;
+};
+
+}  // namespace isorun::lifecycle

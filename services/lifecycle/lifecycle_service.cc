@@ -1,0 +1,119 @@
+#include "services/lifecycle/lifecycle_service.h"
+
+#include <chrono>
+
+#include "services/kit/status.h"
+
+namespace isorun::lifecycle {
+namespace {
+
+grpc::Status TenantRequired(const std::string& tenant_id) {
+  if (tenant_id.empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tenant_id is required");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status Reply(const absl::StatusOr<Sandbox>& sb, v1::Sandbox* out) {
+  if (!sb.ok()) return ToGrpcStatus(sb.status());
+  *out = *sb;
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
+LifecycleService::LifecycleService(Lifecycle& lifecycle, prometheus::Registry& registry)
+    : lifecycle_(lifecycle),
+      creates_(prometheus::BuildCounter()
+                   .Name("isorun_lifecycle_creates_total")
+                   .Help("Sandbox creates by outcome (gRPC code name)")
+                   .Register(registry)),
+      create_latency_(prometheus::BuildHistogram()
+                          .Name("isorun_lifecycle_create_duration_seconds")
+                          .Help("Time from create request to RUNNING (or failure)")
+                          .Register(registry)
+                          .Add({}, prometheus::Histogram::BucketBoundaries{
+                                       0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                       1, 2.5, 5, 10, 30, 60})) {}
+
+grpc::Status LifecycleService::CreateSandbox(grpc::ServerContext*,
+                                             const v1::CreateSandboxRequest* req,
+                                             v1::Sandbox* resp) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  auto start = std::chrono::steady_clock::now();
+  auto sb = lifecycle_.Create(*req);
+  create_latency_.Observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  creates_.Add({{"outcome", std::string(CodeName(sb.status().code()))}}).Increment();
+  return Reply(sb, resp);
+}
+
+grpc::Status LifecycleService::GetSandbox(grpc::ServerContext*, const v1::GetSandboxRequest* req,
+                                          v1::Sandbox* resp) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  return Reply(lifecycle_.Get(req->tenant_id(), req->id()), resp);
+}
+
+grpc::Status LifecycleService::ListSandboxes(grpc::ServerContext*,
+                                             const v1::ListSandboxesRequest* req,
+                                             v1::ListSandboxesResponse* resp) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  ListQuery q;
+  q.tenant_id = req->tenant_id();
+  for (int state : req->states()) q.states.push_back(static_cast<SandboxState>(state));
+  for (const auto& [k, v] : req->metadata()) q.metadata.emplace_back(k, v);
+  q.page_size = req->page_size();
+  q.page_token = req->page_token();
+  auto page = lifecycle_.List(q);
+  if (!page.ok()) return ToGrpcStatus(page.status());
+  for (auto& sb : page->sandboxes) *resp->add_sandboxes() = std::move(sb);
+  resp->set_next_page_token(page->next_page_token);
+  return grpc::Status::OK;
+}
+
+grpc::Status LifecycleService::DestroySandbox(grpc::ServerContext*,
+                                              const v1::DestroySandboxRequest* req,
+                                              v1::DestroySandboxResponse*) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  return ToGrpcStatus(lifecycle_.Destroy(req->tenant_id(), req->id()));
+}
+
+grpc::Status LifecycleService::SetTimeout(grpc::ServerContext*, const v1::SetTimeoutRequest* req,
+                                          v1::Sandbox* resp) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  return Reply(lifecycle_.SetTimeout(req->tenant_id(), req->id(), req->timeout_sec()), resp);
+}
+
+grpc::Status LifecycleService::HibernateSandbox(grpc::ServerContext*,
+                                                const v1::HibernateSandboxRequest* req,
+                                                v1::Sandbox* resp) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  return Reply(lifecycle_.Hibernate(req->tenant_id(), req->id()), resp);
+}
+
+grpc::Status LifecycleService::ResumeSandbox(grpc::ServerContext*,
+                                             const v1::ResumeSandboxRequest* req,
+                                             v1::Sandbox* resp) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  return Reply(lifecycle_.Resume(req->tenant_id(), req->id()), resp);
+}
+
+grpc::Status LifecycleService::Exec(grpc::ServerContext*, const v1::ExecRequest* req,
+                                    v1::ExecResponse* resp) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  auto result = lifecycle_.Exec(*req);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *resp = std::move(*result);
+  return grpc::Status::OK;
+}
+
+grpc::Status LifecycleService::GetUsage(grpc::ServerContext*, const v1::GetUsageRequest* req,
+                                        v1::Usage* resp) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  auto usage = lifecycle_.GetUsage(req->tenant_id());
+  if (!usage.ok()) return ToGrpcStatus(usage.status());
+  *resp = std::move(*usage);
+  return grpc::Status::OK;
+}
+
+}  // namespace isorun::lifecycle

@@ -1,0 +1,40 @@
+#pragma once
+
+// gRPC adapter of isorun.v1.Sandboxes over Lifecycle.
+
+#include "isorun/v1/sandboxes.grpc.pb.h"
+#include "prometheus/counter.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "services/lifecycle/lifecycle.h"
+
+namespace isorun::lifecycle {
+
+class LifecycleService final : public v1::Sandboxes::Service {
+ public:
+  LifecycleService(Lifecycle& lifecycle, prometheus::Registry& registry);
+
+  grpc::Status CreateSandbox(grpc::ServerContext*, const v1::CreateSandboxRequest*,
+                             v1::Sandbox*) override;
+  grpc::Status GetSandbox(grpc::ServerContext*, const v1::GetSandboxRequest*,
+                          v1::Sandbox*) override;
+  grpc::Status ListSandboxes(grpc::ServerContext*, const v1::ListSandboxesRequest*,
+                             v1::ListSandboxesResponse*) override;
+  grpc::Status DestroySandbox(grpc::ServerContext*, const v1::DestroySandboxRequest*,
+                              v1::DestroySandboxResponse*) override;
+  grpc::Status SetTimeout(grpc::ServerContext*, const v1::SetTimeoutRequest*,
+                          v1::Sandbox*) override;
+  grpc::Status HibernateSandbox(grpc::ServerContext*, const v1::HibernateSandboxRequest*,
+                                v1::Sandbox*) override;
+  grpc::Status ResumeSandbox(grpc::ServerContext*, const v1::ResumeSandboxRequest*,
+                             v1::Sandbox*) override;
+  grpc::Status Exec(grpc::ServerContext*, const v1::ExecRequest*, v1::ExecResponse*) override;
+  grpc::Status GetUsage(grpc::ServerContext*, const v1::GetUsageRequest*, v1::Usage*) override;
+
+ private:
+  Lifecycle& lifecycle_;
+  prometheus::Family<prometheus::Counter>& creates_;
+  prometheus::Histogram& create_latency_;
+};
+
+}  // namespace isorun::lifecycle

@@ -1,0 +1,119 @@
+// isorun-lifecycle: the sandbox state machine (gRPC isorun.v1.Sandboxes), the idle reaper and the
+// reconciler.
+
+#include <atomic>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/synchronization/notification.h"
+#include "services/kit/flags.h"
+#include "services/kit/log.h"
+#include "services/kit/migrate.h"
+#include "services/kit/pg.h"
+#include "services/kit/server.h"
+#include "services/lifecycle/backends.h"
+#include "services/lifecycle/lifecycle.h"
+#include "services/lifecycle/lifecycle_service.h"
+#include "services/lifecycle/sandbox_store.h"
+
+ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:7003", "host:port of the gRPC listener");
+ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9103", "host:port of /metrics; empty: none");
+ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL");
+ABSL_FLAG(int, db_connections, 32, "size of the Postgres connection pool");
+ABSL_FLAG(std::string, quota_addr, "127.0.0.1:7001", "host:port of the quota service");
+ABSL_FLAG(std::string, scheduler_addr, "127.0.0.1:7002", "host:port of the scheduler");
+ABSL_FLAG(std::string, region, "local", "region whose runners this lifecycle places on");
+ABSL_FLAG(int, reaper_interval_ms, 500, "how often the idle reaper looks for expired sandboxes");
+ABSL_FLAG(int, reconcile_interval_ms, 5000, "how often the reconciler runs");
+ABSL_FLAG(int, stuck_after_sec, 120,
+          "PENDING/STARTING sandboxes older than this are abandoned creates and get repaired");
+ABSL_FLAG(int, destroy_retry_after_sec, 10, "DESTROYING sandboxes older than this are retried");
+
+namespace {
+
+// Runs `pass` every `interval` until `stop` is notified.
+std::thread Loop(absl::Notification& stop, absl::Duration interval, std::function<void()> pass) {
+  return std::thread([&stop, interval, pass = std::move(pass)] {
+    while (!stop.WaitForNotificationWithTimeout(interval)) pass();
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  isorun::ParseFlags(argc, argv, "isorun-lifecycle: sandboxes (gRPC isorun.v1.Sandboxes)");
+  isorun::SetLogService("lifecycle");
+  isorun::BlockShutdownSignals();
+  const std::string url = absl::GetFlag(FLAGS_database_url);
+  if (url.empty()) {
+    isorun::LogError("--database_url (ISORUN_DATABASE_URL) is required");
+    return 2;
+  }
+  isorun::PgPool pool(url, absl::GetFlag(FLAGS_db_connections), isorun::Durability::kAsync);
+  isorun::lifecycle::SandboxStore store(pool);
+  if (absl::Status s = isorun::RequireSchemaVersion(pool, isorun::LatestMigrationVersion());
+      !s.ok()) {
+    isorun::LogError("cannot start", {{"error", std::string(s.message())}});
+    return 1;
+  }
+  isorun::lifecycle::BackendDeadlines deadlines;
+  deadlines.start = absl::Seconds(std::max(5, absl::GetFlag(FLAGS_stuck_after_sec) - 10));
+  isorun::lifecycle::GrpcBackends backends(isorun::MakeChannel(absl::GetFlag(FLAGS_quota_addr)),
+                                           isorun::MakeChannel(absl::GetFlag(FLAGS_scheduler_addr)),
+                                           deadlines);
+  isorun::lifecycle::LifecycleOptions options;
+  options.region = absl::GetFlag(FLAGS_region);
+  options.stuck_after_sec = absl::GetFlag(FLAGS_stuck_after_sec);
+  options.destroy_retry_after_sec = absl::GetFlag(FLAGS_destroy_retry_after_sec);
+  isorun::lifecycle::Lifecycle lifecycle(store, backends, options);
+
+  isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
+  auto& loop_family = prometheus::BuildCounter()
+                          .Name("isorun_lifecycle_background_sandboxes_total")
+                          .Help("Sandboxes handled by the background loops, by action")
+                          .Register(metrics.registry());
+  auto& reaped = loop_family.Add({{"action", "idle_timeout"}});
+  auto& destroys = loop_family.Add({{"action", "destroy_retried"}});
+  auto& abandoned = loop_family.Add({{"action", "create_abandoned"}});
+  isorun::lifecycle::LifecycleService service(lifecycle, metrics.registry());
+  auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service});
+  if (!server.ok()) {
+    isorun::LogError("cannot start", {{"error", std::string(server.status().message())}});
+    return 1;
+  }
+
+  absl::Notification stop;
+  std::thread reaper = Loop(stop, absl::Milliseconds(absl::GetFlag(FLAGS_reaper_interval_ms)), [&] {
+    // Drain everything that expired, a batch at a time.
+    while (true) {
+      auto n = lifecycle.ReapOnce();
+      if (!n.ok()) {
+        isorun::LogWarn("reaper pass failed", {{"error", std::string(n.status().message())}});
+        return;
+      }
+      reaped.Increment(*n);
+      if (*n < 100 || stop.HasBeenNotified()) return;
+    }
+  });
+  std::thread reconciler =
+      Loop(stop, absl::Milliseconds(absl::GetFlag(FLAGS_reconcile_interval_ms)), [&] {
+        auto counts = lifecycle.ReconcileOnce();
+        if (!counts.ok()) {
+          isorun::LogWarn("reconcile pass failed",
+                          {{"error", std::string(counts.status().message())}});
+          return;
+        }
+        destroys.Increment(counts->destroys_finished);
+        abandoned.Increment(counts->creates_abandoned);
+      });
+
+  isorun::LogInfo("serving", {{"grpc_port", std::to_string(server->port)},
+                              {"metrics_port", std::to_string(metrics.port())}});
+  int sig = isorun::WaitForShutdownSignal();
+  isorun::LogInfo("shutting down", {{"signal", std::to_string(sig)}});
+  stop.Notify();
+  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  reaper.join();
+  reconciler.join();
+  return 0;
+}

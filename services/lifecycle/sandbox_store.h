@@ -1,0 +1,96 @@
+#pragma once
+
+// Postgres repository of sandboxes (schema `lifecycle`). Every state change is one guarded UPDATE
+// (`WHERE state = ANY(expected)`) that also appends to `sandbox_events`, in one statement; a
+// transition whose guard fails changes nothing and returns nullopt, so two actors racing on one
+// sandbox (a user's delete and the reaper, two lifecycle replicas) can never both win.
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "isorun/v1/sandboxes.pb.h"
+#include "services/kit/pg.h"
+
+namespace isorun::lifecycle {
+
+using v1::Sandbox;
+using v1::SandboxState;
+
+std::string StateName(SandboxState state);
+std::string EndReasonName(v1::EndReason reason);
+
+struct ListQuery {
+  std::string tenant_id;
+  std::vector<SandboxState> states;  // empty: live states
+  std::vector<std::pair<std::string, std::string>> metadata;
+  int page_size = 50;
+  std::string page_token;
+};
+
+struct ListPage {
+  std::vector<Sandbox> sandboxes;
+  std::string next_page_token;
+};
+
+class SandboxStore {
+ public:
+  explicit SandboxStore(PgPool& pool);
+
+  // Inserts a PENDING sandbox (and its idempotency key, if any). ALREADY_EXISTS when the tenant
+  // already used that idempotency key within 24 h: `existing_id` then holds the first sandbox.
+  absl::Status InsertPending(const v1::CreateSandboxRequest& request, const std::string& id,
+                             const std::string& public_id, std::string* existing_id);
+
+  // The sandbox id a tenant's idempotency key maps to (within 24 h), if any.
+  absl::StatusOr<std::optional<std::string>> FindIdempotent(const std::string& tenant_id,
+                                                            const std::string& key);
+
+  absl::StatusOr<Sandbox> Get(const std::string& tenant_id, const std::string& id);
+  // Without the tenant check: for internal loops (reaper, reconciler).
+  absl::StatusOr<Sandbox> GetAny(const std::string& id);
+  absl::StatusOr<ListPage> List(const ListQuery& query);
+  absl::StatusOr<int> CountInState(const std::string& tenant_id, SandboxState state);
+
+  // Guarded transitions. nullopt: the sandbox was not in an expected state.
+  absl::StatusOr<std::optional<Sandbox>> ToStarting(const std::string& id,
+                                                    const std::string& runner_id,
+                                                    const std::string& runner_address);
+  absl::StatusOr<std::optional<Sandbox>> ToRunning(const std::string& id,
+                                                   const std::string& image_digest);
+  absl::StatusOr<std::optional<Sandbox>> ToFailed(const std::string& id,
+                                                  const std::string& message);
+  absl::StatusOr<std::optional<Sandbox>> ToDestroying(const std::string& id,
+                                                      const std::vector<SandboxState>& from,
+                                                      v1::EndReason reason);
+  absl::StatusOr<std::optional<Sandbox>> ToDestroyed(const std::string& id);
+  absl::StatusOr<std::optional<Sandbox>> ToHibernated(const std::string& id);
+  absl::StatusOr<std::optional<Sandbox>> ToRunningFromHibernated(const std::string& id);
+
+  // Removes a sandbox that was never acknowledged (its create was refused with 429), with its
+  // events and idempotency key. Only PENDING or STARTING rows.
+  absl::Status DeleteUnacknowledged(const std::string& id);
+
+  // Sets timeoutSec; a running sandbox's deadline becomes now + timeout. nullopt if it has ended.
+  absl::StatusOr<std::optional<Sandbox>> SetTimeout(const std::string& tenant_id,
+                                                    const std::string& id, int timeout_sec);
+  // Activity: a running sandbox's deadline becomes now + its timeout.
+  absl::Status Touch(const std::string& id);
+
+  // Moves up to `limit` running sandboxes whose deadline passed to DESTROYING (reason
+  // IDLE_TIMEOUT), skipping rows another replica holds. Returns them.
+  absl::StatusOr<std::vector<Sandbox>> ClaimExpired(int limit);
+  // Sandboxes stuck in `state` for longer than `older_than_sec`; their updated_at is bumped so
+  // another replica does not take them at the same time.
+  absl::StatusOr<std::vector<Sandbox>> ClaimStuck(SandboxState state, int older_than_sec,
+                                                  int limit);
+
+ private:
+  absl::StatusOr<std::optional<Sandbox>> Transition(const std::string& statement,
+                                                    const std::string& id,
+                                                    const std::string& arg);
+  PgPool& pool_;
+};
+
+}  // namespace isorun::lifecycle
