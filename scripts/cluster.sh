@@ -1,0 +1,311 @@
+# shellcheck shell=bash
+# `./isorun up`: the whole local cluster in the foreground. Sourced by ./isorun.
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/pg.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pg.sh"
+# shellcheck source=scripts/build.sh
+source "$(dirname "${BASH_SOURCE[0]}")/build.sh"
+
+# Every port of the local cluster, in one place. Each can be overridden with ISORUN_PORT_<KEY>
+# (e.g. ISORUN_PORT_GATEWAY_HTTP=18080); PostgreSQL's with ISORUN_PG_PORT.
+declare -A CLUSTER_PORT_DEFAULTS=(
+  [QUOTA]=7001 [QUOTA_METRICS]=9101
+  [SCHEDULER]=7002 [SCHEDULER_METRICS]=9102
+  [LIFECYCLE]=7003 [LIFECYCLE_METRICS]=9103
+  [RUNNER_1]=7101 [RUNNER_1_METRICS]=9111
+  [RUNNER_2]=7102 [RUNNER_2_METRICS]=9112
+  [GATEWAY_HTTP]=8080 [GATEWAY_METRICS]=9100 [GATEWAY_PUBLIC]=8081
+)
+cluster_port() {
+  local var="ISORUN_PORT_$1"
+  printf '%s\n' "${!var:-${CLUSTER_PORT_DEFAULTS[$1]}}"
+}
+
+# Variables of this script that must not reach the services, whose flags also read ISORUN_<FLAG>.
+CLUSTER_PRIVATE_ENV=(ISORUN_DATA_DIR ISORUN_PG_PORT ISORUN_START_TIMEOUT ISORUN_BUILD_DIR ISORUN_BIN_DIR
+  ISORUN_REPO ISORUN_SKIP_BUILD ISORUN_API_KEY ISORUN_API_URL ISORUN_PUBLIC_URL ISORUN_REGISTRY)
+
+CLUSTER_DATA=""
+CLUSTER_TICK_PID=""
+CLUSTER_PG_PID=""
+declare -a CLUSTER_ORDER=()  # started process names, in start order
+declare -A CLUSTER_PIDS=()
+
+# Kills processes recorded in $DATA/run by an earlier `up` that was itself killed (SIGKILL, crash).
+cluster_kill_leftovers() {
+  local f pid name
+  for f in "$CLUSTER_DATA"/run/*.pid; do
+    [[ -e "$f" ]] || continue
+    pid="$(cat "$f" 2>/dev/null)" || true
+    name="$(basename "$f" .pid)"
+    rm -f "$f"
+    [[ "$pid" =~ ^[0-9]+$ ]] || continue
+    # Only if that pid still runs one of our binaries (pids are reused).
+    if [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"$ISORUN_BIN_DIR/"* ]]; then
+      log "stopping $name (pid $pid) left over from an earlier run"
+      cluster_stop_pid "$name" "$pid"
+    fi
+  done
+}
+
+# cluster_stop_pid NAME PID: SIGTERM, then SIGKILL after 10 s.
+cluster_stop_pid() {
+  local name="$1" pid="$2" i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    warn "$name (pid $pid) did not stop within 10s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# cluster_start NAME BINARY ARGS...: starts BINARY in the background (own session, so that a
+# terminal's Ctrl-C reaches only this script, which then stops everything in order).
+cluster_start() {
+  local name="$1" binary="$2"
+  shift 2
+  local exe="$ISORUN_BIN_DIR/$binary" logfile="$CLUSTER_DATA/logs/$name.log"
+  [[ -x "$exe" ]] || die "$exe not found; was it built? (ls $ISORUN_BIN_DIR)"
+  [[ -f "$logfile" ]] && mv -f "$logfile" "$logfile.1"
+  local unset_args=() v
+  for v in "${CLUSTER_PRIVATE_ENV[@]}"; do unset_args+=(-u "$v"); done
+  for v in "${!CLUSTER_PORT_DEFAULTS[@]}"; do unset_args+=(-u "ISORUN_PORT_$v"); done
+  log "starting $name: $binary $*"
+  env "${unset_args[@]}" setsid "$exe" "$@" </dev/null >>"$logfile" 2>&1 9>&- &
+  local pid=$!
+  CLUSTER_PIDS[$name]=$pid
+  CLUSTER_ORDER+=("$name")
+  printf '%s\n' "$pid" >"$CLUSTER_DATA/run/$name.pid"
+}
+
+cluster_require_free() {
+  local name="$1" port
+  shift
+  for port in "$@"; do
+    if tcp_open 127.0.0.1 "$port"; then
+      die "port 127.0.0.1:$port (for $name) is already in use by another process; stop it or set ISORUN_PORT_* (see ./isorun help)"
+    fi
+  done
+}
+
+cluster_on_signal() {
+  log "signal received: stopping the local cluster"
+  exit 0
+}
+
+cluster_cleanup() {
+  local rc=$?
+  trap '' INT TERM
+  set +e
+  [[ -n "$CLUSTER_TICK_PID" ]] && kill "$CLUSTER_TICK_PID" 2>/dev/null
+  rm -f "$CLUSTER_DATA/env"
+  local i name
+  for ((i = ${#CLUSTER_ORDER[@]} - 1; i >= 0; i--)); do
+    name="${CLUSTER_ORDER[i]}"
+    [[ -n "${CLUSTER_PIDS[$name]:-}" ]] || continue
+    log "stopping $name (pid ${CLUSTER_PIDS[$name]})"
+    cluster_stop_pid "$name" "${CLUSTER_PIDS[$name]}"
+    rm -f "$CLUSTER_DATA/run/$name.pid"
+  done
+  pg_stop
+  rm -f "$CLUSTER_DATA/up.pid"
+  if ((rc == 0)); then log "stopped"; else log "stopped (exit status $rc)"; fi
+  exit "$rc"
+}
+
+# isorunctl with the cluster's database; its output goes to logs/isorunctl.log unless captured.
+cluster_ctl() {
+  "$ISORUN_BIN_DIR/isorunctl" "$@" 2>>"$CLUSTER_DATA/logs/isorunctl.log"
+}
+
+# Creates the dev tenant and its key if missing; prints the key.
+cluster_dev_tenant() {
+  local keyfile="$CLUSTER_DATA/dev.key" tenants
+  tenants="$(cluster_ctl tenants list)" || {
+    show_log_tail "$CLUSTER_DATA/logs/isorunctl.log" 20
+    die "isorunctl tenants list failed"
+  }
+  local new_tenant=0
+  if ! awk '$1 == "dev" { found = 1 } END { exit !found }' <<<"$tenants"; then
+    log "creating tenant dev (max 10 concurrent sandboxes)"
+    cluster_ctl tenants create dev --max-concurrent 10 >>"$CLUSTER_DATA/logs/isorunctl.log" || {
+      show_log_tail "$CLUSTER_DATA/logs/isorunctl.log" 20
+      die "isorunctl tenants create dev failed"
+    }
+    new_tenant=1
+  fi
+  local need_key=1
+  if ((new_tenant == 0)) && [[ -s "$keyfile" ]]; then
+    need_key=0
+    # Key format isr_<region>_<keyId>_<secret>: check that keyId is still listed and not revoked.
+    local key_id keys
+    key_id="$(cut -d_ -f3 "$keyfile")"
+    if keys="$(cluster_ctl keys list dev)"; then
+      if ! grep -qF -- "$key_id" <<<"$keys" || grep -F -- "$key_id" <<<"$keys" | grep -qi revoked; then
+        log "the key in $keyfile is unknown or revoked; making a new one"
+        need_key=1
+      fi
+    else
+      warn "isorunctl keys list dev failed; reusing $keyfile as is"
+    fi
+  fi
+  if ((need_key)); then
+    log "creating an API key for tenant dev"
+    local key
+    key="$(cluster_ctl keys create dev --region local)" || {
+      show_log_tail "$CLUSTER_DATA/logs/isorunctl.log" 20
+      die "isorunctl keys create dev failed"
+    }
+    key="$(tr -d '[:space:]' <<<"$key")"
+    [[ "$key" =~ ^isr_local_[A-Za-z0-9]+_[A-Za-z0-9]+$ ]] ||
+      warn "the new key does not look like isr_local_<keyId>_<secret>"
+    (umask 077 && printf '%s\n' "$key" >"$keyfile.tmp")
+    mv -f "$keyfile.tmp" "$keyfile"
+  fi
+  chmod 0600 "$keyfile"
+  tr -d '[:space:]' <"$keyfile"
+}
+
+cluster_up() {
+  CLUSTER_DATA="$(abspath "${ISORUN_DATA_DIR:-$ISORUN_REPO/.data}")"
+  local pg_port="${ISORUN_PG_PORT:-5433}"
+  [[ -d "$CLUSTER_DATA" ]] || { mkdir -p "$CLUSTER_DATA" && chmod 0755 "$CLUSTER_DATA"; }
+  mkdir -p "$CLUSTER_DATA/logs" "$CLUSTER_DATA/run"
+
+  # One `up` per data folder: the lock is released by the kernel when this script ends, however.
+  exec 9>"$CLUSTER_DATA/up.lock"
+  if ! flock -n 9; then
+    local other
+    other="$(cat "$CLUSTER_DATA/up.pid" 2>/dev/null || echo '?')"
+    if [[ "$other" =~ ^[0-9]+$ ]] && ! kill -0 "$other" 2>/dev/null; then
+      die "$CLUSTER_DATA/up.lock is held by processes left over from an earlier './isorun up' (pid $other, gone); find them with: ls -l /proc/[0-9]*/fd 2>/dev/null | grep up.lock"
+    fi
+    die "another './isorun up' (pid $other) is already running on $CLUSTER_DATA; stop it first (Ctrl-C there, or kill -TERM $other), or use another ISORUN_DATA_DIR and ports"
+  fi
+  printf '%s\n' "$$" >"$CLUSTER_DATA/up.pid"
+  trap cluster_on_signal INT TERM
+  trap cluster_cleanup EXIT
+  rm -f "$CLUSTER_DATA/env"
+  cluster_kill_leftovers
+
+  build_all
+
+  local q s l r1 r2 gh gp qm sm lm r1m r2m gm
+  q="$(cluster_port QUOTA)" s="$(cluster_port SCHEDULER)" l="$(cluster_port LIFECYCLE)"
+  r1="$(cluster_port RUNNER_1)" r2="$(cluster_port RUNNER_2)"
+  gh="$(cluster_port GATEWAY_HTTP)" gp="$(cluster_port GATEWAY_PUBLIC)"
+  qm="$(cluster_port QUOTA_METRICS)" sm="$(cluster_port SCHEDULER_METRICS)" lm="$(cluster_port LIFECYCLE_METRICS)"
+  r1m="$(cluster_port RUNNER_1_METRICS)" r2m="$(cluster_port RUNNER_2_METRICS)" gm="$(cluster_port GATEWAY_METRICS)"
+  cluster_require_free cluster "$q" "$s" "$l" "$r1" "$r2" "$gh" "$gp" "$qm" "$sm" "$lm" "$r1m" "$r2m" "$gm"
+
+  # PostgreSQL
+  pg_prepare "$CLUSTER_DATA"
+  pg_start "$pg_port" "$CLUSTER_DATA/logs/postgres.log"
+  CLUSTER_PG_PID="$(pg_pid)" || true
+  pg_ensure_db "$pg_port" isorun
+  export ISORUN_DATABASE_URL
+  ISORUN_DATABASE_URL="$(pg_url "$pg_port" isorun)"
+
+  # Schema and the dev tenant
+  log "applying migrations"
+  cluster_ctl migrate >>"$CLUSTER_DATA/logs/isorunctl.log" || {
+    show_log_tail "$CLUSTER_DATA/logs/isorunctl.log" 30
+    die "isorunctl migrate failed"
+  }
+  local api_key
+  api_key="$(cluster_dev_tenant)"
+
+  # Services, in dependency order; each must listen before the next starts.
+  local h=127.0.0.1
+  cluster_start quota isorun-quota --grpc_addr="$h:$q" --metrics_addr="$h:$qm"
+  wait_for_tcp quota "$h" "$q" "${CLUSTER_PIDS[quota]}" "$CLUSTER_DATA/logs/quota.log"
+  cluster_start scheduler isorun-scheduler --grpc_addr="$h:$s" --metrics_addr="$h:$sm"
+  wait_for_tcp scheduler "$h" "$s" "${CLUSTER_PIDS[scheduler]}" "$CLUSTER_DATA/logs/scheduler.log"
+  cluster_start lifecycle isorun-lifecycle --grpc_addr="$h:$l" --metrics_addr="$h:$lm" \
+    --quota_addr="$h:$q" --scheduler_addr="$h:$s"
+  wait_for_tcp lifecycle "$h" "$l" "${CLUSTER_PIDS[lifecycle]}" "$CLUSTER_DATA/logs/lifecycle.log"
+  local n port mport
+  for n in 1 2; do
+    port="$(cluster_port "RUNNER_$n")" mport="$(cluster_port "RUNNER_${n}_METRICS")"
+    cluster_start "runner-$n" isorun-runner --grpc_addr="$h:$port" --metrics_addr="$h:$mport" \
+      --scheduler_addr="$h:$s" --runner_name="runner-$n" --driver=sim --region=local
+  done
+  for n in 1 2; do
+    port="$(cluster_port "RUNNER_$n")"
+    wait_for_tcp "runner-$n" "$h" "$port" "${CLUSTER_PIDS[runner-$n]}" "$CLUSTER_DATA/logs/runner-$n.log"
+  done
+  cluster_start gateway isorun-gateway --http_addr="$h:$gh" --metrics_addr="$h:$gm" \
+    --lifecycle_addr="$h:$l" --quota_addr="$h:$q" --region=local
+  wait_for_tcp gateway "$h" "$gh" "${CLUSTER_PIDS[gateway]}" "$CLUSTER_DATA/logs/gateway.log"
+  wait_for_http gateway "http://$h:$gh/healthz" "${CLUSTER_PIDS[gateway]}" "$CLUSTER_DATA/logs/gateway.log"
+
+  # Ready: the env file for tools and tests.
+  (
+    umask 077
+    cat >"$CLUSTER_DATA/env.tmp" <<ENV
+ISORUN_API_URL=http://$h:$gh
+ISORUN_API_KEY=$api_key
+ISORUN_PUBLIC_URL=http://$h:$gp
+ISORUN_DATABASE_URL=$ISORUN_DATABASE_URL
+ISORUN_REGISTRY=
+ISORUN_GRPC_QUOTA=$h:$q
+ISORUN_GRPC_SCHEDULER=$h:$s
+ISORUN_GRPC_LIFECYCLE=$h:$l
+ISORUN_GRPC_RUNNER_1=$h:$r1
+ISORUN_GRPC_RUNNER_2=$h:$r2
+ISORUN_METRICS_GATEWAY=http://$h:$gm/metrics
+ISORUN_METRICS_QUOTA=http://$h:$qm/metrics
+ISORUN_METRICS_SCHEDULER=http://$h:$sm/metrics
+ISORUN_METRICS_LIFECYCLE=http://$h:$lm/metrics
+ISORUN_METRICS_RUNNER_1=http://$h:$r1m/metrics
+ISORUN_METRICS_RUNNER_2=http://$h:$r2m/metrics
+ENV
+  )
+  mv -f "$CLUSTER_DATA/env.tmp" "$CLUSTER_DATA/env"
+
+  local rel="$CLUSTER_DATA"
+  [[ "$rel" == "$PWD"/* ]] && rel="${rel#"$PWD"/}"
+  cat >&2 <<BANNER
+
+  Isorun local cluster is ready.
+    API          http://$h:$gh   (tenant dev, key in $rel/dev.key)
+    public URLs  http://$h:$gp
+    PostgreSQL   $ISORUN_DATABASE_URL
+    environment  source $rel/env
+    logs         $rel/logs/
+  Ctrl-C stops everything.
+
+BANNER
+
+  # Watch: any child that ends, or PostgreSQL going away, stops the whole cluster.
+  local done_pid status name
+  while true; do
+    sleep 2 9>&- &
+    CLUSTER_TICK_PID=$!
+    status=0
+    done_pid=""
+    wait -n -p done_pid "${CLUSTER_PIDS[@]}" "$CLUSTER_TICK_PID" 2>/dev/null || status=$?
+    if [[ "$done_pid" == "$CLUSTER_TICK_PID" ]]; then
+      if [[ -n "$CLUSTER_PG_PID" ]] && ! kill -0 "$CLUSTER_PG_PID" 2>/dev/null; then
+        show_log_tail "$CLUSTER_DATA/logs/postgres.log" 30
+        log "PostgreSQL (pid $CLUSTER_PG_PID) exited unexpectedly; stopping everything"
+        exit 1
+      fi
+      continue
+    fi
+    for name in "${CLUSTER_ORDER[@]}"; do
+      if [[ "${CLUSTER_PIDS[$name]}" == "$done_pid" ]]; then
+        show_log_tail "$CLUSTER_DATA/logs/$name.log" 30
+        log "$name (pid $done_pid) exited unexpectedly with status $status; stopping everything"
+        CLUSTER_PIDS[$name]=""
+        exit 1
+      fi
+    done
+  done
+}

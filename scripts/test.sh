@@ -1,0 +1,69 @@
+# shellcheck shell=bash
+# `./isorun test`: every ctest test against a throwaway PostgreSQL. Sourced by ./isorun.
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/pg.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pg.sh"
+# shellcheck source=scripts/build.sh
+source "$(dirname "${BASH_SOURCE[0]}")/build.sh"
+
+TEST_TMP=""
+TEST_CTEST_PID=""
+
+test_cleanup() {
+  local rc=$?
+  trap '' INT TERM
+  set +e
+  if [[ -n "$TEST_CTEST_PID" ]]; then
+    log "stopping ctest and its tests"
+    kill -TERM -- "-$TEST_CTEST_PID" 2>/dev/null
+    local i
+    for ((i = 0; i < 50; i++)); do
+      kill -0 -- "-$TEST_CTEST_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL -- "-$TEST_CTEST_PID" 2>/dev/null
+    wait "$TEST_CTEST_PID" 2>/dev/null
+  fi
+  pg_stop
+  if [[ -n "$TEST_TMP" ]]; then
+    if ((rc != 0)) && [[ -s "$TEST_TMP/postgres.log" && -d "$ISORUN_BUILD_DIR" ]]; then
+      mkdir -p "$ISORUN_BUILD_DIR/Testing"
+      cp -f "$TEST_TMP/postgres.log" "$ISORUN_BUILD_DIR/Testing/postgres.log" &&
+        log "PostgreSQL's log of this run: $ISORUN_BUILD_DIR/Testing/postgres.log"
+    fi
+    # PG_DATA sits outside TEST_TMP when TEST_TMP was not reachable by the server's user.
+    if [[ -n "$PG_DATA" && "$PG_DATA" != "$TEST_TMP"/* && "$PG_DATA" == /var/lib/isorun/pg-* ]]; then
+      rm -rf "$PG_DATA"
+    fi
+    rm -rf "$TEST_TMP"
+  fi
+  exit "$rc"
+}
+
+# run_tests [CTEST_ARGS...]
+run_tests() {
+  build_all
+  TEST_TMP="$(mktemp -d -t isorun-test.XXXXXX)"
+  chmod 0755 "$TEST_TMP"
+  trap test_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  pg_prepare "$TEST_TMP"
+  local port
+  port="$(pick_free_port)"
+  pg_start "$port" "$TEST_TMP/postgres.log"
+  export ISORUN_TEST_DATABASE_URL
+  ISORUN_TEST_DATABASE_URL="$(pg_url "$port" postgres)"
+  export ISORUN_BIN_DIR ISORUN_REPO
+  log "tests use $ISORUN_TEST_DATABASE_URL"
+  # ctest runs in a session of its own, so that on SIGINT or SIGTERM the trap can stop it and every
+  # test it started (a signal interrupts `wait` at once, not a foreground command).
+  local status=0
+  setsid ctest --test-dir "$ISORUN_BUILD_DIR" --output-on-failure -j2 --timeout 300 "$@" &
+  TEST_CTEST_PID=$!
+  wait "$TEST_CTEST_PID" || status=$?
+  TEST_CTEST_PID=""
+  exit "$status"
+}
