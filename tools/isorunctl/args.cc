@@ -33,10 +33,10 @@ bool IsUsageError(const absl::Status& status) {
 
 const std::map<std::string, FlagKind, std::less<>>& KnownFlags() {
   static const auto* flags = new std::map<std::string, FlagKind, std::less<>>{
-      {"database-url", FlagKind::kValue},     {"max-concurrent", FlagKind::kValue},
-      {"creates-per-sec", FlagKind::kValue},  {"requests-per-sec", FlagKind::kValue},
-      {"region", FlagKind::kValue},           {"tenant", FlagKind::kValue},
-      {"state", FlagKind::kValue},            {"json", FlagKind::kBool},
+      {"database-url", FlagKind::kValue},    {"max-concurrent", FlagKind::kValue},
+      {"creates-per-sec", FlagKind::kValue}, {"requests-per-sec", FlagKind::kValue},
+      {"region", FlagKind::kValue},          {"tenant", FlagKind::kValue},
+      {"state", FlagKind::kValue},           {"json", FlagKind::kBool},
       {"status", FlagKind::kBool},
   };
   return *flags;

@@ -61,9 +61,11 @@ TEST(ParseArgs, Errors) {
 }
 
 TEST(ParseArgs, HelpAnywhereWinsOverUnknownFlags) {
-  for (const auto& argv : std::vector<std::vector<std::string>>{
-           {"--help", "tenants"}, {"tenants", "-h"}, {"tenants", "--bogus", "--help"},
-           {"tenants", "--region", "--help"}}) {
+  for (const auto& argv :
+       std::vector<std::vector<std::string>>{{"--help", "tenants"},
+                                             {"tenants", "-h"},
+                                             {"tenants", "--bogus", "--help"},
+                                             {"tenants", "--region", "--help"}}) {
     auto args = ParseArgs(argv);
     ASSERT_TRUE(args.ok()) << args.status();
     EXPECT_TRUE(args->help);
@@ -94,9 +96,8 @@ TEST(MaxConcurrent, IntegersFromZeroTo100000Only) {
   EXPECT_EQ(*ParseMaxConcurrent("10"), 10);
   EXPECT_EQ(*ParseMaxConcurrent("100000"), 100000);
   EXPECT_EQ(*ParseMaxConcurrent("007"), 7);
-  for (const char* bad :
-       {"", "-1", "+1", "100001", "1000000", "99999999999", "1.5", "1e3", " 5", "5 ", "0x10",
-        "abc"}) {
+  for (const char* bad : {"", "-1", "+1", "100001", "1000000", "99999999999", "1.5", "1e3", " 5",
+                          "5 ", "0x10", "abc"}) {
     auto n = ParseMaxConcurrent(bad);
     ASSERT_FALSE(n.ok()) << bad;
     EXPECT_TRUE(IsUsageError(n.status()));
@@ -109,8 +110,8 @@ TEST(Rate, PositiveDecimalsOnly) {
   EXPECT_EQ(*ParseRate("creates-per-sec", "0.5"), 0.5);
   EXPECT_EQ(*ParseRate("creates-per-sec", ".25"), 0.25);
   EXPECT_EQ(*ParseRate("creates-per-sec", "1000000"), 1000000);
-  for (const char* bad : {"", "0", "0.0", "-1", "+1", ".", "1.2.3", "1e3", "inf", "nan",
-                          "1000000.5", "5 ", "five"}) {
+  for (const char* bad :
+       {"", "0", "0.0", "-1", "+1", ".", "1.2.3", "1e3", "inf", "nan", "1000000.5", "5 ", "five"}) {
     auto rate = ParseRate("requests-per-sec", bad);
     ASSERT_FALSE(rate.ok()) << bad;
     EXPECT_TRUE(IsUsageError(rate.status()));

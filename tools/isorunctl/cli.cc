@@ -12,9 +12,8 @@
 namespace isorun::ctl {
 namespace {
 
-using Handler =
-    std::function<absl::Status(const Args&, const std::vector<std::string>& params,
-                               const std::string& database_url, std::ostream& out)>;
+using Handler = std::function<absl::Status(const Args&, const std::vector<std::string>& params,
+                                           const std::string& database_url, std::ostream& out)>;
 
 struct Command {
   std::string group;  // empty for a top-level command
@@ -105,7 +104,8 @@ const std::vector<Command>& Commands() {
                     "prints its id.\n\n"
                     "  NAME                   1 to 63 of a-z, 0-9, '_', '-'; starts with a "
                     "letter or digit\n",
-                    kLimitFlags, "\nDefaults: --max-concurrent 10, --creates-per-sec 5, "
+                    kLimitFlags,
+                    "\nDefaults: --max-concurrent 10, --creates-per-sec 5, "
                     "--requests-per-sec 50.\n"),
        {"max-concurrent", "creates-per-sec", "requests-per-sec"},
        [](const Args& args, const std::vector<std::string>& params, const std::string& db,
@@ -253,7 +253,8 @@ void PrintTopHelp(std::ostream& out) {
   for (const auto& [words, summary] : lines) {
     out << "  " << words << std::string(width - words.size() + 3, ' ') << summary << '\n';
   }
-  out << "\n" << kGlobalFlags
+  out << "\n"
+      << kGlobalFlags
       << "\nRun `isorunctl COMMAND --help` for a command's arguments and flags.\n"
          "Exit status: 0 success, 1 failure, 2 bad command line.\n";
 }
@@ -269,7 +270,8 @@ void PrintGroupHelp(const Group& g, std::ostream& out) {
       out << "  " << c.name << std::string(14 - c.name.size(), ' ') << c.summary << '\n';
     }
   }
-  out << "\n" << kGlobalFlags << "\nRun `isorunctl " << g.name
+  out << "\n"
+      << kGlobalFlags << "\nRun `isorunctl " << g.name
       << " COMMAND --help` for a command's arguments and flags.\n";
 }
 
@@ -353,18 +355,17 @@ int Run(const std::vector<std::string>& argv, const std::string& env_database_ur
   for (const auto& [flag, value] : args.flags) {
     if (flag == "database-url") continue;
     if (std::find(command->flags.begin(), command->flags.end(), flag) == command->flags.end()) {
-      return Usage(err,
-                   absl::StrCat("flag --", flag, " is not valid for `isorunctl ",
-                                command->path(), "`"),
-                   command->path());
+      return Usage(
+          err, absl::StrCat("flag --", flag, " is not valid for `isorunctl ", command->path(), "`"),
+          command->path());
     }
   }
   std::vector<std::string> params(words.begin() + consumed, words.end());
   if (params.size() < command->params.size()) {
-    return Usage(err,
-                 absl::StrCat("missing ", command->params[params.size()], ": usage: ",
-                              command->synopsis()),
-                 command->path());
+    return Usage(
+        err,
+        absl::StrCat("missing ", command->params[params.size()], ": usage: ", command->synopsis()),
+        command->path());
   }
   if (params.size() > command->params.size()) {
     return Usage(err,

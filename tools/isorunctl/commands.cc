@@ -1,10 +1,9 @@
 #include "tools/isorunctl/commands.h"
 
-#include <pqxx/pqxx>
-
 #include <cctype>
 #include <cmath>
 #include <functional>
+#include <pqxx/pqxx>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -19,7 +18,8 @@ namespace isorun::ctl {
 namespace {
 
 // Opens one connection for the command; libpqxx exceptions end here as statuses.
-absl::Status WithDb(const std::string& url, const std::function<absl::Status(pqxx::connection&)>& fn) {
+absl::Status WithDb(const std::string& url,
+                    const std::function<absl::Status(pqxx::connection&)>& fn) {
   try {
     pqxx::connection conn(url);
     return fn(conn);
@@ -38,14 +38,18 @@ absl::Status WithDb(const std::string& url, const std::function<absl::Status(pqx
       space = false;
       message += c;
     }
+    // An unmigrated database is the usual cause of a missing schema or table.
+    if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
+        sql != nullptr && (sql->sqlstate() == "42P01" || sql->sqlstate() == "3F000")) {
+      absl::StrAppend(&message, " (is the database migrated? run `isorunctl migrate`)");
+    }
     return absl::Status(status.code(), message);
   }
 }
 
 // SQL for a timestamptz column as RFC 3339 UTC (NULL stays NULL).
 std::string Ts(const std::string& column) {
-  return absl::StrCat("to_char(", column,
-                      " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')");
+  return absl::StrCat("to_char(", column, " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')");
 }
 
 std::string Text(const pqxx::field& f) { return f.is_null() ? std::string() : f.c_str(); }
@@ -226,11 +230,10 @@ absl::Status ListTenants(const std::string& database_url, Format format, std::os
       out << w.str() << '\n';
       return absl::OkStatus();
     }
-    Table table(
-        {"NAME", "ID", "MAX_CONCURRENT", "CREATES_PER_SEC", "REQUESTS_PER_SEC", "ACTIVE"});
+    Table table({"NAME", "ID", "MAX_CONCURRENT", "CREATES_PER_SEC", "REQUESTS_PER_SEC", "ACTIVE"});
     for (const auto& row : rows) {
-      table.AddRow({row[0].c_str(), row[1].c_str(), number(row[2]), number(row[3]),
-                    number(row[4]), number(row[5])});
+      table.AddRow({row[0].c_str(), row[1].c_str(), number(row[2]), number(row[3]), number(row[4]),
+                    number(row[5])});
     }
     table.Print(out);
     return absl::OkStatus();
@@ -240,8 +243,8 @@ absl::Status ListTenants(const std::string& database_url, Format format, std::os
 absl::Status CreateKey(const std::string& database_url, const std::string& tenant,
                        const std::string& region, std::ostream& out) {
   if (!IsValidRegion(region)) {
-    return UsageError(absl::StrCat("invalid region '", region,
-                                   "': use 1 to 63 characters of a-z, 0-9 and '-'"));
+    return UsageError(
+        absl::StrCat("invalid region '", region, "': use 1 to 63 characters of a-z, 0-9 and '-'"));
   }
   return WithDb(database_url, [&](pqxx::connection& conn) {
     pqxx::work tx(conn);
@@ -492,8 +495,10 @@ absl::Status ShowCapacity(const std::string& database_url, Format format, std::o
       JsonWriter w;
       auto figures = [&w](const RunnerCapacity& c) {
         w.Key("cpuMillisFree").Int(c.cpu_total - c.cpu_used).Key("cpuMillisTotal").Int(c.cpu_total);
-        w.Key("memoryMbFree").Int(c.memory_total - c.memory_used).Key("memoryMbTotal").Int(
-            c.memory_total);
+        w.Key("memoryMbFree")
+            .Int(c.memory_total - c.memory_used)
+            .Key("memoryMbTotal")
+            .Int(c.memory_total);
         w.Key("sandboxes").Int(c.sandboxes).Key("maxSandboxes").Int(c.max_sandboxes);
         w.Key("images").Int(c.images);
         w.Key("warmPlacements").Int(c.warm).Key("coldPlacements").Int(c.cold);
@@ -565,8 +570,7 @@ absl::Status SetRunnerDraining(const std::string& database_url, const std::strin
     std::string name = found[0][1].c_str();
     if (found[0][2].as<bool>() == draining) {
       tx.commit();
-      out << "runner " << name << (draining ? " is already draining" : " is not draining")
-          << '\n';
+      out << "runner " << name << (draining ? " is already draining" : " is not draining") << '\n';
       return absl::OkStatus();
     }
     tx.exec_params("UPDATE scheduler.runners SET draining = $2 WHERE id = $1",

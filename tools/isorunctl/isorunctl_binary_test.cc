@@ -38,9 +38,9 @@ TEST(Binary, HelpOnEveryLevel) {
     EXPECT_EQ(r.err, "") << what;
     EXPECT_NE(r.out.find("isorunctl"), std::string::npos) << what;
   }
-  EXPECT_EQ(RunBinary({"tenants", "create", "--help"}).out.rfind("Usage: isorunctl tenants create",
-                                                                 0),
-            0u);
+  EXPECT_EQ(
+      RunBinary({"tenants", "create", "--help"}).out.rfind("Usage: isorunctl tenants create", 0),
+      0u);
 }
 
 TEST(Binary, UsageErrorsExitWith2) {
@@ -55,8 +55,9 @@ TEST(Binary, UsageErrorsExitWith2) {
 }
 
 TEST(Binary, DatabaseUrlFromTheEnvironmentAndFailuresExitWith1) {
-  auto r = RunBinary({"tenants", "list"},
-                     {{"ISORUN_DATABASE_URL", "postgresql://isorun@127.0.0.1:1/x?connect_timeout=2"}});
+  auto r =
+      RunBinary({"tenants", "list"},
+                {{"ISORUN_DATABASE_URL", "postgresql://isorun@127.0.0.1:1/x?connect_timeout=2"}});
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_EQ(r.out, "");
   EXPECT_NE(r.err.find("isorunctl: database unavailable"), std::string::npos) << r.err;

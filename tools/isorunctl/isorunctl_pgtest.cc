@@ -78,8 +78,9 @@ class IsorunctlTest : public ::testing::Test {
     return Q(absl::StrCat("SELECT id FROM accounts.tenants WHERE name = '", name, "'"));
   }
   std::string CountAll() {
-    return Q("SELECT (SELECT count(*) FROM accounts.tenants) || '/' || "
-             "(SELECT count(*) FROM quota.limits) || '/' || (SELECT count(*) FROM quota.usage)");
+    return Q(
+        "SELECT (SELECT count(*) FROM accounts.tenants) || '/' || "
+        "(SELECT count(*) FROM quota.limits) || '/' || (SELECT count(*) FROM quota.usage)");
   }
 
   isorun::testing::TestDatabase db_;
@@ -91,7 +92,8 @@ TEST_F(IsorunctlTest, CreateTenantsWithDefaultAndGivenLimits) {
   ASSERT_FALSE(id.empty());
   EXPECT_EQ(out, id + "\n");
   EXPECT_EQ(Q("SELECT max_concurrent || ' ' || creates_per_sec || ' ' || requests_per_sec "
-              "FROM quota.limits WHERE tenant_id = '" + id + "'"),
+              "FROM quota.limits WHERE tenant_id = '" +
+              id + "'"),
             "10 5 50");
   EXPECT_EQ(Q("SELECT active FROM quota.usage WHERE tenant_id = '" + id + "'"), "0");
 
@@ -243,8 +245,7 @@ TEST_F(IsorunctlTest, KeysCreatePrintsTheKeyAloneAndStoresOnlyItsHash) {
   ASSERT_GT(tables.size(), 5u);
   for (const auto& table : tables) {
     std::string name = table[0].as<std::string>();
-    auto hits = nt.exec_params("SELECT count(*) FROM " + name +
-                                   " t WHERE strpos(t::text, $1) > 0",
+    auto hits = nt.exec_params("SELECT count(*) FROM " + name + " t WHERE strpos(t::text, $1) > 0",
                                key->secret);
     EXPECT_EQ(hits[0][0].as<int>(), 0) << "secret found in " << name;
   }
@@ -322,14 +323,12 @@ TEST_F(IsorunctlTest, RevokeIsImmediateAndIdempotent) {
   auto k1 = *ParseApiKey(first.substr(0, first.size() - 1));
   auto k2 = *ParseApiKey(second.substr(0, second.size() - 1));
 
-  EXPECT_EQ(Ok({"keys", "revoke", k1.key_id}),
-            "revoked key " + k1.key_id + " of tenant acme\n");
-  EXPECT_EQ(Q("SELECT revoked_at IS NOT NULL FROM accounts.api_keys WHERE key_id = '" +
-              k1.key_id + "'"),
-            "t");
-  EXPECT_EQ(Q("SELECT revoked_at IS NULL FROM accounts.api_keys WHERE key_id = '" + k2.key_id +
-              "'"),
-            "t")
+  EXPECT_EQ(Ok({"keys", "revoke", k1.key_id}), "revoked key " + k1.key_id + " of tenant acme\n");
+  EXPECT_EQ(
+      Q("SELECT revoked_at IS NOT NULL FROM accounts.api_keys WHERE key_id = '" + k1.key_id + "'"),
+      "t");
+  EXPECT_EQ(
+      Q("SELECT revoked_at IS NULL FROM accounts.api_keys WHERE key_id = '" + k2.key_id + "'"), "t")
       << "only the one key";
   std::string revoked_at =
       Q("SELECT revoked_at FROM accounts.api_keys WHERE key_id = '" + k1.key_id + "'");
@@ -361,8 +360,8 @@ class SandboxesTest : public IsorunctlTest {
     Ok({"tenants", "create", "acme"});
     Ok({"tenants", "create", "beta"});
     int age = 100;
-    for (const auto& [id, tenant, state] : std::vector<std::tuple<std::string, std::string,
-                                                                  std::string>>{
+    for (const auto& [id, tenant, state] :
+         std::vector<std::tuple<std::string, std::string, std::string>>{
              {"sbx_a1", "acme", "RUNNING"},
              {"sbx_a2", "acme", "HIBERNATED"},
              {"sbx_a3", "acme", "DESTROYED"},
@@ -374,10 +373,12 @@ class SandboxesTest : public IsorunctlTest {
       Q(absl::StrCat(
           "INSERT INTO lifecycle.sandboxes (id, tenant_id, state, image, cpu_millis, memory_mb, "
           "timeout_sec, public_id, runner_id, created_at, expires_at, ended_at, end_reason) "
-          "VALUES ('", id, "', '", TenantId(tenant), "', '", state, "', 'busybox:1.36', 1000, 512, "
-          "300, '", RandomHex(16), "', ", state == "RUNNING" ? "'runner-1'" : "NULL",
-          ", now() - interval '", age--, " s', ",
-          state == "RUNNING" ? "now() + interval '5 min'" : "NULL", ", ",
+          "VALUES ('",
+          id, "', '", TenantId(tenant), "', '", state,
+          "', 'busybox:1.36', 1000, 512, "
+          "300, '",
+          RandomHex(16), "', ", state == "RUNNING" ? "'runner-1'" : "NULL", ", now() - interval '",
+          age--, " s', ", state == "RUNNING" ? "now() + interval '5 min'" : "NULL", ", ",
           ended ? "now()" : "NULL", ", ", ended ? "'DELETED'" : "NULL", ")"));
     }
   }
@@ -412,10 +413,8 @@ TEST_F(SandboxesTest, FilterByStateAndTenant) {
             (std::vector<std::string>{"sbx_a1", "sbx_a2", "sbx_a3", "sbx_b1", "sbx_b2", "sbx_b3"}));
   EXPECT_EQ(Ids(Ok({"sandboxes", "list", "--state=destroyed"})),
             std::vector<std::string>{"sbx_a3"});
-  EXPECT_EQ(Ids(Ok({"sandboxes", "list", "--state", "LOST"})),
-            std::vector<std::string>{"sbx_b3"});
-  EXPECT_EQ(Ids(Ok({"sandboxes", "list", "--tenant", "beta"})),
-            std::vector<std::string>{"sbx_b1"});
+  EXPECT_EQ(Ids(Ok({"sandboxes", "list", "--state", "LOST"})), std::vector<std::string>{"sbx_b3"});
+  EXPECT_EQ(Ids(Ok({"sandboxes", "list", "--tenant", "beta"})), std::vector<std::string>{"sbx_b1"});
   EXPECT_EQ(Ids(Ok({"sandboxes", "list", "--tenant", "beta", "--state", "all"})),
             (std::vector<std::string>{"sbx_b1", "sbx_b2", "sbx_b3"}));
   EXPECT_TRUE(Ids(Ok({"sandboxes", "list", "--tenant", "acme", "--state", "PENDING"})).empty());
@@ -430,7 +429,8 @@ TEST_F(SandboxesTest, FilterByStateAndTenant) {
 }
 
 TEST_F(SandboxesTest, Json) {
-  Struct json = ParseJson(Ok({"sandboxes", "list", "--tenant", "acme", "--state", "all", "--json"}));
+  Struct json =
+      ParseJson(Ok({"sandboxes", "list", "--tenant", "acme", "--state", "all", "--json"}));
   const auto& list = Field(json, "sandboxes").list_value().values();
   ASSERT_EQ(list.size(), 3);
   const Struct& running = list[0].struct_value();
@@ -466,8 +466,8 @@ TEST_F(CapacityTest, PerRunnerAndFleetTotals) {
   auto rows = Rows(out);
   ASSERT_GE(rows.size(), 6u) << out;
   EXPECT_EQ(rows[0][0], "NAME");
-  EXPECT_EQ(rows[1], (std::vector<std::string>{"r-a", "healthy", "local", "2500/4000",
-                                               "6656/8192", "2/10", "2", "1", "1"}));
+  EXPECT_EQ(rows[1], (std::vector<std::string>{"r-a", "healthy", "local", "2500/4000", "6656/8192",
+                                               "2/10", "2", "1", "1"}));
   EXPECT_EQ(rows[2], (std::vector<std::string>{"r-b", "unhealthy", "local", "3750/4000",
                                                "7936/8192", "1/10", "1", "1", "0"}));
   EXPECT_EQ(rows[3], (std::vector<std::string>{"r-c", "lost,draining", "eu", "4000/4000",
@@ -567,8 +567,8 @@ TEST(IsorunctlMigrate, AppliesEverythingToAnEmptyDatabase) {
   std::string name = "isorunctl_bare_" + RandomHex(6);
   auto slash = admin.find('/', admin.find("://") + 3);
   auto query = admin.find('?');
-  std::string url = admin.substr(0, slash) + "/" + name +
-                    (query == std::string::npos ? "" : admin.substr(query));
+  std::string url =
+      admin.substr(0, slash) + "/" + name + (query == std::string::npos ? "" : admin.substr(query));
   {
     pqxx::connection conn(admin);
     pqxx::nontransaction nt(conn);
