@@ -1,0 +1,508 @@
+// The lifecycle against real Postgres and the real quota, scheduler and runner services, served
+// over real gRPC in this process (ports chosen by the OS). Failures are injected by wrapping the
+// gRPC clients, so every compensation path is exercised against the real services' state.
+
+#include "services/lifecycle/lifecycle.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "quotas/quota_service.h"
+#include "quotas/quota_store.h"
+#include "scheduler/fleet.h"
+#include "scheduler/scheduler_service.h"
+#include "scheduler/scheduler_store.h"
+#include "services/kit/server.h"
+#include "services/kit/status.h"
+#include "services/runner/agent.h"
+#include "services/runner/runner_service.h"
+#include "services/runner/sim_driver.h"
+#include "tests/support/test_database.h"
+
+namespace isorun::lifecycle {
+namespace {
+
+// Fails chosen steps. `after` variants perform the call first and then report failure, like a
+// response lost on the wire.
+class FaultyBackends final : public Backends {
+ public:
+  explicit FaultyBackends(Backends& real) : real_(real) {}
+  std::atomic<bool> fail_admit{false}, fail_admit_after{false}, fail_place{false},
+      fail_place_after{false}, fail_start_after{false}, fail_release{false}, fail_stop{false};
+
+  absl::Status Admit(const std::string& t, const std::string& id) override {
+    if (fail_admit) return absl::UnavailableError("injected: quota down");
+    absl::Status s = real_.Admit(t, id);
+    if (fail_admit_after && s.ok()) return absl::UnavailableError("injected: admit reply lost");
+    return s;
+  }
+  absl::Status Release(const std::string& t, const std::string& id) override {
+    if (fail_release) return absl::UnavailableError("injected: quota down");
+    return real_.Release(t, id);
+  }
+  absl::StatusOr<v1::Usage> GetUsage(const std::string& t) override { return real_.GetUsage(t); }
+  absl::StatusOr<v1::Placement> Place(const v1::PlaceRequest& r) override {
+    if (fail_place) return absl::UnavailableError("injected: scheduler down");
+    auto p = real_.Place(r);
+    if (fail_place_after && p.ok()) return absl::UnavailableError("injected: place reply lost");
+    return p;
+  }
+  absl::Status ReleasePlacement(const std::string& id) override {
+    return real_.ReleasePlacement(id);
+  }
+  absl::StatusOr<v1::StartSandboxResponse> Start(const std::string& a,
+                                                 const v1::StartSandboxRequest& r) override {
+    auto s = real_.Start(a, r);
+    if (fail_start_after && s.ok()) return absl::InternalError("injected: start reply lost");
+    return s;
+  }
+  absl::Status Stop(const std::string& a, const std::string& id) override {
+    if (fail_stop) return absl::UnavailableError("injected: runner down");
+    return real_.Stop(a, id);
+  }
+  absl::Status Pause(const std::string& a, const std::string& id) override {
+    return real_.Pause(a, id);
+  }
+  absl::Status Unpause(const std::string& a, const std::string& id) override {
+    return real_.Unpause(a, id);
+  }
+  absl::StatusOr<v1::ExecResponse> Exec(const std::string& a, const std::string& id,
+                                        const v1::ExecRequest& r) override {
+    return real_.Exec(a, id, r);
+  }
+
+ private:
+  Backends& real_;
+};
+
+class LifecycleTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    pool_ = std::make_unique<PgPool>(db_.url(), 24, Durability::kAsync);
+    quota_store_ = std::make_unique<quota::QuotaStore>(*pool_);
+    sched_store_ = std::make_unique<scheduler::SchedulerStore>(*pool_);
+    sandbox_store_ = std::make_unique<SandboxStore>(*pool_);
+    fleet_ = std::make_unique<scheduler::Fleet>(*sched_store_, [] { return absl::Now(); });
+    ASSERT_TRUE(fleet_->Load().ok());
+    quota_service_ = std::make_unique<quota::QuotaService>(*quota_store_);
+    sched_service_ =
+        std::make_unique<scheduler::SchedulerService>(*fleet_, registry_, 200);
+    auto qs = StartGrpcServer("127.0.0.1:0", {quota_service_.get(), sched_service_.get()});
+    ASSERT_TRUE(qs.ok());
+    control_ = std::move(*qs);
+    runner::SimOptions sim;
+    sim.fail_images_containing = "broken";
+    driver_ = std::make_unique<runner::SimDriver>(sim);
+    runner_service_ = std::make_unique<runner::RunnerService>(*driver_);
+    auto rs = StartGrpcServer("127.0.0.1:0", {runner_service_.get()});
+    ASSERT_TRUE(rs.ok());
+    runner_server_ = std::move(*rs);
+    const std::string control_addr = "127.0.0.1:" + std::to_string(control_.port);
+    StartRunner(3);
+    grpc_backends_ = std::make_unique<GrpcBackends>(MakeChannel(control_addr),
+                                                    MakeChannel(control_addr));
+    faulty_ = std::make_unique<FaultyBackends>(*grpc_backends_);
+    LifecycleOptions options;
+    options.stuck_after_sec = 0;
+    options.destroy_retry_after_sec = 0;
+    lifecycle_ = std::make_unique<Lifecycle>(*sandbox_store_, *faulty_, options);
+    tenant_ = CreateTenant("acme", 5);
+    other_tenant_ = CreateTenant("other", 5);
+  }
+
+  void TearDown() override {
+    if (agent_) agent_->Stop();
+    if (runner_server_.server) runner_server_.server->Shutdown();
+    if (control_.server) control_.server->Shutdown();
+  }
+
+  void StartRunner(int slots) {
+    if (agent_) agent_->Stop();
+    const std::string control_addr = "127.0.0.1:" + std::to_string(control_.port);
+    agent_ = std::make_unique<runner::Agent>(
+        MakeChannel(control_addr), *driver_,
+        runner::AgentOptions{"runner-a", "127.0.0.1:" + std::to_string(runner_server_.port),
+                             "local", 16000, 32768, slots});
+    agent_->Start();
+    for (int i = 0; i < 200 && !agent_->registered(); ++i) absl::SleepFor(absl::Milliseconds(10));
+    ASSERT_TRUE(agent_->registered());
+  }
+
+  std::string CreateTenant(const std::string& name, int limit) {
+    return db_.Scalar(
+        "WITH t AS (INSERT INTO accounts.tenants (name) VALUES ('" + name +
+        "') RETURNING id), l AS (INSERT INTO quota.limits (tenant_id, max_concurrent) "
+        "SELECT id, " + std::to_string(limit) +
+        " FROM t RETURNING tenant_id), u AS (INSERT INTO quota.usage (tenant_id) "
+        "SELECT tenant_id FROM l RETURNING tenant_id) SELECT tenant_id FROM u");
+  }
+
+  v1::CreateSandboxRequest Req(const std::string& image = "busybox:1.36") {
+    v1::CreateSandboxRequest r;
+    r.set_tenant_id(tenant_);
+    r.set_image(image);
+    return r;
+  }
+
+  std::string Count(const std::string& sql) { return db_.Scalar(sql); }
+  std::string Usage(const std::string& tenant) {
+    return Count("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'");
+  }
+
+  // Nothing is held anywhere: no reservation, no placement, no runner sandbox.
+  void ExpectNothingHeld() {
+    EXPECT_EQ(Count("SELECT count(*) FROM quota.reservations"), "0");
+    EXPECT_EQ(Usage(tenant_), "0");
+    EXPECT_EQ(Count("SELECT count(*) FROM scheduler.placements"), "0");
+    EXPECT_TRUE(driver_->Sandboxes().empty());
+    for (const auto& r : fleet_->List()) EXPECT_EQ(r.view.allocated.sandboxes, 0);
+  }
+
+  testing::TestDatabase db_;
+  prometheus::Registry registry_;
+  std::unique_ptr<PgPool> pool_;
+  std::unique_ptr<quota::QuotaStore> quota_store_;
+  std::unique_ptr<scheduler::SchedulerStore> sched_store_;
+  std::unique_ptr<SandboxStore> sandbox_store_;
+  std::unique_ptr<scheduler::Fleet> fleet_;
+  std::unique_ptr<quota::QuotaService> quota_service_;
+  std::unique_ptr<scheduler::SchedulerService> sched_service_;
+  GrpcServer control_;
+  std::unique_ptr<runner::SimDriver> driver_;
+  std::unique_ptr<runner::RunnerService> runner_service_;
+  GrpcServer runner_server_;
+  std::unique_ptr<runner::Agent> agent_;
+  std::unique_ptr<GrpcBackends> grpc_backends_;
+  std::unique_ptr<FaultyBackends> faulty_;
+  std::unique_ptr<Lifecycle> lifecycle_;
+  std::string tenant_, other_tenant_;
+};
+
+std::string ReasonOf(const absl::Status& s) {
+  auto d = ErrorDetailOf(s);
+  return d ? d->reason() : "";
+}
+
+TEST_F(LifecycleTest, CreateRunsAndDestroyReleasesEverything) {
+  auto sb = lifecycle_->Create(Req());
+  ASSERT_TRUE(sb.ok()) << sb.status();
+  EXPECT_EQ(sb->state(), v1::RUNNING);
+  EXPECT_EQ(sb->image_digest().rfind("sha256:", 0), 0u);
+  EXPECT_EQ(sb->timeout_sec(), 300);
+  EXPECT_TRUE(sb->has_expires_at());
+  EXPECT_EQ(sb->public_id().size(), 32u);
+  EXPECT_EQ(Usage(tenant_), "1");
+  EXPECT_EQ(Count("SELECT count(*) FROM scheduler.placements"), "1");
+  EXPECT_EQ(driver_->Sandboxes().size(), 1u);
+  EXPECT_EQ(Count("SELECT string_agg(to_state, ',' ORDER BY id) FROM lifecycle.sandbox_events"),
+            "PENDING,STARTING,RUNNING");
+
+  ASSERT_TRUE(lifecycle_->Destroy(tenant_, sb->id()).ok());
+  ExpectNothingHeld();
+  auto ended = lifecycle_->Get(tenant_, sb->id());
+  ASSERT_TRUE(ended.ok());
+  EXPECT_EQ(ended->state(), v1::DESTROYED);
+  EXPECT_EQ(ended->end_reason(), v1::DELETED);
+  EXPECT_TRUE(ended->has_ended_at());
+  // Idempotent.
+  EXPECT_TRUE(lifecycle_->Destroy(tenant_, sb->id()).ok());
+  EXPECT_EQ(lifecycle_->Destroy(tenant_, "sbx_unknown").code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(LifecycleTest, ExactlyLimitWinsWhenFiftyCreatesRaceForFive) {
+  StartRunner(100);
+  std::atomic<int> ok{0}, limited{0}, other{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 50; ++i) {
+    threads.emplace_back([&] {
+      auto sb = lifecycle_->Create(Req());
+      if (sb.ok()) {
+        ++ok;
+      } else if (ReasonOf(sb.status()) == "CONCURRENT_SANDBOX_LIMIT") {
+        ++limited;
+      } else {
+        ++other;
+        ADD_FAILURE() << sb.status();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok, 5);
+  EXPECT_EQ(limited, 45);
+  EXPECT_EQ(Usage(tenant_), "5");
+  // Refused creates leave no rows behind.
+  EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.sandboxes"), "5");
+  EXPECT_EQ(Count("SELECT count(*) FROM scheduler.placements"), "5");
+}
+
+TEST_F(LifecycleTest, UnpinnedImagesAreRejectedBeforeAdmission) {
+  faulty_->fail_admit = true;  // would surface if admission were attempted
+  auto sb = lifecycle_->Create(Req("busybox:latest"));
+  EXPECT_EQ(ReasonOf(sb.status()), "IMAGE_NOT_PINNED");
+  EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.sandboxes"), "0");
+  ExpectNothingHeld();
+}
+
+TEST_F(LifecycleTest, SlotIsFreeRightAfterDestroy) {
+  db_.Scalar("UPDATE quota.limits SET max_concurrent = 1");
+  for (int i = 0; i < 5; ++i) {
+    auto sb = lifecycle_->Create(Req());
+    ASSERT_TRUE(sb.ok()) << i << ": " << sb.status();
+    EXPECT_EQ(ReasonOf(lifecycle_->Create(Req()).status()), "CONCURRENT_SANDBOX_LIMIT");
+    ASSERT_TRUE(lifecycle_->Destroy(tenant_, sb->id()).ok());
+  }
+}
+
+TEST_F(LifecycleTest, NoCapacityIs429CapacityAndReleasesTheSlot) {
+  StartRunner(1);
+  ASSERT_TRUE(lifecycle_->Create(Req()).ok());
+  auto second = lifecycle_->Create(Req());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ReasonOf(second.status()), "CAPACITY");
+  EXPECT_NE(second.status().message().find("capacity"), std::string::npos);
+  EXPECT_EQ(Usage(tenant_), "1");
+  EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.sandboxes"), "1");
+}
+
+TEST_F(LifecycleTest, NothingLeaksWhenAnyStepOfCreateFails) {
+  struct Step {
+    const char* name;
+    std::atomic<bool>* flag;
+  };
+  for (Step step : {Step{"admit", &faulty_->fail_admit},
+                    Step{"admit reply lost", &faulty_->fail_admit_after},
+                    Step{"place", &faulty_->fail_place},
+                    Step{"place reply lost", &faulty_->fail_place_after},
+                    Step{"start reply lost", &faulty_->fail_start_after}}) {
+    *step.flag = true;
+    auto sb = lifecycle_->Create(Req());
+    *step.flag = false;
+    EXPECT_FALSE(sb.ok()) << step.name;
+    SCOPED_TRACE(step.name);
+    ExpectNothingHeld();
+  }
+  // A start the runner itself refuses: the sandbox is FAILED with the reason, nothing held.
+  auto broken = lifecycle_->Create(Req("broken:1"));
+  EXPECT_EQ(broken.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(broken.status().message().find("failed to start"), std::string::npos);
+  ExpectNothingHeld();
+  EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.sandboxes WHERE state = 'FAILED' AND "
+                  "end_reason = 'START_FAILED' AND end_message LIKE '%failed to start%'"),
+            "2");
+  EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.sandboxes WHERE state <> 'FAILED'"), "0");
+}
+
+TEST_F(LifecycleTest, ReconcilerFinishesCreatesWhoseCompensationFailed) {
+  // Quota is unreachable for the compensation too: the row must stay for the reconciler.
+  faulty_->fail_place = true;
+  faulty_->fail_release = true;
+  EXPECT_FALSE(lifecycle_->Create(Req()).ok());
+  faulty_->fail_place = false;
+  faulty_->fail_release = false;
+  EXPECT_EQ(Usage(tenant_), "1");
+  auto counts = lifecycle_->ReconcileOnce();
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->creates_abandoned, 1);
+  ExpectNothingHeld();
+  EXPECT_EQ(Count("SELECT state FROM lifecycle.sandboxes"), "FAILED");
+}
+
+TEST_F(LifecycleTest, ReconcilerFinishesInterruptedDestroys) {
+  auto sb = lifecycle_->Create(Req());
+  ASSERT_TRUE(sb.ok());
+  faulty_->fail_stop = true;
+  ASSERT_TRUE(lifecycle_->Destroy(tenant_, sb->id()).ok());
+  EXPECT_EQ(Usage(tenant_), "0") << "slot must be free when destroy returns";
+  EXPECT_EQ(lifecycle_->Get(tenant_, sb->id())->state(), v1::DESTROYING);
+  faulty_->fail_stop = false;
+  auto counts = lifecycle_->ReconcileOnce();
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->destroys_finished, 1);
+  ExpectNothingHeld();
+  EXPECT_EQ(lifecycle_->Get(tenant_, sb->id())->state(), v1::DESTROYED);
+}
+
+TEST_F(LifecycleTest, IdleSandboxesAreReapedOnceEvenByTwoReapers) {
+  StartRunner(10);
+  auto req = Req();
+  req.set_timeout_sec(1);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) {
+    auto sb = lifecycle_->Create(req);
+    ASSERT_TRUE(sb.ok()) << sb.status();
+    ids.push_back(sb->id());
+  }
+  auto kept = lifecycle_->Create(Req());
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(*lifecycle_->ReapOnce(), 0);
+  absl::SleepFor(absl::Milliseconds(1100));
+  Lifecycle second(*sandbox_store_, *faulty_);
+  std::atomic<int> reaped{0};
+  std::thread a([&] { reaped += *lifecycle_->ReapOnce(); });
+  std::thread b([&] { reaped += *second.ReapOnce(); });
+  a.join();
+  b.join();
+  EXPECT_EQ(reaped, 4);
+  for (const auto& id : ids) {
+    auto sb = lifecycle_->Get(tenant_, id);
+    EXPECT_EQ(sb->state(), v1::DESTROYED);
+    EXPECT_EQ(sb->end_reason(), v1::IDLE_TIMEOUT);
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.sandbox_events WHERE to_state = 'DESTROYED'"),
+            "4");
+  EXPECT_EQ(Usage(tenant_), "1");
+  EXPECT_EQ(lifecycle_->Get(tenant_, kept->id())->state(), v1::RUNNING);
+}
+
+TEST_F(LifecycleTest, SetTimeoutMovesTheDeadline) {
+  auto sb = lifecycle_->Create(Req());
+  ASSERT_TRUE(sb.ok());
+  auto updated = lifecycle_->SetTimeout(tenant_, sb->id(), 1);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(updated->timeout_sec(), 1);
+  EXPECT_LT(updated->expires_at().seconds(), sb->expires_at().seconds());
+  EXPECT_EQ(lifecycle_->SetTimeout(tenant_, sb->id(), 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(lifecycle_->SetTimeout(other_tenant_, sb->id(), 10).status().code(),
+            absl::StatusCode::kNotFound);
+  absl::SleepFor(absl::Milliseconds(1100));
+  EXPECT_EQ(*lifecycle_->ReapOnce(), 1);
+  EXPECT_EQ(ReasonOf(lifecycle_->SetTimeout(tenant_, sb->id(), 10).status()),
+            "SANDBOX_NOT_RUNNING");
+}
+
+TEST_F(LifecycleTest, OtherTenantsSeeNotFound) {
+  auto sb = lifecycle_->Create(Req());
+  ASSERT_TRUE(sb.ok());
+  EXPECT_EQ(lifecycle_->Get(other_tenant_, sb->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(lifecycle_->Destroy(other_tenant_, sb->id()).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(lifecycle_->Hibernate(other_tenant_, sb->id()).status().code(),
+            absl::StatusCode::kNotFound);
+  ListQuery q;
+  q.tenant_id = other_tenant_;
+  EXPECT_TRUE(lifecycle_->List(q)->sandboxes.empty());
+  EXPECT_EQ(lifecycle_->Get(tenant_, sb->id())->state(), v1::RUNNING);
+}
+
+TEST_F(LifecycleTest, HibernatedSandboxesDoNotCountAndResumeIsAdmitted) {
+  db_.Scalar("UPDATE quota.limits SET max_concurrent = 1");
+  auto a = lifecycle_->Create(Req());
+  ASSERT_TRUE(a.ok());
+  auto h = lifecycle_->Hibernate(tenant_, a->id());
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->state(), v1::HIBERNATED);
+  EXPECT_FALSE(h->has_expires_at());
+  EXPECT_TRUE(driver_->IsPaused(a->id()));
+  EXPECT_EQ(Usage(tenant_), "0");
+  auto usage = lifecycle_->GetUsage(tenant_);
+  ASSERT_TRUE(usage.ok());
+  EXPECT_EQ(usage->active_sandboxes(), 0);
+  EXPECT_EQ(usage->hibernated_sandboxes(), 1);
+  // The freed slot can be used; then resume is over the limit.
+  auto b = lifecycle_->Create(Req());
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(ReasonOf(lifecycle_->Resume(tenant_, a->id()).status()), "CONCURRENT_SANDBOX_LIMIT");
+  EXPECT_TRUE(driver_->IsPaused(a->id()));
+  ASSERT_TRUE(lifecycle_->Destroy(tenant_, b->id()).ok());
+  auto r = lifecycle_->Resume(tenant_, a->id());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->state(), v1::RUNNING);
+  EXPECT_FALSE(driver_->IsPaused(a->id()));
+  EXPECT_EQ(Usage(tenant_), "1");
+  // Resume of a running sandbox: no change.
+  EXPECT_EQ(lifecycle_->Resume(tenant_, a->id())->state(), v1::RUNNING);
+  EXPECT_EQ(Usage(tenant_), "1");
+  // Exec on a hibernated sandbox: SANDBOX_NOT_RUNNING.
+  ASSERT_TRUE(lifecycle_->Hibernate(tenant_, a->id()).ok());
+  v1::ExecRequest exec;
+  exec.set_tenant_id(tenant_);
+  exec.set_id(a->id());
+  exec.set_cmd("true");
+  EXPECT_EQ(ReasonOf(lifecycle_->Exec(exec).status()), "SANDBOX_NOT_RUNNING");
+  // Destroying a hibernated sandbox works and holds nothing.
+  ASSERT_TRUE(lifecycle_->Destroy(tenant_, a->id()).ok());
+  ExpectNothingHeld();
+}
+
+TEST_F(LifecycleTest, ListFiltersAndPages) {
+  StartRunner(100);
+  db_.Scalar("UPDATE quota.limits SET max_concurrent = 100");
+  std::set<std::string> ids;
+  for (int i = 0; i < 7; ++i) {
+    auto req = Req();
+    (*req.mutable_metadata())["team"] = i % 2 == 0 ? "red" : "blue";
+    auto sb = lifecycle_->Create(req);
+    ASSERT_TRUE(sb.ok());
+    ids.insert(sb->id());
+  }
+  ListQuery q;
+  q.tenant_id = tenant_;
+  q.page_size = 3;
+  std::set<std::string> seen;
+  int pages = 0;
+  do {
+    auto page = lifecycle_->List(q);
+    ASSERT_TRUE(page.ok()) << page.status();
+    for (const auto& sb : page->sandboxes) EXPECT_TRUE(seen.insert(sb.id()).second);
+    q.page_token = page->next_page_token;
+    ++pages;
+  } while (!q.page_token.empty() && pages < 10);
+  EXPECT_EQ(pages, 3);
+  EXPECT_EQ(seen, ids);
+
+  ListQuery red;
+  red.tenant_id = tenant_;
+  red.metadata = {{"team", "red"}};
+  auto reds = lifecycle_->List(red);
+  ASSERT_TRUE(reds.ok());
+  EXPECT_EQ(reds->sandboxes.size(), 4u);
+  for (const auto& sb : reds->sandboxes) EXPECT_EQ(sb.metadata().at("team"), "red");
+
+  ASSERT_TRUE(lifecycle_->Destroy(tenant_, *ids.begin()).ok());
+  ListQuery live;
+  live.tenant_id = tenant_;
+  EXPECT_EQ(lifecycle_->List(live)->sandboxes.size(), 6u);
+  ListQuery ended;
+  ended.tenant_id = tenant_;
+  ended.states = {v1::DESTROYED};
+  EXPECT_EQ(lifecycle_->List(ended)->sandboxes.size(), 1u);
+
+  ListQuery bad;
+  bad.tenant_id = tenant_;
+  bad.page_token = "garbage!";
+  EXPECT_EQ(lifecycle_->List(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad.page_token = "bm90IGEgdGltZXxzYnhf";  // "not a time|sbx_"
+  EXPECT_EQ(lifecycle_->List(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(LifecycleTest, RacingIdempotentCreatesGiveOneSandboxAndOneSlot) {
+  std::vector<std::thread> threads;
+  std::vector<std::string> got(8);
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      auto req = Req();
+      req.set_idempotency_key("retry-me");
+      auto sb = lifecycle_->Create(req);
+      ASSERT_TRUE(sb.ok()) << sb.status();
+      EXPECT_EQ(sb->state(), v1::RUNNING);
+      got[i] = sb->id();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& id : got) EXPECT_EQ(id, got[0]);
+  EXPECT_EQ(Usage(tenant_), "1");
+  EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.sandboxes"), "1");
+  // Another tenant's identical key is a different sandbox.
+  auto req = Req();
+  req.set_tenant_id(other_tenant_);
+  req.set_idempotency_key("retry-me");
+  auto theirs = lifecycle_->Create(req);
+  ASSERT_TRUE(theirs.ok());
+  EXPECT_NE(theirs->id(), got[0]);
+}
+
+}  // namespace
+}  // namespace isorun::lifecycle

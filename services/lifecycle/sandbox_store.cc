@@ -171,9 +171,10 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                 "k AS (DELETE FROM lifecycle.idempotency_keys WHERE sandbox_id IN "
                 "(SELECT id FROM d)) SELECT count(*) FROM d");
   pool_.Prepare("lc_set_timeout",
-                absl::StrCat("UPDATE lifecycle.sandboxes s SET timeout_sec = $3, "
+                absl::StrCat("UPDATE lifecycle.sandboxes s SET timeout_sec = $3::integer, "
                              "expires_at = CASE WHEN s.state = 'RUNNING' "
-                             "THEN now() + $3 * interval '1 second' ELSE s.expires_at END, "
+                             "THEN now() + $3::integer * interval '1 second' "
+                             "ELSE s.expires_at END, "
                              "updated_at = now() WHERE s.id = $1 AND s.tenant_id = $2 AND "
                              "s.state IN ('PENDING', 'STARTING', 'RUNNING', 'HIBERNATED') "
                              "RETURNING ",
