@@ -1,0 +1,469 @@
+#include "services/gateway/api.h"
+#include "services/gateway/strings.h"
+
+#include <exception>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "services/gateway/bodies.h"
+#include "services/gateway/exec_stream.h"
+#include "services/gateway/render.h"
+#include "services/kit/ids.h"
+#include "services/kit/json.h"
+#include "services/kit/log.h"
+#include "services/kit/status.h"
+
+namespace isorun::gateway {
+namespace {
+
+constexpr absl::Duration kDefaultExecTimeout = absl::Seconds(30);
+
+// A bounded label: the usual methods, everything else "other".
+std::string MethodLabel(std::string_view method) {
+  for (std::string_view known : {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}) {
+    if (method == known) return std::string(known);
+  }
+  return "other";
+}
+
+std::string Shorten(std::string_view s, size_t max = 200) {
+  if (s.size() <= max) return std::string(s);
+  return Cat(s.substr(0, max), "...");
+}
+
+HttpResponse Json(int status, std::string body) {
+  HttpResponse r;
+  r.status = status;
+  r.body = std::move(body);
+  return r;
+}
+
+bool RouteHasId(Route route) {
+  switch (route) {
+    case Route::kGetSandbox:
+    case Route::kDestroySandbox:
+    case Route::kSetTimeout:
+    case Route::kHibernate:
+    case Route::kResume:
+    case Route::kExec:
+    case Route::kExecStream:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// One NDJSON line of exec:stream.
+std::string ChunkLine(const v1::ExecChunk& chunk) {
+  JsonWriter w;
+  w.BeginObject();
+  switch (chunk.kind_case()) {
+    case v1::ExecChunk::kStdout: w.Key("stdout").String(chunk.stdout()); break;
+    case v1::ExecChunk::kStderr: w.Key("stderr").String(chunk.stderr()); break;
+    case v1::ExecChunk::kExitCode: w.Key("exitCode").Int(chunk.exit_code()); break;
+    default: return "";
+  }
+  w.EndObject();
+  return w.Take() + "\n";
+}
+
+}  // namespace
+
+struct GatewayApi::Context {
+  std::string request_id;
+  Principal principal;
+  std::string auth_failure;  // reason, for the log
+};
+
+// Registers a client context for shutdown cancellation for its lifetime.
+class GatewayApi::CallScope {
+ public:
+  CallScope(GatewayApi& api, grpc::ClientContext* call) : api_(api), call_(call) {
+    if (!api_.Register(call_)) call_->TryCancel();
+  }
+  ~CallScope() { api_.Unregister(call_); }
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+
+ private:
+  GatewayApi& api_;
+  grpc::ClientContext* call_;
+};
+
+GatewayApi::GatewayApi(Options options, KeyStore& keys, std::shared_ptr<grpc::Channel> lifecycle,
+                       std::vector<std::pair<std::string, HealthCheck>> health_checks,
+                       prometheus::Registry& registry)
+    : options_(std::move(options)),
+      keys_(keys),
+      lifecycle_(v1::Sandboxes::NewStub(lifecycle)),
+      health_checks_(std::move(health_checks)),
+      requests_(prometheus::BuildCounter()
+                    .Name("isorun_gateway_http_requests_total")
+                    .Help("HTTP requests answered, by route template, method and status code.")
+                    .Register(registry)),
+      durations_(prometheus::BuildHistogram()
+                     .Name("isorun_gateway_http_request_duration_seconds")
+                     .Help("Time to answer an HTTP request (to the response head for streams).")
+                     .Register(registry)),
+      auth_failures_(prometheus::BuildCounter()
+                         .Name("isorun_gateway_auth_failures_total")
+                         .Help("Requests refused with 401, by reason.")
+                         .Register(registry)) {}
+
+bool GatewayApi::Register(grpc::ClientContext* call) {
+  absl::MutexLock lock(&mu_);
+  calls_.insert(call);
+  return !cancelled_;
+}
+
+void GatewayApi::Unregister(grpc::ClientContext* call) {
+  absl::MutexLock lock(&mu_);
+  calls_.erase(call);
+}
+
+void GatewayApi::CancelCalls() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  for (grpc::ClientContext* call : calls_) call->TryCancel();
+}
+
+HttpResponse GatewayApi::Handle(const HttpRequest& request) {
+  const absl::Time start = absl::Now();
+  Context ctx;
+  ctx.request_id = RandomHex(8);
+  std::string_view target = request.target;
+  size_t q = target.find('?');
+  std::string_view path = target.substr(0, q);
+  std::string_view query = q == std::string_view::npos ? "" : target.substr(q + 1);
+  RouteMatch match = MatchRoute(request.method, path);
+
+  HttpResponse response;
+  try {
+    response = Dispatch(request, match, query, ctx);
+  } catch (const std::exception& e) {
+    LogError("request failed with an exception",
+             {{"request_id", ctx.request_id}, {"error", e.what()}});
+    response = ErrorResponse(absl::InternalError("internal error; the request id is " + ctx.request_id));
+  } catch (...) {
+    LogError("request failed with an unknown exception", {{"request_id", ctx.request_id}});
+    response = ErrorResponse(absl::InternalError("internal error; the request id is " + ctx.request_id));
+  }
+  response.headers.emplace_back("X-Request-Id", ctx.request_id);
+
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  const std::string route(match.path_template);
+  const std::string method = MethodLabel(request.method);
+  try {
+    requests_.Add({{"route", route}, {"method", method}, {"code", std::to_string(response.status)}})
+        .Increment();
+    static const prometheus::Histogram::BucketBoundaries kBuckets = {
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+    durations_.Add({{"route", route}, {"method", method}}, kBuckets).Observe(seconds);
+  } catch (const std::exception& e) {
+    LogError("metrics update failed", {{"error", e.what()}});
+  }
+  if (match.outcome == RouteMatch::Outcome::kMatched && match.route == Route::kHealthz &&
+      response.status == 200) {
+    return response;  // probes every few seconds: not worth a log line each
+  }
+  Log(response.status >= 500 ? LogLevel::kWarn : LogLevel::kInfo, "http request",
+      {{"request_id", ctx.request_id},
+       {"method", Shorten(request.method, 16)},
+       {"route", route},
+       {"status", std::to_string(response.status)},
+       {"ms", std::to_string(static_cast<int64_t>(seconds * 1000))},
+       {"key_id", ctx.principal.key_id},
+       {"auth_failure", ctx.auth_failure}});
+  return response;
+}
+
+HttpResponse GatewayApi::Dispatch(const HttpRequest& request, const RouteMatch& match,
+                                  std::string_view query, Context& ctx) {
+  if (request.body_too_large) {
+    return ErrorResponse(Error(absl::StatusCode::kInvalidArgument, "BODY_TOO_LARGE",
+                               Cat("the request body is larger than the limit of ",
+                                            options_.max_body_bytes, " bytes")),
+                         413);
+  }
+  if (match.outcome == RouteMatch::Outcome::kNotFound) {
+    std::string_view path = std::string_view(request.target).substr(0, request.target.find('?'));
+    return ErrorResponse(Error(absl::StatusCode::kNotFound, "NOT_FOUND",
+                               Cat("no such route: ", Shorten(request.method, 16), " ",
+                                            Shorten(path))));
+  }
+  if (match.outcome == RouteMatch::Outcome::kMethodNotAllowed) {
+    HttpResponse r = ErrorResponse(
+        Error(absl::StatusCode::kUnimplemented, "METHOD_NOT_ALLOWED",
+              Cat("method ", Shorten(request.method, 16), " is not allowed on ",
+                           match.path_template, "; allowed: ", match.allow)),
+        405);
+    r.headers.emplace_back("Allow", match.allow);
+    return r;
+  }
+  if (match.route == Route::kHealthz) return Healthz();
+
+  auto principal = Authenticate(
+      Credentials{request.Header("authorization"), request.Header("x-api-key")}, options_.region,
+      keys_);
+  if (!principal.ok()) {
+    if (principal.status().code() == absl::StatusCode::kUnauthenticated) {
+      auto detail = ErrorDetailOf(principal.status());
+      ctx.auth_failure = detail ? detail->reason() : "UNAUTHENTICATED";
+      auth_failures_.Add({{"reason", ctx.auth_failure}}).Increment();
+    }
+    return ErrorResponse(principal.status());
+  }
+  ctx.principal = *std::move(principal);
+
+  const std::string& id = match.sandbox_id;
+  if (RouteHasId(match.route) && !IsPlausibleSandboxId(id)) {
+    return ErrorResponse(Error(absl::StatusCode::kNotFound, "NOT_FOUND",
+                               Cat("no sandbox with id \"", Shorten(id, 64), "\"")));
+  }
+  if (request.method == "POST" && !request.body.empty()) {
+    if (auto type = request.Header("content-type"); type && !IsJsonContentType(*type)) {
+      return ErrorResponse(Error(absl::StatusCode::kInvalidArgument, "UNSUPPORTED_MEDIA_TYPE",
+                                 Cat("the body must be JSON (Content-Type: "
+                                              "application/json), not ",
+                                              Shorten(*type, 100))),
+                           415);
+    }
+  }
+
+  const std::string& tenant = ctx.principal.tenant_id;
+  switch (match.route) {
+    case Route::kCreateSandbox:
+      return Create(request, ctx);
+    case Route::kListSandboxes:
+      return List(query, ctx);
+    case Route::kGetSandbox: {
+      v1::GetSandboxRequest req;
+      req.set_tenant_id(tenant);
+      req.set_id(id);
+      v1::Sandbox out;
+      absl::Status st = Call(&v1::Sandboxes::Stub::GetSandbox, req, &out, options_.call_deadline, ctx);
+      if (!st.ok()) return ErrorResponse(st);
+      return Json(200, SandboxJson(out));
+    }
+    case Route::kDestroySandbox: {
+      v1::DestroySandboxRequest req;
+      req.set_tenant_id(tenant);
+      req.set_id(id);
+      v1::DestroySandboxResponse out;
+      absl::Status st =
+          Call(&v1::Sandboxes::Stub::DestroySandbox, req, &out, options_.call_deadline, ctx);
+      if (!st.ok()) return ErrorResponse(st);
+      HttpResponse r;
+      r.status = 204;
+      r.content_type.clear();
+      return r;
+    }
+    case Route::kSetTimeout: {
+      auto timeout = ParseSetTimeoutBody(request.body);
+      if (!timeout.ok()) return ErrorResponse(timeout.status());
+      v1::SetTimeoutRequest req;
+      req.set_tenant_id(tenant);
+      req.set_id(id);
+      req.set_timeout_sec(*timeout);
+      v1::Sandbox out;
+      absl::Status st = Call(&v1::Sandboxes::Stub::SetTimeout, req, &out, options_.call_deadline, ctx);
+      if (!st.ok()) return ErrorResponse(st);
+      return Json(200, SandboxJson(out));
+    }
+    case Route::kHibernate: {
+      if (absl::Status st = ParseEmptyBody(request.body); !st.ok()) return ErrorResponse(st);
+      v1::HibernateSandboxRequest req;
+      req.set_tenant_id(tenant);
+      req.set_id(id);
+      v1::Sandbox out;
+      absl::Status st =
+          Call(&v1::Sandboxes::Stub::HibernateSandbox, req, &out, options_.call_deadline, ctx);
+      if (!st.ok()) return ErrorResponse(st);
+      return Json(200, SandboxJson(out));
+    }
+    case Route::kResume: {
+      if (absl::Status st = ParseEmptyBody(request.body); !st.ok()) return ErrorResponse(st);
+      v1::ResumeSandboxRequest req;
+      req.set_tenant_id(tenant);
+      req.set_id(id);
+      v1::Sandbox out;
+      // Resume is admitted like a create and may start the sandbox again: create's deadline.
+      absl::Status st =
+          Call(&v1::Sandboxes::Stub::ResumeSandbox, req, &out, options_.create_deadline, ctx);
+      if (!st.ok()) return ErrorResponse(st);
+      return Json(200, SandboxJson(out));
+    }
+    case Route::kExec: {
+      auto req = ParseExecBody(request.body);
+      if (!req.ok()) return ErrorResponse(req.status());
+      req->set_tenant_id(tenant);
+      req->set_id(id);
+      absl::Duration timeout =
+          req->timeout_sec() > 0 ? absl::Seconds(req->timeout_sec()) : kDefaultExecTimeout;
+      v1::ExecResponse out;
+      absl::Status st =
+          Call(&v1::Sandboxes::Stub::Exec, *req, &out, timeout + options_.call_deadline, ctx);
+      if (!st.ok()) return ErrorResponse(st);
+      return Json(200, ExecJson(out));
+    }
+    case Route::kExecStream:
+      return ExecStream(request, id, ctx);
+    case Route::kGetUsage: {
+      v1::GetUsageRequest req;
+      req.set_tenant_id(tenant);
+      v1::Usage out;
+      absl::Status st = Call(&v1::Sandboxes::Stub::GetUsage, req, &out, options_.call_deadline, ctx);
+      if (!st.ok()) return ErrorResponse(st);
+      return Json(200, UsageJson(out));
+    }
+    case Route::kHealthz:
+      break;
+  }
+  return ErrorResponse(absl::InternalError("unhandled route"));
+}
+
+HttpResponse GatewayApi::Healthz() {
+  std::vector<std::string> failures;
+  for (const auto& [name, check] : health_checks_) {
+    absl::Status st;
+    try {
+      st = check(options_.health_deadline);
+    } catch (const std::exception& e) {
+      st = absl::InternalError(e.what());
+    }
+    if (!st.ok()) failures.push_back(Cat(name, ": ", st.message()));
+  }
+  if (failures.empty()) return Json(200, R"({"status":"ok"})");
+  return ErrorResponse(Error(absl::StatusCode::kUnavailable, "UNHEALTHY",
+                             Cat("unhealthy: ", absl::StrJoin(failures, "; "))));
+}
+
+HttpResponse GatewayApi::Create(const HttpRequest& request, Context& ctx) {
+  auto req = ParseCreateBody(request.body);
+  if (!req.ok()) return ErrorResponse(req.status());
+  if (auto key = request.Header("idempotency-key")) {
+    if (!IsValidIdempotencyKey(*key)) {
+      return ErrorResponse(Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
+                                 "the Idempotency-Key header must be 1 to 255 printable ASCII "
+                                 "characters"));
+    }
+    req->set_idempotency_key(std::string(*key));
+  }
+  req->set_tenant_id(ctx.principal.tenant_id);
+  v1::Sandbox out;
+  absl::Status st =
+      Call(&v1::Sandboxes::Stub::CreateSandbox, *req, &out, options_.create_deadline, ctx);
+  if (!st.ok()) return ErrorResponse(st);
+  HttpResponse r = Json(201, SandboxJson(out));
+  if (IsPlausibleSandboxId(out.id())) r.headers.emplace_back("Location", "/v1/sandboxes/" + out.id());
+  return r;
+}
+
+HttpResponse GatewayApi::List(std::string_view query, Context& ctx) {
+  auto req = ParseListQuery(query);
+  if (!req.ok()) return ErrorResponse(req.status());
+  req->set_tenant_id(ctx.principal.tenant_id);
+  v1::ListSandboxesResponse out;
+  absl::Status st =
+      Call(&v1::Sandboxes::Stub::ListSandboxes, *req, &out, options_.call_deadline, ctx);
+  if (!st.ok()) return ErrorResponse(st);
+  return Json(200, ListJson(out));
+}
+
+HttpResponse GatewayApi::ExecStream(const HttpRequest& request, const std::string& id,
+                                    Context& ctx) {
+  auto req = ParseExecBody(request.body);
+  if (!req.ok()) return ErrorResponse(req.status());
+  req->set_tenant_id(ctx.principal.tenant_id);
+  req->set_id(id);
+  // No default timeout for streams (API.md); a given one bounds the call.
+  absl::Duration deadline = req->timeout_sec() > 0
+                                ? absl::Seconds(req->timeout_sec()) + options_.call_deadline
+                                : absl::InfiniteDuration();
+
+  // Owns the call and its shutdown registration for as long as the response streams.
+  struct Stream {
+    Stream(GatewayApi& api, std::unique_ptr<ExecStreamCall> c)
+        : call(std::move(c)), scope(api, &call->context()) {}
+    std::unique_ptr<ExecStreamCall> call;
+    CallScope scope;  // destroyed first: unregistered before the call goes away
+  };
+  auto stream = std::make_shared<Stream>(
+      *this, std::make_unique<ExecStreamCall>(*lifecycle_, NewClientContext(deadline, ctx),
+                                              *std::move(req)));
+  absl::Status started = stream->call->WaitStarted();
+  if (!started.ok()) {
+    return ErrorResponse(MapLifecycleStatus(stream->call->Finish(), deadline));
+  }
+
+  HttpResponse r;
+  r.status = 200;
+  r.content_type = "application/x-ndjson";
+  r.headers.emplace_back("Cache-Control", "no-store");
+  r.on_client_gone = [stream] { stream->call->Cancel(); };
+  r.stream = [this, stream, deadline](const ChunkWriter& write) {
+    v1::ExecChunk chunk;
+    bool client_gone = false;
+    while (stream->call->Next(chunk)) {
+      std::string line = ChunkLine(chunk);
+      if (!line.empty() && !write(line)) {
+        client_gone = true;  // API.md: a client that disconnects kills the command
+        stream->call->Cancel();
+        break;
+      }
+    }
+    grpc::Status status = stream->call->Finish();
+    if (!status.ok() && !client_gone) {
+      std::string line = RenderError(MapLifecycleStatus(status, deadline)).body + "\n";
+      write(line);
+    }
+  };
+  return r;
+}
+
+std::unique_ptr<grpc::ClientContext> GatewayApi::NewClientContext(absl::Duration deadline,
+                                                                  const Context& ctx) const {
+  auto call = std::make_unique<grpc::ClientContext>();
+  if (deadline != absl::InfiniteDuration()) {
+    call->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  }
+  call->AddMetadata("x-request-id", ctx.request_id);
+  return call;
+}
+
+template <typename Req, typename Resp>
+absl::Status GatewayApi::Call(
+    grpc::Status (v1::Sandboxes::Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+    const Req& request, Resp* response, absl::Duration deadline, Context& ctx) {
+  std::unique_ptr<grpc::ClientContext> call = NewClientContext(deadline, ctx);
+  CallScope scope(*this, call.get());
+  grpc::Status status = ((*lifecycle_).*method)(call.get(), request, response);
+  return MapLifecycleStatus(status, deadline);
+}
+
+absl::Status GatewayApi::MapLifecycleStatus(const grpc::Status& status, absl::Duration deadline) {
+  absl::Status st = FromGrpcStatus(status);
+  if (st.ok() || ErrorDetailOf(st)) return st;
+  // Failures of the call itself (not answers of the service) get messages a client can act on.
+  switch (st.code()) {
+    case absl::StatusCode::kUnavailable:
+      return absl::UnavailableError(
+          Cat("the lifecycle service is unavailable, retry later: ", st.message()));
+    case absl::StatusCode::kDeadlineExceeded:
+      if (status.error_message() == "Deadline Exceeded") {
+        return absl::DeadlineExceededError(Cat(
+            "the lifecycle service did not answer within ", absl::FormatDuration(deadline)));
+      }
+      return st;
+    case absl::StatusCode::kCancelled: {
+      absl::MutexLock lock(&mu_);
+      if (cancelled_) return absl::UnavailableError("the gateway is shutting down, retry");
+      return st;
+    }
+    default:
+      return st;
+  }
+}
+
+}  // namespace isorun::gateway

@@ -1,0 +1,95 @@
+#pragma once
+
+// The public HTTP/JSON API (API.md) as a handler from HttpRequest to HttpResponse: route, auth,
+// body decoding, one lifecycle RPC, rendering, metrics and an access log line. No sockets here
+// (http_server.h serves it), so tests can call it directly or over real HTTP.
+//
+// The tenant of every lifecycle request is the authenticated key's, never the body's.
+// Thread-safe: called concurrently from every connection thread.
+
+#include <grpcpp/grpcpp.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "isorun/v1/sandboxes.grpc.pb.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "services/gateway/auth.h"
+#include "services/gateway/http_types.h"
+#include "services/gateway/routes.h"
+
+namespace isorun::gateway {
+
+class GatewayApi {
+ public:
+  struct Options {
+    std::string region = "local";
+    size_t max_body_bytes = 1 << 20;
+    // Create waits for the sandbox to run, a cold image pull included.
+    absl::Duration create_deadline = absl::Minutes(15);
+    // Every other unary call; exec gets its command timeout plus this.
+    absl::Duration call_deadline = absl::Seconds(60);
+    absl::Duration health_deadline = absl::Seconds(2);
+  };
+  // One dependency check for /healthz: OK or why not.
+  using HealthCheck = std::function<absl::Status(absl::Duration deadline)>;
+
+  GatewayApi(Options options, KeyStore& keys, std::shared_ptr<grpc::Channel> lifecycle,
+             std::vector<std::pair<std::string, HealthCheck>> health_checks,
+             prometheus::Registry& registry);
+  GatewayApi(const GatewayApi&) = delete;
+  GatewayApi& operator=(const GatewayApi&) = delete;
+
+  // Never throws: an unexpected exception becomes a 500 with the error body.
+  HttpResponse Handle(const HttpRequest& request);
+
+  // Shutdown: cancels every lifecycle call in flight, and fails new ones at once.
+  void CancelCalls();
+
+ private:
+  struct Context;
+  class CallScope;
+
+  HttpResponse Dispatch(const HttpRequest& request, const RouteMatch& match,
+                        std::string_view query, Context& ctx);
+  HttpResponse Healthz();
+  HttpResponse Create(const HttpRequest& request, Context& ctx);
+  HttpResponse List(std::string_view query, Context& ctx);
+  HttpResponse ExecStream(const HttpRequest& request, const std::string& id, Context& ctx);
+
+  // Runs one unary lifecycle call with the request id, a deadline and shutdown cancellation.
+  template <typename Req, typename Resp>
+  absl::Status Call(grpc::Status (v1::Sandboxes::Stub::*method)(grpc::ClientContext*, const Req&,
+                                                                 Resp*),
+                    const Req& request, Resp* response, absl::Duration deadline, Context& ctx);
+  std::unique_ptr<grpc::ClientContext> NewClientContext(absl::Duration deadline,
+                                                        const Context& ctx) const;
+  absl::Status MapLifecycleStatus(const grpc::Status& status, absl::Duration deadline);
+  bool Register(grpc::ClientContext* call);
+  void Unregister(grpc::ClientContext* call);
+
+  const Options options_;
+  KeyStore& keys_;
+  std::unique_ptr<v1::Sandboxes::Stub> lifecycle_;
+  const std::vector<std::pair<std::string, HealthCheck>> health_checks_;
+
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Histogram>& durations_;
+  prometheus::Family<prometheus::Counter>& auth_failures_;
+
+  absl::Mutex mu_;
+  absl::flat_hash_set<grpc::ClientContext*> calls_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace isorun::gateway

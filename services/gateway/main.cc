@@ -1,0 +1,125 @@
+// isorun-gateway: the public HTTP/JSON API (API.md) in front of the lifecycle service.
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "services/gateway/api.h"
+#include "services/gateway/health.h"
+#include "services/gateway/http_server.h"
+#include "services/gateway/pg_key_store.h"
+#include "services/kit/api_key.h"
+#include "services/kit/flags.h"
+#include "services/kit/log.h"
+#include "services/kit/migrate.h"
+#include "services/kit/pg.h"
+#include "services/kit/server.h"
+
+ABSL_FLAG(std::string, http_addr, "127.0.0.1:8080", "host:port of the public HTTP API");
+ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9100",
+          "host:port of the Prometheus /metrics listener; empty disables it");
+ABSL_FLAG(std::string, lifecycle_addr, "127.0.0.1:7003",
+          "host:port of the lifecycle service (gRPC isorun.v1.Sandboxes)");
+ABSL_FLAG(std::string, quota_addr, "127.0.0.1:7001",
+          "host:port of the quota service (gRPC isorun.v1.Quotas), for request rate limits; "
+          "/healthz checks it too; empty: none");
+ABSL_FLAG(std::string, region, "local", "the region this gateway serves; keys of others get 401");
+ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL (accounts schema: tenants, API keys)");
+ABSL_FLAG(int64_t, max_body_bytes, 1048576, "largest request body accepted (413 beyond)");
+ABSL_FLAG(int32_t, max_connections, 2000, "open HTTP connections beyond which new ones get 503");
+ABSL_FLAG(int32_t, db_pool_size, 8, "PostgreSQL connections for key lookups and health checks");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
+          "on SIGINT/SIGTERM, how long requests in flight may finish before they are cancelled");
+
+namespace isorun::gateway {
+namespace {
+
+int Run() {
+  SetLogService("gateway");
+  const std::string region = absl::GetFlag(FLAGS_region);
+  if (!IsValidRegion(region)) {
+    std::fprintf(stderr, "--region must match [a-z0-9-]+, got \"%s\"\n", region.c_str());
+    return 2;
+  }
+  const std::string database_url = absl::GetFlag(FLAGS_database_url);
+  if (database_url.empty()) {
+    std::fprintf(stderr, "--database_url (or ISORUN_DATABASE_URL) is required\n");
+    return 2;
+  }
+  const int64_t max_body = absl::GetFlag(FLAGS_max_body_bytes);
+  if (max_body < 1) {
+    std::fprintf(stderr, "--max_body_bytes must be positive\n");
+    return 2;
+  }
+
+  // Before any thread starts, so that only WaitForShutdownSignal sees them.
+  BlockShutdownSignals();
+
+  PgPool pool(database_url, absl::GetFlag(FLAGS_db_pool_size));
+  // Registers its statement: before the pool's first query.
+  PgKeyStore keys(pool);
+  if (absl::Status st = RequireSchemaVersion(pool, LatestMigrationVersion()); !st.ok()) {
+    std::fprintf(stderr, "isorun-gateway: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
+  keys.Start();
+
+  Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
+  auto lifecycle = MakeChannel(absl::GetFlag(FLAGS_lifecycle_addr));
+  std::vector<std::pair<std::string, GatewayApi::HealthCheck>> checks;
+  checks.emplace_back("postgres", [&pool](absl::Duration) { return CheckPostgres(pool); });
+  checks.emplace_back("lifecycle", [lifecycle](absl::Duration deadline) {
+    return CheckGrpcServing(lifecycle, deadline);
+  });
+  if (std::string quota_addr = absl::GetFlag(FLAGS_quota_addr); !quota_addr.empty()) {
+    auto quota = MakeChannel(quota_addr);
+    checks.emplace_back("quota", [quota](absl::Duration deadline) {
+      return CheckGrpcServing(quota, deadline);
+    });
+  }
+
+  GatewayApi::Options api_options;
+  api_options.region = region;
+  api_options.max_body_bytes = static_cast<size_t>(max_body);
+  GatewayApi api(api_options, keys, lifecycle, std::move(checks), metrics.registry());
+
+  HttpServer::Options http_options;
+  http_options.address = absl::GetFlag(FLAGS_http_addr);
+  http_options.max_body_bytes = static_cast<size_t>(max_body);
+  http_options.max_connections = absl::GetFlag(FLAGS_max_connections);
+  auto server = HttpServer::Start(http_options,
+                                  [&api](const HttpRequest& request) { return api.Handle(request); });
+  if (!server.ok()) {
+    std::fprintf(stderr, "isorun-gateway: %s\n", std::string(server.status().message()).c_str());
+    return 1;
+  }
+  LogInfo("gateway serving",
+          {{"http", absl::StrCat(http_options.address, " (port ", (*server)->port(), ")")},
+           {"metrics", absl::GetFlag(FLAGS_metrics_addr)},
+           {"lifecycle", absl::GetFlag(FLAGS_lifecycle_addr)},
+           {"region", region}});
+
+  int sig = WaitForShutdownSignal();
+  LogInfo("shutting down", {{"signal", std::to_string(sig)}});
+  bool clean = (*server)->Stop(absl::GetFlag(FLAGS_shutdown_grace), [&api] { api.CancelCalls(); });
+  if (!clean) {
+    // A connection thread still runs a handler that uses `api`: do not destroy it under them.
+    LogWarn("connections still busy at exit");
+    std::fflush(nullptr);
+    std::_Exit(0);
+  }
+  keys.Stop();
+  LogInfo("stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace isorun::gateway
+
+int main(int argc, char** argv) {
+  isorun::ParseFlags(argc, argv,
+                     "isorun-gateway: the public HTTP/JSON API of Isorun.\n"
+                     "Every flag can also be set as ISORUN_<FLAG> in the environment.");
+  return isorun::gateway::Run();
+}

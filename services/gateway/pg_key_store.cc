@@ -1,0 +1,200 @@
+#include "services/gateway/pg_key_store.h"
+
+#include <poll.h>
+
+#include <cerrno>
+#include <pqxx/pqxx>
+
+#include "services/kit/log.h"
+
+namespace isorun::gateway {
+namespace {
+
+constexpr char kChannel[] = "isorun_api_keys";
+constexpr char kFindKey[] = "gateway_find_api_key";
+
+}  // namespace
+
+class PgKeyStore::Receiver final : public pqxx::notification_receiver {
+ public:
+  Receiver(pqxx::connection_base& conn, PgKeyStore* store)
+      : pqxx::notification_receiver(conn, kChannel), store_(store) {}
+  void operator()(const std::string& payload, int /*backend_pid*/) override {
+    store_->Evict(payload);
+  }
+
+ private:
+  PgKeyStore* store_;
+};
+
+PgKeyStore::PgKeyStore(PgPool& pool, Options options) : pool_(pool), options_(options) {
+  pool_.Prepare(kFindKey,
+                "SELECT tenant_id::text, region, secret_hash, revoked_at IS NOT NULL "
+                "FROM accounts.api_keys WHERE key_id = $1");
+}
+
+PgKeyStore::~PgKeyStore() { Stop(); }
+
+void PgKeyStore::Start() {
+  absl::MutexLock lock(&mu_);
+  if (thread_.joinable()) return;
+  stopping_ = false;
+  thread_ = std::thread([this] { ListenLoop(); });
+}
+
+void PgKeyStore::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+bool PgKeyStore::listening() const {
+  absl::MutexLock lock(&mu_);
+  return listening_;
+}
+
+bool PgKeyStore::WaitUntilListening(absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  auto up = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return listening_; };
+  return mu_.AwaitWithTimeout(absl::Condition(&up), timeout);
+}
+
+bool PgKeyStore::IsCached(const std::string& key_id) const {
+  absl::MutexLock lock(&mu_);
+  return cache_.contains(key_id);
+}
+
+int PgKeyStore::listener_backend_pid() const {
+  absl::MutexLock lock(&mu_);
+  return listener_pid_;
+}
+
+void PgKeyStore::Evict(const std::string& key_id) {
+  absl::MutexLock lock(&mu_);
+  cache_.erase(key_id);
+  ++epoch_;
+}
+
+void PgKeyStore::SetListening(bool up, int fd, int pid) {
+  absl::MutexLock lock(&mu_);
+  cache_.clear();
+  ++epoch_;
+  listening_ = up;
+  listener_fd_ = up ? fd : -1;
+  listener_pid_ = up ? pid : 0;
+}
+
+bool PgKeyStore::NotificationPending(int fd) const {
+  // Poll first, then read the flag: the listener sets `draining_` before it consumes the socket
+  // and clears it after the evictions, so an empty socket with the flag clear means every
+  // notification that reached us has been applied.
+  pollfd p{fd, POLLIN, 0};
+  int ready = poll(&p, 1, 0);
+  if (ready != 0) return true;  // data waiting, or an error: do not trust the cache
+  return draining_.load();
+}
+
+absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Find(const std::string& key_id) {
+  int fd;
+  uint64_t epoch;
+  bool listening;
+  {
+    absl::MutexLock lock(&mu_);
+    fd = listener_fd_;
+    epoch = epoch_;
+    listening = listening_;
+  }
+  if (listening && !NotificationPending(fd)) {
+    absl::MutexLock lock(&mu_);
+    auto it = cache_.find(key_id);
+    if (it != cache_.end() && listening_ && absl::Now() < it->second.expires) {
+      ++hits_;
+      return std::optional<StoredKey>(it->second.key);
+    }
+    epoch = epoch_;
+  }
+  ++misses_;
+  auto read = Read(key_id);
+  if (!read.ok() || !read->has_value()) return read;
+  absl::MutexLock lock(&mu_);
+  // Cache only what no eviction raced with, and only while evictions can reach us.
+  if (listening_ && epoch_ == epoch) {
+    if (cache_.size() >= options_.max_entries) cache_.clear();
+    cache_[key_id] = Entry{**read, absl::Now() + options_.entry_ttl};
+  }
+  return read;
+}
+
+absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Read(const std::string& key_id) {
+  std::optional<StoredKey> found;
+  absl::Status status = pool_.Transact([&](pqxx::work& tx) {
+    found.reset();
+    pqxx::result r = tx.exec_prepared(kFindKey, key_id);
+    if (!r.empty()) {
+      StoredKey key;
+      key.tenant_id = r[0][0].as<std::string>();
+      key.region = r[0][1].as<std::string>();
+      key.secret_hash = r[0][2].as<std::string>();
+      key.revoked = r[0][3].as<bool>();
+      found = std::move(key);
+    }
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  return found;
+}
+
+void PgKeyStore::ListenLoop() {
+  absl::Duration backoff = absl::Milliseconds(100);
+  auto stopping = [this] {
+    absl::MutexLock lock(&mu_);
+    return stopping_;
+  };
+  while (!stopping()) {
+    try {
+      std::unique_ptr<pqxx::connection> conn = pool_.OpenDedicated();
+      Receiver receiver(*conn, this);  // issues LISTEN
+      conn->get_notifs();
+      // Marks the listener down before the connection (and its fd) goes away, on every exit.
+      struct Down {
+        PgKeyStore* store;
+        ~Down() {
+          store->draining_ = false;
+          store->SetListening(false, -1, 0);
+        }
+      } down{this};
+      const int fd = conn->sock();
+      SetListening(true, fd, conn->backendpid());
+      LogInfo("listening for API key changes", {{"channel", kChannel}});
+      backoff = absl::Milliseconds(100);
+      absl::Time last_activity = absl::Now();
+      while (!stopping()) {
+        pollfd p{fd, POLLIN, 0};
+        int ready = poll(&p, 1, 250);
+        if (ready < 0 && errno != EINTR) throw std::runtime_error("poll on the listener failed");
+        bool ping = absl::Now() - last_activity >= options_.listener_ping;
+        if (ready <= 0 && !ping) continue;
+        draining_ = true;
+        if (ping) {
+          pqxx::nontransaction tx(*conn);
+          tx.exec("SELECT 1");
+          tx.commit();
+        }
+        conn->get_notifs();  // throws broken_connection when the server is gone
+        draining_ = false;
+        last_activity = absl::Now();
+      }
+    } catch (const std::exception& e) {
+      LogWarn("API key listener down; key lookups bypass the cache",
+              {{"error", e.what()}, {"retry_in", absl::FormatDuration(backoff)}});
+      absl::MutexLock lock(&mu_);
+      auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
+      mu_.AwaitWithTimeout(absl::Condition(&stop), backoff);
+      backoff = std::min(backoff * 2, options_.reconnect_max_backoff);
+    }
+  }
+}
+
+}  // namespace isorun::gateway

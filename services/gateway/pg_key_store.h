@@ -1,0 +1,103 @@
+#pragma once
+
+// The API key store on accounts.api_keys, with a cache that revocation empties at once.
+//
+// Cache rules (correctness first):
+// - Only keys that exist are cached (revoked ones included); "unknown" is never cached, because
+//   new keys are INSERTs, which do not notify.
+// - A background thread holds a dedicated connection that LISTENs on `isorun_api_keys` (the
+//   migration's trigger NOTIFYs the key id on every UPDATE and DELETE) and evicts that key.
+// - The cache is served only while that connection is listening. When it is down or
+//   reconnecting, the cache is emptied and every lookup goes to Postgres, until it listens again.
+// - A lookup that raced with an eviction does not cache what it read (an epoch counter).
+// - A cache hit is refused while a notification may be in flight inside this process: bytes
+//   waiting on the listener socket, or the listener thread consuming them. So once a
+//   notification has reached this host, the very next lookup sees its effect; what remains is
+//   Postgres's own delivery latency (it signals listeners at commit).
+//
+// Thread-safe. One background thread, owned by this object (Start/Stop).
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "services/gateway/auth.h"
+#include "services/kit/pg.h"
+
+namespace isorun::gateway {
+
+class PgKeyStore final : public KeyStore {
+ public:
+  struct Options {
+    // Defence in depth: an entry is re-read after this long even without a notification.
+    absl::Duration entry_ttl = absl::Minutes(5);
+    size_t max_entries = 100000;
+    // How often an idle listener connection is checked with a query.
+    absl::Duration listener_ping = absl::Seconds(10);
+    absl::Duration reconnect_max_backoff = absl::Seconds(2);
+  };
+
+  // Registers the store's prepared statement: construct it before the pool's first query.
+  PgKeyStore(PgPool& pool, Options options);
+  explicit PgKeyStore(PgPool& pool) : PgKeyStore(pool, Options()) {}
+  ~PgKeyStore() override;
+  PgKeyStore(const PgKeyStore&) = delete;
+  PgKeyStore& operator=(const PgKeyStore&) = delete;
+
+  // Starts the listener thread (until then every lookup goes to Postgres).
+  void Start();
+  // Stops it; lookups keep working, uncached.
+  void Stop();
+
+  absl::StatusOr<std::optional<StoredKey>> Find(const std::string& key_id) override;
+
+  // For tests and health: whether the listener is up and the cache in use.
+  bool listening() const;
+  bool WaitUntilListening(absl::Duration timeout) const;
+  bool IsCached(const std::string& key_id) const;
+  // The Postgres backend pid of the listener connection (0 when down).
+  int listener_backend_pid() const;
+
+  // Counters for metrics and tests.
+  uint64_t cache_hits() const { return hits_.load(); }
+  uint64_t cache_misses() const { return misses_.load(); }
+
+ private:
+  struct Entry {
+    StoredKey key;
+    absl::Time expires;
+  };
+  class Receiver;
+
+  void ListenLoop();
+  void Evict(const std::string& key_id);
+  // Empties the cache and marks the listener as up or down.
+  void SetListening(bool up, int fd, int pid);
+  // Whether a notification may be waiting to be applied.
+  bool NotificationPending(int fd) const;
+  absl::StatusOr<std::optional<StoredKey>> Read(const std::string& key_id);
+
+  PgPool& pool_;
+  const Options options_;
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Entry> cache_ ABSL_GUARDED_BY(mu_);
+  uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  bool listening_ ABSL_GUARDED_BY(mu_) = false;
+  int listener_fd_ ABSL_GUARDED_BY(mu_) = -1;
+  int listener_pid_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  // True while the listener thread reads from its connection (notifications being applied).
+  std::atomic<bool> draining_{false};
+  std::atomic<uint64_t> hits_{0};
+  std::atomic<uint64_t> misses_{0};
+  std::thread thread_;
+};
+
+}  // namespace isorun::gateway

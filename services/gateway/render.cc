@@ -1,0 +1,169 @@
+#include "services/gateway/render.h"
+#include "services/gateway/strings.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "services/kit/status.h"
+
+namespace isorun::gateway {
+namespace {
+
+void WriteTime(JsonWriter& w, const google::protobuf::Timestamp& ts, bool present) {
+  if (!present) {
+    w.Null();
+    return;
+  }
+  w.String(google::protobuf::util::TimeUtil::ToString(ts));
+}
+
+void WriteStringMap(JsonWriter& w, const google::protobuf::Map<std::string, std::string>& map) {
+  // Sorted keys: stable output for clients and tests (protobuf maps are unordered).
+  std::vector<std::pair<std::string_view, std::string_view>> entries;
+  entries.reserve(map.size());
+  for (const auto& [key, value] : map) entries.emplace_back(key, value);
+  std::sort(entries.begin(), entries.end());
+  w.BeginObject();
+  for (const auto& [key, value] : entries) w.Key(key).String(value);
+  w.EndObject();
+}
+
+}  // namespace
+
+void WriteSandbox(JsonWriter& w, const v1::Sandbox& s) {
+  w.BeginObject();
+  w.Key("id").String(s.id());
+  w.Key("state").String(v1::SandboxState_Name(s.state()));
+  w.Key("image").String(s.image());
+  w.Key("imageDigest").String(s.image_digest());
+  w.Key("cpuMillis").Int(s.cpu_millis());
+  w.Key("memoryMb").Int(s.memory_mb());
+  w.Key("timeoutSec").Int(s.timeout_sec());
+  w.Key("createdAt");
+  WriteTime(w, s.created_at(), s.has_created_at());
+  w.Key("expiresAt");
+  WriteTime(w, s.expires_at(), s.has_expires_at());
+  if (s.has_ended_at()) {
+    w.Key("endedAt");
+    WriteTime(w, s.ended_at(), true);
+  }
+  if (s.end_reason() != v1::END_REASON_UNSPECIFIED) {
+    w.Key("endReason").String(v1::EndReason_Name(s.end_reason()));
+  }
+  if (!s.end_message().empty()) w.Key("endMessage").String(s.end_message());
+  w.Key("metadata");
+  WriteStringMap(w, s.metadata());
+  w.Key("network").BeginObject();
+  w.Key("egress").String(s.network().egress().empty() ? "open" : s.network().egress());
+  w.Key("allow").BeginArray();
+  for (const auto& host : s.network().allow()) w.String(host);
+  w.EndArray().EndObject();
+  w.Key("publicId").String(s.public_id());
+  if (!s.urls().empty()) {
+    w.Key("urls");
+    WriteStringMap(w, s.urls());
+  }
+  w.EndObject();
+}
+
+std::string SandboxJson(const v1::Sandbox& sandbox) {
+  JsonWriter w;
+  WriteSandbox(w, sandbox);
+  return w.Take();
+}
+
+std::string ListJson(const v1::ListSandboxesResponse& list) {
+  JsonWriter w;
+  w.BeginObject().Key("sandboxes").BeginArray();
+  for (const auto& s : list.sandboxes()) WriteSandbox(w, s);
+  w.EndArray();
+  w.Key("nextPageToken").String(list.next_page_token());
+  w.EndObject();
+  return w.Take();
+}
+
+std::string ExecJson(const v1::ExecResponse& exec) {
+  JsonWriter w;
+  w.BeginObject();
+  w.Key("exitCode").Int(exec.exit_code());
+  w.Key("stdout").String(exec.stdout());
+  w.Key("stderr").String(exec.stderr());
+  w.Key("durationMs").Int(exec.duration_ms());
+  if (exec.stdout_truncated()) w.Key("stdoutTruncated").Bool(true);
+  if (exec.stderr_truncated()) w.Key("stderrTruncated").Bool(true);
+  w.EndObject();
+  return w.Take();
+}
+
+std::string FormatDouble(double value) {
+  if (!std::isfinite(value)) return "null";
+  char buf[64];
+  auto [ptr, ec] = std::to_chars(buf, buf + sizeof(buf), value);
+  if (ec != std::errc()) return "null";
+  return std::string(buf, ptr);
+}
+
+std::string UsageJson(const v1::Usage& usage) {
+  JsonWriter w;
+  w.BeginObject();
+  w.Key("activeSandboxes").Int(usage.active_sandboxes());
+  w.Key("hibernatedSandboxes").Int(usage.hibernated_sandboxes());
+  w.Key("limits").BeginObject();
+  w.Key("maxConcurrent").Int(usage.limits().max_concurrent());
+  w.Key("createsPerSec").Raw(FormatDouble(usage.limits().creates_per_sec()));
+  w.Key("requestsPerSec").Raw(FormatDouble(usage.limits().requests_per_sec()));
+  w.EndObject();
+  w.EndObject();
+  return w.Take();
+}
+
+ErrorReply RenderError(const absl::Status& status, int http_status) {
+  ErrorReply reply;
+  absl::StatusCode code = status.code();
+  if (code == absl::StatusCode::kOk) code = absl::StatusCode::kInternal;  // cannot happen
+  reply.http_status = http_status != 0 ? http_status : HttpStatusFor(code);
+  auto detail = ErrorDetailOf(status);
+  reply.reason = detail && !detail->reason().empty() ? detail->reason() : DefaultReason(code);
+  std::string message(status.message());
+  if (message.empty()) message = std::string(CodeName(code));
+
+  JsonWriter w;
+  w.BeginObject().Key("error").BeginObject();
+  w.Key("status").Int(reply.http_status);
+  w.Key("code").String(CodeName(code));
+  w.Key("reason").String(reply.reason);
+  w.Key("message").String(message);
+  if (reply.http_status == 429) {
+    int retry_after = std::max(1, detail ? detail->retry_after_sec() : 0);
+    int limit = detail ? detail->limit() : 0;
+    int current = detail ? detail->current() : 0;
+    w.Key("retryAfterSec").Int(retry_after);
+    w.Key("limit").Int(limit);
+    w.Key("current").Int(current);
+    reply.headers.emplace_back("Retry-After", std::to_string(retry_after));
+    if (reply.reason == "RATE_LIMIT") {
+      // draft-ietf-httpapi-ratelimit-headers: the policy (requests per 1 s window) and the state.
+      reply.headers.emplace_back("RateLimit-Policy", Cat(limit, ";w=1"));
+      reply.headers.emplace_back("RateLimit",
+                                 Cat("limit=", limit, ", remaining=0, reset=", retry_after));
+    }
+  }
+  w.EndObject().EndObject();
+  reply.body = w.Take();
+  return reply;
+}
+
+HttpResponse ErrorResponse(const absl::Status& status, int http_status) {
+  ErrorReply reply = RenderError(status, http_status);
+  HttpResponse r;
+  r.status = reply.http_status;
+  r.body = std::move(reply.body);
+  r.headers = std::move(reply.headers);
+  return r;
+}
+
+}  // namespace isorun::gateway
