@@ -1,0 +1,183 @@
+// The control plane as separate processes over gRPC: restarts and crashes of the lifecycle
+// service lose no deadline and leak nothing.
+
+#include <grpcpp/generic/generic_stub.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <thread>
+
+#include "isorun/v1/sandboxes.grpc.pb.h"
+#include "services/kit/server.h"
+#include "services/kit/status.h"
+#include "tests/support/cluster.h"
+
+namespace isorun {
+namespace {
+
+using testing::Cluster;
+using testing::ClusterOptions;
+
+class Client {
+ public:
+  explicit Client(const std::string& addr) : stub_(v1::Sandboxes::NewStub(MakeChannel(addr))) {}
+
+  absl::StatusOr<v1::Sandbox> Create(const std::string& tenant, int timeout_sec = 300,
+                                     const std::string& image = "busybox:1.36") {
+    v1::CreateSandboxRequest req;
+    req.set_tenant_id(tenant);
+    req.set_image(image);
+    req.set_timeout_sec(timeout_sec);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::Sandbox sb;
+    grpc::Status s = stub_->CreateSandbox(&ctx, req, &sb);
+    if (!s.ok()) return FromGrpcStatus(s);
+    return sb;
+  }
+
+  absl::StatusOr<v1::Sandbox> Get(const std::string& tenant, const std::string& id) {
+    v1::GetSandboxRequest req;
+    req.set_tenant_id(tenant);
+    req.set_id(id);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::Sandbox sb;
+    grpc::Status s = stub_->GetSandbox(&ctx, req, &sb);
+    if (!s.ok()) return FromGrpcStatus(s);
+    return sb;
+  }
+
+ private:
+  std::unique_ptr<v1::Sandboxes::Stub> stub_;
+};
+
+// Waits until `pred` holds or `timeout` passes; returns whether it held.
+template <typename Pred>
+bool Eventually(Pred pred, absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (pred()) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return pred();
+}
+
+TEST(Processes, EveryServiceAnswersTheGrpcHealthCheck) {
+  ClusterOptions options;
+  options.gateway = false;
+  Cluster cluster(options);
+  for (const char* name : {"quota", "scheduler", "lifecycle", "runner-1"}) {
+    auto channel = MakeChannel(cluster.grpc_addr(name));
+    grpc::GenericStub generic(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::ByteBuffer request;  // an empty HealthCheckRequest: the server's overall health
+    grpc::Slice empty("");
+    request = grpc::ByteBuffer(&empty, 1);
+    grpc::ByteBuffer response;
+    std::atomic<bool> done{false};
+    grpc::Status status;
+    generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                      &response, [&](grpc::Status s) {
+                        status = s;
+                        done = true;
+                      });
+    ASSERT_TRUE(Eventually([&] { return done.load(); }, absl::Seconds(5))) << name;
+    ASSERT_TRUE(status.ok()) << name << ": " << status.error_message();
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(response.Dump(&slices).ok());
+    std::string bytes;
+    for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    EXPECT_EQ(bytes, std::string("\x08\x01", 2)) << name << " is not SERVING";
+  }
+}
+
+TEST(Processes, IdleSandboxesAreReapedWithinSecondsAndAcrossALifecycleRestart) {
+  ClusterOptions options;
+  options.gateway = false;
+  Cluster cluster(options);
+  std::string tenant = cluster.CreateTenant("reaped", 10);
+  Client client(cluster.grpc_addr("lifecycle"));
+  auto quick = client.Create(tenant, 1);
+  ASSERT_TRUE(quick.ok()) << quick.status();
+  auto start = absl::Now();
+  ASSERT_TRUE(Eventually(
+      [&] { return client.Get(tenant, quick->id())->state() == v1::DESTROYED; }, absl::Seconds(5)));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+  EXPECT_EQ(client.Get(tenant, quick->id())->end_reason(), v1::IDLE_TIMEOUT);
+
+  // The lifecycle is down while the deadline passes; the restarted one reaps it at once.
+  auto later = client.Create(tenant, 2);
+  ASSERT_TRUE(later.ok());
+  cluster.Kill("lifecycle", SIGKILL);
+  absl::SleepFor(absl::Seconds(3));
+  EXPECT_EQ(cluster.db().Scalar("SELECT state FROM lifecycle.sandboxes WHERE id = '" +
+                                later->id() + "'"),
+            "RUNNING");
+  cluster.Start("lifecycle");
+  ASSERT_TRUE(Eventually(
+      [&] {
+        auto sb = client.Get(tenant, later->id());
+        return sb.ok() && sb->state() == v1::DESTROYED;
+      },
+      absl::Seconds(5)));
+  EXPECT_EQ(cluster.db().Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'"),
+            "0");
+  EXPECT_EQ(cluster.db().Scalar("SELECT count(*) FROM scheduler.placements"), "0");
+}
+
+TEST(Processes, KillingTheLifecycleMidCreateLeaksNothing) {
+  ClusterOptions options;
+  options.gateway = false;
+  options.sim_start_ms = 300;  // creates are in flight when the process dies
+  options.stuck_after_sec = 2;
+  options.reconcile_interval_ms = 300;
+  Cluster cluster(options);
+  std::string tenant = cluster.CreateTenant("crashy", 100);
+  Client client(cluster.grpc_addr("lifecycle"));
+  std::atomic<int> acknowledged{0};
+  std::vector<std::string> acked_ids(40);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 40; ++i) {
+    threads.emplace_back([&, i] {
+      absl::SleepFor(absl::Milliseconds(10 * i));
+      auto sb = client.Create(tenant);
+      if (sb.ok()) {
+        acked_ids[i] = sb->id();
+        ++acknowledged;
+      }
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(250));
+  cluster.Kill("lifecycle", SIGKILL);
+  for (auto& t : threads) t.join();
+  cluster.Start("lifecycle");
+  const std::string usage_sql =
+      "SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'";
+  const std::string live_sql =
+      "SELECT count(*) FROM lifecycle.sandboxes WHERE state IN ('RUNNING', 'HIBERNATED')";
+  const std::string running_sql = "SELECT count(*) FROM lifecycle.sandboxes WHERE state = "
+                                  "'RUNNING'";
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return cluster.db().Scalar("SELECT count(*) FROM lifecycle.sandboxes WHERE state IN "
+                                   "('PENDING', 'STARTING', 'DESTROYING')") == "0";
+      },
+      absl::Seconds(15)))
+      << "abandoned creates were not repaired";
+  EXPECT_EQ(cluster.db().Scalar(usage_sql), cluster.db().Scalar(running_sql));
+  EXPECT_EQ(cluster.db().Scalar("SELECT count(*) FROM quota.reservations"),
+            cluster.db().Scalar(running_sql));
+  EXPECT_EQ(cluster.db().Scalar("SELECT count(*) FROM scheduler.placements"),
+            cluster.db().Scalar(live_sql));
+  // No acknowledged sandbox is lost.
+  for (const auto& id : acked_ids) {
+    if (id.empty()) continue;
+    EXPECT_EQ(client.Get(tenant, id)->state(), v1::RUNNING) << id;
+  }
+}
+
+}  // namespace
+}  // namespace isorun

@@ -1,0 +1,299 @@
+#include "tests/support/cluster.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <pqxx/pqxx>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "isorun/v1/scheduler.grpc.pb.h"
+#include "services/kit/api_key.h"
+#include "services/kit/server.h"
+#include "tests/support/http_client.h"
+
+#ifndef ISORUN_BIN_DIR
+#error "ISORUN_BIN_DIR must be defined by the build"
+#endif
+
+namespace isorun::testing {
+namespace {
+
+std::string Tail(const std::string& path, size_t bytes = 4000) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string s = ss.str();
+  return s.size() > bytes ? s.substr(s.size() - bytes) : s;
+}
+
+std::string Addr(int port) { return "127.0.0.1:" + std::to_string(port); }
+
+}  // namespace
+
+int PickFreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    throw std::runtime_error("cannot bind a loopback port");
+  }
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string Cluster::BinDir() {
+  const char* env = std::getenv("ISORUN_BIN_DIR");
+  return env != nullptr && *env != '\0' ? env : ISORUN_BIN_DIR;
+}
+
+Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
+  char tmpl[] = "/tmp/isorun-cluster.XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
+  dir_ = tmpl;
+  Define();
+  for (const auto& name : order_) Start(name);
+}
+
+Cluster::~Cluster() {
+  // Reverse order: the gateway first, quota last.
+  for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
+    Process& p = processes_[*it];
+    if (p.pid > 0) ::kill(p.pid, SIGTERM);
+  }
+  for (auto& [name, p] : processes_) {
+    if (p.pid <= 0) continue;
+    for (int i = 0; i < 100; ++i) {
+      if (::waitpid(p.pid, nullptr, WNOHANG) != 0) {
+        p.pid = 0;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (p.pid > 0) {
+      ::kill(p.pid, SIGKILL);
+      ::waitpid(p.pid, nullptr, 0);
+    }
+  }
+  if (std::getenv("ISORUN_KEEP_CLUSTER_LOGS") == nullptr) {
+    std::string cmd = "rm -rf '" + dir_ + "'";
+    int ignored = std::system(cmd.c_str());
+    (void)ignored;
+  }
+}
+
+void Cluster::Define() {
+  for (const char* name : {"quota", "scheduler", "lifecycle"}) {
+    ports_[name] = PickFreePort();
+    metrics_ports_[name] = PickFreePort();
+  }
+  const std::string bin = BinDir();
+  auto common = [&](const std::string& name) {
+    return std::vector<std::string>{"--grpc_addr=" + Addr(ports_[name]),
+                                    "--metrics_addr=" + Addr(metrics_ports_[name])};
+  };
+  processes_["quota"] = {bin + "/isorun-quota", common("quota"), dir_ + "/quota.log"};
+  processes_["quota"].args.push_back("--database_url=" + db_.url());
+  order_.push_back("quota");
+  processes_["scheduler"] = {bin + "/isorun-scheduler", common("scheduler"),
+                             dir_ + "/scheduler.log"};
+  processes_["scheduler"].args.push_back("--database_url=" + db_.url());
+  processes_["scheduler"].args.push_back("--heartbeat_interval_ms=200");
+  order_.push_back("scheduler");
+  auto lifecycle = common("lifecycle");
+  for (const std::string& a :
+       {"--database_url=" + db_.url(), "--quota_addr=" + Addr(ports_["quota"]),
+        "--scheduler_addr=" + Addr(ports_["scheduler"]),
+        "--reaper_interval_ms=" + std::to_string(options_.reaper_interval_ms),
+        "--reconcile_interval_ms=" + std::to_string(options_.reconcile_interval_ms),
+        "--stuck_after_sec=" + std::to_string(options_.stuck_after_sec),
+        "--destroy_retry_after_sec=" + std::to_string(options_.destroy_retry_after_sec)}) {
+    lifecycle.push_back(a);
+  }
+  processes_["lifecycle"] = {bin + "/isorun-lifecycle", lifecycle, dir_ + "/lifecycle.log"};
+  order_.push_back("lifecycle");
+  for (int i = 1; i <= options_.runners; ++i) {
+    std::string name = "runner-" + std::to_string(i);
+    ports_[name] = PickFreePort();
+    metrics_ports_[name] = PickFreePort();
+    auto args = common(name);
+    for (const std::string& a :
+         {"--scheduler_addr=" + Addr(ports_["scheduler"]), "--runner_name=" + name,
+          std::string("--driver=sim"), "--max_sandboxes=" + std::to_string(options_.runner_slots),
+          "--cpu_millis=" + std::to_string(options_.runner_cpu_millis),
+          "--memory_mb=" + std::to_string(options_.runner_memory_mb),
+          "--sim_start_ms=" + std::to_string(options_.sim_start_ms),
+          "--sim_fail_images_containing=" + options_.sim_fail_images_containing}) {
+      args.push_back(a);
+    }
+    processes_[name] = {bin + "/isorun-runner", args, dir_ + "/" + name + ".log"};
+    order_.push_back(name);
+  }
+  if (options_.gateway) {
+    ports_["gateway"] = PickFreePort();
+    metrics_ports_["gateway"] = PickFreePort();
+    processes_["gateway"] = {bin + "/isorun-gateway",
+                             {"--http_addr=" + Addr(ports_["gateway"]),
+                              "--metrics_addr=" + Addr(metrics_ports_["gateway"]),
+                              "--lifecycle_addr=" + Addr(ports_["lifecycle"]),
+                              "--quota_addr=" + Addr(ports_["quota"]), "--region=local",
+                              "--database_url=" + db_.url()},
+                             dir_ + "/gateway.log"};
+    order_.push_back("gateway");
+  }
+}
+
+std::string Cluster::gateway_url() const { return "http://" + Addr(ports_.at("gateway")); }
+
+std::string Cluster::grpc_addr(const std::string& process) const {
+  return Addr(ports_.at(process));
+}
+
+std::string Cluster::metrics_url(const std::string& process) const {
+  return "http://" + Addr(metrics_ports_.at(process)) + "/metrics";
+}
+
+void Cluster::Start(const std::string& name) {
+  Process& p = processes_.at(name);
+  if (p.pid > 0 && Running(name)) throw std::runtime_error(name + " is already running");
+  std::vector<std::string> argv_s = {p.binary};
+  for (const auto& a : p.args) argv_s.push_back(a);
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    // Die with the test process, whatever happens to it.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(1);
+    int fd = ::open(p.log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      ::close(fd);
+    }
+    // The service blocks SIGINT/SIGTERM itself; start from a clean mask.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    for (const auto& e : options_.env) ::putenv(const_cast<char*>(e.c_str()));
+    ::execv(argv[0], argv.data());
+    std::perror("execv");
+    ::_exit(127);
+  }
+  p.pid = pid;
+  WaitReady(name);
+}
+
+bool Cluster::Running(const std::string& name) {
+  Process& p = processes_.at(name);
+  if (p.pid <= 0) return false;
+  if (::waitpid(p.pid, nullptr, WNOHANG) == p.pid) {
+    p.pid = 0;
+    return false;
+  }
+  return true;
+}
+
+void Cluster::Kill(const std::string& name, int signal) {
+  Process& p = processes_.at(name);
+  if (p.pid <= 0) return;
+  ::kill(p.pid, signal);
+  ::waitpid(p.pid, nullptr, 0);
+  p.pid = 0;
+}
+
+void Cluster::WaitReady(const std::string& name) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  auto fail = [&](const std::string& why) {
+    throw std::runtime_error(name + " " + why + "; its log:\n" + Tail(processes_[name].log));
+  };
+  if (name == "gateway") {
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (!Running(name)) fail("exited");
+      try {
+        if (HttpRequest("GET", gateway_url() + "/healthz").status == 200) return;
+      } catch (const std::exception&) {
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    fail("did not become healthy in 30 s");
+  }
+  auto channel = MakeChannel(grpc_addr(name));
+  while (!channel->WaitForConnected(std::chrono::system_clock::now() +
+                                    std::chrono::milliseconds(100))) {
+    if (!Running(name)) fail("exited");
+    if (std::chrono::steady_clock::now() > deadline) fail("did not listen in 30 s");
+  }
+  if (name.rfind("runner-", 0) == 0) {
+    // Ready once the scheduler lists it as healthy.
+    auto stub = v1::Scheduler::NewStub(MakeChannel(grpc_addr("scheduler")));
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (!Running(name)) fail("exited");
+      grpc::ClientContext ctx;
+      v1::ListRunnersResponse resp;
+      if (stub->ListRunners(&ctx, {}, &resp).ok()) {
+        for (const auto& r : resp.runners()) {
+          if (r.name() == name && r.state() == "HEALTHY") return;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    fail("did not register with the scheduler in 30 s");
+  }
+}
+
+std::string Cluster::CreateTenant(const std::string& name, int max_concurrent) {
+  return db_.Scalar(
+      "WITH t AS (INSERT INTO accounts.tenants (name) VALUES ('" + name +
+      "') RETURNING id), l AS (INSERT INTO quota.limits (tenant_id, max_concurrent) SELECT id, " +
+      std::to_string(max_concurrent) +
+      " FROM t RETURNING tenant_id), u AS (INSERT INTO quota.usage (tenant_id) "
+      "SELECT tenant_id FROM l RETURNING tenant_id) SELECT tenant_id FROM u");
+}
+
+std::string Cluster::CreateKey(const std::string& tenant_id, const std::string& region) {
+  ApiKey key = NewApiKey(region);
+  pqxx::connection conn(db_.url());
+  pqxx::work tx(conn);
+  tx.exec_params("INSERT INTO accounts.api_keys (key_id, tenant_id, region, secret_hash) "
+                 "VALUES ($1, $2, $3, $4)",
+                 key.key_id, tenant_id, key.region, HashSecret(key.secret));
+  tx.commit();
+  return key.ToString();
+}
+
+int Cluster::Isorunctl(const std::vector<std::string>& args, std::string* out) {
+  std::string cmd = "ISORUN_DATABASE_URL='" + db_.url() + "' '" + BinDir() + "/isorunctl'";
+  for (const auto& a : args) cmd += " '" + a + "'";
+  cmd += " 2>&1";
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  if (pipe == nullptr) throw std::runtime_error("popen failed");
+  std::string output;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) output.append(buf.data(), n);
+  int status = ::pclose(pipe);
+  if (out != nullptr) *out = output;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace isorun::testing
