@@ -167,14 +167,23 @@ HttpResponse GatewayApi::Handle(const HttpRequest& request) {
       response.status == 200) {
     return response;  // probes every few seconds: not worth a log line each
   }
-  Log(response.status >= 500 ? LogLevel::kWarn : LogLevel::kInfo, "http request",
-      {{"request_id", ctx.request_id},
-       {"method", Shorten(request.method, 16)},
-       {"route", route},
-       {"status", std::to_string(response.status)},
-       {"ms", std::to_string(static_cast<int64_t>(seconds * 1000))},
-       {"key_id", ctx.principal.key_id},
-       {"auth_failure", ctx.auth_failure}});
+  const LogLevel level = response.status >= 500 ? LogLevel::kWarn : LogLevel::kInfo;
+  const std::string status = std::to_string(response.status);
+  const std::string ms = std::to_string(static_cast<int64_t>(seconds * 1000));
+  const std::string logged_method = Shorten(request.method, 16);
+  if (!ctx.auth_failure.empty()) {
+    Log(level, "http request",
+        {{"request_id", ctx.request_id}, {"method", logged_method}, {"route", route},
+         {"status", status}, {"ms", ms}, {"auth_failure", ctx.auth_failure}});
+  } else if (!ctx.principal.key_id.empty()) {
+    Log(level, "http request",
+        {{"request_id", ctx.request_id}, {"method", logged_method}, {"route", route},
+         {"status", status}, {"ms", ms}, {"key_id", ctx.principal.key_id}});
+  } else {
+    Log(level, "http request",
+        {{"request_id", ctx.request_id}, {"method", logged_method}, {"route", route},
+         {"status", status}, {"ms", ms}});
+  }
   return response;
 }
 

@@ -5,6 +5,7 @@
 
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 
 #include "services/gateway/auth.h"
@@ -29,6 +30,11 @@ class FakeKeyStore final : public KeyStore {
     std::lock_guard lock(mu_);
     down_ = down;
   }
+  // Every lookup throws (a bug stand-in: the gateway must answer 500, not crash).
+  void SetThrow(bool on) {
+    std::lock_guard lock(mu_);
+    throw_ = on;
+  }
   int lookups() {
     std::lock_guard lock(mu_);
     return lookups_;
@@ -37,6 +43,7 @@ class FakeKeyStore final : public KeyStore {
   absl::StatusOr<std::optional<StoredKey>> Find(const std::string& key_id) override {
     std::lock_guard lock(mu_);
     ++lookups_;
+    if (throw_) throw std::runtime_error("key store exploded");
     if (down_) return absl::UnavailableError("database unavailable: connection refused");
     auto it = keys_.find(key_id);
     if (it == keys_.end()) return std::optional<StoredKey>();
@@ -47,6 +54,7 @@ class FakeKeyStore final : public KeyStore {
   std::mutex mu_;
   std::map<std::string, StoredKey> keys_;
   bool down_ = false;
+  bool throw_ = false;
   int lookups_ = 0;
 };
 
