@@ -147,7 +147,11 @@ cluster_dev_tenant() {
     local key_id keys
     key_id="$(cut -d_ -f3 "$keyfile")"
     if keys="$(cluster_ctl keys list dev)"; then
-      if ! grep -qF -- "$key_id" <<<"$keys" || grep -F -- "$key_id" <<<"$keys" | grep -qi revoked; then
+      # Usable when a row names key_id and its REVOKED* column, if there is one, is empty or "-".
+      if ! awk -v id="$key_id" '
+          NR == 1 { for (i = 1; i <= NF; i++) if (toupper($i) ~ /REVOK/) col = i; next }
+          { for (i = 1; i <= NF; i++) if ($i == id) { found = 1; if (col && $col != "-" && $col != "") revoked = 1 } }
+          END { exit !(found && !revoked) }' <<<"$keys"; then
         log "the key in $keyfile is unknown or revoked; making a new one"
         need_key=1
       fi

@@ -177,8 +177,9 @@ case "$1 ${2:-}" in
   "tenants list") echo "NAME MAX_CONCURRENT"; cat "$s/tenants" 2>/dev/null || true ;;
   "tenants create") echo "$3 10" >>"$s/tenants"; echo "created $3" ;;
   "keys create") n=$(( $(cat "$s/keyn" 2>/dev/null || echo 0) + 1 )); echo "$n" >"$s/keyn"
-                 echo "key$n active" >>"$s/keys"; echo "isr_local_key${n}_Secret0123456789abcdef" ;;
-  "keys list") echo "KEY_ID STATE"; cat "$s/keys" 2>/dev/null || true ;;
+                 echo "key$n local 2026-01-01T00:00:00Z -" >>"$s/keys"; echo "isr_local_key${n}_Secret0123456789abcdef" ;;
+  "keys list") echo "KEY_ID REGION CREATED_AT REVOKED_AT"; cat "$s/keys" 2>/dev/null || true ;;
+  "keys revoke") sed -i "s/^$3 \(.*\) -\$/$3 \1 2026-01-02T00:00:00Z/" "$s/keys"; echo "revoked key $3" ;;
   *) echo "fake isorunctl: $*" >&2; exit 2 ;;
 esac
 SH
@@ -260,8 +261,11 @@ check "a child dies: says which" grep -q 'runner-1 (pid [0-9]*) exited unexpecte
 check "a child dies: env removed, every port closed" bash -c "test ! -e '$envf'" 
 check "a child dies: everything stopped" all_ports_closed
 
-# PostgreSQL dying stops everything too.
+# A revoked dev key is replaced; PostgreSQL dying stops everything.
+"$FAKE/isorunctl" keys revoke "$(cut -d_ -f3 "$ISORUN_DATA_DIR/dev.key")" >/dev/null
 if start_up "$WORK/up3.log"; then ok "up a third time: ready"; else bad "up a third time: not ready"; fi
+check "revoked key replaced by a new one" grep -qx 'ISORUN_API_KEY=isr_local_key2_.*' "$envf"
+check "key file has the new key" grep -q '^isr_local_key2_' "$ISORUN_DATA_DIR/dev.key"
 (cd / && if is_root; then runuser -u isorun -- "$(pg_bindir)/pg_ctl" -D "$ISORUN_DATA_DIR/pg" stop -m immediate
   else "$(pg_bindir)/pg_ctl" -D "$ISORUN_DATA_DIR/pg" stop -m immediate; fi) >/dev/null
 rc=0; wait "$UP_PID" || rc=$?; UP_PID=""
