@@ -1,6 +1,8 @@
 #include "services/gateway/pg_key_store.h"
 
 #include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <pqxx/pqxx>
@@ -28,12 +30,23 @@ class PgKeyStore::Receiver final : public pqxx::notification_receiver {
 };
 
 PgKeyStore::PgKeyStore(PgPool& pool, Options options) : pool_(pool), options_(options) {
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw std::runtime_error("eventfd failed");
   pool_.Prepare(kFindKey,
                 "SELECT tenant_id::text, region, secret_hash, revoked_at IS NOT NULL "
                 "FROM accounts.api_keys WHERE key_id = $1");
 }
 
-PgKeyStore::~PgKeyStore() { Stop(); }
+PgKeyStore::~PgKeyStore() {
+  Stop();
+  close(wake_fd_);
+}
+
+void PgKeyStore::WakeListener() {
+  uint64_t one = 1;
+  // Fails only when the counter is saturated, which wakes the listener anyway.
+  [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
+}
 
 void PgKeyStore::Start() {
   absl::MutexLock lock(&mu_);
@@ -47,6 +60,7 @@ void PgKeyStore::Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
+  WakeListener();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -96,6 +110,27 @@ bool PgKeyStore::NotificationPending(int fd) const {
   return draining_.load();
 }
 
+bool PgKeyStore::AwaitBarrier() {
+  uint64_t ticket;
+  bool wake = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!listening_) return false;
+    ticket = barrier_next_;
+    if (barrier_wanted_ < ticket) {
+      barrier_wanted_ = ticket;
+      wake = true;
+    }
+  }
+  if (wake) WakeListener();
+  absl::MutexLock lock(&mu_);
+  auto ready = [this, ticket]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return barrier_done_ >= ticket || !listening_ || stopping_;
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&ready), options_.barrier_timeout);
+  return barrier_done_ >= ticket && listening_;
+}
+
 absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Find(const std::string& key_id) {
   int fd;
   uint64_t epoch;
@@ -106,7 +141,11 @@ absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Find(const std::string& key
     epoch = epoch_;
     listening = listening_;
   }
-  if (listening && !NotificationPending(fd)) {
+  bool cache_usable = false;
+  if (listening) {
+    cache_usable = options_.strict_revocation ? AwaitBarrier() : !NotificationPending(fd);
+  }
+  if (cache_usable) {
     absl::MutexLock lock(&mu_);
     auto it = cache_.find(key_id);
     if (it != cache_.end() && listening_ && absl::Now() < it->second.expires) {
@@ -171,20 +210,34 @@ void PgKeyStore::ListenLoop() {
       backoff = absl::Milliseconds(100);
       absl::Time last_activity = absl::Now();
       while (!stopping()) {
-        pollfd p{fd, POLLIN, 0};
-        int ready = poll(&p, 1, 250);
+        pollfd p[2] = {{fd, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+        int ready = poll(p, 2, 250);
         if (ready < 0 && errno != EINTR) throw std::runtime_error("poll on the listener failed");
-        bool ping = absl::Now() - last_activity >= options_.listener_ping;
-        if (ready <= 0 && !ping) continue;
+        if (ready > 0 && (p[1].revents & POLLIN) != 0) {
+          uint64_t count;
+          [[maybe_unused]] ssize_t n = read(wake_fd_, &count, sizeof(count));
+        }
+        uint64_t barrier = 0;
+        {
+          absl::MutexLock lock(&mu_);
+          if (barrier_wanted_ >= barrier_next_) barrier = barrier_next_++;
+        }
+        bool ping = barrier != 0 || absl::Now() - last_activity >= options_.listener_ping;
+        if ((p[0].revents & (POLLIN | POLLHUP | POLLERR)) == 0 && !ping) continue;
         draining_ = true;
         if (ping) {
           pqxx::nontransaction tx(*conn);
           tx.exec("SELECT 1");
           tx.commit();
         }
-        conn->get_notifs();  // throws broken_connection when the server is gone
+        conn->get_notifs();  // applies every notification that came before the answer
         draining_ = false;
         last_activity = absl::Now();
+        if (barrier != 0) {
+          ++barriers_;
+          absl::MutexLock lock(&mu_);
+          barrier_done_ = barrier;
+        }
       }
     } catch (const std::exception& e) {
       LogWarn("API key listener down; key lookups bypass the cache",
