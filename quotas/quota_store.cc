@@ -24,13 +24,18 @@ absl::Status CheckUuid(const std::string& id) {
 }  // namespace
 
 QuotaStore::QuotaStore(PgPool& pool) : pool_(pool) {
-  pool_.Prepare("quota_reserve",
-                "INSERT INTO quota.reservations (sandbox_id, tenant_id) VALUES ($1, $2) "
-                "ON CONFLICT (sandbox_id) DO NOTHING RETURNING 1");
-  pool_.Prepare("quota_take",
-                "UPDATE quota.usage u SET active = u.active + 1 FROM quota.limits l "
-                "WHERE u.tenant_id = $1 AND l.tenant_id = $1 AND u.active < l.max_concurrent "
-                "RETURNING u.active, l.max_concurrent");
+  // One statement, one round trip: take a slot if there is one and this sandbox holds none,
+  // and record the reservation. A concurrent Admit of the same sandbox id that slipped past the
+  // NOT EXISTS fails on the reservation's primary key, which undoes its whole statement.
+  pool_.Prepare("quota_admit",
+                "WITH t AS (UPDATE quota.usage u SET active = u.active + 1 FROM quota.limits l "
+                "WHERE u.tenant_id = $2 AND l.tenant_id = $2 AND u.active < l.max_concurrent "
+                "AND NOT EXISTS (SELECT 1 FROM quota.reservations WHERE sandbox_id = $1) "
+                "RETURNING u.active, l.max_concurrent), "
+                "r AS (INSERT INTO quota.reservations (sandbox_id, tenant_id) "
+                "SELECT $1, $2 FROM t) SELECT active, max_concurrent FROM t");
+  pool_.Prepare("quota_holds",
+                "SELECT 1 FROM quota.reservations WHERE sandbox_id = $1");
   pool_.Prepare("quota_usage",
                 "SELECT coalesce(u.active, 0), l.max_concurrent, l.creates_per_sec, "
                 "l.requests_per_sec FROM quota.limits l "
@@ -47,34 +52,34 @@ absl::StatusOr<AdmitResult> QuotaStore::Admit(const std::string& tenant_id,
   if (absl::Status s = CheckUuid(tenant_id); !s.ok()) return s;
   if (sandbox_id.empty()) return absl::InvalidArgumentError("sandbox id is empty");
   AdmitResult result;
-  absl::Status status = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+  absl::Status status = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
     result = AdmitResult{};
+    pqxx::result taken;
+    try {
+      taken = tx.exec_prepared("quota_admit", sandbox_id, tenant_id);
+    } catch (const pqxx::unique_violation&) {
+      // A concurrent Admit of this sandbox won; fall through to the explanation below.
+    }
+    if (!taken.empty()) {
+      result.active = taken[0][0].as<int>();
+      result.limit = taken[0][1].as<int>();
+      return absl::OkStatus();
+    }
+    // Nothing taken: the tenant is unknown, the sandbox already holds a slot, or it is full.
     auto usage = tx.exec_prepared("quota_usage", tenant_id);
     if (usage.empty()) {
       return absl::NotFoundError(absl::StrCat("tenant ", tenant_id, " has no limits"));
     }
-    auto reserved = tx.exec_prepared("quota_reserve", sandbox_id, tenant_id);
-    if (reserved.empty()) {
-      // A retry of an earlier admission: nothing changes.
+    result.active = usage[0][0].as<int>();
+    result.limit = usage[0][1].as<int>();
+    if (!tx.exec_prepared("quota_holds", sandbox_id).empty()) {
       result.already_admitted = true;
-      result.active = usage[0][0].as<int>();
-      result.limit = usage[0][1].as<int>();
       return absl::OkStatus();
     }
-    auto taken = tx.exec_prepared("quota_take", tenant_id);
-    if (taken.empty()) {
-      // Read again: the row may have changed while this transaction waited for its lock.
-      auto now = tx.exec_prepared("quota_usage", tenant_id);
-      int active = now[0][0].as<int>();
-      int limit = now[0][1].as<int>();
-      return Error(absl::StatusCode::kResourceExhausted, "CONCURRENT_SANDBOX_LIMIT",
-                   absl::StrCat("tenant has ", active, " of ", limit,
-                                " concurrent sandboxes; destroy one or retry later"),
-                   limit, active, kRetryAfterSec);
-    }
-    result.active = taken[0][0].as<int>();
-    result.limit = taken[0][1].as<int>();
-    return absl::OkStatus();
+    return Error(absl::StatusCode::kResourceExhausted, "CONCURRENT_SANDBOX_LIMIT",
+                 absl::StrCat("tenant has ", result.active, " of ", result.limit,
+                              " concurrent sandboxes; destroy one or retry later"),
+                 result.limit, result.active, kRetryAfterSec);
   });
   if (!status.ok()) return status;
   return result;
@@ -82,7 +87,7 @@ absl::StatusOr<AdmitResult> QuotaStore::Admit(const std::string& tenant_id,
 
 absl::StatusOr<bool> QuotaStore::Release(const std::string& sandbox_id) {
   bool released = false;
-  absl::Status status = pool_.Transact([&](pqxx::work& tx) {
+  absl::Status status = pool_.Execute([&](pqxx::nontransaction& tx) {
     released = !tx.exec_prepared("quota_release", sandbox_id).empty();
     return absl::OkStatus();
   });
@@ -93,7 +98,7 @@ absl::StatusOr<bool> QuotaStore::Release(const std::string& sandbox_id) {
 absl::StatusOr<UsageInfo> QuotaStore::GetUsage(const std::string& tenant_id) {
   if (absl::Status s = CheckUuid(tenant_id); !s.ok()) return s;
   UsageInfo info;
-  absl::Status status = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+  absl::Status status = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
     auto r = tx.exec_prepared("quota_usage", tenant_id);
     if (r.empty()) return absl::NotFoundError(absl::StrCat("tenant ", tenant_id, " has no limits"));
     info.active = r[0][0].as<int>();

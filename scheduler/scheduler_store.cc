@@ -43,8 +43,8 @@ absl::StatusOr<std::pair<std::string, bool>> SchedulerStore::UpsertRunner(
 
 absl::StatusOr<bool> SchedulerStore::TouchRunner(const std::string& runner_id) {
   bool draining = false;
-  absl::Status s = pool_.Transact(
-      [&](pqxx::work& tx) -> absl::Status {
+  absl::Status s = pool_.Execute(
+      [&](pqxx::nontransaction& tx) -> absl::Status {
         auto r = tx.exec_prepared("sched_touch_runner", runner_id);
         if (r.empty()) return absl::NotFoundError(absl::StrCat("unknown runner ", runner_id));
         draining = r[0][0].as<bool>();
@@ -69,8 +69,8 @@ absl::Status SchedulerStore::ReplaceImages(const std::string& runner_id,
 absl::Status SchedulerStore::InsertPlacement(const StoredPlacement& p) {
   // Asynchronous commit: the lifecycle's durable RUNNING commit flushes it before any client sees
   // the sandbox; a placement lost in a crash belongs to a create that was never acknowledged.
-  return pool_.Transact(
-      [&](pqxx::work& tx) {
+  return pool_.Execute(
+      [&](pqxx::nontransaction& tx) {
         tx.exec_prepared("sched_insert_placement", p.sandbox_id, p.runner_id, p.cpu_millis,
                          p.memory_mb, p.image, p.warm);
         return absl::OkStatus();
@@ -80,8 +80,8 @@ absl::Status SchedulerStore::InsertPlacement(const StoredPlacement& p) {
 
 absl::StatusOr<bool> SchedulerStore::DeletePlacement(const std::string& sandbox_id) {
   bool deleted = false;
-  absl::Status s = pool_.Transact(
-      [&](pqxx::work& tx) {
+  absl::Status s = pool_.Execute(
+      [&](pqxx::nontransaction& tx) {
         deleted = !tx.exec_prepared("sched_delete_placement", sandbox_id).empty();
         return absl::OkStatus();
       },

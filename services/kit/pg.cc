@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <thread>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "services/kit/log.h"
@@ -19,9 +20,9 @@ void PgPool::Prepare(std::string name, std::string sql) {
   statements_.emplace_back(std::move(name), std::move(sql));
 }
 
-std::unique_ptr<pqxx::connection> PgPool::Connect() {
+std::unique_ptr<pqxx::connection> PgPool::Connect(Durability durability) {
   auto conn = std::make_unique<pqxx::connection>(url_);
-  if (default_durability_ == Durability::kAsync) {
+  if (durability == Durability::kAsync) {
     pqxx::nontransaction nt(*conn);
     nt.exec0("SET synchronous_commit TO OFF");
   }
@@ -33,19 +34,26 @@ std::unique_ptr<pqxx::connection> PgPool::OpenDedicated() {
   return std::make_unique<pqxx::connection>(url_);
 }
 
-std::unique_ptr<pqxx::connection> PgPool::Acquire() {
+std::unique_ptr<pqxx::connection> PgPool::Acquire(Durability durability) {
+  auto& idle = idle_[static_cast<int>(durability)];
+  auto& other = idle_[1 - static_cast<int>(durability)];
   {
     std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return !idle_.empty() || open_ < max_connections_; });
-    if (!idle_.empty()) {
-      auto conn = std::move(idle_.back());
-      idle_.pop_back();
+    cv_.wait(lock, [&] { return !idle.empty() || !other.empty() || open_ < max_connections_; });
+    if (!idle.empty()) {
+      auto conn = std::move(idle.back());
+      idle.pop_back();
       return conn;
     }
-    ++open_;
+    if (open_ >= max_connections_) {
+      // Only connections of the other kind are idle: close one to make room.
+      other.pop_back();
+    } else {
+      ++open_;
+    }
   }
   try {
-    return Connect();
+    return Connect(durability);
   } catch (...) {
     std::lock_guard lock(mu_);
     --open_;
@@ -54,24 +62,24 @@ std::unique_ptr<pqxx::connection> PgPool::Acquire() {
   }
 }
 
-void PgPool::Return(std::unique_ptr<pqxx::connection> conn) {
+void PgPool::Return(std::unique_ptr<pqxx::connection> conn, Durability durability) {
   std::lock_guard lock(mu_);
   if (conn && conn->is_open()) {
-    idle_.push_back(std::move(conn));
+    idle_[static_cast<int>(durability)].push_back(std::move(conn));
   } else {
     --open_;
   }
   cv_.notify_one();
 }
 
-absl::Status PgPool::Transact(const std::function<absl::Status(pqxx::work&)>& fn,
-                              std::optional<Durability> durability) {
+template <typename Tx>
+absl::Status PgPool::Run(const std::function<absl::Status(Tx&)>& fn, Durability durability) {
   constexpr int kAttempts = 4;
   absl::Status last;
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
     std::unique_ptr<pqxx::connection> conn;
     try {
-      conn = Acquire();
+      conn = Acquire(durability);
     } catch (const std::exception& e) {
       last = StatusFromPgException(e);
       std::this_thread::sleep_for(std::chrono::milliseconds(50 * (attempt + 1)));
@@ -79,12 +87,7 @@ absl::Status PgPool::Transact(const std::function<absl::Status(pqxx::work&)>& fn
     }
     bool retry = false;
     try {
-      pqxx::work tx(*conn);
-      // The session default is set at connect; only a different choice costs a round trip.
-      if (durability && *durability != default_durability_) {
-        tx.exec0(*durability == Durability::kAsync ? "SET LOCAL synchronous_commit TO OFF"
-                                                   : "SET LOCAL synchronous_commit TO ON");
-      }
+      Tx tx(*conn);
       absl::Status status = fn(tx);
       if (status.ok()) {
         tx.commit();
@@ -99,7 +102,9 @@ absl::Status PgPool::Transact(const std::function<absl::Status(pqxx::work&)>& fn
     } catch (const pqxx::broken_connection& e) {
       conn.reset();
       last = StatusFromPgException(e);
-      retry = true;
+      // Inside a transaction block nothing was committed, so a retry is safe. Outside one, the
+      // statement may have committed before the connection broke: the caller must decide.
+      retry = std::is_same_v<Tx, pqxx::work>;
     } catch (const pqxx::serialization_failure& e) {
       last = StatusFromPgException(e);
       retry = true;
@@ -109,12 +114,22 @@ absl::Status PgPool::Transact(const std::function<absl::Status(pqxx::work&)>& fn
     } catch (const std::exception& e) {
       last = StatusFromPgException(e);
     }
-    Return(std::move(conn));
+    Return(std::move(conn), durability);
     if (!retry) return last;
-    LogWarn("retrying transaction", {{"attempt", std::to_string(attempt + 1)},
-                                     {"error", std::string(last.message())}});
+    LogWarn("retrying database work", {{"attempt", std::to_string(attempt + 1)},
+                                       {"error", std::string(last.message())}});
   }
   return last;
+}
+
+absl::Status PgPool::Transact(const std::function<absl::Status(pqxx::work&)>& fn,
+                              std::optional<Durability> durability) {
+  return Run<pqxx::work>(fn, durability.value_or(default_durability_));
+}
+
+absl::Status PgPool::Execute(const std::function<absl::Status(pqxx::nontransaction&)>& fn,
+                             std::optional<Durability> durability) {
+  return Run<pqxx::nontransaction>(fn, durability.value_or(default_durability_));
 }
 
 absl::Status StatusFromPgException(const std::exception& e) {

@@ -48,15 +48,24 @@ class PgPool {
   absl::Status Transact(const std::function<absl::Status(pqxx::work&)>& fn,
                         std::optional<Durability> durability = std::nullopt);
 
+  // Runs `fn` outside a transaction block: each statement commits on its own (one round trip for
+  // a single statement instead of three). For single-statement work only; retried like Transact.
+  absl::Status Execute(const std::function<absl::Status(pqxx::nontransaction&)>& fn,
+                       std::optional<Durability> durability = std::nullopt);
+
   // Opens a dedicated (unpooled) connection, e.g. for LISTEN.
   std::unique_ptr<pqxx::connection> OpenDedicated();
 
   const std::string& url() const { return url_; }
 
  private:
-  std::unique_ptr<pqxx::connection> Acquire();
-  void Return(std::unique_ptr<pqxx::connection> conn);
-  std::unique_ptr<pqxx::connection> Connect();
+  // Connections are kept apart by their session's synchronous_commit, so choosing a durability
+  // never costs a round trip.
+  std::unique_ptr<pqxx::connection> Acquire(Durability durability);
+  void Return(std::unique_ptr<pqxx::connection> conn, Durability durability);
+  std::unique_ptr<pqxx::connection> Connect(Durability durability);
+  template <typename Tx>
+  absl::Status Run(const std::function<absl::Status(Tx&)>& fn, Durability durability);
 
   const std::string url_;
   const int max_connections_;
@@ -65,7 +74,7 @@ class PgPool {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<std::unique_ptr<pqxx::connection>> idle_;  // guarded by mu_
+  std::vector<std::unique_ptr<pqxx::connection>> idle_[2];  // by Durability; guarded by mu_
   int open_ = 0;                                          // guarded by mu_
 };
 

@@ -130,9 +130,13 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
 
   // 4. RUNNING, durably. The guard fails only if the sandbox was destroyed meanwhile.
   auto running = store_.ToRunning(id, started->image_digest());
-  if (!running.ok() || !running->has_value()) {
+  if (!running.ok()) {
+    // The commit may have happened: the row is RUNNING (and will idle out holding what it should)
+    // or still STARTING (the reconciler compensates it). Undoing here could orphan a RUNNING row.
+    return running.status();
+  }
+  if (!running->has_value()) {
     (void)Compensate(**starting, placement->runner_address());
-    if (!running.ok()) return running.status();
     return absl::AbortedError(absl::StrCat("sandbox ", id, " was destroyed while it started"));
   }
   return **running;
@@ -177,22 +181,16 @@ absl::StatusOr<ListPage> Lifecycle::List(const ListQuery& query) {
 }
 
 absl::Status Lifecycle::Destroy(const std::string& tenant_id, const std::string& id) {
+  // The common case in one statement: a live sandbox of this tenant moves to DESTROYING.
+  auto moved = store_.ToDestroying(tenant_id, id,
+                                   {v1::PENDING, v1::STARTING, v1::RUNNING, v1::HIBERNATED},
+                                   v1::DELETED);
+  if (!moved.ok()) return moved.status();
+  if (moved->has_value()) return FinishDestroy(**moved);
+  // Unknown (or another tenant's), already ended, or already being destroyed.
   auto sb = store_.Get(tenant_id, id);
   if (!sb.ok()) return sb.status();
   if (IsEnded(sb->state())) return absl::OkStatus();
-  if (sb->state() != v1::DESTROYING) {
-    auto moved = store_.ToDestroying(id, {v1::PENDING, v1::STARTING, v1::RUNNING, v1::HIBERNATED},
-                                     v1::DELETED);
-    if (!moved.ok()) return moved.status();
-    if (moved->has_value()) {
-      sb = **moved;
-    } else {
-      // Someone else moved it first (the reaper, another replica): take the row as it is now.
-      sb = store_.Get(tenant_id, id);
-      if (!sb.ok()) return sb.status();
-      if (IsEnded(sb->state())) return absl::OkStatus();
-    }
-  }
   return FinishDestroy(*sb);
 }
 

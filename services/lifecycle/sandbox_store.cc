@@ -153,7 +153,7 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                               "end_message = $2",
                               "'START_FAILED'"));
   pool_.Prepare("lc_to_destroying",
-                TransitionSql("DESTROYING", "prev.state = ANY($3::text[])",
+                TransitionSql("DESTROYING", "prev.state = ANY($3::text[]) AND s.tenant_id = $4",
                               "end_reason = $2, expires_at = NULL", "$2"));
   pool_.Prepare("lc_to_destroyed",
                 TransitionSql("DESTROYED", "prev.state = 'DESTROYING'",
@@ -204,8 +204,16 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
 
 absl::Status SandboxStore::InsertPending(const v1::CreateSandboxRequest& r, const std::string& id,
                                          const std::string& public_id, std::string* existing_id) {
+  if (r.idempotency_key().empty()) {
+    return pool_.Execute([&](pqxx::nontransaction& tx) {
+      tx.exec_prepared("lc_insert", id, r.tenant_id(), r.image(), r.cpu_millis(), r.memory_mb(),
+                       r.timeout_sec(), MapJson(r.env()), MapJson(r.metadata()),
+                       NetworkJson(r.network()), public_id);
+      return absl::OkStatus();
+    });
+  }
   return pool_.Transact([&](pqxx::work& tx) -> absl::Status {
-    if (!r.idempotency_key().empty()) {
+    {
       auto claimed = tx.exec_prepared("lc_claim_idem", r.tenant_id(), r.idempotency_key(), id);
       if (claimed.empty()) {
         auto found = tx.exec_prepared("lc_find_idem", r.tenant_id(), r.idempotency_key());
@@ -223,7 +231,7 @@ absl::Status SandboxStore::InsertPending(const v1::CreateSandboxRequest& r, cons
 absl::StatusOr<std::optional<std::string>> SandboxStore::FindIdempotent(
     const std::string& tenant_id, const std::string& key) {
   std::optional<std::string> out;
-  absl::Status s = pool_.Transact([&](pqxx::work& tx) {
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
     auto r = tx.exec_prepared("lc_find_idem", tenant_id, key);
     if (!r.empty()) out = r[0][0].as<std::string>();
     return absl::OkStatus();
@@ -234,7 +242,7 @@ absl::StatusOr<std::optional<std::string>> SandboxStore::FindIdempotent(
 
 absl::StatusOr<Sandbox> SandboxStore::Get(const std::string& tenant_id, const std::string& id) {
   Sandbox sb;
-  absl::Status s = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
     auto r = tx.exec_prepared("lc_get", id, tenant_id);
     if (r.empty()) return NotFound(id);
     sb = FromRow(r[0]);
@@ -246,7 +254,7 @@ absl::StatusOr<Sandbox> SandboxStore::Get(const std::string& tenant_id, const st
 
 absl::StatusOr<Sandbox> SandboxStore::GetAny(const std::string& id) {
   Sandbox sb;
-  absl::Status s = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
     auto r = tx.exec_prepared("lc_get_any", id);
     if (r.empty()) return NotFound(id);
     sb = FromRow(r[0]);
@@ -275,7 +283,7 @@ absl::StatusOr<ListPage> SandboxStore::List(const ListQuery& q) {
   for (const auto& [k, v] : q.metadata) meta.Key(k).String(v);
   meta.EndObject();
   ListPage page;
-  absl::Status s = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
     page = ListPage{};
     pqxx::result r;
     try {
@@ -302,7 +310,7 @@ absl::StatusOr<ListPage> SandboxStore::List(const ListQuery& q) {
 
 absl::StatusOr<int> SandboxStore::CountInState(const std::string& tenant_id, SandboxState state) {
   int n = 0;
-  absl::Status s = pool_.Transact([&](pqxx::work& tx) {
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
     n = tx.exec_prepared("lc_count_state", tenant_id, StateName(state))[0][0].as<int>();
     return absl::OkStatus();
   });
@@ -316,8 +324,8 @@ template <typename... Args>
 absl::StatusOr<std::optional<Sandbox>> RunTransition(PgPool& pool, Durability durability,
                                                      const char* statement, Args&&... args) {
   std::optional<Sandbox> out;
-  absl::Status s = pool.Transact(
-      [&](pqxx::work& tx) {
+  absl::Status s = pool.Execute(
+      [&](pqxx::nontransaction& tx) {
         out.reset();
         auto r = tx.exec_prepared(statement, args...);
         if (!r.empty()) out = FromRow(r[0]);
@@ -348,9 +356,10 @@ absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToFailed(const std::string&
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToDestroying(
-    const std::string& id, const std::vector<SandboxState>& from, v1::EndReason reason) {
+    const std::string& tenant_id, const std::string& id, const std::vector<SandboxState>& from,
+    v1::EndReason reason) {
   return RunTransition(pool_, Durability::kAsync, "lc_to_destroying", id, EndReasonName(reason),
-                       StateArray(from));
+                       StateArray(from), tenant_id);
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToDestroyed(const std::string& id) {
@@ -367,7 +376,7 @@ absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToRunningFromHibernated(
 }
 
 absl::Status SandboxStore::DeleteUnacknowledged(const std::string& id) {
-  return pool_.Transact([&](pqxx::work& tx) {
+  return pool_.Execute([&](pqxx::nontransaction& tx) {
     tx.exec_prepared("lc_delete_unacked", id);
     return absl::OkStatus();
   });
@@ -377,8 +386,8 @@ absl::StatusOr<std::optional<Sandbox>> SandboxStore::SetTimeout(const std::strin
                                                                 const std::string& id,
                                                                 int timeout_sec) {
   std::optional<Sandbox> out;
-  absl::Status s = pool_.Transact(
-      [&](pqxx::work& tx) -> absl::Status {
+  absl::Status s = pool_.Execute(
+      [&](pqxx::nontransaction& tx) -> absl::Status {
         out.reset();
         auto r = tx.exec_prepared("lc_set_timeout", id, tenant_id, timeout_sec);
         if (!r.empty()) {
@@ -394,7 +403,7 @@ absl::StatusOr<std::optional<Sandbox>> SandboxStore::SetTimeout(const std::strin
 }
 
 absl::Status SandboxStore::Touch(const std::string& id) {
-  return pool_.Transact([&](pqxx::work& tx) {
+  return pool_.Execute([&](pqxx::nontransaction& tx) {
     tx.exec_prepared("lc_touch", id);
     return absl::OkStatus();
   });
@@ -402,7 +411,7 @@ absl::Status SandboxStore::Touch(const std::string& id) {
 
 absl::StatusOr<std::vector<Sandbox>> SandboxStore::ClaimExpired(int limit) {
   std::vector<Sandbox> out;
-  absl::Status s = pool_.Transact([&](pqxx::work& tx) {
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
     out.clear();
     for (const auto& row : tx.exec_prepared("lc_claim_expired", limit)) out.push_back(FromRow(row));
     return absl::OkStatus();
@@ -414,7 +423,7 @@ absl::StatusOr<std::vector<Sandbox>> SandboxStore::ClaimExpired(int limit) {
 absl::StatusOr<std::vector<Sandbox>> SandboxStore::ClaimStuck(SandboxState state,
                                                               int older_than_sec, int limit) {
   std::vector<Sandbox> out;
-  absl::Status s = pool_.Transact([&](pqxx::work& tx) {
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
     out.clear();
     for (const auto& row :
          tx.exec_prepared("lc_claim_stuck", StateName(state), older_than_sec, limit)) {

@@ -61,7 +61,8 @@ class SandboxStore {
                                                    const std::string& image_digest);
   absl::StatusOr<std::optional<Sandbox>> ToFailed(const std::string& id,
                                                   const std::string& message);
-  absl::StatusOr<std::optional<Sandbox>> ToDestroying(const std::string& id,
+  absl::StatusOr<std::optional<Sandbox>> ToDestroying(const std::string& tenant_id,
+                                                      const std::string& id,
                                                       const std::vector<SandboxState>& from,
                                                       v1::EndReason reason);
   absl::StatusOr<std::optional<Sandbox>> ToDestroyed(const std::string& id);

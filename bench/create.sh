@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# ./isorun bench create [--clients N] [--seconds S]: durable creates per second through the gRPC API
+# against a throwaway cluster with simulated runners, then pgbench -N with the same client count on
+# the same PostgreSQL; prints creates_per_sec, p50_ms, p99_ms, pgbench_tps and ratio.
+set -euo pipefail
+: "${ISORUN_REPO:?run through ./isorun bench create}"
+# shellcheck source=scripts/pg.sh
+source "$ISORUN_REPO/scripts/pg.sh"
+
+clients=16
+seconds=10
+args=()
+while (($#)); do
+  case "$1" in
+    --clients) clients="$2"; shift 2 ;;
+    --clients=*) clients="${1#*=}"; shift ;;
+    --seconds) seconds="$2"; shift 2 ;;
+    --seconds=*) seconds="${1#*=}"; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+
+tmp="$(mktemp -d -t isorun-bench.XXXXXX)"
+chmod 0755 "$tmp"
+cleanup() { pg_stop; rm -rf "$tmp"; }
+trap cleanup EXIT
+pg_prepare "$tmp"
+port="$(pick_free_port)"
+pg_start "$port" "$tmp/postgres.log"
+export ISORUN_TEST_DATABASE_URL
+ISORUN_TEST_DATABASE_URL="$(pg_url "$port" postgres)"
+
+out="$("$ISORUN_BIN_DIR/isorun-create-load" --clients="$clients" --seconds="$seconds" "${args[@]}")"
+printf '%s\n' "$out"
+creates="$(sed -n 's/^creates_per_sec=//p' <<<"$out")"
+
+bin="$(pg_bindir)"
+pg_ensure_db "$port" pgbench >/dev/null
+"$bin/pgbench" -h 127.0.0.1 -p "$port" -U isorun -i -s 10 -q pgbench >/dev/null 2>&1
+tps="$("$bin/pgbench" -h 127.0.0.1 -p "$port" -U isorun -N -c "$clients" -j 2 -T "$seconds" pgbench 2>/dev/null |
+  sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)"
+printf 'pgbench_tps=%.0f\n' "$tps"
+awk -v c="$creates" -v t="$tps" 'BEGIN { printf "ratio=%.3f\n", (t > 0 ? c / t : 0) }'
