@@ -43,7 +43,7 @@ cluster_kill_leftovers() {
     rm -f "$f"
     [[ "$pid" =~ ^[0-9]+$ ]] || continue
     # Only if that pid still runs one of our binaries (pids are reused).
-    if [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"$ISORUN_BIN_DIR/"* ]]; then
+    if [[ "$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" == *"$ISORUN_BIN_DIR/"* ]]; then
       log "stopping $name (pid $pid) left over from an earlier run"
       cluster_stop_pid "$name" "$pid"
     fi

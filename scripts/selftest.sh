@@ -27,6 +27,12 @@ chmod 0755 "$WORK"
 UP_PID=""
 cleanup() {
   [[ -n "$UP_PID" ]] && kill -TERM "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null
+  # Whatever a failed check left running from this run's folder (stand-in services, PostgreSQL).
+  local f pid
+  for f in /proc/[0-9]*/cmdline; do
+    pid="${f#/proc/}" pid="${pid%/cmdline}"
+    [[ "$pid" != "$$" ]] && tr '\0' ' ' 2>/dev/null <"$f" | grep -qF -- "$WORK/" && kill -TERM "$pid" 2>/dev/null
+  done
   if [[ "${ISORUN_SELFTEST_KEEP:-0}" == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
