@@ -1,6 +1,9 @@
 // isorun-quota: admission of concurrent sandboxes (and, later, rate limits).
 
 #include <cstdlib>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
 
 #include "absl/flags/flag.h"
 #include "quotas/quota_service.h"
@@ -15,6 +18,11 @@ ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:7001", "host:port of the gRPC liste
 ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9101", "host:port of /metrics; empty: none");
 ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL");
 ABSL_FLAG(int, db_connections, 16, "size of the Postgres connection pool");
+ABSL_FLAG(int, shard_index, 0,
+          "this replica's shard: it keeps the rate buckets of tenants with "
+          "ShardFor(tenant) == shard_index (gateways route by the same hash)");
+ABSL_FLAG(int, shard_count, 1, "number of quota replicas sharing the rate buckets");
+ABSL_FLAG(int, limits_ttl_ms, 2000, "how long tenant limits are cached for rate checks");
 
 int main(int argc, char** argv) {
   isorun::ParseFlags(argc, argv, "isorun-quota: admission and rate limits (gRPC isorun.v1.Quotas)");
@@ -33,7 +41,16 @@ int main(int argc, char** argv) {
     return 1;
   }
   isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
-  isorun::quota::QuotaService service(store);
+  isorun::quota::QuotaServiceOptions options;
+  options.shard_index = absl::GetFlag(FLAGS_shard_index);
+  options.shard_count = absl::GetFlag(FLAGS_shard_count);
+  options.limits_ttl = absl::Milliseconds(absl::GetFlag(FLAGS_limits_ttl_ms));
+  if (options.shard_count < 1 || options.shard_index < 0 ||
+      options.shard_index >= options.shard_count) {
+    isorun::LogError("--shard_index must be from 0 to --shard_count - 1");
+    return 2;
+  }
+  isorun::quota::QuotaService service(store, metrics.registry(), options);
   auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service});
   if (!server.ok()) {
     isorun::LogError("cannot start", {{"error", std::string(server.status().message())}});
@@ -41,7 +58,13 @@ int main(int argc, char** argv) {
   }
   isorun::LogInfo("serving", {{"grpc_port", std::to_string(server->port)},
                               {"metrics_port", std::to_string(metrics.port())}});
+  absl::Notification stop;
+  std::thread collector([&] {
+    while (!stop.WaitForNotificationWithTimeout(absl::Seconds(10))) service.CollectRateBuckets();
+  });
   int sig = isorun::WaitForShutdownSignal();
+  stop.Notify();
+  collector.join();
   isorun::LogInfo("shutting down", {{"signal", std::to_string(sig)}});
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   return 0;

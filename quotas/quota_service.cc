@@ -1,12 +1,102 @@
 #include "quotas/quota_service.h"
 
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "services/kit/shard.h"
 #include "services/kit/status.h"
 
 namespace isorun::quota {
+namespace {
+
+int BurstFor(double per_sec) { return std::max(1, static_cast<int>(std::ceil(per_sec))); }
+
+}  // namespace
+
+QuotaService::QuotaService(QuotaStore& store, prometheus::Registry& registry,
+                           QuotaServiceOptions options, Clock clock)
+    : store_(store),
+      options_(options),
+      clock_(std::move(clock)),
+      admissions_(prometheus::BuildCounter()
+                      .Name("isorun_quota_admissions_total")
+                      .Help("Admission decisions by outcome")
+                      .Register(registry)),
+      rate_checks_(prometheus::BuildCounter()
+                       .Name("isorun_quota_rate_checks_total")
+                       .Help("Rate-limit checks by policy kind and outcome")
+                       .Register(registry)) {}
+
+absl::StatusOr<TenantLimits> QuotaService::CachedLimits(const std::string& tenant_id) {
+  absl::Time now = clock_();
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = limits_.find(tenant_id);
+    if (it != limits_.end() && now - it->second.fetched < options_.limits_ttl) {
+      return it->second.limits;
+    }
+  }
+  auto limits = store_.GetLimits(tenant_id);
+  if (!limits.ok()) return limits.status();
+  absl::MutexLock lock(&mu_);
+  limits_[tenant_id] = CachedEntry{*limits, now};
+  return *limits;
+}
+
+grpc::Status QuotaService::CheckRate(grpc::ServerContext*, const v1::CheckRateRequest* req,
+                                     v1::CheckRateResponse* resp) {
+  if (req->tenant_id().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tenant_id is required");
+  }
+  int owner = ShardFor(req->tenant_id(), options_.shard_count);
+  if (owner != options_.shard_index) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("tenant ", req->tenant_id(), " belongs to quota shard ", owner,
+                                     " of ", options_.shard_count, ", not ",
+                                     options_.shard_index));
+  }
+  auto limits = CachedLimits(req->tenant_id());
+  if (!limits.ok()) return ToGrpcStatus(limits.status());
+  RateParams requests{limits->requests_per_sec, BurstFor(limits->requests_per_sec)};
+  std::vector<Bucket> buckets;
+  if (!req->key_id().empty()) buckets.push_back({"k:" + req->key_id(), "requests", requests});
+  buckets.push_back({"t:" + req->tenant_id(), "requests", requests});
+  const bool create = req->kind() == v1::CREATE;
+  if (create) {
+    buckets.push_back({"c:" + req->tenant_id(), "creates",
+                       RateParams{limits->creates_per_sec, BurstFor(limits->creates_per_sec)}});
+  }
+  RateDecision d = limiter_.Check(buckets, clock_());
+  v1::RateWindow window;
+  window.set_policy(d.policy);
+  window.set_limit_per_sec(d.params.per_sec);
+  window.set_burst(d.params.burst);
+  window.set_window_sec(std::max(1, static_cast<int>(std::ceil(d.params.burst / d.params.per_sec))));
+  window.set_remaining(d.remaining);
+  window.set_reset_sec(absl::ToDoubleSeconds(d.reset));
+  rate_checks_.Add({{"kind", create ? "create" : "request"}, {"outcome", d.allowed ? "allowed" : "limited"}})
+      .Increment();
+  if (!d.allowed) {
+    int retry = std::max(1, static_cast<int>(std::ceil(absl::ToDoubleSeconds(d.retry_after))));
+    return ToGrpcStatus(Error(
+        absl::StatusCode::kResourceExhausted, "RATE_LIMIT",
+        absl::StrCat("rate limit of ", d.params.per_sec, " ", d.policy,
+                     " per second exceeded; retry in ", retry, " s"),
+        d.params.burst, d.params.burst, retry, &window));
+  }
+  *resp->mutable_window() = window;
+  return grpc::Status::OK;
+}
 
 grpc::Status QuotaService::Admit(grpc::ServerContext*, const v1::AdmitRequest* req,
                                  v1::AdmitResponse* resp) {
   auto result = store_.Admit(req->tenant_id(), req->sandbox_id());
+  admissions_
+      .Add({{"outcome", result.ok() ? (result->already_admitted ? "retry" : "admitted")
+                        : result.status().code() == absl::StatusCode::kResourceExhausted
+                            ? "refused"
+                            : "error"}})
+      .Increment();
   if (!result.ok()) return ToGrpcStatus(result.status());
   resp->set_active(result->active);
   resp->set_limit(result->limit);

@@ -1,24 +1,61 @@
 #pragma once
 
-// gRPC adapter of isorun.v1.Quotas over QuotaStore. Runs on the sync server's thread pool (the
-// store blocks on Postgres).
+// gRPC adapter of isorun.v1.Quotas: admission over QuotaStore (Postgres), rate limits over
+// RateLimiter (this replica's memory, for the tenants of its shard). Runs on the sync server's
+// thread pool (the store blocks on Postgres).
 
+#include <functional>
+#include <string>
+#include <unordered_map>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "isorun/v1/quotas.grpc.pb.h"
+#include "prometheus/counter.h"
+#include "prometheus/registry.h"
 #include "quotas/quota_store.h"
+#include "quotas/rate_limiter.h"
 
 namespace isorun::quota {
 
+struct QuotaServiceOptions {
+  int shard_index = 0;
+  int shard_count = 1;
+  // Limits changed with `isorunctl tenants set-limits` take effect within this time.
+  absl::Duration limits_ttl = absl::Seconds(2);
+};
+
 class QuotaService final : public v1::Quotas::Service {
  public:
-  explicit QuotaService(QuotaStore& store) : store_(store) {}
+  using Clock = std::function<absl::Time()>;
+  QuotaService(QuotaStore& store, prometheus::Registry& registry,
+               QuotaServiceOptions options = {}, Clock clock = [] { return absl::Now(); });
 
+  grpc::Status CheckRate(grpc::ServerContext*, const v1::CheckRateRequest*,
+                         v1::CheckRateResponse*) override;
   grpc::Status Admit(grpc::ServerContext*, const v1::AdmitRequest*, v1::AdmitResponse*) override;
   grpc::Status Release(grpc::ServerContext*, const v1::ReleaseRequest*,
                        v1::ReleaseResponse*) override;
   grpc::Status GetUsage(grpc::ServerContext*, const v1::GetUsageRequest*, v1::Usage*) override;
 
+  // Drops rate buckets that are full again; called periodically.
+  size_t CollectRateBuckets() { return limiter_.Collect(clock_()); }
+
  private:
+  absl::StatusOr<TenantLimits> CachedLimits(const std::string& tenant_id);
+
   QuotaStore& store_;
+  const QuotaServiceOptions options_;
+  const Clock clock_;
+  RateLimiter limiter_;
+  absl::Mutex mu_;
+  struct CachedEntry {
+    TenantLimits limits;
+    absl::Time fetched;
+  };
+  std::unordered_map<std::string, CachedEntry> limits_ ABSL_GUARDED_BY(mu_);
+  prometheus::Family<prometheus::Counter>& admissions_;
+  prometheus::Family<prometheus::Counter>& rate_checks_;
 };
 
 }  // namespace isorun::quota

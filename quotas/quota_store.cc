@@ -112,3 +112,13 @@ absl::StatusOr<UsageInfo> QuotaStore::GetUsage(const std::string& tenant_id) {
 }
 
 }  // namespace isorun::quota
+
+namespace isorun::quota {
+
+absl::StatusOr<TenantLimits> QuotaStore::GetLimits(const std::string& tenant_id) {
+  auto usage = GetUsage(tenant_id);
+  if (!usage.ok()) return usage.status();
+  return usage->limits;
+}
+
+}  // namespace isorun::quota

@@ -50,6 +50,7 @@ class QuotaStore {
   absl::StatusOr<bool> Release(const std::string& sandbox_id);
 
   absl::StatusOr<UsageInfo> GetUsage(const std::string& tenant_id);
+  absl::StatusOr<TenantLimits> GetLimits(const std::string& tenant_id);
 
  private:
   PgPool& pool_;

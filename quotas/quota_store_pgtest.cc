@@ -1,5 +1,8 @@
 #include "quotas/quota_store.h"
 
+#include "quotas/quota_service.h"
+#include "services/kit/shard.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -112,6 +115,52 @@ TEST(QuotaStore, BadTenantIdsAreAnsweredNotCrashed) {
   EXPECT_EQ(store.Admit("00000000-0000-0000-0000-000000000000", "x").status().code(),
             absl::StatusCode::kNotFound);
   EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), "0");
+}
+
+}  // namespace
+}  // namespace isorun::quota
+
+namespace isorun::quota {
+namespace {
+
+TEST(QuotaService, RateChecksFollowTenantLimitsAndShards) {
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 4);
+  QuotaStore store(pool);
+  std::string tenant = CreateTenant(db, "rated", 5);
+  db.Scalar("UPDATE quota.limits SET requests_per_sec = 3, creates_per_sec = 1");
+  absl::Time now = absl::FromUnixSeconds(1'800'000'000);
+  prometheus::Registry registry;
+  int owner = ShardFor(tenant, 2);
+  QuotaService a(store, registry, {owner, 2}, [&] { return now; });
+  QuotaService b(store, registry, {1 - owner, 2}, [&] { return now; });
+  auto check = [&](QuotaService& s, v1::RateKind kind) {
+    grpc::ServerContext ctx;
+    v1::CheckRateRequest req;
+    req.set_tenant_id(tenant);
+    req.set_key_id("key1");
+    req.set_kind(kind);
+    v1::CheckRateResponse resp;
+    return FromGrpcStatus(s.CheckRate(&ctx, &req, &resp));
+  };
+  // The other replica refuses the tenant rather than counting it twice.
+  EXPECT_EQ(check(b, v1::REQUEST).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(check(a, v1::CREATE).ok());
+  absl::Status create = check(a, v1::CREATE);
+  ASSERT_EQ(create.code(), absl::StatusCode::kResourceExhausted);
+  auto detail = ErrorDetailOf(create);
+  ASSERT_TRUE(detail.has_value());
+  EXPECT_EQ(detail->reason(), "RATE_LIMIT");
+  EXPECT_EQ(detail->rate().policy(), "creates");
+  EXPECT_EQ(detail->retry_after_sec(), 1);
+  // Creates are limited separately: plain requests still pass, up to 3 a second.
+  EXPECT_TRUE(check(a, v1::REQUEST).ok());
+  EXPECT_TRUE(check(a, v1::REQUEST).ok());
+  absl::Status limited = check(a, v1::REQUEST);
+  EXPECT_EQ(ErrorDetailOf(limited)->rate().policy(), "requests");
+  now += absl::Seconds(1);
+  EXPECT_TRUE(check(a, v1::REQUEST).ok());
+  EXPECT_TRUE(check(a, v1::CREATE).ok());
 }
 
 }  // namespace

@@ -8,13 +8,14 @@ constexpr absl::string_view kDetailUrl = "type.googleapis.com/isorun.v1.ErrorDet
 }
 
 absl::Status Error(absl::StatusCode code, std::string_view reason, std::string_view message,
-                   int limit, int current, int retry_after_sec) {
+                   int limit, int current, int retry_after_sec, const v1::RateWindow* rate) {
   absl::Status status(code, absl::string_view(message.data(), message.size()));
   v1::ErrorDetail detail;
   detail.set_reason(std::string(reason));
   detail.set_limit(limit);
   detail.set_current(current);
   detail.set_retry_after_sec(retry_after_sec);
+  if (rate != nullptr) *detail.mutable_rate() = *rate;
   status.SetPayload(kDetailUrl, absl::Cord(detail.SerializeAsString()));
   return status;
 }
@@ -41,7 +42,7 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
     v1::ErrorDetail detail;
     if (detail.ParseFromString(status.error_details())) {
       return Error(code, detail.reason(), status.error_message(), detail.limit(), detail.current(),
-                   detail.retry_after_sec());
+                   detail.retry_after_sec(), detail.has_rate() ? &detail.rate() : nullptr);
     }
   }
   return absl::Status(code, status.error_message());

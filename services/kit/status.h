@@ -16,7 +16,8 @@ namespace isorun {
 
 // An error status with a stable reason (and optional figures for 429s).
 absl::Status Error(absl::StatusCode code, std::string_view reason, std::string_view message,
-                   int limit = 0, int current = 0, int retry_after_sec = 0);
+                   int limit = 0, int current = 0, int retry_after_sec = 0,
+                   const v1::RateWindow* rate = nullptr);
 
 // The ErrorDetail attached to `status`, if any.
 std::optional<v1::ErrorDetail> ErrorDetailOf(const absl::Status& status);

@@ -87,7 +87,7 @@ class LifecycleTest : public ::testing::Test {
     sandbox_store_ = std::make_unique<SandboxStore>(*pool_);
     fleet_ = std::make_unique<scheduler::Fleet>(*sched_store_, [] { return absl::Now(); });
     ASSERT_TRUE(fleet_->Load().ok());
-    quota_service_ = std::make_unique<quota::QuotaService>(*quota_store_);
+    quota_service_ = std::make_unique<quota::QuotaService>(*quota_store_, registry_);
     sched_service_ =
         std::make_unique<scheduler::SchedulerService>(*fleet_, registry_, 200);
     auto qs = StartGrpcServer("127.0.0.1:0", {quota_service_.get(), sched_service_.get()});
