@@ -54,6 +54,16 @@ bool RouteHasId(Route route) {
   }
 }
 
+bool IsSaneRequestId(std::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.';
+    if (!ok) return false;
+  }
+  return true;
+}
+
 // One NDJSON line of exec:stream.
 std::string ChunkLine(const v1::ExecChunk& chunk) {
   JsonWriter w;
@@ -131,7 +141,9 @@ void GatewayApi::CancelCalls() {
 HttpResponse GatewayApi::Handle(const HttpRequest& request) {
   const absl::Time start = absl::Now();
   Context ctx;
-  ctx.request_id = RandomHex(8);
+  // A caller's (or an API gateway's) request id is kept when it is sane, for tracing.
+  auto incoming = request.Header("x-request-id");
+  ctx.request_id = incoming && IsSaneRequestId(*incoming) ? std::string(*incoming) : RandomHex(8);
   std::string_view target = request.target;
   size_t q = target.find('?');
   std::string_view path = target.substr(0, q);
@@ -221,7 +233,10 @@ HttpResponse GatewayApi::Dispatch(const HttpRequest& request, const RouteMatch& 
       ctx.auth_failure = detail ? detail->reason() : "UNAUTHENTICATED";
       auth_failures_.Add({{"reason", ctx.auth_failure}}).Increment();
     }
-    return ErrorResponse(principal.status());
+    HttpResponse r = ErrorResponse(principal.status());
+    // RFC 9110: a 401 names the scheme to use.
+    if (r.status == 401) r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"isorun\"");
+    return r;
   }
   ctx.principal = *std::move(principal);
 

@@ -163,6 +163,13 @@ TEST_F(GatewayServerTest, CreateFillsTheTenantFromTheKeyAndAnswers201) {
   EXPECT_EQ(req.network().egress(), "none");
   EXPECT_EQ(req.idempotency_key(), "job-42 retry");
   EXPECT_EQ(lifecycle_.last_request_id(), r.header("x-request-id"));
+
+  // A sane incoming request id is kept; anything else is replaced.
+  r = Call("GET", "/v1/usage", "", {{"X-Request-Id", "trace-abc.123"}});
+  EXPECT_EQ(r.header("x-request-id"), "trace-abc.123");
+  EXPECT_EQ(lifecycle_.last_request_id(), "trace-abc.123");
+  r = Call("GET", "/v1/usage", "", {{"X-Request-Id", "bad id with spaces"}});
+  EXPECT_EQ(r.header("x-request-id").size(), 16u);
 }
 
 TEST_F(GatewayServerTest, BadBodiesAre400AndReachNothing) {
@@ -239,7 +246,9 @@ TEST_F(GatewayServerTest, SandboxRoutes) {
   EXPECT_EQ(r.status, 204);
   EXPECT_TRUE(r.body.empty());
   EXPECT_EQ(r.header("content-type"), "");
+  EXPECT_EQ(r.headers.count("content-length"), 0u);  // RFC 9110: none on a 204
   EXPECT_EQ(lifecycle_.last_method(), "DestroySandbox");
+  EXPECT_EQ(Call("GET", "/v1/usage").status, 200);  // and the connection stays in sync
 
   r = Call("POST", "/v1/sandboxes/sbx_fake1/timeout", R"({"timeoutSec":900})");
   ASSERT_EQ(r.status, 200) << r.body;
@@ -373,6 +382,7 @@ TEST_F(GatewayServerTest, UnauthenticatedReasons) {
     auto e = ErrorOf(r);
     EXPECT_EQ(e["code"].string_value(), "UNAUTHENTICATED");
     EXPECT_EQ(e["reason"].string_value(), c.reason);
+    EXPECT_EQ(r.header("www-authenticate"), "Bearer realm=\"isorun\"");
     EXPECT_EQ(MetricValue("isorun_gateway_auth_failures_total", {{"reason", c.reason}}) > 0, true)
         << c.reason;
   }

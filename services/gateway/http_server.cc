@@ -286,9 +286,14 @@ bool HttpServer::State::Write(Connection& c, HttpResponse& response, bool keep_a
     res.set(http::field::content_type, response.content_type);
   }
   for (const auto& [name, value] : response.headers) res.insert(name, value);
-  res.body() = std::move(response.body);
   res.keep_alive(keep_alive);
-  res.prepare_payload();
+  if (response.status == 204 || response.status == 304 || response.status < 200) {
+    // No body and, per RFC 9110, no Content-Length either (prepare_payload would add one).
+    res.erase(http::field::content_type);
+  } else {
+    res.body() = std::move(response.body);
+    res.prepare_payload();
+  }
   c.stream->expires_after(Chrono(options.write_timeout));
   beast::error_code ec =
       RunOp(c, [&](auto handler) { http::async_write(*c.stream, res, std::move(handler)); });

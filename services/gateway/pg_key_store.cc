@@ -143,7 +143,15 @@ absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Find(const std::string& key
   }
   bool cache_usable = false;
   if (listening) {
-    cache_usable = options_.strict_revocation ? AwaitBarrier() : !NotificationPending(fd);
+    bool present;
+    {
+      absl::MutexLock lock(&mu_);
+      present = cache_.contains(key_id);
+    }
+    // A key not in the cache is read from Postgres anyway: no barrier needed for it.
+    if (present) {
+      cache_usable = options_.strict_revocation ? AwaitBarrier() : !NotificationPending(fd);
+    }
   }
   if (cache_usable) {
     absl::MutexLock lock(&mu_);
