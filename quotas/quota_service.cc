@@ -124,4 +124,19 @@ grpc::Status QuotaService::GetUsage(grpc::ServerContext*, const v1::GetUsageRequ
   return grpc::Status::OK;
 }
 
+grpc::Status QuotaService::ListReservations(grpc::ServerContext*,
+                                            const v1::ListReservationsRequest* req,
+                                            v1::ListReservationsResponse* resp) {
+  int limit = req->page_size() <= 0 ? 500 : std::min(req->page_size(), 5000);
+  auto rows = store_.ListReservations(std::max(0, req->older_than_sec()), req->page_token(), limit);
+  if (!rows.ok()) return ToGrpcStatus(rows.status());
+  for (const auto& r : *rows) {
+    auto* out = resp->add_reservations();
+    out->set_sandbox_id(r.sandbox_id);
+    out->set_tenant_id(r.tenant_id);
+  }
+  if (static_cast<int>(rows->size()) == limit) resp->set_next_page_token(rows->back().sandbox_id);
+  return grpc::Status::OK;
+}
+
 }  // namespace isorun::quota

@@ -37,6 +37,8 @@ class QuotaService final : public v1::Quotas::Service {
   grpc::Status Release(grpc::ServerContext*, const v1::ReleaseRequest*,
                        v1::ReleaseResponse*) override;
   grpc::Status GetUsage(grpc::ServerContext*, const v1::GetUsageRequest*, v1::Usage*) override;
+  grpc::Status ListReservations(grpc::ServerContext*, const v1::ListReservationsRequest*,
+                                v1::ListReservationsResponse*) override;
 
   // Drops rate buckets that are full again; called periodically.
   size_t CollectRateBuckets() { return limiter_.Collect(clock_()); }

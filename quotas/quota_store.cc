@@ -34,6 +34,10 @@ QuotaStore::QuotaStore(PgPool& pool) : pool_(pool) {
                 "RETURNING u.active, l.max_concurrent), "
                 "r AS (INSERT INTO quota.reservations (sandbox_id, tenant_id) "
                 "SELECT $1, $2 FROM t) SELECT active, max_concurrent FROM t");
+  pool_.Prepare("quota_list_reservations",
+                "SELECT sandbox_id, tenant_id::text FROM quota.reservations "
+                "WHERE created_at <= now() - $1::integer * interval '1 second' AND sandbox_id > $2 "
+                "ORDER BY sandbox_id LIMIT $3");
   pool_.Prepare("quota_holds",
                 "SELECT 1 FROM quota.reservations WHERE sandbox_id = $1");
   pool_.Prepare("quota_usage",
@@ -119,6 +123,24 @@ absl::StatusOr<TenantLimits> QuotaStore::GetLimits(const std::string& tenant_id)
   auto usage = GetUsage(tenant_id);
   if (!usage.ok()) return usage.status();
   return usage->limits;
+}
+
+}  // namespace isorun::quota
+
+namespace isorun::quota {
+
+absl::StatusOr<std::vector<QuotaStore::ReservationRow>> QuotaStore::ListReservations(
+    int older_than_sec, const std::string& after, int limit) {
+  std::vector<ReservationRow> rows;
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
+    rows.clear();
+    for (const auto& r : tx.exec_prepared("quota_list_reservations", older_than_sec, after, limit)) {
+      rows.push_back({r[0].as<std::string>(), r[1].as<std::string>()});
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return rows;
 }
 
 }  // namespace isorun::quota

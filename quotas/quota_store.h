@@ -14,6 +14,7 @@
 // to a create that was never acknowledged, and the reconciler repairs it.
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "services/kit/pg.h"
@@ -51,6 +52,15 @@ class QuotaStore {
 
   absl::StatusOr<UsageInfo> GetUsage(const std::string& tenant_id);
   absl::StatusOr<TenantLimits> GetLimits(const std::string& tenant_id);
+
+  struct ReservationRow {
+    std::string sandbox_id;
+    std::string tenant_id;
+  };
+  // Reservations at least `older_than_sec` old with sandbox id > `after`, by sandbox id.
+  absl::StatusOr<std::vector<ReservationRow>> ListReservations(int older_than_sec,
+                                                               const std::string& after,
+                                                               int limit);
 
  private:
   PgPool& pool_;

@@ -106,8 +106,9 @@ absl::StatusOr<PlacementResult> Fleet::Place(const std::string& sandbox_id,
     r.allocated.sandboxes += 1;
     auto& counts = warm_cold_[r.id];
     (decision->warm ? counts.first : counts.second) += 1;
-    placement = StoredPlacement{sandbox_id, r.id, request.cpu_millis, request.memory_mb,
-                                request.image, decision->warm};
+    placement = StoredPlacement{sandbox_id,    r.id,           request.cpu_millis,
+                                request.memory_mb, request.image, decision->warm,
+                                clock_()};
     placements_[sandbox_id] = placement;
     result = ResultFor(r, decision->warm);
   }
@@ -151,6 +152,21 @@ absl::StatusOr<PlacementResult> Fleet::Get(const std::string& sandbox_id) {
   auto it = index_.find(p->second.runner_id);
   if (it == index_.end()) return absl::NotFoundError("placement on an unknown runner");
   return ResultFor(runners_[it->second], p->second.warm);
+}
+
+std::vector<Fleet::PlacementInfo> Fleet::ListPlacements(absl::Duration min_age,
+                                                        const std::string& after, int limit) {
+  absl::MutexLock lock(&mu_);
+  absl::Time cutoff = clock_() - min_age;
+  std::vector<PlacementInfo> out;
+  for (auto it = placements_.upper_bound(after);
+       it != placements_.end() && static_cast<int>(out.size()) < limit; ++it) {
+    if (it->second.created > cutoff) continue;
+    auto r = index_.find(it->second.runner_id);
+    if (r == index_.end()) continue;
+    out.push_back({it->first, ResultFor(runners_[r->second], it->second.warm)});
+  }
+  return out;
 }
 
 std::vector<RunnerStatus> Fleet::List() {

@@ -9,6 +9,7 @@
 // fails.
 
 #include <functional>
+#include <map>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -61,6 +62,14 @@ class Fleet {
   absl::StatusOr<bool> Release(const std::string& sandbox_id);
   absl::StatusOr<PlacementResult> Get(const std::string& sandbox_id);
 
+  struct PlacementInfo {
+    std::string sandbox_id;
+    PlacementResult where;
+  };
+  // Placements at least `min_age` old with sandbox id > `after`, by sandbox id.
+  std::vector<PlacementInfo> ListPlacements(absl::Duration min_age, const std::string& after,
+                                            int limit);
+
   std::vector<RunnerStatus> List();
 
  private:
@@ -73,7 +82,8 @@ class Fleet {
   absl::Mutex mu_;
   std::vector<RunnerView> runners_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<std::string, size_t> index_ ABSL_GUARDED_BY(mu_);  // runner id -> position
-  std::unordered_map<std::string, StoredPlacement> placements_ ABSL_GUARDED_BY(mu_);
+  // Ordered so the reconciler can page through it.
+  std::map<std::string, StoredPlacement> placements_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<std::string, std::pair<int64_t, int64_t>> warm_cold_ ABSL_GUARDED_BY(mu_);
   absl::BitGen rng_ ABSL_GUARDED_BY(mu_);
 };

@@ -18,6 +18,9 @@ ABSL_FLAG(int, heartbeat_interval_ms, 1000, "how often runners are told to heart
 ABSL_FLAG(int, healthy_within_ms, 5000,
           "a runner whose last heartbeat is older than this gets no placements");
 
+ABSL_FLAG(int, lost_after_ms, 60000,
+          "a runner silent for this long is LOST: the lifecycle marks its sandboxes LOST");
+
 int main(int argc, char** argv) {
   isorun::ParseFlags(argc, argv, "isorun-scheduler: runner registry and placement");
   isorun::SetLogService("scheduler");
@@ -36,6 +39,7 @@ int main(int argc, char** argv) {
   }
   isorun::scheduler::FleetOptions options;
   options.policy.healthy_within = absl::Milliseconds(absl::GetFlag(FLAGS_healthy_within_ms));
+  options.lost_after = absl::Milliseconds(absl::GetFlag(FLAGS_lost_after_ms));
   isorun::scheduler::Fleet fleet(store, [] { return absl::Now(); }, options);
   if (absl::Status s = fleet.Load(); !s.ok()) {
     isorun::LogError("cannot load the fleet", {{"error", std::string(s.message())}});

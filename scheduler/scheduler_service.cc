@@ -133,4 +133,22 @@ grpc::Status SchedulerService::ListRunners(grpc::ServerContext*, const v1::ListR
   return grpc::Status::OK;
 }
 
+grpc::Status SchedulerService::ListPlacements(grpc::ServerContext*,
+                                              const v1::ListPlacementsRequest* req,
+                                              v1::ListPlacementsResponse* resp) {
+  int limit = req->page_size() <= 0 ? 500 : std::min(req->page_size(), 5000);
+  auto rows = fleet_.ListPlacements(absl::Seconds(std::max(0, req->older_than_sec())),
+                                    req->page_token(), limit);
+  for (const auto& p : rows) {
+    auto* out = resp->add_placements();
+    out->set_sandbox_id(p.sandbox_id);
+    out->set_runner_id(p.where.runner_id);
+    out->set_runner_name(p.where.runner_name);
+    out->set_runner_address(p.where.runner_address);
+    out->set_warm(p.where.warm);
+  }
+  if (static_cast<int>(rows.size()) == limit) resp->set_next_page_token(rows.back().sandbox_id);
+  return grpc::Status::OK;
+}
+
 }  // namespace isorun::scheduler

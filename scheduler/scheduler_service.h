@@ -25,6 +25,8 @@ class SchedulerService final : public v1::Scheduler::Service {
                             v1::Placement*) override;
   grpc::Status ListRunners(grpc::ServerContext*, const v1::ListRunnersRequest*,
                            v1::ListRunnersResponse*) override;
+  grpc::Status ListPlacements(grpc::ServerContext*, const v1::ListPlacementsRequest*,
+                              v1::ListPlacementsResponse*) override;
 
  private:
   Fleet& fleet_;

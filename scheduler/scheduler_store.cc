@@ -112,12 +112,13 @@ absl::StatusOr<FleetSnapshot> SchedulerStore::Load() {
         if (r.id == row[0].c_str()) r.images.insert(row[1].as<std::string>());
       }
     }
-    for (const auto& row : tx.exec("SELECT sandbox_id, runner_id, cpu_millis, memory_mb, image, "
-                                   "warm FROM scheduler.placements")) {
-      snap.placements.push_back(StoredPlacement{row[0].as<std::string>(),
-                                                row[1].as<std::string>(), row[2].as<int64_t>(),
-                                                row[3].as<int64_t>(), row[4].as<std::string>(),
-                                                row[5].as<bool>()});
+    for (const auto& row :
+         tx.exec("SELECT sandbox_id, runner_id, cpu_millis, memory_mb, image, warm, "
+                 "(extract(epoch FROM created_at) * 1000000)::bigint FROM scheduler.placements")) {
+      snap.placements.push_back(StoredPlacement{
+          row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>(),
+          row[3].as<int64_t>(), row[4].as<std::string>(), row[5].as<bool>(),
+          absl::FromUnixMicros(row[6].as<int64_t>())});
     }
     return absl::OkStatus();
   });

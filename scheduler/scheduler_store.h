@@ -19,6 +19,7 @@ struct StoredPlacement {
   int64_t memory_mb = 0;
   std::string image;
   bool warm = false;
+  absl::Time created = absl::InfinitePast();
 };
 
 struct FleetSnapshot {

@@ -141,4 +141,48 @@ absl::StatusOr<v1::ExecResponse> GrpcBackends::Exec(const std::string& address,
   return resp;
 }
 
+absl::StatusOr<v1::ListReservationsResponse> GrpcBackends::ListReservations(
+    int older_than_sec, const std::string& page_token) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.quota);
+  v1::ListReservationsRequest req;
+  req.set_older_than_sec(older_than_sec);
+  req.set_page_token(page_token);
+  v1::ListReservationsResponse resp;
+  grpc::Status s = quota_->ListReservations(&ctx, req, &resp);
+  if (!s.ok()) return Wrap(s, "quota service");
+  return resp;
+}
+
+absl::StatusOr<v1::ListPlacementsResponse> GrpcBackends::ListPlacements(
+    int older_than_sec, const std::string& page_token) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.scheduler);
+  v1::ListPlacementsRequest req;
+  req.set_older_than_sec(older_than_sec);
+  req.set_page_token(page_token);
+  v1::ListPlacementsResponse resp;
+  grpc::Status s = scheduler_->ListPlacements(&ctx, req, &resp);
+  if (!s.ok()) return Wrap(s, "scheduler");
+  return resp;
+}
+
+absl::StatusOr<v1::ListRunnersResponse> GrpcBackends::ListRunners() {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.scheduler);
+  v1::ListRunnersResponse resp;
+  grpc::Status s = scheduler_->ListRunners(&ctx, v1::ListRunnersRequest(), &resp);
+  if (!s.ok()) return Wrap(s, "scheduler");
+  return resp;
+}
+
+absl::StatusOr<std::vector<std::string>> GrpcBackends::RunnerSandboxes(const std::string& address) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, absl::Seconds(5));
+  v1::ListRunnerSandboxesResponse resp;
+  grpc::Status s = RunnerAt(address).ListSandboxes(&ctx, v1::ListRunnerSandboxesRequest(), &resp);
+  if (!s.ok()) return Wrap(s, "runner");
+  return std::vector<std::string>(resp.sandbox_ids().begin(), resp.sandbox_ids().end());
+}
+
 }  // namespace isorun::lifecycle

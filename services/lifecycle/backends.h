@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -36,6 +37,13 @@ class Backends {
   virtual absl::StatusOr<v1::ExecResponse> Exec(const std::string& address,
                                                 const std::string& sandbox_id,
                                                 const v1::ExecRequest& request) = 0;
+  // For the reconciler.
+  virtual absl::StatusOr<v1::ListReservationsResponse> ListReservations(
+      int older_than_sec, const std::string& page_token) = 0;
+  virtual absl::StatusOr<v1::ListPlacementsResponse> ListPlacements(
+      int older_than_sec, const std::string& page_token) = 0;
+  virtual absl::StatusOr<v1::ListRunnersResponse> ListRunners() = 0;
+  virtual absl::StatusOr<std::vector<std::string>> RunnerSandboxes(const std::string& address) = 0;
 };
 
 struct BackendDeadlines {
@@ -62,6 +70,12 @@ class GrpcBackends final : public Backends {
   absl::Status Unpause(const std::string& address, const std::string& sandbox_id) override;
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& address, const std::string& sandbox_id,
                                         const v1::ExecRequest& request) override;
+  absl::StatusOr<v1::ListReservationsResponse> ListReservations(
+      int older_than_sec, const std::string& page_token) override;
+  absl::StatusOr<v1::ListPlacementsResponse> ListPlacements(
+      int older_than_sec, const std::string& page_token) override;
+  absl::StatusOr<v1::ListRunnersResponse> ListRunners() override;
+  absl::StatusOr<std::vector<std::string>> RunnerSandboxes(const std::string& address) override;
 
  private:
   v1::Runner::Stub& RunnerAt(const std::string& address);

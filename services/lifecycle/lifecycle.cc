@@ -1,5 +1,7 @@
 #include "services/lifecycle/lifecycle.h"
 
+#include <set>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "services/kit/ids.h"
@@ -320,6 +322,7 @@ absl::StatusOr<int> Lifecycle::ReapOnce(int limit) {
 
 absl::StatusOr<LoopCounts> Lifecycle::ReconcileOnce(int limit) {
   LoopCounts counts;
+  absl::Status first_error;
   auto destroying = store_.ClaimStuck(v1::DESTROYING, options_.destroy_retry_after_sec, limit);
   if (!destroying.ok()) return destroying.status();
   for (const auto& sb : *destroying) {
@@ -339,7 +342,143 @@ absl::StatusOr<LoopCounts> Lifecycle::ReconcileOnce(int limit) {
       }
     }
   }
+  Keep(first_error, ReleaseOrphanReservations(counts));
+  Keep(first_error, ReleaseOrphanPlacements(counts));
+  Keep(first_error, ReconcileRunners(counts));
+  if (!first_error.ok()) {
+    LogWarn("reconcile pass incomplete", {{"error", std::string(first_error.message())}});
+  }
   return counts;
+}
+
+namespace {
+
+// A slot is held by sandboxes that are (or may still become) active.
+bool HoldsSlot(SandboxState s) {
+  return s == v1::PENDING || s == v1::STARTING || s == v1::RUNNING || s == v1::DESTROYING;
+}
+
+// A placement is held until the sandbox has ended.
+bool HoldsPlacement(SandboxState s) { return !IsEnded(s); }
+
+}  // namespace
+
+absl::Status Lifecycle::ReleaseOrphanReservations(LoopCounts& counts) {
+  std::string token;
+  do {
+    auto page = backends_.ListReservations(options_.orphan_grace_sec, token);
+    if (!page.ok()) return page.status();
+    std::vector<std::string> ids;
+    for (const auto& r : page->reservations()) ids.push_back(r.sandbox_id());
+    auto states = store_.StatesOf(ids);
+    if (!states.ok()) return states.status();
+    for (const auto& r : page->reservations()) {
+      auto it = states->find(r.sandbox_id());
+      if (it != states->end() && HoldsSlot(it->second.state)) continue;
+      if (backends_.Release(r.tenant_id(), r.sandbox_id()).ok()) {
+        ++counts.reservations_released;
+        LogInfo("released an orphan slot", {{"sandbox", r.sandbox_id()}, {"tenant", r.tenant_id()}});
+      }
+    }
+    token = page->next_page_token();
+  } while (!token.empty());
+  return absl::OkStatus();
+}
+
+absl::Status Lifecycle::ReleaseOrphanPlacements(LoopCounts& counts) {
+  std::string token;
+  do {
+    auto page = backends_.ListPlacements(options_.orphan_grace_sec, token);
+    if (!page.ok()) return page.status();
+    std::vector<std::string> ids;
+    for (const auto& p : page->placements()) ids.push_back(p.sandbox_id());
+    auto states = store_.StatesOf(ids);
+    if (!states.ok()) return states.status();
+    for (const auto& p : page->placements()) {
+      auto it = states->find(p.sandbox_id());
+      if (it != states->end() && HoldsPlacement(it->second.state)) continue;
+      // Whatever may run there goes first, then the reservation of its resources.
+      if (!backends_.Stop(p.runner_address(), p.sandbox_id()).ok()) continue;
+      if (backends_.ReleasePlacement(p.sandbox_id()).ok()) {
+        ++counts.placements_released;
+        LogInfo("released an orphan placement",
+                {{"sandbox", p.sandbox_id()}, {"runner", p.runner_name()}});
+      }
+    }
+    token = page->next_page_token();
+  } while (!token.empty());
+  return absl::OkStatus();
+}
+
+void Lifecycle::MarkLost(const Sandbox& sb, const std::string& why, LoopCounts& counts) {
+  auto lost = store_.ToLost(sb.id(), why);
+  if (!lost.ok() || !lost->has_value()) return;
+  ++counts.sandboxes_lost;
+  LogWarn("sandbox lost", {{"sandbox", sb.id()}, {"why", why}});
+  // Best effort: the orphan passes repeat these until they succeed.
+  (void)backends_.Release(sb.tenant_id(), sb.id());
+  (void)backends_.ReleasePlacement(sb.id());
+}
+
+absl::Status Lifecycle::ReconcileRunners(LoopCounts& counts) {
+  auto runners = backends_.ListRunners();
+  if (!runners.ok()) return runners.status();
+  absl::Status first_error;
+  for (const auto& runner : runners->runners()) {
+    if (runner.state() == "LOST") {
+      auto live = store_.LiveOnRunner(runner.runner_id());
+      if (!live.ok()) return live.status();
+      for (const auto& sb : *live) {
+        MarkLost(sb, absl::StrCat("runner ", runner.name(), " stopped answering"), counts);
+      }
+      continue;
+    }
+    if (runner.state() != "HEALTHY" && runner.state() != "DRAINING") continue;
+    auto on_runner = backends_.RunnerSandboxes(runner.address());
+    if (!on_runner.ok()) {
+      Keep(first_error, on_runner.status());
+      continue;
+    }
+    std::set<std::string> present(on_runner->begin(), on_runner->end());
+    // Containers no live sandbox of this runner owns: stop them.
+    auto states = store_.StatesOf(*on_runner);
+    if (!states.ok()) return states.status();
+    for (const auto& id : *on_runner) {
+      auto it = states->find(id);
+      bool owned = it != states->end() && HoldsPlacement(it->second.state) &&
+                   it->second.runner_id == runner.runner_id();
+      bool young = it != states->end() &&
+                   it->second.since_update < absl::Seconds(options_.orphan_grace_sec);
+      // No row at all: the create that started it is gone (rows are written before starts).
+      if (owned || (young && it->second.state != v1::DESTROYED && it->second.state != v1::FAILED &&
+                    it->second.state != v1::LOST)) {
+        continue;
+      }
+      if (backends_.Stop(runner.address(), id).ok()) {
+        ++counts.containers_stopped;
+        LogInfo("stopped a container no sandbox owns", {{"sandbox", id}, {"runner", runner.name()}});
+      }
+    }
+    // Sandboxes the runner no longer has (it restarted, or the container died): LOST.
+    auto live = store_.LiveOnRunner(runner.runner_id());
+    if (!live.ok()) return live.status();
+    auto live_states = store_.StatesOf([&] {
+      std::vector<std::string> ids;
+      for (const auto& sb : *live) ids.push_back(sb.id());
+      return ids;
+    }());
+    if (!live_states.ok()) return live_states.status();
+    for (const auto& sb : *live) {
+      if (present.count(sb.id()) > 0) continue;
+      auto it = live_states->find(sb.id());
+      if (it == live_states->end() ||
+          it->second.since_update < absl::Seconds(options_.orphan_grace_sec)) {
+        continue;
+      }
+      MarkLost(sb, absl::StrCat("runner ", runner.name(), " no longer has this sandbox"), counts);
+    }
+  }
+  return first_error;
 }
 
 }  // namespace isorun::lifecycle

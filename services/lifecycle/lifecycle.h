@@ -27,14 +27,20 @@ struct LifecycleOptions {
   // DESTROYING rows older than this are retried (a destroy interrupted by a crash or an
   // unreachable runner).
   int destroy_retry_after_sec = 10;
+  // Reservations and placements whose sandbox is gone, and sandboxes a runner no longer has, are
+  // repaired once they are at least this old (younger ones may belong to a create in flight).
+  int orphan_grace_sec = 30;
   // How long an idempotent retry waits for the first create to settle.
   absl::Duration idempotent_wait = absl::Minutes(2);
 };
 
 struct LoopCounts {
-  int reaped = 0;
   int destroys_finished = 0;
   int creates_abandoned = 0;
+  int reservations_released = 0;
+  int placements_released = 0;
+  int containers_stopped = 0;
+  int sandboxes_lost = 0;
 };
 
 class Lifecycle {
@@ -55,7 +61,10 @@ class Lifecycle {
 
   // One pass of the idle reaper: destroys running sandboxes whose deadline passed.
   absl::StatusOr<int> ReapOnce(int limit = 100);
-  // One pass of the reconciler: finishes interrupted destroys and abandoned creates.
+  // One pass of the reconciler: finishes interrupted destroys and abandoned creates; releases
+  // slots and placements whose sandbox is gone; stops containers no live sandbox owns; marks LOST
+  // the sandboxes of lost runners and those a runner no longer has. Every repair is idempotent,
+  // so replicas may reconcile at the same time.
   absl::StatusOr<LoopCounts> ReconcileOnce(int limit = 100);
 
  private:
@@ -65,6 +74,11 @@ class Lifecycle {
   absl::Status Compensate(const Sandbox& sb, const std::string& runner_address);
   // The steps after DESTROYING: slot, runner, placement, DESTROYED.
   absl::Status FinishDestroy(const Sandbox& sb);
+  absl::Status ReleaseOrphanReservations(LoopCounts& counts);
+  absl::Status ReleaseOrphanPlacements(LoopCounts& counts);
+  absl::Status ReconcileRunners(LoopCounts& counts);
+  // LOST, then its slot and placement released.
+  void MarkLost(const Sandbox& sb, const std::string& why, LoopCounts& counts);
 
   SandboxStore& store_;
   Backends& backends_;

@@ -73,6 +73,18 @@ class FaultyBackends final : public Backends {
                                         const v1::ExecRequest& r) override {
     return real_.Exec(a, id, r);
   }
+  absl::StatusOr<v1::ListReservationsResponse> ListReservations(int age,
+                                                                const std::string& t) override {
+    return real_.ListReservations(age, t);
+  }
+  absl::StatusOr<v1::ListPlacementsResponse> ListPlacements(int age,
+                                                            const std::string& t) override {
+    return real_.ListPlacements(age, t);
+  }
+  absl::StatusOr<v1::ListRunnersResponse> ListRunners() override { return real_.ListRunners(); }
+  absl::StatusOr<std::vector<std::string>> RunnerSandboxes(const std::string& a) override {
+    return real_.RunnerSandboxes(a);
+  }
 
  private:
   Backends& real_;
@@ -85,7 +97,11 @@ class LifecycleTest : public ::testing::Test {
     quota_store_ = std::make_unique<quota::QuotaStore>(*pool_);
     sched_store_ = std::make_unique<scheduler::SchedulerStore>(*pool_);
     sandbox_store_ = std::make_unique<SandboxStore>(*pool_);
-    fleet_ = std::make_unique<scheduler::Fleet>(*sched_store_, [] { return absl::Now(); });
+    scheduler::FleetOptions fleet_options;
+    fleet_options.policy.healthy_within = absl::Seconds(1);
+    fleet_options.lost_after = absl::Seconds(2);
+    fleet_ = std::make_unique<scheduler::Fleet>(*sched_store_, [] { return absl::Now(); },
+                                                 fleet_options);
     ASSERT_TRUE(fleet_->Load().ok());
     quota_service_ = std::make_unique<quota::QuotaService>(*quota_store_, registry_);
     sched_service_ =
@@ -108,6 +124,7 @@ class LifecycleTest : public ::testing::Test {
     LifecycleOptions options;
     options.stuck_after_sec = 0;
     options.destroy_retry_after_sec = 0;
+    options.orphan_grace_sec = 0;
     lifecycle_ = std::make_unique<Lifecycle>(*sandbox_store_, *faulty_, options);
     tenant_ = CreateTenant("acme", 5);
     other_tenant_ = CreateTenant("other", 5);
@@ -502,6 +519,72 @@ TEST_F(LifecycleTest, RacingIdempotentCreatesGiveOneSandboxAndOneSlot) {
   auto theirs = lifecycle_->Create(req);
   ASSERT_TRUE(theirs.ok());
   EXPECT_NE(theirs->id(), got[0]);
+}
+
+TEST_F(LifecycleTest, ReconcilerReleasesOrphanSlotsPlacementsAndContainers) {
+  auto live = lifecycle_->Create(Req());
+  ASSERT_TRUE(live.ok());
+  // Leftovers of creates whose rows are gone (as after a crash and a lost asynchronous commit).
+  ASSERT_TRUE(quota_store_->Admit(tenant_, "sbx_ghost1").ok());
+  ASSERT_TRUE(fleet_->Place("sbx_ghost2", {"busybox:1.36", "local", 100, 64}).ok());
+  v1::StartSandboxRequest start;
+  start.set_sandbox_id("sbx_ghost3");
+  start.set_image("busybox:1.36");
+  ASSERT_TRUE(driver_->Start(start).ok());
+  EXPECT_EQ(Usage(tenant_), "2");
+  auto counts = lifecycle_->ReconcileOnce();
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(counts->reservations_released, 1);
+  EXPECT_EQ(counts->placements_released, 1);
+  EXPECT_EQ(counts->containers_stopped, 1);
+  EXPECT_EQ(counts->sandboxes_lost, 0);
+  // Usage equals the active sandboxes again; the live one is untouched.
+  EXPECT_EQ(Usage(tenant_), "1");
+  EXPECT_EQ(Count("SELECT count(*) FROM scheduler.placements"), "1");
+  EXPECT_EQ(driver_->Sandboxes(), std::vector<std::string>{live->id()});
+  EXPECT_EQ(lifecycle_->Get(tenant_, live->id())->state(), v1::RUNNING);
+  // A second pass finds nothing.
+  counts = lifecycle_->ReconcileOnce();
+  EXPECT_EQ(counts->reservations_released + counts->placements_released +
+                counts->containers_stopped + counts->sandboxes_lost,
+            0);
+}
+
+TEST_F(LifecycleTest, SandboxesARunnerNoLongerHasAreLost) {
+  auto sb = lifecycle_->Create(Req());
+  ASSERT_TRUE(sb.ok());
+  ASSERT_TRUE(*driver_->Stop(sb->id()));  // as if the runner restarted and lost it
+  auto counts = lifecycle_->ReconcileOnce();
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->sandboxes_lost, 1);
+  auto lost = lifecycle_->Get(tenant_, sb->id());
+  EXPECT_EQ(lost->state(), v1::LOST);
+  EXPECT_EQ(lost->end_reason(), v1::RUNNER_LOST);
+  EXPECT_NE(lost->end_message().find("no longer has"), std::string::npos);
+  ExpectNothingHeld();
+}
+
+TEST_F(LifecycleTest, SandboxesOfALostRunnerAreLostAndTheirSlotsReturn) {
+  auto a = lifecycle_->Create(Req());
+  auto b = lifecycle_->Create(Req());
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(lifecycle_->Hibernate(tenant_, b->id()).ok());
+  EXPECT_EQ(Usage(tenant_), "1");
+  agent_->Stop();  // the runner goes silent
+  absl::SleepFor(absl::Milliseconds(2300));
+  auto counts = lifecycle_->ReconcileOnce();
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->sandboxes_lost, 2);
+  for (const auto& id : {a->id(), b->id()}) {
+    auto sb = lifecycle_->Get(tenant_, id);
+    EXPECT_EQ(sb->state(), v1::LOST);
+    EXPECT_EQ(sb->end_reason(), v1::RUNNER_LOST);
+    EXPECT_NE(sb->end_message().find("stopped answering"), std::string::npos);
+  }
+  EXPECT_EQ(Usage(tenant_), "0");
+  EXPECT_EQ(Count("SELECT count(*) FROM scheduler.placements"), "0");
+  // Deleting a lost sandbox answers as for any ended one.
+  EXPECT_TRUE(lifecycle_->Destroy(tenant_, a->id()).ok());
 }
 
 }  // namespace

@@ -28,6 +28,8 @@ ABSL_FLAG(int, reconcile_interval_ms, 5000, "how often the reconciler runs");
 ABSL_FLAG(int, stuck_after_sec, 120,
           "PENDING/STARTING sandboxes older than this are abandoned creates and get repaired");
 ABSL_FLAG(int, destroy_retry_after_sec, 10, "DESTROYING sandboxes older than this are retried");
+ABSL_FLAG(int, orphan_grace_sec, 30,
+          "slots, placements and containers whose sandbox is gone are repaired once this old");
 
 namespace {
 
@@ -65,6 +67,7 @@ int main(int argc, char** argv) {
   options.region = absl::GetFlag(FLAGS_region);
   options.stuck_after_sec = absl::GetFlag(FLAGS_stuck_after_sec);
   options.destroy_retry_after_sec = absl::GetFlag(FLAGS_destroy_retry_after_sec);
+  options.orphan_grace_sec = absl::GetFlag(FLAGS_orphan_grace_sec);
   isorun::lifecycle::Lifecycle lifecycle(store, backends, options);
 
   isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
@@ -75,6 +78,10 @@ int main(int argc, char** argv) {
   auto& reaped = loop_family.Add({{"action", "idle_timeout"}});
   auto& destroys = loop_family.Add({{"action", "destroy_retried"}});
   auto& abandoned = loop_family.Add({{"action", "create_abandoned"}});
+  auto& orphan_slots = loop_family.Add({{"action", "orphan_slot_released"}});
+  auto& orphan_placements = loop_family.Add({{"action", "orphan_placement_released"}});
+  auto& orphan_containers = loop_family.Add({{"action", "orphan_container_stopped"}});
+  auto& lost = loop_family.Add({{"action", "marked_lost"}});
   isorun::lifecycle::LifecycleService service(lifecycle, metrics.registry());
   auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service});
   if (!server.ok()) {
@@ -105,6 +112,10 @@ int main(int argc, char** argv) {
         }
         destroys.Increment(counts->destroys_finished);
         abandoned.Increment(counts->creates_abandoned);
+        orphan_slots.Increment(counts->reservations_released);
+        orphan_placements.Increment(counts->placements_released);
+        orphan_containers.Increment(counts->containers_stopped);
+        lost.Increment(counts->sandboxes_lost);
       });
 
   isorun::LogInfo("serving", {{"grpc_port", std::to_string(server->port)},

@@ -1,5 +1,7 @@
 #include "services/lifecycle/sandbox_store.h"
 
+#include <cctype>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -164,6 +166,18 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
   pool_.Prepare("lc_to_resumed",
                 TransitionSql("RUNNING", "prev.state = 'HIBERNATED'",
                               "expires_at = now() + s.timeout_sec * interval '1 second'", "NULL"));
+  pool_.Prepare("lc_to_lost",
+                TransitionSql("LOST", "prev.state IN ('RUNNING', 'HIBERNATED')",
+                              "ended_at = now(), expires_at = NULL, end_reason = 'RUNNER_LOST', "
+                              "end_message = $2",
+                              "'RUNNER_LOST'"));
+  pool_.Prepare("lc_states_of",
+                "SELECT id, state, coalesce(runner_id, ''), "
+                "extract(epoch FROM now() - updated_at)::float8 FROM lifecycle.sandboxes "
+                "WHERE id = ANY($1::text[])");
+  pool_.Prepare("lc_live_on_runner",
+                absl::StrCat("SELECT ", kCols, " FROM lifecycle.sandboxes s WHERE s.runner_id = $1 "
+                             "AND s.state IN ('RUNNING', 'HIBERNATED')"));
   pool_.Prepare("lc_delete_unacked",
                 "WITH d AS (DELETE FROM lifecycle.sandboxes WHERE id = $1 "
                 "AND state IN ('PENDING', 'STARTING') RETURNING id), "
@@ -373,6 +387,49 @@ absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToHibernated(const std::str
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToRunningFromHibernated(
     const std::string& id) {
   return RunTransition(pool_, Durability::kSync, "lc_to_resumed", id);
+}
+
+absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToLost(const std::string& id,
+                                                            const std::string& message) {
+  return RunTransition(pool_, Durability::kSync, "lc_to_lost", id, message);
+}
+
+absl::StatusOr<std::map<std::string, SandboxStore::RowState>> SandboxStore::StatesOf(
+    const std::vector<std::string>& ids) {
+  std::map<std::string, RowState> out;
+  if (ids.empty()) return out;
+  // Only well-formed ids go into the array literal; others cannot have rows anyway.
+  std::vector<std::string> safe;
+  for (const auto& id : ids) {
+    bool ok = !id.empty() && id.size() < 100;
+    for (char c : id) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_');
+    if (ok) safe.push_back(id);
+  }
+  std::string array = "{" + absl::StrJoin(safe, ",") + "}";
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
+    out.clear();
+    for (const auto& row : tx.exec_prepared("lc_states_of", array)) {
+      out[row[0].as<std::string>()] =
+          RowState{ParseState(row[1].as<std::string>()), row[2].as<std::string>(),
+                   absl::Seconds(row[3].as<double>())};
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<std::vector<Sandbox>> SandboxStore::LiveOnRunner(const std::string& runner_id) {
+  std::vector<Sandbox> out;
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
+    out.clear();
+    for (const auto& row : tx.exec_prepared("lc_live_on_runner", runner_id)) {
+      out.push_back(FromRow(row));
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return out;
 }
 
 absl::Status SandboxStore::DeleteUnacknowledged(const std::string& id) {

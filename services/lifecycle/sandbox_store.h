@@ -5,11 +5,13 @@
 // transition whose guard fails changes nothing and returns nullopt, so two actors racing on one
 // sandbox (a user's delete and the reaper, two lifecycle replicas) can never both win.
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "isorun/v1/sandboxes.pb.h"
 #include "services/kit/pg.h"
 
@@ -68,6 +70,18 @@ class SandboxStore {
   absl::StatusOr<std::optional<Sandbox>> ToDestroyed(const std::string& id);
   absl::StatusOr<std::optional<Sandbox>> ToHibernated(const std::string& id);
   absl::StatusOr<std::optional<Sandbox>> ToRunningFromHibernated(const std::string& id);
+
+  absl::StatusOr<std::optional<Sandbox>> ToLost(const std::string& id, const std::string& message);
+
+  struct RowState {
+    SandboxState state = v1::SANDBOX_STATE_UNSPECIFIED;
+    std::string runner_id;
+    absl::Duration since_update;
+  };
+  // The state of each of `ids` that has a row.
+  absl::StatusOr<std::map<std::string, RowState>> StatesOf(const std::vector<std::string>& ids);
+  // RUNNING and HIBERNATED sandboxes placed on `runner_id`.
+  absl::StatusOr<std::vector<Sandbox>> LiveOnRunner(const std::string& runner_id);
 
   // Removes a sandbox that was never acknowledged (its create was refused with 429), with its
   // events and idempotency key. Only PENDING or STARTING rows.
