@@ -103,11 +103,12 @@ class GatewayApi::CallScope {
 
 GatewayApi::GatewayApi(Options options, KeyStore& keys, std::shared_ptr<grpc::Channel> lifecycle,
                        std::vector<std::pair<std::string, HealthCheck>> health_checks,
-                       prometheus::Registry& registry)
+                       prometheus::Registry& registry, RateChecker* rates)
     : options_(std::move(options)),
       keys_(keys),
       lifecycle_(v1::Sandboxes::NewStub(lifecycle)),
       health_checks_(std::move(health_checks)),
+      rates_(rates),
       requests_(prometheus::BuildCounter()
                     .Name("isorun_gateway_http_requests_total")
                     .Help("HTTP requests answered, by route template, method and status code.")
@@ -119,7 +120,14 @@ GatewayApi::GatewayApi(Options options, KeyStore& keys, std::shared_ptr<grpc::Ch
       auth_failures_(prometheus::BuildCounter()
                          .Name("isorun_gateway_auth_failures_total")
                          .Help("Requests refused with 401, by reason.")
-                         .Register(registry)) {}
+                         .Register(registry)),
+      rate_check_failures_(
+          prometheus::BuildCounter()
+              .Name("isorun_gateway_rate_check_failures_total")
+              .Help("Rate checks the quota service could not answer (the requests were let "
+                    "through).")
+              .Register(registry)
+              .Add({})) {}
 
 bool GatewayApi::Register(grpc::ClientContext* call) {
   absl::MutexLock lock(&mu_);
@@ -240,6 +248,31 @@ HttpResponse GatewayApi::Dispatch(const HttpRequest& request, const RouteMatch& 
   }
   ctx.principal = *std::move(principal);
 
+  std::vector<std::pair<std::string, std::string>> rate_headers;
+  if (rates_ != nullptr) {
+    v1::RateKind kind = match.route == Route::kCreateSandbox ? v1::CREATE : v1::REQUEST;
+    auto window = rates_->Check(ctx.principal.tenant_id, ctx.principal.key_id, kind);
+    if (window.ok()) {
+      rate_headers = RateLimitHeaders(*window);
+    } else if (window.status().code() == absl::StatusCode::kResourceExhausted) {
+      return ErrorResponse(window.status());
+    } else {
+      rate_check_failures_.Increment();
+      int64_t now = absl::ToUnixSeconds(absl::Now());
+      int64_t last = last_rate_failure_log_.load();
+      if (now - last >= 10 && last_rate_failure_log_.compare_exchange_strong(last, now)) {
+        LogWarn("rate check failed; letting requests through",
+                {{"error", std::string(window.status().message())}});
+      }
+    }
+  }
+  HttpResponse response = Serve(request, match, query, ctx);
+  for (auto& header : rate_headers) response.headers.push_back(std::move(header));
+  return response;
+}
+
+HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& match,
+                               std::string_view query, Context& ctx) {
   const std::string& id = match.sandbox_id;
   if (RouteHasId(match.route) && !IsPlausibleSandboxId(id)) {
     return ErrorResponse(Error(absl::StatusCode::kNotFound, "NOT_FOUND",

@@ -9,6 +9,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -26,6 +27,7 @@
 #include "prometheus/registry.h"
 #include "services/gateway/auth.h"
 #include "services/gateway/http_types.h"
+#include "services/gateway/rate_limit.h"
 #include "services/gateway/routes.h"
 
 namespace isorun::gateway {
@@ -44,9 +46,10 @@ class GatewayApi {
   // One dependency check for /healthz: OK or why not.
   using HealthCheck = std::function<absl::Status(absl::Duration deadline)>;
 
+  // `rates` may be null: no rate limits.
   GatewayApi(Options options, KeyStore& keys, std::shared_ptr<grpc::Channel> lifecycle,
              std::vector<std::pair<std::string, HealthCheck>> health_checks,
-             prometheus::Registry& registry);
+             prometheus::Registry& registry, RateChecker* rates = nullptr);
   GatewayApi(const GatewayApi&) = delete;
   GatewayApi& operator=(const GatewayApi&) = delete;
 
@@ -62,6 +65,9 @@ class GatewayApi {
 
   HttpResponse Dispatch(const HttpRequest& request, const RouteMatch& match,
                         std::string_view query, Context& ctx);
+  // The operation itself, for an authenticated and rate-checked request.
+  HttpResponse Serve(const HttpRequest& request, const RouteMatch& match, std::string_view query,
+                     Context& ctx);
   HttpResponse Healthz();
   HttpResponse Create(const HttpRequest& request, Context& ctx);
   HttpResponse List(std::string_view query, Context& ctx);
@@ -82,10 +88,13 @@ class GatewayApi {
   KeyStore& keys_;
   std::unique_ptr<v1::Sandboxes::Stub> lifecycle_;
   const std::vector<std::pair<std::string, HealthCheck>> health_checks_;
+  RateChecker* const rates_;
 
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Histogram>& durations_;
   prometheus::Family<prometheus::Counter>& auth_failures_;
+  prometheus::Counter& rate_check_failures_;
+  std::atomic<int64_t> last_rate_failure_log_{0};  // unix seconds, to throttle the warning
 
   absl::Mutex mu_;
   absl::flat_hash_set<grpc::ClientContext*> calls_ ABSL_GUARDED_BY(mu_);

@@ -12,9 +12,11 @@
 #include "services/gateway/health.h"
 #include "services/gateway/http_server.h"
 #include "services/gateway/json_value.h"
+#include "services/gateway/rate_limit.h"
 #include "services/gateway/render.h"
 #include "services/gateway/test_http_client.h"
 #include "services/kit/server.h"
+#include "services/kit/shard.h"
 #include "services/kit/status.h"
 
 namespace isorun::gateway {
@@ -58,6 +60,41 @@ std::map<std::string, JsonValue> ObjectOf(const std::string& body) {
   return out;
 }
 
+// A quota replica that allows or refuses every rate check, and records them.
+class FakeQuota final : public v1::Quotas::Service {
+ public:
+  std::atomic<bool> refuse{false};
+  std::atomic<int> checks{0};
+  std::atomic<int> creates{0};
+  std::mutex mu;
+  std::string last_tenant, last_key;
+
+  grpc::Status CheckRate(grpc::ServerContext*, const v1::CheckRateRequest* req,
+                         v1::CheckRateResponse* resp) override {
+    ++checks;
+    if (req->kind() == v1::CREATE) ++creates;
+    {
+      std::lock_guard lock(mu);
+      last_tenant = req->tenant_id();
+      last_key = req->key_id();
+    }
+    v1::RateWindow window;
+    window.set_policy(req->kind() == v1::CREATE ? "creates" : "requests");
+    window.set_limit_per_sec(10);
+    window.set_burst(20);
+    window.set_window_sec(2);
+    window.set_remaining(refuse ? 0 : 19);
+    window.set_reset_sec(refuse ? 0.1 : 0.1);
+    if (refuse) {
+      return ToGrpcStatus(Error(absl::StatusCode::kResourceExhausted, "RATE_LIMIT",
+                                "rate limit of 10 requests per second exceeded", 20, 20, 1,
+                                &window));
+    }
+    *resp->mutable_window() = window;
+    return grpc::Status::OK;
+  }
+};
+
 class GatewayServerTest : public ::testing::Test {
  protected:
   void SetUp() override { Start(HttpServer::Options()); }
@@ -79,7 +116,8 @@ class GatewayServerTest : public ::testing::Test {
     options.max_body_bytes = kMaxBody;
     options.call_deadline = absl::Seconds(5);
     options.health_deadline = absl::Milliseconds(500);
-    api_ = std::make_unique<GatewayApi>(options, keys_, channel_, std::move(checks), registry_);
+    api_ = std::make_unique<GatewayApi>(options, keys_, channel_, std::move(checks), registry_,
+                                        rates_.get());
 
     http.address = "127.0.0.1:0";
     http.max_body_bytes = kMaxBody;
@@ -133,6 +171,7 @@ class GatewayServerTest : public ::testing::Test {
   std::string key_;
   absl::Status pg_health_ = absl::OkStatus();
   prometheus::Registry registry_;
+  std::unique_ptr<RateChecker> rates_;  // set before Start() to rate-limit
   std::unique_ptr<GatewayApi> api_;
   std::unique_ptr<HttpServer> server_;
   std::unique_ptr<TestHttpClient> client_;
@@ -638,6 +677,82 @@ TEST_F(GatewayServerTest, StopClosesIdleConnectionsAndFinishesBusyOnes) {
   EXPECT_TRUE(server_->Stop(absl::Seconds(5)));
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
   EXPECT_TRUE(idle.ClosedByPeer(std::chrono::milliseconds(1000)));
+}
+
+
+class GatewayRateTest : public GatewayServerTest {
+ protected:
+  void SetUp() override {
+    for (auto& q : quota_) {
+      auto server = StartGrpcServer("127.0.0.1:0", {&q});
+      ASSERT_TRUE(server.ok()) << server.status();
+      quota_servers_.push_back(std::move(*server));
+    }
+    std::vector<std::shared_ptr<grpc::Channel>> replicas;
+    for (auto& server : quota_servers_) {
+      replicas.push_back(MakeChannel("127.0.0.1:" + std::to_string(server.port)));
+    }
+    rates_ = std::make_unique<QuotaRateChecker>(replicas, absl::Milliseconds(500));
+    Start(HttpServer::Options());
+  }
+  void TearDown() override {
+    GatewayServerTest::TearDown();
+    for (auto& server : quota_servers_) {
+      if (server.server) server.server->Shutdown(std::chrono::system_clock::now());
+    }
+  }
+  // The replica that owns tenant-a.
+  FakeQuota& owner() { return quota_[ShardFor("tenant-a", 2)]; }
+  FakeQuota& other() { return quota_[1 - ShardFor("tenant-a", 2)]; }
+
+  FakeQuota quota_[2];
+  std::vector<GrpcServer> quota_servers_;
+};
+
+TEST_F(GatewayRateTest, ChecksTheOwningReplicaAndSendsRateLimitHeaders) {
+  HttpResult r = Call("GET", "/v1/usage");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("ratelimit-policy"), "\"requests\";q=20;w=2");
+  EXPECT_EQ(r.header("ratelimit"), "\"requests\";r=19;t=1");
+  EXPECT_EQ(owner().checks.load(), 1);
+  EXPECT_EQ(other().checks.load(), 0);
+  {
+    std::lock_guard lock(owner().mu);
+    EXPECT_EQ(owner().last_tenant, "tenant-a");
+    EXPECT_EQ(owner().last_key, ParseApiKey(key_)->key_id);
+  }
+  r = Call("POST", "/v1/sandboxes", R"({"image":"a:1"})");
+  ASSERT_EQ(r.status, 201);
+  EXPECT_EQ(owner().creates.load(), 1);
+  EXPECT_EQ(r.header("ratelimit-policy"), "\"creates\";q=20;w=2");
+  // Unauthenticated requests and health checks are not counted.
+  client_->Send("GET", "/v1/usage");
+  client_->Send("GET", "/healthz");
+  EXPECT_EQ(owner().checks.load(), 2);
+}
+
+TEST_F(GatewayRateTest, RefusedIs429WithRetryAfterAndRateLimitHeaders) {
+  owner().refuse = true;
+  HttpResult r = Call("POST", "/v1/sandboxes", R"({"image":"a:1"})");
+  ASSERT_EQ(r.status, 429);
+  EXPECT_EQ(r.header("retry-after"), "1");
+  EXPECT_EQ(r.header("ratelimit-policy"), "\"creates\";q=20;w=2");
+  EXPECT_EQ(r.header("ratelimit"), "\"creates\";r=0;t=1");
+  auto e = ErrorOf(r);
+  EXPECT_EQ(e["reason"].string_value(), "RATE_LIMIT");
+  EXPECT_EQ(e["retryAfterSec"].number_lexeme(), "1");
+  EXPECT_EQ(e["limit"].number_lexeme(), "20");
+  EXPECT_EQ(lifecycle_.calls(), 0);  // refused before any work
+  // Bad bodies are rate-limited too (the check comes before validation).
+  EXPECT_EQ(Call("POST", "/v1/sandboxes", "{").status, 429);
+}
+
+TEST_F(GatewayRateTest, QuotaDownLetsRequestsThroughAndCountsIt) {
+  for (auto& server : quota_servers_) server.server->Shutdown(std::chrono::system_clock::now());
+  HttpResult r = Call("GET", "/v1/usage");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("ratelimit"), "");
+  EXPECT_EQ(MetricValue("isorun_gateway_rate_check_failures_total", {}), 1);
 }
 
 }  // namespace

@@ -4,11 +4,14 @@
 #include <cstdlib>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "services/gateway/api.h"
 #include "services/gateway/health.h"
 #include "services/gateway/http_server.h"
 #include "services/gateway/pg_key_store.h"
+#include "services/gateway/rate_limit.h"
 #include "services/kit/api_key.h"
 #include "services/kit/flags.h"
 #include "services/kit/log.h"
@@ -22,8 +25,11 @@ ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9100",
 ABSL_FLAG(std::string, lifecycle_addr, "127.0.0.1:7003",
           "host:port of the lifecycle service (gRPC isorun.v1.Sandboxes)");
 ABSL_FLAG(std::string, quota_addr, "127.0.0.1:7001",
-          "host:port of the quota service (gRPC isorun.v1.Quotas), for request rate limits; "
-          "/healthz checks it too; empty: none");
+          "host:port of the quota service (gRPC isorun.v1.Quotas) for request and create rate "
+          "limits; with several replicas a comma-separated list, the i-th serving shard i; "
+          "/healthz checks them too; empty: no rate limits");
+ABSL_FLAG(absl::Duration, rate_check_deadline, absl::Milliseconds(250),
+          "how long a rate check may take before the request is let through");
 ABSL_FLAG(std::string, region, "local", "the region this gateway serves; keys of others get 401");
 ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL (accounts schema: tenants, API keys)");
 ABSL_FLAG(int64_t, max_body_bytes, 1048576, "largest request body accepted (413 beyond)");
@@ -67,22 +73,34 @@ int Run() {
 
   Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
   auto lifecycle = MakeChannel(absl::GetFlag(FLAGS_lifecycle_addr));
-  std::vector<std::pair<std::string, GatewayApi::HealthCheck>> checks;
-  checks.emplace_back("postgres", [&pool](absl::Duration) { return CheckPostgres(pool); });
-  checks.emplace_back("lifecycle", [lifecycle](absl::Duration deadline) {
-    return CheckGrpcServing(lifecycle, deadline);
-  });
-  if (std::string quota_addr = absl::GetFlag(FLAGS_quota_addr); !quota_addr.empty()) {
-    auto quota = MakeChannel(quota_addr);
-    checks.emplace_back("quota", [quota](absl::Duration deadline) {
-      return CheckGrpcServing(quota, deadline);
+  // Built from a list: emplace_back on an empty vector trips a false -Warray-bounds in GCC 12.
+  std::vector<std::pair<std::string, GatewayApi::HealthCheck>> checks = {
+      {"postgres", [&pool](absl::Duration) { return CheckPostgres(pool); }},
+      {"lifecycle",
+       [lifecycle](absl::Duration deadline) { return CheckGrpcServing(lifecycle, deadline); }},
+  };
+  std::vector<std::shared_ptr<grpc::Channel>> quota_replicas;
+  for (absl::string_view addr : absl::StrSplit(absl::GetFlag(FLAGS_quota_addr), ',')) {
+    addr = absl::StripAsciiWhitespace(addr);
+    if (addr.empty()) continue;
+    auto channel = MakeChannel(std::string(addr));
+    quota_replicas.push_back(channel);
+    std::string name = absl::StrCat("quota ", addr);
+    checks.emplace_back(name, [channel](absl::Duration deadline) {
+      return CheckGrpcServing(channel, deadline);
     });
+  }
+  std::unique_ptr<QuotaRateChecker> rates;
+  if (!quota_replicas.empty()) {
+    rates = std::make_unique<QuotaRateChecker>(quota_replicas,
+                                               absl::GetFlag(FLAGS_rate_check_deadline));
   }
 
   GatewayApi::Options api_options;
   api_options.region = region;
   api_options.max_body_bytes = static_cast<size_t>(max_body);
-  GatewayApi api(api_options, keys, lifecycle, std::move(checks), metrics.registry());
+  GatewayApi api(api_options, keys, lifecycle, std::move(checks), metrics.registry(),
+                 rates.get());
 
   HttpServer::Options http_options;
   http_options.address = absl::GetFlag(FLAGS_http_addr);
@@ -98,6 +116,7 @@ int Run() {
           {{"http", absl::StrCat(http_options.address, " (port ", (*server)->port(), ")")},
            {"metrics", absl::GetFlag(FLAGS_metrics_addr)},
            {"lifecycle", absl::GetFlag(FLAGS_lifecycle_addr)},
+           {"quota", absl::GetFlag(FLAGS_quota_addr)},
            {"region", region}});
 
   int sig = WaitForShutdownSignal();

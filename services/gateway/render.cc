@@ -1,4 +1,5 @@
 #include "services/gateway/render.h"
+#include "services/gateway/rate_limit.h"
 #include "services/gateway/strings.h"
 
 #include <google/protobuf/util/time_util.h>
@@ -146,10 +147,16 @@ ErrorReply RenderError(const absl::Status& status, int http_status) {
     w.Key("current").Int(current);
     reply.headers.emplace_back("Retry-After", std::to_string(retry_after));
     if (reply.reason == "RATE_LIMIT") {
-      // draft-ietf-httpapi-ratelimit-headers: the policy (requests per 1 s window) and the state.
-      reply.headers.emplace_back("RateLimit-Policy", Cat(limit, ";w=1"));
-      reply.headers.emplace_back("RateLimit",
-                                 Cat("limit=", limit, ", remaining=0, reset=", retry_after));
+      v1::RateWindow window;
+      if (detail && detail->has_rate()) {
+        window = detail->rate();
+      } else {  // a refusal without its window: describe what the figures say
+        window.set_burst(limit);
+        window.set_window_sec(1);
+        window.set_reset_sec(retry_after);
+      }
+      window.set_remaining(0);
+      for (auto& header : RateLimitHeaders(window)) reply.headers.push_back(std::move(header));
     }
   }
   w.EndObject().EndObject();

@@ -157,13 +157,33 @@ TEST(RenderError, Http429WithoutFiguresStillSaysWhenToRetry) {
   EXPECT_EQ(r.headers[0].second, "1");
 }
 
-TEST(RenderError, RateLimitHeaders) {
-  ErrorReply r = RenderError(
-      Error(absl::StatusCode::kResourceExhausted, "RATE_LIMIT", "slow down", 5, 5, 1));
+TEST(RenderError, RateLimitHeadersFromTheWindow) {
+  v1::RateWindow window;
+  window.set_policy("creates");
+  window.set_limit_per_sec(2);
+  window.set_burst(4);
+  window.set_window_sec(2);
+  window.set_remaining(0);
+  window.set_reset_sec(1.2);
+  ErrorReply r = RenderError(Error(absl::StatusCode::kResourceExhausted, "RATE_LIMIT",
+                                   "slow down", 4, 4, 1, &window));
   std::map<std::string, std::string> h(r.headers.begin(), r.headers.end());
   EXPECT_EQ(h["Retry-After"], "1");
-  EXPECT_EQ(h["RateLimit-Policy"], "5;w=1");
-  EXPECT_EQ(h["RateLimit"], "limit=5, remaining=0, reset=1");
+  EXPECT_EQ(h["RateLimit-Policy"], "\"creates\";q=4;w=2");
+  EXPECT_EQ(h["RateLimit"], "\"creates\";r=0;t=2");
+}
+
+TEST(RenderError, RateLimitHeadersWithoutAWindow) {
+  ErrorReply r = RenderError(
+      Error(absl::StatusCode::kResourceExhausted, "RATE_LIMIT", "slow down", 5, 5, 3));
+  std::map<std::string, std::string> h(r.headers.begin(), r.headers.end());
+  EXPECT_EQ(h["Retry-After"], "3");
+  EXPECT_EQ(h["RateLimit-Policy"], "\"requests\";q=5;w=1");
+  EXPECT_EQ(h["RateLimit"], "\"requests\";r=0;t=3");
+  // Other 429s are not rate limits: no RateLimit headers.
+  ErrorReply c = RenderError(Error(absl::StatusCode::kResourceExhausted,
+                                   "CONCURRENT_SANDBOX_LIMIT", "full", 10, 10, 2));
+  EXPECT_EQ(c.headers.size(), 1u);
 }
 
 TEST(RenderError, OverridesAndOddMessages) {
