@@ -115,6 +115,8 @@ void Cluster::Define() {
                              dir_ + "/scheduler.log"};
   processes_["scheduler"].args.push_back("--database_url=" + db_.url());
   processes_["scheduler"].args.push_back("--heartbeat_interval_ms=200");
+  processes_["scheduler"].args.push_back("--lost_after_ms=" +
+                                         std::to_string(options_.runner_lost_after_ms));
   order_.push_back("scheduler");
   auto lifecycle = common("lifecycle");
   for (const std::string& a :
@@ -123,7 +125,8 @@ void Cluster::Define() {
         "--reaper_interval_ms=" + std::to_string(options_.reaper_interval_ms),
         "--reconcile_interval_ms=" + std::to_string(options_.reconcile_interval_ms),
         "--stuck_after_sec=" + std::to_string(options_.stuck_after_sec),
-        "--destroy_retry_after_sec=" + std::to_string(options_.destroy_retry_after_sec)}) {
+        "--destroy_retry_after_sec=" + std::to_string(options_.destroy_retry_after_sec),
+        "--orphan_grace_sec=" + std::to_string(options_.orphan_grace_sec)}) {
     lifecycle.push_back(a);
   }
   processes_["lifecycle"] = {bin + "/isorun-lifecycle", lifecycle, dir_ + "/lifecycle.log"};

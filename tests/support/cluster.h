@@ -27,6 +27,8 @@ struct ClusterOptions {
   int reconcile_interval_ms = 500;
   int stuck_after_sec = 120;
   int destroy_retry_after_sec = 2;
+  int orphan_grace_sec = 30;
+  int runner_lost_after_ms = 60000;
   bool gateway = true;
   // Extra environment for every process (NAME=value).
   std::vector<std::string> env;
