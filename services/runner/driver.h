@@ -1,13 +1,15 @@
 #pragma once
 
 // What a runner needs from the thing that actually runs sandboxes. Two implementations: the
-// simulated driver (no processes; thousands per process for scale tests and benchmarks) and, with
-// the runner issue, runc.
+// simulated driver (no processes; thousands per process for scale tests and benchmarks) and the
+// runc driver (real OCI containers, runc_driver.h).
 
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "isorun/v1/runner.pb.h"
 
 namespace isorun::runner {
@@ -16,12 +18,18 @@ struct CachedImageInfo {
   std::string digest;
   int64_t size_bytes = 0;
   std::vector<std::string> refs;
+  int sandboxes = 0;  // sandboxes using it now (never evicted while > 0)
+  absl::Time last_used;
 };
 
 struct StartResult {
   std::string image_digest;
   bool warm = false;
 };
+
+// Receives streamed output (a chunk with stdout or stderr). Returns false when the receiver is
+// gone, which stops the command.
+using ExecSink = std::function<bool(const v1::ExecChunk&)>;
 
 class Driver {
  public:
@@ -35,8 +43,17 @@ class Driver {
   virtual absl::Status Unpause(const std::string& sandbox_id) = 0;
   virtual std::vector<std::string> Sandboxes() = 0;
   virtual std::vector<CachedImageInfo> Images() = 0;
+  // Runs `/bin/sh -c cmd` to completion: timeout_sec 0 means 30 s; at the timeout the command
+  // and everything it started are killed and the answer is DEADLINE_EXCEEDED (EXEC_TIMEOUT).
+  // FAILED_PRECONDITION (SANDBOX_NOT_RUNNING) on a paused sandbox.
   virtual absl::StatusOr<v1::ExecResponse> Exec(const std::string& sandbox_id,
                                                 const v1::ExecRequest& request) = 0;
+  // As Exec, but output goes to `sink` as it arrives and there is no default timeout
+  // (timeout_sec > 0 sets one). The command is killed when `cancelled` turns true or `sink`
+  // returns false. Returns the exit code; the caller sends the final chunk.
+  virtual absl::StatusOr<int> ExecStream(const std::string& sandbox_id,
+                                         const v1::ExecRequest& request, const ExecSink& sink,
+                                         const std::function<bool()>& cancelled) = 0;
 };
 
 }  // namespace isorun::runner

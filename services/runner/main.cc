@@ -1,13 +1,17 @@
 // isorun-runner: runs sandboxes with a driver and serves isorun.v1.Runner.
 
+#include <unistd.h>
+
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "services/kit/flags.h"
 #include "services/kit/log.h"
 #include "services/kit/server.h"
 #include "services/runner/agent.h"
+#include "services/runner/runc_driver.h"
 #include "services/runner/runner_service.h"
 #include "services/runner/sim_driver.h"
+#include "services/runner/skopeo_fetcher.h"
 
 ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:7101", "host:port of the gRPC listener");
 ABSL_FLAG(std::string, advertise_addr, "",
@@ -16,7 +20,9 @@ ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9111", "host:port of /metrics; e
 ABSL_FLAG(std::string, scheduler_addr, "127.0.0.1:7002", "host:port of the scheduler");
 ABSL_FLAG(std::string, runner_name, "runner-1", "unique name of this runner");
 ABSL_FLAG(std::string, region, "local", "region this runner serves");
-ABSL_FLAG(std::string, driver, "sim", "sandbox driver: sim (simulated, no processes)");
+ABSL_FLAG(
+    std::string, driver, "sim",
+    "sandbox driver: runc (real OCI containers; needs root) or sim (simulated, no processes)");
 ABSL_FLAG(int, cpu_millis, 16000, "cpu millis offered to sandboxes");
 ABSL_FLAG(int, memory_mb, 32768, "memory offered to sandboxes, in MB");
 ABSL_FLAG(int, max_sandboxes, 100, "sandbox slots");
@@ -24,20 +30,77 @@ ABSL_FLAG(int, sim_pull_ms, 0, "sim driver: simulated pull time of a cold image"
 ABSL_FLAG(int, sim_start_ms, 0, "sim driver: simulated start time");
 ABSL_FLAG(std::string, sim_fail_images_containing, "",
           "sim driver: fail starts of images whose reference contains this (failure injection)");
+ABSL_FLAG(std::string, data_dir, "/var/lib/isorun/runner",
+          "runc driver: image cache, sandbox bundles and runc state (kept across restarts)");
+ABSL_FLAG(std::string, registry, "",
+          "runc driver: host:port of the registry for unqualified image names (busybox:1.36)");
+ABSL_FLAG(bool, registry_tls_verify, false,
+          "runc driver: require HTTPS with verified certificates from registries");
+ABSL_FLAG(int64_t, image_cache_bytes, int64_t{20} << 30,
+          "runc driver: disk budget of unpacked images; least recently used unused ones go first");
+ABSL_FLAG(int, pids_limit, 512, "runc driver: most processes (and threads) in one sandbox");
+ABSL_FLAG(std::string, runc_path, "runc", "runc driver: the runc binary");
+ABSL_FLAG(std::string, skopeo_path, "skopeo", "runc driver: the skopeo binary");
+ABSL_FLAG(std::string, umoci_path, "umoci", "runc driver: the umoci binary");
+ABSL_FLAG(std::string, sandbox_init, "",
+          "runc driver: PID 1 of sandboxes; empty: isorun-sandbox-init beside this binary");
+ABSL_FLAG(int, sandbox_uid_base, 100000,
+          "runc driver: host uid (and gid) that root in a sandbox maps to; 65536 ids from there");
+
+namespace {
+
+std::string DefaultInitPath() {
+  char self[4096];
+  ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return "";
+  std::string path(self, static_cast<size_t>(n));
+  path = path.substr(0, path.rfind('/') + 1) + "isorun-sandbox-init";
+  return ::access(path.c_str(), X_OK) == 0 ? path : "";
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   isorun::ParseFlags(argc, argv, "isorun-runner: runs sandboxes (gRPC isorun.v1.Runner)");
   isorun::SetLogService("runner");
   isorun::BlockShutdownSignals();
+  std::unique_ptr<isorun::runner::ImageFetcher> fetcher;
   std::unique_ptr<isorun::runner::Driver> driver;
-  if (absl::GetFlag(FLAGS_driver) == "sim") {
+  const std::string driver_name = absl::GetFlag(FLAGS_driver);
+  if (driver_name == "sim") {
     isorun::runner::SimOptions options;
     options.pull_delay = absl::Milliseconds(absl::GetFlag(FLAGS_sim_pull_ms));
     options.start_delay = absl::Milliseconds(absl::GetFlag(FLAGS_sim_start_ms));
     options.fail_images_containing = absl::GetFlag(FLAGS_sim_fail_images_containing);
     driver = std::make_unique<isorun::runner::SimDriver>(options);
+  } else if (driver_name == "runc") {
+    const auto uid_base = static_cast<uint32_t>(absl::GetFlag(FLAGS_sandbox_uid_base));
+    isorun::runner::SkopeoOptions fetch;
+    fetch.skopeo_path = absl::GetFlag(FLAGS_skopeo_path);
+    fetch.umoci_path = absl::GetFlag(FLAGS_umoci_path);
+    fetch.tls_verify = absl::GetFlag(FLAGS_registry_tls_verify);
+    fetch.uid_base = uid_base;
+    fetcher = std::make_unique<isorun::runner::SkopeoFetcher>(fetch);
+    isorun::runner::RuncOptions options;
+    options.data_dir = absl::GetFlag(FLAGS_data_dir);
+    options.registry = absl::GetFlag(FLAGS_registry);
+    options.image_cache_bytes = absl::GetFlag(FLAGS_image_cache_bytes);
+    options.pids_limit = absl::GetFlag(FLAGS_pids_limit);
+    options.runc_path = absl::GetFlag(FLAGS_runc_path);
+    options.init_path = absl::GetFlag(FLAGS_sandbox_init);
+    if (options.init_path.empty()) options.init_path = DefaultInitPath();
+    options.uid_base = uid_base;
+    auto runc = isorun::runner::RuncDriver::Create(options, *fetcher);
+    if (!runc.ok()) {
+      isorun::LogError("cannot start the runc driver", {{"error", runc.status().ToString()}});
+      return 1;
+    }
+    if (options.init_path.empty()) {
+      isorun::LogWarn("isorun-sandbox-init not found: sandboxes get a shell loop as PID 1");
+    }
+    driver = std::move(*runc);
   } else {
-    isorun::LogError("unknown --driver", {{"driver", absl::GetFlag(FLAGS_driver)}});
+    isorun::LogError("unknown --driver (runc or sim)", {{"driver", driver_name}});
     return 2;
   }
   isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
@@ -59,7 +122,7 @@ int main(int argc, char** argv) {
   agent.Start();
   isorun::LogInfo("serving", {{"grpc_port", std::to_string(server->port)},
                               {"advertise", advertise},
-                              {"driver", absl::GetFlag(FLAGS_driver)}});
+                              {"driver", driver_name}});
   int sig = isorun::WaitForShutdownSignal();
   isorun::LogInfo("shutting down", {{"signal", std::to_string(sig)}});
   agent.Stop();

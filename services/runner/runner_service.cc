@@ -4,8 +4,7 @@
 
 namespace isorun::runner {
 
-grpc::Status RunnerService::StartSandbox(grpc::ServerContext*,
-                                         const v1::StartSandboxRequest* req,
+grpc::Status RunnerService::StartSandbox(grpc::ServerContext*, const v1::StartSandboxRequest* req,
                                          v1::StartSandboxResponse* resp) {
   if (req->sandbox_id().empty() || req->image().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sandbox id and image are required");
@@ -48,6 +47,19 @@ grpc::Status RunnerService::Exec(grpc::ServerContext*, const v1::RunnerExecReque
   auto result = driver_.Exec(req->sandbox_id(), req->exec());
   if (!result.ok()) return ToGrpcStatus(result.status());
   *resp = std::move(*result);
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::ExecStream(grpc::ServerContext* ctx, const v1::RunnerExecRequest* req,
+                                       grpc::ServerWriter<v1::ExecChunk>* writer) {
+  auto code = driver_.ExecStream(
+      req->sandbox_id(), req->exec(),
+      [writer](const v1::ExecChunk& chunk) { return writer->Write(chunk); },
+      [ctx] { return ctx->IsCancelled(); });
+  if (!code.ok()) return ToGrpcStatus(code.status());
+  v1::ExecChunk last;
+  last.set_exit_code(*code);
+  writer->Write(last);
   return grpc::Status::OK;
 }
 

@@ -21,8 +21,11 @@ class RunnerService final : public v1::Runner::Service {
                               v1::UnpauseSandboxResponse*) override;
   grpc::Status ListSandboxes(grpc::ServerContext*, const v1::ListRunnerSandboxesRequest*,
                              v1::ListRunnerSandboxesResponse*) override;
-  grpc::Status Exec(grpc::ServerContext*, const v1::RunnerExecRequest*,
-                    v1::ExecResponse*) override;
+  grpc::Status Exec(grpc::ServerContext*, const v1::RunnerExecRequest*, v1::ExecResponse*) override;
+  // Output chunks as they arrive, then one chunk with the exit code. A client that goes away
+  // (cancels) kills the command.
+  grpc::Status ExecStream(grpc::ServerContext*, const v1::RunnerExecRequest*,
+                          grpc::ServerWriter<v1::ExecChunk>*) override;
 
  private:
   Driver& driver_;

@@ -14,8 +14,7 @@ std::string SimulatedDigest(const std::string& image) {
 absl::StatusOr<StartResult> SimDriver::Start(const v1::StartSandboxRequest& request) {
   if (!options_.fail_images_containing.empty() &&
       request.image().find(options_.fail_images_containing) != std::string::npos) {
-    return absl::InternalError(
-        absl::StrCat("simulated start failure for image ", request.image()));
+    return absl::InternalError(absl::StrCat("simulated start failure for image ", request.image()));
   }
   bool warm;
   {
@@ -71,7 +70,12 @@ std::vector<std::string> SimDriver::Sandboxes() {
 std::vector<CachedImageInfo> SimDriver::Images() {
   absl::MutexLock lock(&mu_);
   std::vector<CachedImageInfo> out;
-  for (const auto& image : images_) out.push_back({SimulatedDigest(image), 0, {image}});
+  for (const auto& image : images_) {
+    CachedImageInfo info;
+    info.digest = SimulatedDigest(image);
+    info.refs = {image};
+    out.push_back(std::move(info));
+  }
   return out;
 }
 
@@ -83,6 +87,14 @@ absl::StatusOr<v1::ExecResponse> SimDriver::Exec(const std::string& sandbox_id,
   }
   return absl::UnimplementedError(
       "the simulated runner driver runs no processes; use the runc driver to exec");
+}
+
+absl::StatusOr<int> SimDriver::ExecStream(const std::string& sandbox_id,
+                                          const v1::ExecRequest& request, const ExecSink&,
+                                          const std::function<bool()>&) {
+  auto result = Exec(sandbox_id, request);
+  if (!result.ok()) return result.status();
+  return result->exit_code();
 }
 
 }  // namespace isorun::runner

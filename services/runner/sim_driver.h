@@ -34,6 +34,9 @@ class SimDriver final : public Driver {
   std::vector<CachedImageInfo> Images() override;
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& sandbox_id,
                                         const v1::ExecRequest& request) override;
+  absl::StatusOr<int> ExecStream(const std::string& sandbox_id, const v1::ExecRequest& request,
+                                 const ExecSink& sink,
+                                 const std::function<bool()>& cancelled) override;
 
  private:
   const SimOptions options_;

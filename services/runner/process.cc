@@ -1,0 +1,276 @@
+#include "services/runner/process.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+
+extern char** environ;
+
+namespace isorun::runner {
+namespace {
+
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { Close(); }
+  int get() const { return fd_; }
+  void Reset(int fd) {
+    Close();
+    fd_ = fd;
+  }
+  void Close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+absl::Status Errno(std::string_view what) {
+  return absl::InternalError(absl::StrCat(std::string(what), ": ", std::strerror(errno)));
+}
+
+void SetNonBlocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+int ExitCodeOf(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+}  // namespace
+
+std::string ShellQuote(const std::vector<std::string>& argv) {
+  std::string out;
+  for (const auto& a : argv) {
+    if (!out.empty()) out += ' ';
+    bool plain = !a.empty() && a.find_first_not_of(
+                                   "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                   "0123456789-_./:=@,+%") == std::string::npos;
+    if (plain) {
+      out += a;
+      continue;
+    }
+    out += '\'';
+    for (char c : a) {
+      if (c == '\'') {
+        out += "'\\''";
+      } else {
+        out += c;
+      }
+    }
+    out += '\'';
+  }
+  return out;
+}
+
+absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
+  if (options.argv.empty()) return absl::InvalidArgumentError("no program to run");
+  // A child that exits before reading all of its stdin must not kill us with SIGPIPE.
+  static std::once_flag ignore_sigpipe;
+  std::call_once(ignore_sigpipe, [] { ::signal(SIGPIPE, SIG_IGN); });
+
+  int in[2], out[2], err[2];
+  if (::pipe2(in, O_CLOEXEC) != 0) return Errno("pipe");
+  Fd in_r(in[0]), in_w(in[1]);
+  if (::pipe2(out, O_CLOEXEC) != 0) return Errno("pipe");
+  Fd out_r(out[0]), out_w(out[1]);
+  if (::pipe2(err, O_CLOEXEC) != 0) return Errno("pipe");
+  Fd err_r(err[0]), err_w(err[1]);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (options.null_stdio) {
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  } else {
+    posix_spawn_file_actions_adddup2(&actions, in_r.get(), 0);
+    posix_spawn_file_actions_adddup2(&actions, out_w.get(), 1);
+    posix_spawn_file_actions_adddup2(&actions, err_w.get(), 2);
+  }
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  // The runner blocks SIGINT/SIGTERM in every thread and ignores SIGPIPE: the child starts clean.
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  std::vector<char*> argv;
+  for (const auto& a : options.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const absl::Time start = absl::Now();
+  pid_t pid = -1;
+  int rc = ::posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot run ", options.argv[0], ": ", std::strerror(rc)));
+  }
+  in_r.Close();
+  out_w.Close();
+  err_w.Close();
+  SetNonBlocking(in_w.get());
+  SetNonBlocking(out_r.get());
+  SetNonBlocking(err_r.get());
+  size_t stdin_off = 0;
+  if (options.stdin_data.empty() || options.null_stdio) in_w.Close();
+  if (options.null_stdio) {
+    out_r.Close();
+    err_r.Close();
+  }
+
+  Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  ProcessResult result;
+  bool exited = false, killed = false;
+  absl::Time drain_until = absl::InfiniteFuture();
+  int status = 0;
+  std::string buf(64 * 1024, '\0');
+
+  auto kill_child = [&] {
+    if (killed) return;
+    killed = true;
+    if (options.on_kill) options.on_kill();
+    ::kill(-pid, SIGKILL);
+  };
+  auto reap = [&]() -> bool {
+    pid_t w = ::waitpid(pid, &status, WNOHANG);
+    if (w == pid) {
+      exited = true;
+      result.exit_code = ExitCodeOf(status);
+      drain_until = absl::Now() + options.drain_after_exit;
+      in_w.Close();
+      return true;
+    }
+    return false;
+  };
+
+  while (true) {
+    if (!exited) reap();
+    if (exited && out_r.get() < 0 && err_r.get() < 0) break;
+    absl::Time now = absl::Now();
+    if (exited && now >= drain_until) break;
+    if (!exited && !killed) {
+      if (now >= options.deadline) {
+        result.timed_out = true;
+        kill_child();
+      } else if (options.cancelled && options.cancelled()) {
+        result.cancelled = true;
+        kill_child();
+      }
+    }
+    pollfd fds[4];
+    int n = 0;
+    int i_out = -1, i_err = -1, i_in = -1;
+    if (out_r.get() >= 0) {
+      i_out = n;
+      fds[n++] = {out_r.get(), POLLIN, 0};
+    }
+    if (err_r.get() >= 0) {
+      i_err = n;
+      fds[n++] = {err_r.get(), POLLIN, 0};
+    }
+    if (in_w.get() >= 0) {
+      i_in = n;
+      fds[n++] = {in_w.get(), POLLOUT, 0};
+    }
+    if (!exited && pidfd.get() >= 0) fds[n++] = {pidfd.get(), POLLIN, 0};
+    absl::Duration wait = absl::Milliseconds(50);
+    if (pidfd.get() < 0 && !exited) wait = absl::Milliseconds(5);
+    if (!exited && !killed && options.deadline - now < wait) wait = options.deadline - now;
+    if (exited && drain_until - now < wait) wait = drain_until - now;
+    // Round up: a zero timeout on a positive wait would spin.
+    int timeout_ms = static_cast<int>(absl::ToInt64Milliseconds(wait + absl::Microseconds(999)));
+    if (timeout_ms < 0) timeout_ms = 0;
+    int ready = ::poll(fds, static_cast<nfds_t>(n), timeout_ms);
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      kill_child();
+      ::waitpid(pid, &status, 0);
+      return Errno("poll");
+    }
+    auto read_from = [&](Fd& fd, int which) {
+      while (fd.get() >= 0) {
+        ssize_t r = ::read(fd.get(), buf.data(), buf.size());
+        if (r > 0) {
+          if (options.on_output &&
+              !options.on_output(which, std::string_view(buf.data(), static_cast<size_t>(r)))) {
+            if (!exited && !killed) {
+              result.cancelled = true;
+              kill_child();
+            }
+          }
+          if (static_cast<size_t>(r) < buf.size()) return;  // likely drained; poll again
+          continue;
+        }
+        if (r == 0) {
+          fd.Close();
+          return;
+        }
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) fd.Close();
+        return;
+      }
+    };
+    if (i_out >= 0 && (fds[i_out].revents & (POLLIN | POLLHUP | POLLERR))) read_from(out_r, 1);
+    if (i_err >= 0 && (fds[i_err].revents & (POLLIN | POLLHUP | POLLERR))) read_from(err_r, 2);
+    if (i_in >= 0 && fds[i_in].revents) {
+      if (fds[i_in].revents & (POLLERR | POLLHUP)) {
+        in_w.Close();
+      } else {
+        ssize_t w = ::write(in_w.get(), options.stdin_data.data() + stdin_off,
+                            options.stdin_data.size() - stdin_off);
+        if (w > 0) stdin_off += static_cast<size_t>(w);
+        if ((w < 0 && errno != EAGAIN && errno != EINTR) ||
+            stdin_off >= options.stdin_data.size()) {
+          in_w.Close();
+        }
+      }
+    }
+  }
+  if (!exited) {
+    ::waitpid(pid, &status, 0);
+    result.exit_code = ExitCodeOf(status);
+  }
+  result.elapsed = absl::Now() - start;
+  return result;
+}
+
+absl::StatusOr<CapturedOutput> RunCaptured(const std::vector<std::string>& argv,
+                                           absl::Duration timeout) {
+  CapturedOutput captured;
+  ProcessOptions options;
+  options.argv = argv;
+  options.deadline = absl::Now() + timeout;
+  options.on_output = [&captured](int fd, std::string_view data) {
+    std::string& dst = fd == 1 ? captured.out : captured.err;
+    // Tools' output is small; cap it anyway so a runaway tool cannot exhaust memory.
+    if (dst.size() < (4 << 20)) dst.append(data.data(), data.size());
+    return true;
+  };
+  auto result = RunProcess(options);
+  if (!result.ok()) return result.status();
+  captured.exit_code = result->exit_code;
+  captured.timed_out = result->timed_out;
+  return captured;
+}
+
+}  // namespace isorun::runner

@@ -1,0 +1,64 @@
+#pragma once
+
+// Runs a host program with pipes for stdin, stdout and stderr, streaming its output as it
+// arrives, with a deadline and cancellation. The child runs in a session of its own (setsid), so
+// a kill reaches everything it started on the host; the caller adds what a session cannot reach
+// (processes inside a container) through `on_kill`.
+//
+// Thread-compatible: each call is independent and blocks the calling thread until the child has
+// exited and its output is drained.
+
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace isorun::runner {
+
+struct ProcessOptions {
+  std::vector<std::string> argv;  // argv[0] is looked up in PATH when it has no '/'
+  std::string stdin_data;         // written to the child's stdin, which is then closed
+  absl::Time deadline = absl::InfiniteFuture();
+  // Polled about every 50 ms; true stops the child as at the deadline.
+  std::function<bool()> cancelled;
+  // Output as it arrives (fd 1 or 2), in chunks of at most 64 KiB. Returning false stops the
+  // child as a cancel does. Without it the output is discarded.
+  std::function<bool(int fd, std::string_view data)> on_output;
+  // Called once before the child's session is killed (deadline or cancel).
+  std::function<void()> on_kill;
+  // After the child exits, output is read until EOF or for this long at most: a process the
+  // command left running in the background may keep the pipes open.
+  absl::Duration drain_after_exit = absl::Milliseconds(100);
+  // stdin, stdout and stderr on /dev/null (for programs that leave a daemon holding them, like
+  // `runc run -d`, whose container would otherwise keep our pipes open).
+  bool null_stdio = false;
+};
+
+struct ProcessResult {
+  int exit_code = -1;  // the exit status, or 128 + signal number
+  bool timed_out = false;
+  bool cancelled = false;
+  absl::Duration elapsed;
+};
+
+// INTERNAL only when the process cannot be started at all (e.g. the binary is missing).
+absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options);
+
+struct CapturedOutput {
+  int exit_code = -1;
+  bool timed_out = false;
+  std::string out;
+  std::string err;
+};
+
+// Runs `argv` to completion (killed after `timeout`) and returns its output.
+absl::StatusOr<CapturedOutput> RunCaptured(const std::vector<std::string>& argv,
+                                           absl::Duration timeout);
+
+// "a b 'c d'": argv for log lines and error messages.
+std::string ShellQuote(const std::vector<std::string>& argv);
+
+}  // namespace isorun::runner

@@ -1,0 +1,686 @@
+#include "services/runner/runc_driver.h"
+
+#include <errno.h>
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "services/kit/ids.h"
+#include "services/kit/log.h"
+#include "services/kit/status.h"
+#include "services/runner/cgroups.h"
+#include "services/runner/fs_util.h"
+#include "services/runner/process.h"
+#include "services/runner/runc_config.h"
+
+namespace isorun::runner {
+namespace {
+
+constexpr char kMetaFile[] = "sandbox.meta";
+constexpr char kDefaultPath[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+constexpr absl::Duration kRuncTimeout = absl::Seconds(60);
+
+absl::Status UnknownSandbox(const std::string& id) {
+  return absl::NotFoundError(absl::StrCat("no sandbox ", id, " on this runner"));
+}
+
+absl::Status Hibernated(const std::string& id) {
+  return Error(absl::StatusCode::kFailedPrecondition, "SANDBOX_NOT_RUNNING",
+               absl::StrCat("sandbox ", id, " is hibernated; resume it first"));
+}
+
+// runc's own error, from its stderr or its --log file: the last message, without logrus framing.
+std::string RuncMessage(const std::string& text) {
+  std::string last;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    std::string l(absl::StripAsciiWhitespace(line));
+    if (l.empty()) continue;
+    if (l.front() == '{') {  // --log-format json
+      google::protobuf::Struct entry;
+      if (google::protobuf::util::JsonStringToMessage(l, &entry).ok()) {
+        auto msg = entry.fields().find("msg");
+        if (msg != entry.fields().end()) l = msg->second.string_value();
+      }
+    } else if (auto m = l.find("msg=\""); m != std::string::npos) {
+      std::string unescaped;
+      std::string quoted = l.substr(m + 5);
+      if (!quoted.empty() && quoted.back() == '"') quoted.pop_back();
+      l = absl::CUnescape(quoted, &unescaped) ? unescaped : quoted;
+    }
+    last = l;
+  }
+  if (last.size() > 500) last = last.substr(0, 500) + "...";
+  return last;
+}
+
+absl::StatusOr<std::string> RunRunc(const std::vector<std::string>& argv) {
+  auto run = RunCaptured(argv, kRuncTimeout);
+  if (!run.ok()) return run.status();
+  if (run->exit_code != 0 || run->timed_out) {
+    return absl::InternalError(absl::StrCat(ShellQuote({argv.begin() + 3, argv.end()}), " failed: ",
+                                            run->timed_out ? "timed out" : RuncMessage(run->err)));
+  }
+  return run->out;
+}
+
+// Parses a JSON array (runc list) through a Struct, the only JSON reader at hand.
+absl::StatusOr<google::protobuf::ListValue> ParseJsonArray(const std::string& text) {
+  std::string t(absl::StripAsciiWhitespace(text));
+  google::protobuf::ListValue out;
+  if (t.empty() || t == "null") return out;
+  google::protobuf::Struct wrapper;
+  if (!google::protobuf::util::JsonStringToMessage(absl::StrCat("{\"l\":", t, "}"), &wrapper)
+           .ok()) {
+    return absl::InternalError("cannot parse the output of runc list");
+  }
+  return wrapper.fields().at("l").list_value();
+}
+
+bool ValidEnvKey(const std::string& key) {
+  return !key.empty() && key.find('=') == std::string::npos && key.find('\0') == std::string::npos;
+}
+
+}  // namespace
+
+bool ValidSandboxId(const std::string& id) {
+  if (id.empty() || id.size() > 128 || id.front() == '.' || id.front() == '-') return false;
+  for (char c : id) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-' && c != '.') {
+      return false;
+    }
+  }
+  return true;
+}
+
+RuncDriver::RuncDriver(RuncOptions options, ImageFetcher& fetcher)
+    : options_(std::move(options)),
+      cache_({absl::StrCat(options_.data_dir, "/images"), options_.image_cache_bytes,
+              options_.registry},
+             fetcher) {}
+
+absl::StatusOr<std::unique_ptr<RuncDriver>> RuncDriver::Create(RuncOptions options,
+                                                               ImageFetcher& fetcher) {
+  if (::geteuid() != 0) {
+    return absl::FailedPreconditionError(
+        "the runc driver needs root (it mounts overlays and creates user namespaces)");
+  }
+  if (options.data_dir.empty() || options.data_dir.front() != '/') {
+    return absl::InvalidArgumentError("--data_dir must be an absolute path");
+  }
+  while (options.data_dir.size() > 1 && options.data_dir.back() == '/') options.data_dir.pop_back();
+  auto version = RunCaptured({options.runc_path, "--version"}, absl::Seconds(10));
+  if (!version.ok() || version->exit_code != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot run ", options.runc_path, " (install runc, or set --runc_path)"));
+  }
+  if (!options.init_path.empty() && ::access(options.init_path.c_str(), X_OK) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("sandbox init ", options.init_path, " is not executable"));
+  }
+  if (absl::Status s = MakeDirs(options.data_dir, 0711); !s.ok()) return s;
+  // The container's setup runs as the sandbox's root, host uid `uid_base`, which must be able
+  // to walk down to its bundle (but not list anything on the way).
+  std::string prefix;
+  for (absl::string_view part : absl::StrSplit(options.data_dir, '/', absl::SkipEmpty())) {
+    absl::StrAppend(&prefix, "/", part);
+    struct stat st;
+    if (::stat(prefix.c_str(), &st) != 0) return absl::InternalError("cannot stat " + prefix);
+    if ((st.st_mode & S_IXOTH) != 0) continue;
+    if (prefix == options.data_dir) {
+      ::chmod(prefix.c_str(), (st.st_mode & 07777) | S_IXOTH);
+      continue;
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sandboxes run as host uid ", options.uid_base, " and must be able to traverse ", prefix,
+        " (chmod o+x ", prefix, ", or choose another --data_dir)"));
+  }
+  for (const char* sub : {"/sandboxes", "/runc"}) {
+    if (absl::Status s = MakeDirs(options.data_dir + sub, 0711); !s.ok()) return s;
+  }
+  std::unique_ptr<RuncDriver> driver(new RuncDriver(std::move(options), fetcher));
+  auto own = CgroupDirsOf(static_cast<int>(::getpid()));
+  if (own.count("memory") > 0) {
+    driver->limit_swap_ = PathExists(own["memory"] + "/memory.memsw.limit_in_bytes");
+  }
+  if (absl::Status s = driver->cache_.Load(); !s.ok()) return s;
+  if (absl::Status s = driver->Recover(); !s.ok()) return s;
+  return driver;
+}
+
+std::string RuncDriver::SandboxDir(const std::string& id) const {
+  return absl::StrCat(options_.data_dir, "/sandboxes/", id);
+}
+
+std::vector<std::string> RuncDriver::Runc(std::vector<std::string> args) const {
+  std::vector<std::string> argv = {options_.runc_path, "--root",
+                                   absl::StrCat(options_.data_dir, "/runc")};
+  argv.insert(argv.end(), std::make_move_iterator(args.begin()),
+              std::make_move_iterator(args.end()));
+  return argv;
+}
+
+absl::Status RuncDriver::Recover() {
+  auto listed = RunRunc(Runc({"list", "--format", "json"}));
+  if (!listed.ok()) return listed.status();
+  auto containers = ParseJsonArray(*listed);
+  if (!containers.ok()) return containers.status();
+  struct Found {
+    std::string status;
+    int pid = 0;
+  };
+  std::map<std::string, Found> found;
+  for (const auto& c : containers->values()) {
+    const auto& f = c.struct_value().fields();
+    auto id = f.find("id");
+    if (id == f.end()) continue;
+    Found x;
+    if (auto st = f.find("status"); st != f.end()) x.status = st->second.string_value();
+    if (auto pid = f.find("pid"); pid != f.end())
+      x.pid = static_cast<int>(pid->second.number_value());
+    found[id->second.string_value()] = x;
+  }
+  const std::string root = absl::StrCat(options_.data_dir, "/sandboxes");
+  for (const auto& id : ListDir(root)) {
+    if (!ValidSandboxId(id)) continue;
+    auto c = found.find(id);
+    auto meta = ReadFile(absl::StrCat(SandboxDir(id), "/", kMetaFile));
+    auto sb = std::make_shared<Sandbox>();
+    if (meta.ok()) {
+      for (absl::string_view line : absl::StrSplit(*meta, '\n', absl::SkipEmpty())) {
+        size_t sp = line.find(' ');
+        if (sp == absl::string_view::npos) continue;
+        std::string key(line.substr(0, sp)), value;
+        if (!absl::CUnescape(line.substr(sp + 1), &value)) continue;
+        if (key == "image") sb->image = value;
+        if (key == "digest") sb->digest = value;
+        if (key == "memory_mb") (void)absl::SimpleAtoi(value, &sb->memory_mb);
+      }
+    }
+    bool alive =
+        c != found.end() && (c->second.status == "running" || c->second.status == "paused");
+    if (alive && !sb->digest.empty() && cache_.AcquireDigest(sb->digest, id).ok()) {
+      sb->state = c->second.status == "paused" ? State::kPaused : State::kRunning;
+      sb->init_pid = c->second.pid;
+      sb->cgroups = CgroupDirsOf(sb->init_pid);
+      sb->result = {sb->digest, true};
+      absl::MutexLock lock(&mu_);
+      sandboxes_[id] = sb;
+      LogInfo("re-attached sandbox", {{"sandbox", id}, {"state", c->second.status}});
+    } else {
+      LogInfo("removing the remains of a stopped sandbox", {{"sandbox", id}});
+      if (absl::Status s = Teardown(id); !s.ok()) {
+        LogWarn("cannot remove sandbox remains", {{"sandbox", id}, {"error", s.ToString()}});
+      }
+    }
+    found.erase(id);
+  }
+  for (const auto& [id, c] : found) {  // a container without a bundle directory: not ours to keep
+    LogWarn("deleting a container without a sandbox directory", {{"container", id}});
+    (void)RunRunc(Runc({"delete", "--force", id}));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RuncDriver::Teardown(const std::string& id) {
+  const std::string dir = SandboxDir(id);
+  // `delete --force` of a running container freezes, kills and polls (about 100 ms here); a
+  // plain kill first lets it find the container stopped (or nearly) and finish in a few ms.
+  (void)RunCaptured(Runc({"kill", id, "KILL"}), kRuncTimeout);
+  auto run = RunCaptured(Runc({"delete", "--force", id}), kRuncTimeout);
+  if (!run.ok()) return run.status();
+  if (run->exit_code != 0 && !absl::StrContains(run->err, "does not exist")) {
+    return absl::InternalError(
+        absl::StrCat("cannot delete container ", id, ": ", RuncMessage(run->err)));
+  }
+  const std::string rootfs = absl::StrCat(dir, "/rootfs");
+  if (::umount2(rootfs.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT) {
+    return absl::InternalError(absl::StrCat("cannot unmount ", rootfs, ": ", std::strerror(errno)));
+  }
+  return RemoveTree(dir);
+}
+
+absl::StatusOr<StartResult> RuncDriver::Start(const v1::StartSandboxRequest& request) {
+  const std::string& id = request.sandbox_id();
+  if (!ValidSandboxId(id)) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid sandbox id \"", id, "\""));
+  }
+  while (true) {
+    std::shared_ptr<Sandbox> sb;
+    {
+      absl::MutexLock lock(&mu_);
+      auto& slot = sandboxes_[id];
+      if (slot == nullptr) slot = std::make_shared<Sandbox>();
+      sb = slot;
+    }
+    absl::MutexLock op(&sb->op_mu);
+    {
+      absl::MutexLock lock(&mu_);
+      if (sb->state == State::kGone) continue;  // stopped meanwhile: start afresh
+      if (sb->state != State::kNew) return sb->result;
+    }
+    auto result = StartLocked(*sb, request);
+    if (!result.ok()) {
+      absl::MutexLock lock(&mu_);
+      sb->state = State::kGone;
+      auto it = sandboxes_.find(id);
+      if (it != sandboxes_.end() && it->second == sb) sandboxes_.erase(it);
+    }
+    return result;
+  }
+}
+
+absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
+                                                    const v1::StartSandboxRequest& request) {
+  const std::string& id = request.sandbox_id();
+  const absl::Time t0 = absl::Now();
+  auto lease = cache_.Acquire(request.image(), id);
+  if (!lease.ok()) return lease.status();
+  const absl::Time t_image = absl::Now();
+  const std::string dir = SandboxDir(id);
+  auto fail = [&](absl::Status status) {
+    if (absl::Status s = Teardown(id); !s.ok()) {
+      LogWarn("cleanup after a failed start", {{"sandbox", id}, {"error", s.ToString()}});
+    }
+    cache_.Release(lease->digest, id);
+    return status;
+  };
+  if (PathExists(dir)) {  // remains of an earlier attempt with this id
+    if (absl::Status s = Teardown(id); !s.ok()) return fail(s);
+  }
+  for (const char* sub : {"", "/upper", "/work", "/rootfs"}) {
+    if (absl::Status s = MakeDirs(dir + sub, 0711); !s.ok()) return fail(s);
+  }
+  // The writable layer belongs to the sandbox's root; the merged root shows the upper dir's owner
+  // and mode.
+  const std::string upper = dir + "/upper";
+  if (::chown(upper.c_str(), options_.uid_base, options_.uid_base) != 0 ||
+      ::chmod(upper.c_str(), 0755) != 0) {
+    return fail(absl::InternalError(absl::StrCat("cannot chown ", upper)));
+  }
+  const std::string rootfs = dir + "/rootfs";
+  const std::string overlay =
+      absl::StrCat("lowerdir=", lease->rootfs, ",upperdir=", upper, ",workdir=", dir, "/work");
+  if (::mount("overlay", rootfs.c_str(), "overlay", MS_NOSUID | MS_NODEV, overlay.c_str()) != 0) {
+    return fail(absl::InternalError(
+        absl::StrCat("cannot mount the sandbox's overlay on ", rootfs, ": ", std::strerror(errno),
+                     " (is ", options_.data_dir, " on a filesystem overlayfs accepts?)")));
+  }
+  ContainerSpec spec;
+  spec.rootfs = rootfs;
+  if (options_.init_path.empty()) {
+    spec.args = {"/bin/sh", "-c", "while :; do sleep 3600 & wait $!; done"};
+  } else {
+    spec.init_path = options_.init_path;
+    spec.args = {kInitInSandbox};
+  }
+  std::vector<std::string> sandbox_env;
+  for (const auto& [k, v] : request.env()) {
+    if (!ValidEnvKey(k) || v.find('\0') != std::string::npos) {
+      return fail(
+          absl::InvalidArgumentError(absl::StrCat("invalid env variable name \"", k, "\"")));
+    }
+    sandbox_env.push_back(absl::StrCat(k, "=", v));
+  }
+  spec.env = MergeEnv({{kDefaultPath, "HOME=/root"}, lease->config.env, sandbox_env});
+  spec.cwd = lease->config.cwd;
+  spec.host_id = options_.uid_base;
+  spec.id_count = options_.id_count;
+  spec.cgroups_path = absl::StrCat("/", options_.cgroup_parent, "/", id);
+  spec.cpu_millis = request.cpu_millis();
+  spec.memory_mb = request.memory_mb();
+  spec.limit_swap = limit_swap_;
+  spec.pids_limit = options_.pids_limit;
+  if (absl::Status s = WriteFileAtomic(dir + "/config.json", RuncConfigJson(spec)); !s.ok()) {
+    return fail(s);
+  }
+  if (absl::Status s =
+          WriteFileAtomic(dir + "/" + kMetaFile,
+                          absl::StrCat("image ", absl::CEscape(request.image()), "\ndigest ",
+                                       lease->digest, "\nmemory_mb ", request.memory_mb(), "\n"));
+      !s.ok()) {
+    return fail(s);
+  }
+  const absl::Time t_bundle = absl::Now();
+  ProcessOptions run;
+  // The container's PID 1 inherits runc's stdio: /dev/null, not pipes it would hold forever.
+  run.null_stdio = true;
+  run.argv = Runc({"--log", dir + "/runc.log", "--log-format", "json", "run", "--detach",
+                   "--bundle", dir, "--pid-file", dir + "/init.pid", id});
+  run.deadline = absl::Now() + kRuncTimeout;
+  auto started = RunProcess(run);
+  if (!started.ok()) return fail(started.status());
+  if (started->exit_code != 0) {
+    auto log = ReadFile(dir + "/runc.log");
+    return fail(absl::InternalError(
+        absl::StrCat("runc could not start sandbox ", id, ": ",
+                     started->timed_out ? "timed out" : RuncMessage(log.ok() ? *log : ""))));
+  }
+  int pid = 0;
+  auto pid_text = ReadFile(dir + "/init.pid");
+  if (pid_text.ok()) (void)absl::SimpleAtoi(absl::StripAsciiWhitespace(*pid_text), &pid);
+  auto cgroups = CgroupDirsOf(pid);
+  const absl::Time t_done = absl::Now();
+  {
+    absl::MutexLock lock(&mu_);
+    sb.state = State::kRunning;
+    sb.image = request.image();
+    sb.digest = lease->digest;
+    sb.memory_mb = request.memory_mb();
+    sb.init_pid = pid;
+    sb.cgroups = std::move(cgroups);
+    sb.result = {lease->digest, lease->warm};
+  }
+  LogInfo("sandbox started",
+          {{"sandbox", id},
+           {"image", request.image()},
+           {"digest", lease->digest},
+           {"warm", lease->warm ? "true" : "false"},
+           {"image_ms", std::to_string(absl::ToInt64Milliseconds(t_image - t0))},
+           {"bundle_ms", std::to_string(absl::ToInt64Milliseconds(t_bundle - t_image))},
+           {"runc_ms", std::to_string(absl::ToInt64Milliseconds(t_done - t_bundle))}});
+  return StartResult{lease->digest, lease->warm};
+}
+
+absl::StatusOr<bool> RuncDriver::Stop(const std::string& sandbox_id) {
+  std::shared_ptr<Sandbox> sb;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sandboxes_.find(sandbox_id);
+    if (it != sandboxes_.end()) sb = it->second;
+  }
+  if (sb == nullptr) {
+    // Remains of a sandbox this process does not know (a failed cleanup) go too.
+    if (ValidSandboxId(sandbox_id) && PathExists(SandboxDir(sandbox_id))) {
+      if (absl::Status s = Teardown(sandbox_id); !s.ok()) return s;
+    }
+    return false;
+  }
+  absl::MutexLock op(&sb->op_mu);
+  std::string digest;
+  {
+    absl::MutexLock lock(&mu_);
+    if (sb->state == State::kGone || sb->state == State::kNew) return false;
+    digest = sb->digest;
+  }
+  if (absl::Status s = Teardown(sandbox_id); !s.ok()) return s;
+  cache_.Release(digest, sandbox_id);
+  absl::MutexLock lock(&mu_);
+  sb->state = State::kGone;
+  auto it = sandboxes_.find(sandbox_id);
+  if (it != sandboxes_.end() && it->second == sb) sandboxes_.erase(it);
+  LogInfo("sandbox stopped", {{"sandbox", sandbox_id}});
+  return true;
+}
+
+absl::Status RuncDriver::Pause(const std::string& sandbox_id) {
+  std::shared_ptr<Sandbox> sb;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sandboxes_.find(sandbox_id);
+    if (it == sandboxes_.end()) return UnknownSandbox(sandbox_id);
+    sb = it->second;
+  }
+  absl::MutexLock op(&sb->op_mu);
+  {
+    absl::MutexLock lock(&mu_);
+    if (sb->state == State::kPaused) return absl::OkStatus();
+    if (sb->state != State::kRunning) return UnknownSandbox(sandbox_id);
+  }
+  auto paused = RunRunc(Runc({"pause", sandbox_id}));
+  if (!paused.ok()) return paused.status();
+  absl::MutexLock lock(&mu_);
+  sb->state = State::kPaused;
+  return absl::OkStatus();
+}
+
+absl::Status RuncDriver::Unpause(const std::string& sandbox_id) {
+  std::shared_ptr<Sandbox> sb;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sandboxes_.find(sandbox_id);
+    if (it == sandboxes_.end()) return UnknownSandbox(sandbox_id);
+    sb = it->second;
+  }
+  absl::MutexLock op(&sb->op_mu);
+  {
+    absl::MutexLock lock(&mu_);
+    if (sb->state == State::kRunning) return absl::OkStatus();
+    if (sb->state != State::kPaused) return UnknownSandbox(sandbox_id);
+  }
+  auto resumed = RunRunc(Runc({"resume", sandbox_id}));
+  if (!resumed.ok()) return resumed.status();
+  absl::MutexLock lock(&mu_);
+  sb->state = State::kRunning;
+  return absl::OkStatus();
+}
+
+std::vector<std::string> RuncDriver::Sandboxes() {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  for (const auto& [id, sb] : sandboxes_) {
+    if (sb->state != State::kGone) out.push_back(id);
+  }
+  return out;
+}
+
+std::vector<CachedImageInfo> RuncDriver::Images() { return cache_.Images(); }
+
+int RuncDriver::InitPid(const std::string& sandbox_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = sandboxes_.find(sandbox_id);
+  return it == sandboxes_.end() ? 0 : it->second->init_pid;
+}
+
+absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
+                                        const v1::ExecRequest& request, absl::Duration timeout,
+                                        const std::function<bool(int, std::string_view)>& on_output,
+                                        const std::function<bool()>& cancelled) {
+  std::map<std::string, std::string> cgroups;
+  int memory_mb = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sandboxes_.find(sandbox_id);
+    if (it == sandboxes_.end()) return UnknownSandbox(sandbox_id);
+    if (it->second->state == State::kPaused) return Hibernated(sandbox_id);
+    if (it->second->state != State::kRunning) {
+      return Error(absl::StatusCode::kFailedPrecondition, "SANDBOX_NOT_RUNNING",
+                   absl::StrCat("sandbox ", sandbox_id, " is not running"));
+    }
+    cgroups = it->second->cgroups;
+    memory_mb = it->second->memory_mb;
+  }
+  if (request.cmd().find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError("cmd contains a NUL character");
+  }
+  if (!request.cwd().empty() &&
+      (request.cwd().front() != '/' || request.cwd().find('\0') != std::string::npos)) {
+    return absl::InvalidArgumentError("cwd must be an absolute path");
+  }
+  std::vector<std::string> args = {"exec"};
+  const std::string tag = RandomHex(6);
+  const std::string& freezer = cgroups["freezer"];
+  // Each command runs in a freezer cgroup of its own below the sandbox's: at the timeout
+  // everything it started is killed, including processes that left its process group.
+  const std::string exec_cgroup = freezer.empty() ? "" : absl::StrCat(freezer, "/x", tag);
+  const bool have_cgroup = !exec_cgroup.empty() && ::mkdir(exec_cgroup.c_str(), 0755) == 0;
+  if (have_cgroup) args.insert(args.end(), {"--cgroup", absl::StrCat("freezer:x", tag)});
+  const std::string pid_file = absl::StrCat(SandboxDir(sandbox_id), "/exec-", tag, ".pid");
+  args.insert(args.end(), {"--pid-file", pid_file});
+  if (!request.cwd().empty()) args.insert(args.end(), {"--cwd", request.cwd()});
+  for (const auto& [k, v] : request.env()) {
+    if (!ValidEnvKey(k) || v.find('\0') != std::string::npos) {
+      if (have_cgroup) ::rmdir(exec_cgroup.c_str());
+      return absl::InvalidArgumentError(absl::StrCat("invalid env variable name \"", k, "\""));
+    }
+    args.insert(args.end(), {"--env", absl::StrCat(k, "=", v)});
+  }
+  args.insert(args.end(), {sandbox_id, "/bin/sh", "-c", request.cmd()});
+
+  const int64_t oom_before = OomKills(cgroups["memory"]);
+  const int64_t pids_before = PidsLimitHits(cgroups["pids"]);
+  // Until runc has started the command (it writes the pid file then), stderr is runc's: hold it
+  // back, so that a failure to start becomes an error rather than "output".
+  bool started = false;
+  std::string held;
+  auto is_started = [&] {
+    if (!started) started = PathExists(pid_file);
+    return started;
+  };
+  bool sink_ok = true;
+  // A command that drives the sandbox into its pids limit with most of the sandbox's tasks in
+  // its own cgroup is a fork bomb (or as bad as one): stop it and everything it started, rather
+  // than leave the sandbox unable to fork until the timeout.
+  bool fork_bomb = false;
+  auto is_fork_bomb = [&] {
+    if (!have_cgroup || PidsLimitHits(cgroups["pids"]) <= pids_before) return false;
+    return CountTasks(exec_cgroup) * 2 >= options_.pids_limit;
+  };
+  ProcessOptions po;
+  po.argv = Runc(std::move(args));
+  po.stdin_data = request.stdin();
+  if (timeout != absl::InfiniteDuration()) po.deadline = absl::Now() + timeout;
+  po.cancelled = [&] {
+    if (cancelled && cancelled()) return true;
+    if (!fork_bomb && is_fork_bomb()) fork_bomb = true;
+    return fork_bomb;
+  };
+  po.on_output = [&](int fd, std::string_view data) {
+    if (fd == 2 && !is_started()) {
+      if (held.size() < 65536) held.append(data.data(), data.size());
+      return true;
+    }
+    if (!held.empty()) {
+      sink_ok = on_output(2, held) && sink_ok;
+      held.clear();
+    }
+    sink_ok = on_output(fd, data) && sink_ok;
+    return sink_ok;
+  };
+  po.on_kill = [&] {
+    if (have_cgroup) KillFreezerCgroup(exec_cgroup);
+    auto text = ReadFile(pid_file);
+    int pid = 0;
+    if (text.ok() && absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &pid) && pid > 1) {
+      ::kill(-pid, SIGKILL);  // the command's process group (runc makes it a session leader)
+    }
+  };
+  auto result = RunProcess(po);
+  is_started();
+  // The shell may have exited leaving the bomb running in the background.
+  if (result.ok() && !fork_bomb && is_fork_bomb()) {
+    fork_bomb = true;
+    KillFreezerCgroup(exec_cgroup);
+    result->exit_code = 128 + SIGKILL;
+  }
+  ::unlink(pid_file.c_str());
+  // Fails (EBUSY) while processes the command left in the background still run: then the
+  // directory goes with the sandbox's cgroup.
+  if (have_cgroup) ::rmdir(exec_cgroup.c_str());
+  if (!result.ok()) return result.status();
+
+  std::string note;
+  if (OomKills(cgroups["memory"]) > oom_before) {
+    absl::StrAppend(&note, "isorun: the sandbox ran out of memory (memoryMb ", memory_mb,
+                    "): the kernel killed a process\n");
+  }
+  if (fork_bomb) {
+    absl::StrAppend(&note, "isorun: the command reached the sandbox's limit of ",
+                    options_.pids_limit,
+                    " processes: it was stopped with every process it started\n");
+  } else if (PidsLimitHits(cgroups["pids"]) > pids_before) {
+    absl::StrAppend(&note, "isorun: the sandbox reached its limit of ", options_.pids_limit,
+                    " processes: a fork failed\n");
+  }
+  if (result->timed_out) {
+    std::string message =
+        absl::StrCat("command still running after ", absl::ToInt64Seconds(timeout),
+                     " s: killed; use a longer timeoutSec or exec:stream");
+    if (!note.empty()) {
+      absl::StrAppend(&message, " (", absl::StripAsciiWhitespace(note), ")");
+    }
+    return Error(absl::StatusCode::kDeadlineExceeded, "EXEC_TIMEOUT", message);
+  }
+  if (result->cancelled && !fork_bomb) {
+    return absl::CancelledError("the client went away: the command was killed");
+  }
+  if (fork_bomb) {
+    result->exit_code = 128 + SIGKILL;
+    started = true;  // whatever the pid file says: its processes filled the sandbox
+  }
+  if (!started) {
+    const std::string why = RuncMessage(held);
+    if (absl::StrContains(why, "paused")) return Hibernated(sandbox_id);
+    if (absl::StrContains(why, "chdir to cwd")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cwd ", request.cwd(), " is not a directory in the sandbox"));
+    }
+    if (absl::StrContains(why, "not running") || absl::StrContains(why, "does not exist") ||
+        absl::StrContains(why, "stopped")) {
+      return Error(absl::StatusCode::kFailedPrecondition, "SANDBOX_NOT_RUNNING",
+                   absl::StrCat("sandbox ", sandbox_id, " is not running"));
+    }
+    return absl::InternalError(absl::StrCat("cannot run the command in sandbox ", sandbox_id, ": ",
+                                            why.empty() ? "runc failed" : why));
+  }
+  if (!held.empty()) on_output(2, held);
+  if (!note.empty()) on_output(2, note);
+  return result->exit_code;
+}
+
+absl::StatusOr<v1::ExecResponse> RuncDriver::Exec(const std::string& sandbox_id,
+                                                  const v1::ExecRequest& request) {
+  const absl::Time start = absl::Now();
+  const absl::Duration timeout = request.timeout_sec() > 0 ? absl::Seconds(request.timeout_sec())
+                                                           : options_.exec_default_timeout;
+  v1::ExecResponse resp;
+  const size_t cap = options_.exec_output_cap;
+  auto on_output = [&](int fd, std::string_view data) {
+    std::string* dst = fd == 1 ? resp.mutable_stdout() : resp.mutable_stderr();
+    size_t room = cap > dst->size() ? cap - dst->size() : 0;
+    if (data.size() > room) {
+      if (fd == 1) {
+        resp.set_stdout_truncated(true);
+      } else {
+        resp.set_stderr_truncated(true);
+      }
+      data = data.substr(0, room);
+    }
+    dst->append(data.data(), data.size());
+    return true;  // keep reading (and dropping) so the command is not blocked on a full pipe
+  };
+  auto code = RunExec(sandbox_id, request, timeout, on_output, nullptr);
+  if (!code.ok()) return code.status();
+  resp.set_exit_code(*code);
+  resp.set_duration_ms(absl::ToInt64Milliseconds(absl::Now() - start));
+  return resp;
+}
+
+absl::StatusOr<int> RuncDriver::ExecStream(const std::string& sandbox_id,
+                                           const v1::ExecRequest& request, const ExecSink& sink,
+                                           const std::function<bool()>& cancelled) {
+  const absl::Duration timeout =
+      request.timeout_sec() > 0 ? absl::Seconds(request.timeout_sec()) : absl::InfiniteDuration();
+  auto on_output = [&](int fd, std::string_view data) {
+    v1::ExecChunk chunk;
+    if (fd == 1) {
+      chunk.set_stdout(std::string(data));
+    } else {
+      chunk.set_stderr(std::string(data));
+    }
+    return sink(chunk);
+  };
+  return RunExec(sandbox_id, request, timeout, on_output, cancelled);
+}
+
+}  // namespace isorun::runner

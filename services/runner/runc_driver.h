@@ -1,0 +1,107 @@
+#pragma once
+
+// The real driver: each sandbox is a runc container (see runc_config.h for its isolation) whose
+// root filesystem is an overlay of a cached image (read-only, shared) and a writable layer of its
+// own. Needs root, runc 1.1 and overlayfs; cgroup v1 for exec group kills and for reporting OOM
+// kills and fork failures (without it those degrade to process-group kills and no reports).
+//
+// On disk, under `data_dir`:
+//   images/<digest hex>/...        the image cache (image_cache.h)
+//   sandboxes/<id>/config.json     the runc bundle: config, rootfs (overlay mount point),
+//                   upper/ work/   the writable layer, sandbox.meta (image and digest)
+//   runc/                          runc's own state (--root), so `runc list` shows only ours
+// Sandboxes survive a runner restart: Create() re-attaches the containers still running or paused
+// and removes the remains of the others, so Sandboxes() reports exactly what runs.
+//
+// Thread-safe. Operations on one sandbox (start, stop, pause, unpause) are serialized; execs run
+// concurrently with each other.
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "services/runner/driver.h"
+#include "services/runner/image_cache.h"
+
+namespace isorun::runner {
+
+struct RuncOptions {
+  std::string data_dir;
+  std::string registry;  // for unqualified image names
+  int64_t image_cache_bytes = int64_t{20} << 30;
+  int pids_limit = 512;
+  std::string runc_path = "runc";
+  // Host path of the static init bind-mounted as PID 1 (isorun-sandbox-init). Empty: a shell
+  // loop is PID 1 instead (it reaps orphans less promptly).
+  std::string init_path;
+  uint32_t uid_base = 100000;  // root in every sandbox is this host uid
+  uint32_t id_count = 65536;
+  std::string cgroup_parent = "isorun";
+  absl::Duration exec_default_timeout = absl::Seconds(30);
+  size_t exec_output_cap = size_t{16} << 20;  // per stream, for Exec (not ExecStream)
+};
+
+class RuncDriver final : public Driver {
+ public:
+  // Checks the host (root, runc, data_dir reachable by the sandboxes' uid), loads the image
+  // cache, and re-attaches or cleans up the sandboxes of an earlier process. `fetcher` is used
+  // for pulls (tests pass a counting wrapper); it must outlive the driver.
+  static absl::StatusOr<std::unique_ptr<RuncDriver>> Create(RuncOptions options,
+                                                            ImageFetcher& fetcher);
+  ~RuncDriver() override = default;
+
+  absl::StatusOr<StartResult> Start(const v1::StartSandboxRequest& request) override;
+  absl::StatusOr<bool> Stop(const std::string& sandbox_id) override;
+  absl::Status Pause(const std::string& sandbox_id) override;
+  absl::Status Unpause(const std::string& sandbox_id) override;
+  std::vector<std::string> Sandboxes() override;
+  std::vector<CachedImageInfo> Images() override;
+  absl::StatusOr<v1::ExecResponse> Exec(const std::string& sandbox_id,
+                                        const v1::ExecRequest& request) override;
+  absl::StatusOr<int> ExecStream(const std::string& sandbox_id, const v1::ExecRequest& request,
+                                 const ExecSink& sink,
+                                 const std::function<bool()>& cancelled) override;
+
+  ImageCache& image_cache() { return cache_; }
+  // Host pid of a sandbox's PID 1, 0 if unknown (tests check ownership and namespaces with it).
+  int InitPid(const std::string& sandbox_id);
+
+ private:
+  enum class State { kNew, kRunning, kPaused, kGone };
+  struct Sandbox {
+    absl::Mutex op_mu;          // serializes start/stop/pause/unpause of this sandbox
+    State state = State::kNew;  // guarded by the driver's mu_
+    std::string image;
+    std::string digest;
+    int memory_mb = 0;
+    int init_pid = 0;
+    StartResult result;                          // what a repeated Start answers
+    std::map<std::string, std::string> cgroups;  // controller -> dir
+  };
+  RuncDriver(RuncOptions options, ImageFetcher& fetcher);
+  absl::Status Recover();
+  std::string SandboxDir(const std::string& id) const;
+  std::vector<std::string> Runc(std::vector<std::string> args) const;
+  // Kills and deletes the container, unmounts and removes the bundle. Idempotent.
+  absl::Status Teardown(const std::string& id);
+  absl::StatusOr<StartResult> StartLocked(Sandbox& sb, const v1::StartSandboxRequest& request);
+  // The shared body of Exec and ExecStream.
+  absl::StatusOr<int> RunExec(const std::string& sandbox_id, const v1::ExecRequest& request,
+                              absl::Duration timeout,
+                              const std::function<bool(int, std::string_view)>& on_output,
+                              const std::function<bool()>& cancelled);
+
+  const RuncOptions options_;
+  ImageCache cache_;
+  bool limit_swap_ = true;
+  absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<Sandbox>> sandboxes_ ABSL_GUARDED_BY(mu_);
+};
+
+// Sandbox ids become file and container names: letters, digits, '_', '-', '.', not leading
+// '.' or '-', at most 128 characters.
+bool ValidSandboxId(const std::string& id);
+
+}  // namespace isorun::runner

@@ -1,0 +1,670 @@
+// The runc driver against real containers, a real registry and the real image tools. Each test
+// gets its own data directory (and so a cold image cache) and removes its containers at the end.
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "services/kit/status.h"
+#include "services/runner/fs_util.h"
+#include "services/runner/process.h"
+#include "services/runner/runc_driver.h"
+#include "services/runner/runc_test_env.h"
+#include "services/runner/skopeo_fetcher.h"
+
+namespace isorun::runner {
+namespace {
+
+using testing::RemoveScratchDir;
+
+// Counts what reaches the registry.
+class CountingFetcher final : public ImageFetcher {
+ public:
+  absl::StatusOr<std::string> Resolve(const ImageRef& ref) override {
+    ++resolves;
+    return real_.Resolve(ref);
+  }
+  absl::StatusOr<ImageConfig> Fetch(const ImageRef& ref, const std::string& digest,
+                                    const std::string& dir) override {
+    ++fetches;
+    return real_.Fetch(ref, digest, dir);
+  }
+  std::atomic<int> resolves{0};
+  std::atomic<int> fetches{0};
+
+ private:
+  SkopeoFetcher real_{SkopeoOptions{}};
+};
+
+v1::StartSandboxRequest StartReq(const std::string& id, const std::string& image = "busybox:1.36",
+                                 int memory_mb = 256) {
+  v1::StartSandboxRequest r;
+  r.set_sandbox_id(id);
+  r.set_image(image);
+  r.set_cpu_millis(1000);
+  r.set_memory_mb(memory_mb);
+  return r;
+}
+
+v1::ExecRequest Cmd(const std::string& cmd, int timeout_sec = 0) {
+  v1::ExecRequest r;
+  r.set_cmd(cmd);
+  r.set_timeout_sec(timeout_sec);
+  return r;
+}
+
+std::string ReasonOf(const absl::Status& s) {
+  auto d = ErrorDetailOf(s);
+  return d ? d->reason() : "";
+}
+
+// Host pids whose command line is exactly `cmdline` (arguments joined by spaces).
+std::vector<int> HostPidsRunning(const std::string& cmdline) {
+  std::vector<int> out;
+  for (const auto& name : ListDir("/proc")) {
+    int pid = 0;
+    if (!absl::SimpleAtoi(name, &pid)) continue;
+    auto text = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
+    if (!text.ok() || text->empty()) continue;
+    std::string args = *text;
+    if (args.back() == '\0') args.pop_back();
+    std::replace(args.begin(), args.end(), '\0', ' ');
+    if (args == cmdline) out.push_back(pid);
+  }
+  return out;
+}
+
+int HostUidOf(int pid) {
+  auto status = ReadFile(absl::StrCat("/proc/", pid, "/status"));
+  if (!status.ok()) return -1;
+  for (absl::string_view line : absl::StrSplit(*status, '\n')) {
+    if (absl::StartsWith(line, "Uid:")) {
+      std::vector<absl::string_view> f = absl::StrSplit(line, '\t', absl::SkipEmpty());
+      int uid = -1;
+      if (f.size() > 1 && absl::SimpleAtoi(f[1], &uid)) return uid;
+    }
+  }
+  return -1;
+}
+
+// The processes of a sandbox other than its init and the `ps` that lists them.
+constexpr char kOtherProcesses[] =
+    "ps -o args | grep -v -e '^COMMAND' -e '^/dev/init' -e 'ps -o args' -e 'grep -v' || true";
+
+class RuncDriverTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ISORUN_REQUIRE_RUNC();
+    auto registry = testing::TestRegistryAddress();
+    ASSERT_TRUE(registry.ok()) << registry.status();
+    registry_ = *registry;
+    dir_ = testing::MakeScratchDir("isorun-runc-test");
+    ASSERT_FALSE(dir_.empty());
+  }
+  void TearDown() override {
+    driver_.reset();
+    RemoveScratchDir(dir_);
+  }
+
+  RuncOptions Options() {
+    RuncOptions o;
+    o.data_dir = dir_;
+    o.registry = registry_;
+    o.init_path = testing::SandboxInitPath();
+    return o;
+  }
+  RuncDriver& Driver(RuncOptions options) {
+    driver_.reset();
+    auto d = RuncDriver::Create(std::move(options), fetcher_);
+    EXPECT_TRUE(d.ok()) << d.status();
+    if (d.ok()) driver_ = std::move(*d);
+    return *driver_;
+  }
+  RuncDriver& Driver() { return Driver(Options()); }
+  // Starts `id` or fails the test.
+  void Start(const std::string& id, const std::string& image = "busybox:1.36",
+             int memory_mb = 256) {
+    auto r = driver_->Start(StartReq(id, image, memory_mb));
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  // kOtherProcesses, polled for up to 2 s until there are none (killed processes are reaped by
+  // the sandbox's init an instant after they die).
+  std::string OtherProcesses(const std::string& id) {
+    std::string left;
+    for (int i = 0; i < 20; ++i) {
+      left = Sh(id, kOtherProcesses);
+      if (left.empty()) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return left;
+  }
+  // Runs `cmd` and returns its stdout, failing the test on an error or a non-zero exit.
+  std::string Sh(const std::string& id, const std::string& cmd) {
+    auto r = driver_->Exec(id, Cmd(cmd));
+    EXPECT_TRUE(r.ok()) << cmd << ": " << r.status();
+    if (!r.ok()) return "";
+    EXPECT_EQ(r->exit_code(), 0) << cmd << ": " << r->stderr();
+    return r->stdout();
+  }
+
+  std::string registry_;
+  std::string dir_;
+  CountingFetcher fetcher_;
+  std::unique_ptr<RuncDriver> driver_;
+};
+
+TEST_F(RuncDriverTest, StartExecStop) {
+  Driver();
+  auto started = driver_->Start(StartReq("sbx_a"));
+  ASSERT_TRUE(started.ok()) << started.status();
+  EXPECT_FALSE(started->warm);
+  EXPECT_TRUE(absl::StartsWith(started->image_digest, "sha256:"));
+  EXPECT_EQ(driver_->Sandboxes(), std::vector<std::string>{"sbx_a"});
+  auto r = driver_->Exec("sbx_a", Cmd("echo hello; echo oops >&2; exit 3"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->stdout(), "hello\n");
+  EXPECT_EQ(r->stderr(), "oops\n");
+  EXPECT_EQ(r->exit_code(), 3);
+  EXPECT_FALSE(r->stdout_truncated());
+  // Idempotent start: the same answer, one sandbox.
+  auto again = driver_->Start(StartReq("sbx_a"));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->image_digest, started->image_digest);
+  EXPECT_EQ(driver_->Sandboxes().size(), 1u);
+
+  auto stopped = driver_->Stop("sbx_a");
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_TRUE(*stopped);
+  EXPECT_TRUE(driver_->Sandboxes().empty());
+  EXPECT_FALSE(PathExists(dir_ + "/sandboxes/sbx_a")) << "writable layer and bundle removed";
+  EXPECT_TRUE(ListDir(dir_ + "/runc").empty()) << "runc state removed";
+  EXPECT_FALSE(*driver_->Stop("sbx_a"));
+  EXPECT_EQ(driver_->Exec("sbx_a", Cmd("true")).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(driver_->Pause("sbx_a").code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(RuncDriverTest, ExecEnvCwdAndStdin) {
+  Driver();
+  auto req = StartReq("sbx_env");
+  (*req.mutable_env())["FROM_START"] = "start";
+  (*req.mutable_env())["BOTH"] = "start";
+  ASSERT_TRUE(driver_->Start(req).ok());
+  v1::ExecRequest exec = Cmd("echo $FROM_START $BOTH $ONLY_EXEC; pwd; cat; echo $PATH");
+  (*exec.mutable_env())["BOTH"] = "exec";
+  (*exec.mutable_env())["ONLY_EXEC"] = "a,b c";
+  exec.set_cwd("/tmp");
+  exec.set_stdin("from stdin\n");
+  auto r = driver_->Exec("sbx_env", exec);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->stdout(),
+            "start exec a,b c\n/tmp\nfrom stdin\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+            "/sbin:/bin\n");
+  EXPECT_EQ(r->exit_code(), 0);
+  // A cwd that is not there is the caller's error, not the command's output.
+  exec.set_cwd("/does/not/exist");
+  auto bad = driver_->Exec("sbx_env", exec);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "/does/not/exist"));
+  exec.set_cwd("relative");
+  EXPECT_EQ(driver_->Exec("sbx_env", exec).status().code(), absl::StatusCode::kInvalidArgument);
+  // Large stdin, larger than a pipe.
+  v1::ExecRequest wc = Cmd("wc -c");
+  wc.set_stdin(std::string(3 << 20, 'x'));
+  auto counted = driver_->Exec("sbx_env", wc);
+  ASSERT_TRUE(counted.ok());
+  EXPECT_EQ(std::string(absl::StripAsciiWhitespace(counted->stdout())), "3145728");
+}
+
+TEST_F(RuncDriverTest, FilesPersistBetweenExecs) {
+  Driver();
+  Start("sbx_files");
+  Sh("sbx_files", "echo kept > /root/note; mkdir -p /srv/data && echo 42 > /srv/data/x");
+  EXPECT_EQ(Sh("sbx_files", "cat /root/note /srv/data/x"), "kept\n42\n");
+  // The write went to the sandbox's own layer, not the shared image.
+  EXPECT_TRUE(PathExists(dir_ + "/sandboxes/sbx_files/upper/root/note"));
+}
+
+TEST_F(RuncDriverTest, TimeoutKillsTheWholeGroupWithExecTimeout) {
+  Driver();
+  Start("sbx_to");
+  const absl::Time t0 = absl::Now();
+  auto r = driver_->Exec("sbx_to", Cmd("sleep 101 & setsid sleep 102 & sleep 103", 2));
+  const absl::Duration took = absl::Now() - t0;
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+  EXPECT_EQ(ReasonOf(r.status()), "EXEC_TIMEOUT");
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "after 2 s")) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "exec:stream")) << r.status();
+  EXPECT_GE(took, absl::Seconds(2));
+  EXPECT_LT(took, absl::Seconds(4));
+  // Nothing the command started survives, not even what left its process group.
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_EQ(Sh("sbx_to", "ps -o args | grep -c '^sleep 10[123]' || true"), "0\n");
+  for (const char* c : {"sleep 101", "sleep 102", "sleep 103"}) {
+    EXPECT_TRUE(HostPidsRunning(c).empty()) << c;
+  }
+  // A command that exits normally may leave a daemon running.
+  Sh("sbx_to", "sleep 300 >/dev/null 2>&1 &");
+  EXPECT_EQ(Sh("sbx_to", "ps -o args | grep -c '^sleep 300'"), "1\n");
+}
+
+TEST_F(RuncDriverTest, DefaultTimeoutApplies) {
+  RuncOptions o = Options();
+  o.exec_default_timeout = absl::Seconds(1);  // 30 s in production; timeout_sec 0 means it
+  Driver(o);
+  Start("sbx_def");
+  auto r = driver_->Exec("sbx_def", Cmd("sleep 10"));
+  EXPECT_EQ(ReasonOf(r.status()), "EXEC_TIMEOUT");
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "after 1 s")) << r.status();
+}
+
+TEST_F(RuncDriverTest, OutputIsCappedAt16MiBAndMarkedTruncated) {
+  Driver();
+  Start("sbx_cap");
+  auto r = driver_->Exec("sbx_cap", Cmd("head -c 20000000 /dev/zero; echo small >&2"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->stdout().size(), size_t{16} << 20);
+  EXPECT_TRUE(r->stdout_truncated());
+  EXPECT_EQ(r->stderr(), "small\n");
+  EXPECT_FALSE(r->stderr_truncated());
+  EXPECT_EQ(r->exit_code(), 0);
+}
+
+TEST_F(RuncDriverTest, StreamDeliversOutputAsItComes) {
+  Driver();
+  Start("sbx_stream");
+  const absl::Time t0 = absl::Now();
+  std::vector<std::pair<absl::Duration, v1::ExecChunk>> chunks;
+  auto code = driver_->ExecStream(
+      "sbx_stream", Cmd("echo first; sleep 1.5; echo second >&2; exit 4"),
+      [&](const v1::ExecChunk& c) {
+        chunks.emplace_back(absl::Now() - t0, c);
+        return true;
+      },
+      [] { return false; });
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 4);
+  ASSERT_EQ(chunks.size(), 2u);
+  EXPECT_EQ(chunks[0].second.stdout(), "first\n");
+  EXPECT_LT(chunks[0].first, absl::Seconds(1)) << "first line arrived only at the end";
+  EXPECT_EQ(chunks[1].second.stderr(), "second\n");
+  EXPECT_GE(chunks[1].first, absl::Milliseconds(1400));
+}
+
+TEST_F(RuncDriverTest, StreamHasNoDefaultTimeoutAndCancelKillsTheCommand) {
+  RuncOptions o = Options();
+  o.exec_default_timeout = absl::Seconds(1);
+  Driver(o);
+  Start("sbx_cancel");
+  std::atomic<bool> cancel{false};
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(2500));  // past the (shortened) Exec default
+    cancel = true;
+  });
+  std::string out;
+  const absl::Time t0 = absl::Now();
+  auto code = driver_->ExecStream(
+      "sbx_cancel", Cmd("echo go; sleep 104 & sleep 105"),
+      [&](const v1::ExecChunk& c) {
+        out += c.stdout();
+        return true;
+      },
+      [&] { return cancel.load(); });
+  canceller.join();
+  EXPECT_EQ(code.status().code(), absl::StatusCode::kCancelled) << code.status();
+  EXPECT_EQ(out, "go\n");
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(4));
+  EXPECT_TRUE(HostPidsRunning("sleep 104").empty());
+  EXPECT_TRUE(HostPidsRunning("sleep 105").empty());
+  // A receiver that goes away (Write fails) stops the command too.
+  auto gone = driver_->ExecStream(
+      "sbx_cancel", Cmd("while :; do echo tick; sleep 0.1; done"),
+      [](const v1::ExecChunk&) { return false; }, [] { return false; });
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(RuncDriverTest, HibernateFreezesProcessesAndResumeContinuesThem) {
+  Driver();
+  Start("sbx_h");
+  // A counter that lives in memory and writes its value out.
+  Sh("sbx_h",
+     "(i=0; while :; do i=$((i+1)); echo $i > /tmp/c; mv /tmp/c /tmp/count; "
+     "sleep 0.05; done) >/dev/null 2>&1 &");
+  const std::string count_file = dir_ + "/sandboxes/sbx_h/upper/tmp/count";
+  auto read_count = [&] {
+    auto text = ReadFile(count_file);
+    int n = -1;
+    if (text.ok()) (void)absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &n);
+    return n;
+  };
+  absl::SleepFor(absl::Milliseconds(400));
+  const int before = read_count();
+  EXPECT_GT(before, 0);
+  ASSERT_TRUE(driver_->Pause("sbx_h").ok());
+  ASSERT_TRUE(driver_->Pause("sbx_h").ok()) << "idempotent";
+  absl::SleepFor(absl::Milliseconds(200));
+  const int frozen = read_count();
+  absl::SleepFor(absl::Milliseconds(800));
+  EXPECT_EQ(read_count(), frozen) << "the counter advanced while hibernated";
+  auto exec = driver_->Exec("sbx_h", Cmd("true"));
+  EXPECT_EQ(exec.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ReasonOf(exec.status()), "SANDBOX_NOT_RUNNING");
+  EXPECT_EQ(driver_->Sandboxes().size(), 1u) << "a hibernated sandbox is still reported";
+  ASSERT_TRUE(driver_->Unpause("sbx_h").ok());
+  ASSERT_TRUE(driver_->Unpause("sbx_h").ok()) << "idempotent";
+  absl::SleepFor(absl::Milliseconds(400));
+  const int after = read_count();
+  // It continued from its in-memory value rather than starting over.
+  EXPECT_GT(after, frozen);
+  EXPECT_LT(after, frozen + 20);
+  EXPECT_EQ(Sh("sbx_h", "echo alive"), "alive\n");
+  // A paused sandbox can be destroyed.
+  ASSERT_TRUE(driver_->Pause("sbx_h").ok());
+  EXPECT_TRUE(*driver_->Stop("sbx_h"));
+  EXPECT_FALSE(PathExists(dir_ + "/sandboxes/sbx_h"));
+}
+
+TEST_F(RuncDriverTest, RootInsideIsAnUnprivilegedUserOnTheHost) {
+  Driver();
+  Start("sbx_uid");
+  EXPECT_EQ(Sh("sbx_uid", "id -u; id -g"), "0\n0\n");
+  const int init = driver_->InitPid("sbx_uid");
+  ASSERT_GT(init, 0);
+  EXPECT_EQ(HostUidOf(init), 100000);
+  Sh("sbx_uid", "sleep 106 >/dev/null 2>&1 &");
+  auto pids = HostPidsRunning("sleep 106");
+  ASSERT_EQ(pids.size(), 1u);
+  EXPECT_EQ(HostUidOf(pids[0]), 100000);
+  Sh("sbx_uid", "touch /root/mine");
+  struct stat st;
+  ASSERT_EQ(::stat((dir_ + "/sandboxes/sbx_uid/upper/root/mine").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 100000u);
+  // Root inside cannot do what needs host privileges.
+  auto r = driver_->Exec("sbx_uid", Cmd("mount -t tmpfs none /mnt 2>&1; echo rc=$?"));
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(absl::StrContains(r->stdout(), "rc=0")) << r->stdout();
+  auto caps = driver_->Exec("sbx_uid", Cmd("grep CapEff /proc/self/status"));
+  ASSERT_TRUE(caps.ok());
+  // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE SYS_CHROOT
+  EXPECT_EQ(caps->stdout(), "CapEff:\t00000000000405fb\n");
+  EXPECT_EQ(Sh("sbx_uid", "grep NoNewPrivs /proc/self/status"), "NoNewPrivs:\t1\n");
+}
+
+TEST_F(RuncDriverTest, SandboxesShareNoFilesAndSeeNoOtherProcesses) {
+  Driver();
+  Start("sbx_one");
+  Start("sbx_two");
+  Sh("sbx_one", "echo secret > /tmp/secret; sleep 107 >/dev/null 2>&1 &");
+  auto peek = driver_->Exec("sbx_two", Cmd("cat /tmp/secret"));
+  ASSERT_TRUE(peek.ok());
+  EXPECT_NE(peek->exit_code(), 0);
+  EXPECT_EQ(peek->stdout(), "");
+  // sbx_two sees only its own processes: its init and the ps itself.
+  std::string ps = Sh("sbx_two", "ps -o pid,args");
+  EXPECT_FALSE(absl::StrContains(ps, "sleep 107")) << ps;
+  EXPECT_FALSE(absl::StrContains(ps, "runc")) << ps;
+  EXPECT_FALSE(absl::StrContains(ps, "runner")) << ps;
+  EXPECT_EQ(Sh("sbx_two", kOtherProcesses), "") << ps;
+  EXPECT_EQ(Sh("sbx_one", kOtherProcesses), "sleep 107\n");
+  EXPECT_EQ(Sh("sbx_two", "cat /proc/1/cmdline"), std::string("/dev/init\0", 10));
+  EXPECT_EQ(Sh("sbx_two", "hostname"), "sandbox\n");
+  // The host's files are not there either.
+  EXPECT_EQ(Sh("sbx_two", "ls /work /var/lib/isorun 2>/dev/null | wc -l"), "0\n");
+}
+
+TEST_F(RuncDriverTest, CannotReachAServerOnTheHostsLoopback) {
+  Driver();
+  Start("sbx_net");
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(listener, 8), 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  const int port = ntohs(addr.sin_port);
+  auto r = driver_->Exec("sbx_net", Cmd(absl::StrCat("wget -q -T 2 -O - http://127.0.0.1:", port,
+                                                     "/ 2>&1; echo rc=$?; "
+                                                     "nc -w 2 127.0.0.1 ",
+                                                     port, " </dev/null 2>&1; echo rc=$?")));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(std::count(r->stdout().begin(), r->stdout().end(), '\n') >= 2, true);
+  EXPECT_FALSE(absl::StrContains(r->stdout(), "rc=0")) << r->stdout();
+  pollfd pfd{listener, POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 200), 0) << "the host listener got a connection from the sandbox";
+  ::close(listener);
+  // Only loopback, up.
+  std::string links = Sh("sbx_net", "ls /sys/class/net");
+  EXPECT_EQ(links, "lo\n");
+  EXPECT_TRUE(absl::StrContains(Sh("sbx_net", "ip addr show lo"), "127.0.0.1")) << "lo is up";
+  // Loopback inside the sandbox works (a server on the sandbox's own localhost).
+  EXPECT_EQ(Sh("sbx_net",
+               "(echo pong | nc -l -p 8999 >/dev/null &) ; sleep 0.2; "
+               "nc 127.0.0.1 8999 </dev/null"),
+            "pong\n");
+}
+
+TEST_F(RuncDriverTest, AMemoryHogIsKilledAtMemoryMbAndReported) {
+  Driver();
+  Start("sbx_mem", "busybox:1.36", 64);
+  const absl::Time t0 = absl::Now();
+  auto r = driver_->Exec("sbx_mem", Cmd("dd if=/dev/zero of=/dev/null bs=200M count=1", 20));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(10));
+  EXPECT_EQ(r->exit_code(), 137) << r->stderr();
+  EXPECT_TRUE(absl::StrContains(r->stderr(), "ran out of memory (memoryMb 64)")) << r->stderr();
+  EXPECT_EQ(Sh("sbx_mem", "echo still here"), "still here\n");
+  // Within the limit is fine.
+  EXPECT_EQ(Sh("sbx_mem", "dd if=/dev/zero of=/dev/null bs=16M count=1 2>/dev/null; echo ok"),
+            "ok\n");
+}
+
+TEST_F(RuncDriverTest, AForkBombIsStoppedAtThePidsLimitAndReported) {
+  RuncOptions o = Options();
+  o.pids_limit = 128;
+  Driver(o);
+  Start("sbx_bomb");
+  // Forks until the limit, then keeps trying: stopped once it holds the sandbox at its limit.
+  const absl::Time t0 = absl::Now();
+  auto r = driver_->Exec("sbx_bomb", Cmd("while :; do sleep 108 & done", 25));
+  const absl::Duration took = absl::Now() - t0;
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_LT(took, absl::Seconds(10)) << "stopped at the limit, not at the timeout";
+  EXPECT_EQ(r->exit_code(), 137);
+  EXPECT_TRUE(absl::StrContains(r->stderr(), "limit of 128 processes")) << r->stderr();
+  // The sandbox is usable again and nothing of the bomb is left.
+  EXPECT_EQ(Sh("sbx_bomb", "echo ok"), "ok\n");
+  EXPECT_EQ(OtherProcesses("sbx_bomb"), "");
+  EXPECT_TRUE(HostPidsRunning("sleep 108").empty());
+  // The classic exponential bomb, left running in the background by a shell that exits at once:
+  // contained by the limit, and gone shortly (stopped, or dead of its own failed forks).
+  auto bg = driver_->Exec("sbx_bomb", Cmd("bomb() { bomb | bomb & }; bomb", 25));
+  ASSERT_TRUE(bg.ok()) << bg.status();
+  std::string left = "?";
+  for (int i = 0; i < 50 && !left.empty(); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+    auto ps = driver_->Exec("sbx_bomb", Cmd(kOtherProcesses));
+    if (ps.ok() && ps->exit_code() == 0) left = ps->stdout();
+  }
+  EXPECT_EQ(left, "");
+  EXPECT_EQ(Sh("sbx_bomb", "echo ok"), "ok\n");
+}
+
+TEST_F(RuncDriverTest, AnUnknownImageFailsNamingItAndLeavesNothing) {
+  Driver();
+  auto r = driver_->Start(StartReq("sbx_404", "nope:1.0"));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "nope:1.0")) << r.status();
+  auto by_digest = driver_->Start(StartReq("sbx_404", "busybox@sha256:" + std::string(64, '0')));
+  EXPECT_EQ(by_digest.status().code(), absl::StatusCode::kNotFound) << by_digest.status();
+  auto unreachable = driver_->Start(StartReq("sbx_404", "127.0.0.1:1/busybox:1.36"));
+  EXPECT_EQ(unreachable.status().code(), absl::StatusCode::kUnavailable) << unreachable.status();
+  EXPECT_EQ(driver_->Start(StartReq("sbx_404", "Bad Ref")).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(driver_->Start(StartReq("../escape", "busybox:1.36")).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(driver_->Sandboxes().empty());
+  EXPECT_TRUE(driver_->Images().empty());
+  EXPECT_TRUE(ListDir(dir_ + "/sandboxes").empty());
+  EXPECT_TRUE(ListDir(dir_ + "/runc").empty());
+  EXPECT_TRUE(ListDir(dir_ + "/images/tmp").empty());
+}
+
+TEST_F(RuncDriverTest, ConcurrentColdStartsPullOnceAndTheNextStartIsWarm) {
+  Driver();
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0}, warm{0};
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = driver_->Start(StartReq(absl::StrCat("sbx_c", i), "fat:1.0"));
+      EXPECT_TRUE(r.ok()) << r.status();
+      if (r.ok()) ++ok;
+      if (r.ok() && r->warm) ++warm;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 4);
+  EXPECT_EQ(warm.load(), 0);
+  EXPECT_EQ(fetcher_.fetches.load(), 1);
+  EXPECT_EQ(fetcher_.resolves.load(), 1);
+  auto images = driver_->Images();
+  ASSERT_EQ(images.size(), 1u);
+  EXPECT_EQ(images[0].sandboxes, 4);
+  EXPECT_GT(images[0].size_bytes, 40 << 20);
+  // All four share one copy of the image: each has only its own small writable layer.
+  EXPECT_LT(DiskUsage(dir_ + "/sandboxes"), 1 << 20);
+  auto warm_start = driver_->Start(StartReq("sbx_c9", "fat:1.0"));
+  ASSERT_TRUE(warm_start.ok());
+  EXPECT_TRUE(warm_start->warm);
+  EXPECT_EQ(fetcher_.fetches.load(), 1);
+  EXPECT_EQ(fetcher_.resolves.load(), 1);
+  // The same image by digest and by its full name: warm, no registry call.
+  const std::string digest = warm_start->image_digest;
+  auto pinned = driver_->Start(StartReq("sbx_c10", "fat@" + digest));
+  ASSERT_TRUE(pinned.ok()) << pinned.status();
+  EXPECT_TRUE(pinned->warm);
+  auto full = driver_->Start(StartReq("sbx_c11", registry_ + "/fat:1.0"));
+  ASSERT_TRUE(full.ok());
+  EXPECT_TRUE(full->warm);
+  EXPECT_EQ(fetcher_.resolves.load() + fetcher_.fetches.load(), 2);
+  std::vector<std::string> refs = driver_->Images()[0].refs;
+  for (const std::string& want :
+       {std::string("fat:1.0"), registry_ + "/fat:1.0", "fat@" + digest}) {
+    EXPECT_NE(std::find(refs.begin(), refs.end(), want), refs.end()) << want;
+  }
+}
+
+TEST_F(RuncDriverTest, EvictionUnderTheBudgetSkipsImagesInUse) {
+  RuncOptions o = Options();
+  o.image_cache_bytes = 30 << 20;  // busybox (~2 MB) fits, fat (~50 MB) does not
+  Driver(o);
+  Start("sbx_e1");
+  ASSERT_TRUE(*driver_->Stop("sbx_e1"));
+  ASSERT_EQ(driver_->Images().size(), 1u) << "busybox stays cached while under budget";
+  Start("sbx_e2", "fat:1.0");  // over budget: unused busybox goes, fat is in use and stays
+  auto images = driver_->Images();
+  ASSERT_EQ(images.size(), 1u);
+  const std::string fat = images[0].digest;
+  Start("sbx_e3");  // busybox again: a new pull; both in use, so both stay, over budget
+  EXPECT_EQ(driver_->Images().size(), 2u);
+  EXPECT_EQ(fetcher_.fetches.load(), 3);
+  EXPECT_EQ(Sh("sbx_e2", "ls -l /opt/fat/blob.bin | wc -l"), "1\n") << "fat still usable";
+  ASSERT_TRUE(*driver_->Stop("sbx_e2"));  // fat unused now: evicted at once
+  images = driver_->Images();
+  ASSERT_EQ(images.size(), 1u);
+  EXPECT_NE(images[0].digest, fat);
+  EXPECT_LE(driver_->image_cache().total_bytes(), 30 << 20);
+  EXPECT_FALSE(PathExists(dir_ + "/images/" + fat.substr(7)));
+}
+
+TEST_F(RuncDriverTest, ARestartKeepsTheCacheAndFindsItsSandboxes) {
+  Driver();
+  Start("sbx_keep");
+  Start("sbx_dies");
+  Start("sbx_paused");
+  ASSERT_TRUE(driver_->Pause("sbx_paused").ok());
+  Sh("sbx_keep", "echo survived > /root/f");
+  const std::string digest = driver_->Images().at(0).digest;
+  // The runner process goes away; its containers do not. One of them dies meanwhile.
+  driver_.reset();
+  auto kill = RunCaptured({"runc", "--root", dir_ + "/runc", "kill", "sbx_dies", "KILL"},
+                          absl::Seconds(10));
+  ASSERT_TRUE(kill.ok() && kill->exit_code == 0) << (kill.ok() ? kill->err : "");
+  absl::SleepFor(absl::Milliseconds(200));
+
+  CountingFetcher fresh;
+  auto again = RuncDriver::Create(Options(), fresh);
+  ASSERT_TRUE(again.ok()) << again.status();
+  driver_ = std::move(*again);
+  std::vector<std::string> ids = driver_->Sandboxes();
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(ids, (std::vector<std::string>{"sbx_keep", "sbx_paused"}));
+  EXPECT_FALSE(PathExists(dir_ + "/sandboxes/sbx_dies")) << "remains of the dead one removed";
+  EXPECT_EQ(Sh("sbx_keep", "cat /root/f"), "survived\n");
+  EXPECT_EQ(ReasonOf(driver_->Exec("sbx_paused", Cmd("true")).status()), "SANDBOX_NOT_RUNNING");
+  ASSERT_TRUE(driver_->Unpause("sbx_paused").ok());
+  EXPECT_EQ(Sh("sbx_paused", "echo back"), "back\n");
+  auto images = driver_->Images();
+  ASSERT_EQ(images.size(), 1u);
+  EXPECT_EQ(images[0].digest, digest);
+  EXPECT_EQ(images[0].sandboxes, 2);
+  auto warm = driver_->Start(StartReq("sbx_new"));
+  ASSERT_TRUE(warm.ok());
+  EXPECT_TRUE(warm->warm);
+  EXPECT_EQ(fresh.resolves.load() + fresh.fetches.load(), 0);
+  EXPECT_TRUE(*driver_->Stop("sbx_keep"));
+}
+
+TEST_F(RuncDriverTest, WarmStartAndExecTimings) {
+  Driver();
+  Start("sbx_t0");  // cold
+  std::vector<absl::Duration> starts, execs, stops;
+  for (int i = 0; i < 10; ++i) {
+    const std::string id = absl::StrCat("sbx_t", i + 1);
+    absl::Time t = absl::Now();
+    auto r = driver_->Start(StartReq(id));
+    starts.push_back(absl::Now() - t);
+    ASSERT_TRUE(r.ok());
+    EXPECT_TRUE(r->warm);
+    t = absl::Now();
+    auto e = driver_->Exec(id, Cmd("true"));
+    execs.push_back(absl::Now() - t);
+    ASSERT_TRUE(e.ok());
+    t = absl::Now();
+    ASSERT_TRUE(*driver_->Stop(id));
+    stops.push_back(absl::Now() - t);
+  }
+  for (int i = 0; i < 20; ++i) {
+    absl::Time t = absl::Now();
+    ASSERT_TRUE(driver_->Exec("sbx_t0", Cmd("true")).ok());
+    execs.push_back(absl::Now() - t);
+  }
+  auto median = [](std::vector<absl::Duration> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const double start_ms = absl::ToDoubleMilliseconds(median(starts));
+  const double exec_ms = absl::ToDoubleMilliseconds(median(execs));
+  const double stop_ms = absl::ToDoubleMilliseconds(median(stops));
+  std::printf("warm_start_p50_ms=%.1f exec_p50_ms=%.1f stop_p50_ms=%.1f\n", start_ms, exec_ms,
+              stop_ms);
+  RecordProperty("warm_start_p50_ms", std::to_string(start_ms));
+  RecordProperty("exec_p50_ms", std::to_string(exec_ms));
+  EXPECT_LT(start_ms, 150);
+  EXPECT_LT(exec_ms, 150);
+}
+
+}  // namespace
+}  // namespace isorun::runner
