@@ -337,6 +337,21 @@ absl::Status ImageCache::SingleFlight(const std::string& key,
   return flight->status;
 }
 
+absl::StatusOr<CachedImageInfo> ImageCache::Prefetch(const std::string& image) {
+  const std::string holder = absl::StrCat("prefetch:", RandomHex(8));
+  auto lease = Acquire(image, holder);
+  if (!lease.ok()) return lease.status();
+  std::vector<CachedImageInfo> images = Images();
+  Release(lease->digest, holder);
+  for (auto& info : images) {
+    if (info.digest == lease->digest) {
+      --info.sandboxes;  // not counting our own short hold
+      return info;
+    }
+  }
+  return absl::InternalError("a prefetched image vanished from the cache");
+}
+
 std::vector<CachedImageInfo> ImageCache::Images() {
   absl::MutexLock lock(&mu_);
   std::vector<CachedImageInfo> out;

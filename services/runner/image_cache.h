@@ -94,6 +94,10 @@ class ImageCache {
   // Ends `holder`'s use of `digest` (no-op if it had none) and evicts if over budget.
   void Release(const std::string& digest, const std::string& holder);
 
+  // Pulls `image` if needed without keeping it in use (pre-warming): it becomes the most
+  // recently used image. Returns its entry.
+  absl::StatusOr<CachedImageInfo> Prefetch(const std::string& image);
+
   std::vector<CachedImageInfo> Images();
   int64_t total_bytes();
   ImageCacheStats stats();

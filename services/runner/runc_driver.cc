@@ -465,7 +465,57 @@ absl::Status RuncDriver::Unpause(const std::string& sandbox_id) {
   return absl::OkStatus();
 }
 
+bool RuncDriver::InitAlive(const std::string& id, int pid) const {
+  auto stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
+  if (!stat.ok()) return false;
+  size_t paren = stat->rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat->size()) return false;
+  const char state = (*stat)[paren + 2];
+  if (state == 'Z' || state == 'X') return false;
+  // The pid may have been reused: it must still be in this sandbox's cgroup.
+  auto cgroup = ReadFile(absl::StrCat("/proc/", pid, "/cgroup"));
+  return cgroup.ok() &&
+         absl::StrContains(*cgroup, absl::StrCat("/", options_.cgroup_parent, "/", id));
+}
+
+void RuncDriver::ReapVanished() {
+  std::vector<std::pair<std::string, std::shared_ptr<Sandbox>>> candidates;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, sb] : sandboxes_) {
+      if ((sb->state == State::kRunning || sb->state == State::kPaused) && sb->init_pid > 0) {
+        candidates.emplace_back(id, sb);
+      }
+    }
+  }
+  for (const auto& [id, sb] : candidates) {
+    if (InitAlive(id, sb->init_pid)) continue;
+    absl::MutexLock op(&sb->op_mu);
+    std::string digest;
+    {
+      absl::MutexLock lock(&mu_);
+      if (sb->state != State::kRunning && sb->state != State::kPaused) continue;
+      digest = sb->digest;
+    }
+    LogWarn("sandbox died: its init is gone; removing it", {{"sandbox", id}});
+    if (absl::Status s = Teardown(id); !s.ok()) {
+      LogWarn("cannot remove a dead sandbox", {{"sandbox", id}, {"error", s.ToString()}});
+      continue;
+    }
+    cache_.Release(digest, id);
+    absl::MutexLock lock(&mu_);
+    sb->state = State::kGone;
+    auto it = sandboxes_.find(id);
+    if (it != sandboxes_.end() && it->second == sb) sandboxes_.erase(it);
+  }
+}
+
+absl::StatusOr<CachedImageInfo> RuncDriver::Pull(const std::string& image) {
+  return cache_.Prefetch(image);
+}
+
 std::vector<std::string> RuncDriver::Sandboxes() {
+  ReapVanished();
   absl::MutexLock lock(&mu_);
   std::vector<std::string> out;
   for (const auto& [id, sb] : sandboxes_) {

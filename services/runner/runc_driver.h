@@ -56,8 +56,11 @@ class RuncDriver final : public Driver {
   absl::StatusOr<bool> Stop(const std::string& sandbox_id) override;
   absl::Status Pause(const std::string& sandbox_id) override;
   absl::Status Unpause(const std::string& sandbox_id) override;
+  // Running and hibernated sandboxes; first removes those whose container died.
   std::vector<std::string> Sandboxes() override;
   std::vector<CachedImageInfo> Images() override;
+  // Pre-warming: pulls `image` into the cache without starting anything.
+  absl::StatusOr<CachedImageInfo> Pull(const std::string& image);
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& sandbox_id,
                                         const v1::ExecRequest& request) override;
   absl::StatusOr<int> ExecStream(const std::string& sandbox_id, const v1::ExecRequest& request,
@@ -82,6 +85,10 @@ class RuncDriver final : public Driver {
   };
   RuncDriver(RuncOptions options, ImageFetcher& fetcher);
   absl::Status Recover();
+  // Tears down sandboxes whose init died (killed from outside, or the host's OOM killer), so
+  // Sandboxes() stops reporting them and the lifecycle marks them LOST.
+  void ReapVanished();
+  bool InitAlive(const std::string& id, int pid) const;
   std::string SandboxDir(const std::string& id) const;
   std::vector<std::string> Runc(std::vector<std::string> args) const;
   // Kills and deletes the container, unmounts and removes the bundle. Idempotent.

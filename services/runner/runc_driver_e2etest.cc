@@ -627,6 +627,40 @@ TEST_F(RuncDriverTest, ARestartKeepsTheCacheAndFindsItsSandboxes) {
   EXPECT_TRUE(*driver_->Stop("sbx_keep"));
 }
 
+TEST_F(RuncDriverTest, ASandboxWhoseContainerDiedIsNoLongerReported) {
+  Driver();
+  Start("sbx_v1");
+  Start("sbx_v2");
+  auto kill =
+      RunCaptured({"runc", "--root", dir_ + "/runc", "kill", "sbx_v1", "KILL"}, absl::Seconds(10));
+  ASSERT_TRUE(kill.ok() && kill->exit_code == 0);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 40; ++i) {
+    ids = driver_->Sandboxes();
+    if (ids.size() == 1) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(ids, std::vector<std::string>{"sbx_v2"});
+  EXPECT_FALSE(PathExists(dir_ + "/sandboxes/sbx_v1"));
+  EXPECT_EQ(driver_->Exec("sbx_v1", Cmd("true")).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(driver_->Images().at(0).sandboxes, 1);
+}
+
+TEST_F(RuncDriverTest, PullWarmsTheCacheWithoutASandbox) {
+  Driver();
+  auto pulled = driver_->Pull("fat:1.0");
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_TRUE(absl::StartsWith(pulled->digest, "sha256:"));
+  EXPECT_EQ(pulled->sandboxes, 0);
+  EXPECT_GT(pulled->size_bytes, 40 << 20);
+  EXPECT_TRUE(driver_->Sandboxes().empty());
+  auto started = driver_->Start(StartReq("sbx_pw", "fat:1.0"));
+  ASSERT_TRUE(started.ok());
+  EXPECT_TRUE(started->warm);
+  EXPECT_EQ(fetcher_.fetches.load(), 1);
+  EXPECT_EQ(driver_->Pull("nope:1").status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_F(RuncDriverTest, WarmStartAndExecTimings) {
   Driver();
   Start("sbx_t0");  // cold
