@@ -5,12 +5,14 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 
@@ -27,6 +29,11 @@ class Fd {
   Fd& operator=(const Fd&) = delete;
   ~Fd() { Close(); }
   int get() const { return fd_; }
+  int Release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
   void Reset(int fd) {
     Close();
     fd_ = fd;
@@ -38,6 +45,48 @@ class Fd {
 
  private:
   int fd_ = -1;
+};
+
+// Reads and discards what background processes write to pipes whose command has finished:
+// closing our end instead would kill them with SIGPIPE at their next write (a dev server started
+// with `server &` in an exec would die at its first log line). One thread with epoll for all
+// such pipes; a pipe is closed at EOF, when the last process holding it is gone.
+class PipeDrainer {
+ public:
+  static PipeDrainer& Get() {
+    static PipeDrainer* drainer = new PipeDrainer();
+    return *drainer;
+  }
+  void Adopt(int fd) {
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.fd = fd;
+    if (epoll_ >= 0 && ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev) == 0) return;
+    ::close(fd);
+  }
+
+ private:
+  PipeDrainer() : epoll_(::epoll_create1(EPOLL_CLOEXEC)) {
+    if (epoll_ >= 0) std::thread([this] { Run(); }).detach();
+  }
+  void Run() {
+    epoll_event events[64];
+    char buf[16384];
+    while (true) {
+      int n = ::epoll_wait(epoll_, events, 64, -1);
+      for (int i = 0; i < n; ++i) {
+        const int fd = events[i].data.fd;
+        ssize_t r;
+        while ((r = ::read(fd, buf, sizeof buf)) > 0) {
+        }
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+          ::epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr);
+          ::close(fd);
+        }
+      }
+    }
+  }
+  const int epoll_;
 };
 
 absl::Status Errno(std::string_view what) {
@@ -84,13 +133,27 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
   static std::once_flag ignore_sigpipe;
   std::call_once(ignore_sigpipe, [] { ::signal(SIGPIPE, SIG_IGN); });
 
-  int in[2], out[2], err[2];
-  if (::pipe2(in, O_CLOEXEC) != 0) return Errno("pipe");
-  Fd in_r(in[0]), in_w(in[1]);
-  if (::pipe2(out, O_CLOEXEC) != 0) return Errno("pipe");
-  Fd out_r(out[0]), out_w(out[1]);
-  if (::pipe2(err, O_CLOEXEC) != 0) return Errno("pipe");
-  Fd err_r(err[0]), err_w(err[1]);
+  // Pipe ends go above the fds the child gets (0-5), so no dup2 below overwrites a source.
+  auto make_pipe = [](Fd& r, Fd& w) -> absl::Status {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) return Errno("pipe");
+    for (int i = 0; i < 2; ++i) {
+      int high = ::fcntl(p[i], F_DUPFD_CLOEXEC, 16);
+      ::close(p[i]);
+      if (high < 0) return Errno("fcntl");
+      p[i] = high;
+    }
+    r.Reset(p[0]);
+    w.Reset(p[1]);
+    return absl::OkStatus();
+  };
+  Fd in_r, in_w, out_r, out_w, err_r, err_w, launcher_r, launcher_w;
+  for (auto [r, w] : {std::pair{&in_r, &in_w}, {&out_r, &out_w}, {&err_r, &err_w}}) {
+    if (absl::Status s = make_pipe(*r, *w); !s.ok()) return s;
+  }
+  if (options.command_fds) {
+    if (absl::Status s = make_pipe(launcher_r, launcher_w); !s.ok()) return s;
+  }
 
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
@@ -98,6 +161,13 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
     posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  } else if (options.command_fds) {
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&actions, launcher_w.get(), 1);
+    posix_spawn_file_actions_adddup2(&actions, launcher_w.get(), 2);
+    posix_spawn_file_actions_adddup2(&actions, in_r.get(), 3);
+    posix_spawn_file_actions_adddup2(&actions, out_w.get(), 4);
+    posix_spawn_file_actions_adddup2(&actions, err_w.get(), 5);
   } else {
     posix_spawn_file_actions_adddup2(&actions, in_r.get(), 0);
     posix_spawn_file_actions_adddup2(&actions, out_w.get(), 1);
@@ -128,9 +198,11 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
   in_r.Close();
   out_w.Close();
   err_w.Close();
+  launcher_w.Close();
   SetNonBlocking(in_w.get());
   SetNonBlocking(out_r.get());
   SetNonBlocking(err_r.get());
+  if (launcher_r.get() >= 0) SetNonBlocking(launcher_r.get());
   size_t stdin_off = 0;
   if (options.stdin_data.empty() || options.null_stdio) in_w.Close();
   if (options.null_stdio) {
@@ -142,7 +214,7 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
   ProcessResult result;
   bool exited = false, killed = false;
   absl::Time drain_until = absl::InfiniteFuture();
-  int status = 0;
+  int wait_status = 0;
   std::string buf(64 * 1024, '\0');
 
   auto kill_child = [&] {
@@ -151,21 +223,42 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
     if (options.on_kill) options.on_kill();
     ::kill(-pid, SIGKILL);
   };
-  auto reap = [&]() -> bool {
-    pid_t w = ::waitpid(pid, &status, WNOHANG);
-    if (w == pid) {
+  auto reap = [&] {
+    if (!exited && ::waitpid(pid, &wait_status, WNOHANG) == pid) {
       exited = true;
-      result.exit_code = ExitCodeOf(status);
+      result.exit_code = ExitCodeOf(wait_status);
       drain_until = absl::Now() + options.drain_after_exit;
       in_w.Close();
-      return true;
     }
-    return false;
+  };
+  // fd: 1 or 2 for the command's output, 0 for the launcher's own.
+  auto read_from = [&](Fd& fd, int which) {
+    while (fd.get() >= 0) {
+      ssize_t r = ::read(fd.get(), buf.data(), buf.size());
+      if (r > 0) {
+        std::string_view data(buf.data(), static_cast<size_t>(r));
+        if (which == 0) {
+          if (result.launcher_output.size() < 65536) result.launcher_output.append(data);
+        } else if (options.on_output && !options.on_output(which, data) && !exited && !killed) {
+          result.cancelled = true;
+          kill_child();
+        }
+        if (static_cast<size_t>(r) < buf.size()) return;  // likely drained; poll again
+        continue;
+      }
+      if (r == 0) {
+        fd.Close();
+        return;
+      }
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) fd.Close();
+      return;
+    }
   };
 
   while (true) {
-    if (!exited) reap();
-    if (exited && out_r.get() < 0 && err_r.get() < 0) break;
+    reap();
+    if (exited && out_r.get() < 0 && err_r.get() < 0 && launcher_r.get() < 0) break;
     absl::Time now = absl::Now();
     if (exited && now >= drain_until) break;
     if (!exited && !killed) {
@@ -177,9 +270,9 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
         kill_child();
       }
     }
-    pollfd fds[4];
+    pollfd fds[5];
     int n = 0;
-    int i_out = -1, i_err = -1, i_in = -1;
+    int i_out = -1, i_err = -1, i_launcher = -1, i_in = -1;
     if (out_r.get() >= 0) {
       i_out = n;
       fds[n++] = {out_r.get(), POLLIN, 0};
@@ -187,6 +280,10 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
     if (err_r.get() >= 0) {
       i_err = n;
       fds[n++] = {err_r.get(), POLLIN, 0};
+    }
+    if (launcher_r.get() >= 0) {
+      i_launcher = n;
+      fds[n++] = {launcher_r.get(), POLLIN, 0};
     }
     if (in_w.get() >= 0) {
       i_in = n;
@@ -204,34 +301,13 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
     if (ready < 0) {
       if (errno == EINTR) continue;
       kill_child();
-      ::waitpid(pid, &status, 0);
+      ::waitpid(pid, &wait_status, 0);
       return Errno("poll");
     }
-    auto read_from = [&](Fd& fd, int which) {
-      while (fd.get() >= 0) {
-        ssize_t r = ::read(fd.get(), buf.data(), buf.size());
-        if (r > 0) {
-          if (options.on_output &&
-              !options.on_output(which, std::string_view(buf.data(), static_cast<size_t>(r)))) {
-            if (!exited && !killed) {
-              result.cancelled = true;
-              kill_child();
-            }
-          }
-          if (static_cast<size_t>(r) < buf.size()) return;  // likely drained; poll again
-          continue;
-        }
-        if (r == 0) {
-          fd.Close();
-          return;
-        }
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN) fd.Close();
-        return;
-      }
-    };
-    if (i_out >= 0 && (fds[i_out].revents & (POLLIN | POLLHUP | POLLERR))) read_from(out_r, 1);
-    if (i_err >= 0 && (fds[i_err].revents & (POLLIN | POLLHUP | POLLERR))) read_from(err_r, 2);
+    constexpr short kReadable = POLLIN | POLLHUP | POLLERR;
+    if (i_out >= 0 && (fds[i_out].revents & kReadable)) read_from(out_r, 1);
+    if (i_err >= 0 && (fds[i_err].revents & kReadable)) read_from(err_r, 2);
+    if (i_launcher >= 0 && (fds[i_launcher].revents & kReadable)) read_from(launcher_r, 0);
     if (i_in >= 0 && fds[i_in].revents) {
       if (fds[i_in].revents & (POLLERR | POLLHUP)) {
         in_w.Close();
@@ -247,9 +323,13 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
     }
   }
   if (!exited) {
-    ::waitpid(pid, &status, 0);
-    result.exit_code = ExitCodeOf(status);
+    ::waitpid(pid, &wait_status, 0);
+    result.exit_code = ExitCodeOf(wait_status);
   }
+  // What is still open is held by processes the command left in the background.
+  if (out_r.get() >= 0) PipeDrainer::Get().Adopt(out_r.Release());
+  if (err_r.get() >= 0) PipeDrainer::Get().Adopt(err_r.Release());
+  if (launcher_r.get() >= 0) PipeDrainer::Get().Adopt(launcher_r.Release());
   result.elapsed = absl::Now() - start;
   return result;
 }

@@ -30,15 +30,23 @@ struct ProcessOptions {
   // Called once before the child's session is killed (deadline or cancel).
   std::function<void()> on_kill;
   // After the child exits, output is read until EOF or for this long at most: a process the
-  // command left running in the background may keep the pipes open.
+  // command left running in the background may keep the pipes open. Such pipes are then drained
+  // (and discarded) in the background until EOF rather than closed, so that process does not die
+  // of SIGPIPE.
   absl::Duration drain_after_exit = absl::Milliseconds(100);
+  // For launchers such as `runc exec --preserve-fds 3` that pass fds on to the command they
+  // start: the command's stdin, stdout and stderr pipes are the child's fds 3, 4 and 5, and the
+  // child's own stdin is /dev/null while its stdout and stderr (the launcher's messages) go to
+  // ProcessResult::launcher_output.
+  bool command_fds = false;
   // stdin, stdout and stderr on /dev/null (for programs that leave a daemon holding them, like
   // `runc run -d`, whose container would otherwise keep our pipes open).
   bool null_stdio = false;
 };
 
 struct ProcessResult {
-  int exit_code = -1;  // the exit status, or 128 + signal number
+  int exit_code = -1;           // the exit status, or 128 + signal number
+  std::string launcher_output;  // command_fds: what the child itself wrote (64 KiB at most)
   bool timed_out = false;
   bool cancelled = false;
   absl::Duration elapsed;

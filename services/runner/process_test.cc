@@ -1,6 +1,8 @@
 #include "services/runner/process.h"
 
 #include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 namespace isorun::runner {
 namespace {
@@ -92,6 +94,27 @@ TEST(Process, ABackgroundProcessHoldingThePipesDoesNotHoldTheCaller) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->out, "done\n");
   EXPECT_EQ(r->exit_code, 0);
+}
+
+TEST(Process, ABackgroundWriterOutlivesTheCommandWithoutSigpipe) {
+  char tmpl[] = "/tmp/isorun-process-test.XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string done = std::string(tmpl) + "/done";
+  // Keeps writing to its stdout (our pipe) well after the shell has exited.
+  auto r = RunCaptured(
+      {"/bin/sh", "-c",
+       "(for i in 1 2 3 4 5 6; do echo tick; sleep 0.1; done; touch " + done + ") & echo started"},
+      absl::Seconds(10));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->out.substr(0, 8), "started\n");
+  bool finished = false;
+  for (int i = 0; i < 50 && !finished; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+    finished = ::access(done.c_str(), F_OK) == 0;
+  }
+  EXPECT_TRUE(finished) << "the background writer died (SIGPIPE?)";
+  ::unlink(done.c_str());
+  ::rmdir(tmpl);
 }
 
 TEST(Process, MissingBinary) {

@@ -557,7 +557,18 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
       (request.cwd().front() != '/' || request.cwd().find('\0') != std::string::npos)) {
     return absl::InvalidArgumentError("cwd must be an absolute path");
   }
-  std::vector<std::string> args = {"exec"};
+  for (const auto& [k, v] : request.env()) {
+    if (!ValidEnvKey(k) || v.find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("invalid env variable name \"", k, "\""));
+    }
+  }
+  // The command's stdio are our pipes passed as fds 3-5, and a wrapper shell moves them to 0-2
+  // for `/bin/sh -c cmd`. runc's own stdio (its copy loop, its error messages) stay apart: runc
+  // waits for the wrapper only, so a server the command leaves in the background holding our
+  // pipes does not hold the exec open (with runc's stdio it would, until the timeout killed it),
+  // and a failure of runc to start the command is never mistaken for the command's output. The
+  // wrapper stays runc's child, so runc reaps it.
+  std::vector<std::string> args = {"exec", "--preserve-fds", "3"};
   const std::string tag = RandomHex(6);
   const std::string& freezer = cgroups["freezer"];
   // Each command runs in a freezer cgroup of its own below the sandbox's: at the timeout
@@ -565,29 +576,20 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
   const std::string exec_cgroup = freezer.empty() ? "" : absl::StrCat(freezer, "/x", tag);
   const bool have_cgroup = !exec_cgroup.empty() && ::mkdir(exec_cgroup.c_str(), 0755) == 0;
   if (have_cgroup) args.insert(args.end(), {"--cgroup", absl::StrCat("freezer:x", tag)});
-  const std::string pid_file = absl::StrCat(SandboxDir(sandbox_id), "/exec-", tag, ".pid");
-  args.insert(args.end(), {"--pid-file", pid_file});
+  // Without that cgroup, the command's process group is what can be killed: find it by pid.
+  const std::string pid_file =
+      have_cgroup ? "" : absl::StrCat(SandboxDir(sandbox_id), "/exec-", tag, ".pid");
+  if (!pid_file.empty()) args.insert(args.end(), {"--pid-file", pid_file});
   if (!request.cwd().empty()) args.insert(args.end(), {"--cwd", request.cwd()});
   for (const auto& [k, v] : request.env()) {
-    if (!ValidEnvKey(k) || v.find('\0') != std::string::npos) {
-      if (have_cgroup) ::rmdir(exec_cgroup.c_str());
-      return absl::InvalidArgumentError(absl::StrCat("invalid env variable name \"", k, "\""));
-    }
     args.insert(args.end(), {"--env", absl::StrCat(k, "=", v)});
   }
-  args.insert(args.end(), {sandbox_id, "/bin/sh", "-c", request.cmd()});
+  args.insert(args.end(),
+              {sandbox_id, "/bin/sh", "-c", "/bin/sh -c \"$1\" <&3 >&4 2>&5 3<&- 4>&- 5>&-",
+               "isorun-exec", request.cmd()});
 
   const int64_t oom_before = OomKills(cgroups["memory"]);
   const int64_t pids_before = PidsLimitHits(cgroups["pids"]);
-  // Until runc has started the command (it writes the pid file then), stderr is runc's: hold it
-  // back, so that a failure to start becomes an error rather than "output".
-  bool started = false;
-  std::string held;
-  auto is_started = [&] {
-    if (!started) started = PathExists(pid_file);
-    return started;
-  };
-  bool sink_ok = true;
   // A command that drives the sandbox into its pids limit with most of the sandbox's tasks in
   // its own cgroup is a fork bomb (or as bad as one): stop it and everything it started, rather
   // than leave the sandbox unable to fork until the timeout.
@@ -598,6 +600,7 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
   };
   ProcessOptions po;
   po.argv = Runc(std::move(args));
+  po.command_fds = true;
   po.stdin_data = request.stdin();
   if (timeout != absl::InfiniteDuration()) po.deadline = absl::Now() + timeout;
   po.cancelled = [&] {
@@ -605,20 +608,10 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
     if (!fork_bomb && is_fork_bomb()) fork_bomb = true;
     return fork_bomb;
   };
-  po.on_output = [&](int fd, std::string_view data) {
-    if (fd == 2 && !is_started()) {
-      if (held.size() < 65536) held.append(data.data(), data.size());
-      return true;
-    }
-    if (!held.empty()) {
-      sink_ok = on_output(2, held) && sink_ok;
-      held.clear();
-    }
-    sink_ok = on_output(fd, data) && sink_ok;
-    return sink_ok;
-  };
+  po.on_output = on_output;
   po.on_kill = [&] {
     if (have_cgroup) KillFreezerCgroup(exec_cgroup);
+    if (pid_file.empty()) return;
     auto text = ReadFile(pid_file);
     int pid = 0;
     if (text.ok() && absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &pid) && pid > 1) {
@@ -626,14 +619,12 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
     }
   };
   auto result = RunProcess(po);
-  is_started();
   // The shell may have exited leaving the bomb running in the background.
   if (result.ok() && !fork_bomb && is_fork_bomb()) {
     fork_bomb = true;
     KillFreezerCgroup(exec_cgroup);
-    result->exit_code = 128 + SIGKILL;
   }
-  ::unlink(pid_file.c_str());
+  if (!pid_file.empty()) ::unlink(pid_file.c_str());
   // Fails (EBUSY) while processes the command left in the background still run: then the
   // directory goes with the sandbox's cgroup.
   if (have_cgroup) ::rmdir(exec_cgroup.c_str());
@@ -664,28 +655,25 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
   if (result->cancelled && !fork_bomb) {
     return absl::CancelledError("the client went away: the command was killed");
   }
-  if (fork_bomb) {
-    result->exit_code = 128 + SIGKILL;
-    started = true;  // whatever the pid file says: its processes filled the sandbox
-  }
-  if (!started) {
-    const std::string why = RuncMessage(held);
+  // runc says why it could not start the command ("exec failed: ...") on its own stderr.
+  const std::string why = RuncMessage(result->launcher_output);
+  if (!fork_bomb && result->exit_code != 0 && absl::StrContains(why, "exec failed")) {
     if (absl::StrContains(why, "paused")) return Hibernated(sandbox_id);
     if (absl::StrContains(why, "chdir to cwd")) {
       return absl::InvalidArgumentError(
           absl::StrCat("cwd ", request.cwd(), " is not a directory in the sandbox"));
     }
-    if (absl::StrContains(why, "not running") || absl::StrContains(why, "does not exist") ||
-        absl::StrContains(why, "stopped")) {
-      return Error(absl::StatusCode::kFailedPrecondition, "SANDBOX_NOT_RUNNING",
-                   absl::StrCat("sandbox ", sandbox_id, " is not running"));
-    }
-    return absl::InternalError(absl::StrCat("cannot run the command in sandbox ", sandbox_id, ": ",
-                                            why.empty() ? "runc failed" : why));
+    return absl::InternalError(
+        absl::StrCat("cannot run the command in sandbox ", sandbox_id, ": ", why));
   }
-  if (!held.empty()) on_output(2, held);
+  if (!fork_bomb && result->exit_code != 0 &&
+      (absl::StrContains(why, "not running") || absl::StrContains(why, "does not exist") ||
+       absl::StrContains(why, "stopped"))) {
+    return Error(absl::StatusCode::kFailedPrecondition, "SANDBOX_NOT_RUNNING",
+                 absl::StrCat("sandbox ", sandbox_id, " is not running"));
+  }
   if (!note.empty()) on_output(2, note);
-  return result->exit_code;
+  return fork_bomb ? 128 + SIGKILL : result->exit_code;
 }
 
 absl::StatusOr<v1::ExecResponse> RuncDriver::Exec(const std::string& sandbox_id,

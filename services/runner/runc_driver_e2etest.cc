@@ -254,9 +254,18 @@ TEST_F(RuncDriverTest, TimeoutKillsTheWholeGroupWithExecTimeout) {
   for (const char* c : {"sleep 101", "sleep 102", "sleep 103"}) {
     EXPECT_TRUE(HostPidsRunning(c).empty()) << c;
   }
-  // A command that exits normally may leave a daemon running.
+  // A command that exits normally may leave a daemon running, even one that keeps writing to
+  // the exec's output.
   Sh("sbx_to", "sleep 300 >/dev/null 2>&1 &");
   EXPECT_EQ(Sh("sbx_to", "ps -o args | grep -c '^sleep 300'"), "1\n");
+  const absl::Time t1 = absl::Now();
+  // (What it writes in the moment after the shell exits may come along; the rest is dropped.)
+  EXPECT_TRUE(absl::StrContains(
+      Sh("sbx_to", "(while :; do echo tick; sleep 0.1; done) & echo started"), "started\n"));
+  EXPECT_LT(absl::Now() - t1, absl::Seconds(1));
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(Sh("sbx_to", "ps -o args | grep -c '^sleep 0.1' || true"), "1\n")
+      << "the background writer died";
 }
 
 TEST_F(RuncDriverTest, DefaultTimeoutApplies) {
