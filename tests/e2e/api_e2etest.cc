@@ -1,0 +1,440 @@
+// The public HTTP API end to end: gateway, lifecycle, quota, scheduler and a runner as processes,
+// real Postgres, real HTTP. Each test checks the contract of API.md from the outside.
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "absl/time/clock.h"
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
+#include "tests/support/cluster.h"
+#include "tests/support/http_client.h"
+
+namespace isorun {
+namespace {
+
+using testing::Cluster;
+using testing::ClusterOptions;
+using testing::HttpRequest;
+using testing::HttpResponse;
+
+// Parses a JSON object body into a Struct (fails the test on bad JSON).
+google::protobuf::Struct Json(const std::string& body) {
+  google::protobuf::Struct s;
+  auto status = google::protobuf::util::JsonStringToMessage(body, &s);
+  EXPECT_TRUE(status.ok()) << "not JSON: " << body;
+  return s;
+}
+
+std::string Str(const google::protobuf::Struct& s, const std::string& key) {
+  auto it = s.fields().find(key);
+  return it == s.fields().end() ? "" : it->second.string_value();
+}
+
+double Num(const google::protobuf::Struct& s, const std::string& key) {
+  auto it = s.fields().find(key);
+  return it == s.fields().end() ? -1 : it->second.number_value();
+}
+
+google::protobuf::Struct Obj(const google::protobuf::Struct& s, const std::string& key) {
+  auto it = s.fields().find(key);
+  return it == s.fields().end() ? google::protobuf::Struct() : it->second.struct_value();
+}
+
+class Api : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ClusterOptions options;
+    options.runner_slots = 1000;
+    cluster_ = new Cluster(options);
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+  }
+
+  // A fresh tenant per test, so limits and usage never leak between tests.
+  void SetUp() override {
+    static std::atomic<int> n{0};
+    tenant_name_ = "t" + std::to_string(n++);
+    tenant_ = cluster_->CreateTenant(tenant_name_, 5);
+    // Rate limits have tests of their own; here they must not get in the way.
+    cluster_->db().Scalar(
+        "UPDATE quota.limits SET creates_per_sec = 1000, requests_per_sec = 1000 "
+        "WHERE tenant_id = '" + tenant_ + "'");
+    key_ = cluster_->CreateKey(tenant_);
+  }
+
+  HttpResponse Call(const std::string& method, const std::string& path,
+                    const std::string& body = "", std::map<std::string, std::string> headers = {},
+                    const std::string& key = "") {
+    if (headers.count("Authorization") == 0 && headers.count("X-API-Key") == 0) {
+      headers["Authorization"] = "Bearer " + (key.empty() ? key_ : key);
+    }
+    if (!body.empty()) headers["Content-Type"] = "application/json";
+    return HttpRequest(method, cluster_->gateway_url() + path, body, headers);
+  }
+
+  std::string Usage() {
+    return cluster_->db().Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant_ +
+                                 "'");
+  }
+  std::string SandboxRows() {
+    return cluster_->db().Scalar("SELECT count(*) FROM lifecycle.sandboxes WHERE tenant_id = '" +
+                                 tenant_ + "'");
+  }
+
+  // Every non-2xx answer has API.md's error body.
+  static google::protobuf::Struct ErrorOf(const HttpResponse& r) {
+    EXPECT_EQ(r.Header("Content-Type").rfind("application/json", 0), 0u) << r.body;
+    auto body = Json(r.body);
+    auto error = Obj(body, "error");
+    EXPECT_EQ(Num(error, "status"), r.status) << r.body;
+    EXPECT_FALSE(Str(error, "code").empty()) << r.body;
+    EXPECT_FALSE(Str(error, "reason").empty()) << r.body;
+    EXPECT_FALSE(Str(error, "message").empty()) << r.body;
+    return error;
+  }
+
+  static Cluster* cluster_;
+  std::string tenant_name_, tenant_, key_;
+};
+
+Cluster* Api::cluster_ = nullptr;
+
+TEST_F(Api, CreateGetListTimeoutDelete) {
+  auto created = Call("POST", "/v1/sandboxes",
+                      R"({"image":"busybox:1.36","timeoutSec":120,"metadata":{"app":"web"}})");
+  ASSERT_EQ(created.status, 201) << created.body;
+  auto sb = Json(created.body);
+  std::string id = Str(sb, "id");
+  EXPECT_EQ(Str(sb, "state"), "RUNNING");
+  EXPECT_EQ(Str(sb, "image"), "busybox:1.36");
+  EXPECT_EQ(Str(sb, "imageDigest").rfind("sha256:", 0), 0u);
+  EXPECT_EQ(Num(sb, "timeoutSec"), 120);
+  EXPECT_EQ(Num(sb, "cpuMillis"), 1000);
+  EXPECT_EQ(Num(sb, "memoryMb"), 512);
+  EXPECT_EQ(Str(Obj(sb, "metadata"), "app"), "web");
+  EXPECT_EQ(Str(Obj(sb, "network"), "egress"), "open");
+  EXPECT_EQ(Str(sb, "publicId").size(), 32u);
+  EXPECT_FALSE(Str(sb, "createdAt").empty());
+  EXPECT_EQ(Str(sb, "createdAt").back(), 'Z');
+  EXPECT_FALSE(Str(sb, "expiresAt").empty());
+  EXPECT_EQ(sb.fields().count("tenantId"), 0u);
+  EXPECT_EQ(sb.fields().count("runnerId"), 0u);
+
+  auto got = Call("GET", "/v1/sandboxes/" + id);
+  ASSERT_EQ(got.status, 200) << got.body;
+  EXPECT_EQ(Str(Json(got.body), "id"), id);
+
+  auto list = Call("GET", "/v1/sandboxes?metadata.app=web");
+  ASSERT_EQ(list.status, 200) << list.body;
+  auto items = Json(list.body).fields().at("sandboxes").list_value();
+  ASSERT_EQ(items.values_size(), 1);
+  EXPECT_EQ(Str(items.values(0).struct_value(), "id"), id);
+  EXPECT_EQ(Json(Call("GET", "/v1/sandboxes?metadata.app=db").body)
+                .fields()
+                .at("sandboxes")
+                .list_value()
+                .values_size(),
+            0);
+
+  auto timeout = Call("POST", "/v1/sandboxes/" + id + "/timeout", R"({"timeoutSec":60})");
+  ASSERT_EQ(timeout.status, 200) << timeout.body;
+  EXPECT_EQ(Num(Json(timeout.body), "timeoutSec"), 60);
+
+  auto usage = Call("GET", "/v1/usage");
+  ASSERT_EQ(usage.status, 200) << usage.body;
+  auto u = Json(usage.body);
+  EXPECT_EQ(Num(u, "activeSandboxes"), 1);
+  EXPECT_EQ(Num(u, "hibernatedSandboxes"), 0);
+  EXPECT_EQ(Num(Obj(u, "limits"), "maxConcurrent"), 5);
+
+  auto del = Call("DELETE", "/v1/sandboxes/" + id);
+  EXPECT_EQ(del.status, 204) << del.body;
+  EXPECT_TRUE(del.body.empty());
+  // The slot is free when DELETE returns.
+  EXPECT_EQ(Usage(), "0");
+  EXPECT_EQ(Call("DELETE", "/v1/sandboxes/" + id).status, 204);
+  auto ended = Json(Call("GET", "/v1/sandboxes/" + id).body);
+  EXPECT_EQ(Str(ended, "state"), "DESTROYED");
+  EXPECT_EQ(Str(ended, "endReason"), "DELETED");
+  EXPECT_FALSE(Str(ended, "endedAt").empty());
+  // Live listing no longer shows it; state= asks for it.
+  EXPECT_EQ(Json(Call("GET", "/v1/sandboxes").body).fields().at("sandboxes").list_value().values_size(),
+            0);
+  EXPECT_EQ(Json(Call("GET", "/v1/sandboxes?state=DESTROYED").body)
+                .fields()
+                .at("sandboxes")
+                .list_value()
+                .values_size(),
+            1);
+  auto unknown = Call("DELETE", "/v1/sandboxes/sbx_doesnotexist");
+  EXPECT_EQ(unknown.status, 404);
+  EXPECT_EQ(Str(ErrorOf(unknown), "reason"), "NOT_FOUND");
+}
+
+TEST_F(Api, EveryUnauthorizedReason) {
+  struct Case {
+    std::map<std::string, std::string> headers;
+    const char* reason;
+  };
+  std::string other_region = cluster_->CreateKey(tenant_, "eu-west-1");
+  std::string secret(43, 'a');
+  for (const Case& c : std::vector<Case>{
+           {{{"X-Nothing", "1"}}, "KEY_MISSING"},
+           {{{"Authorization", "Bearer not-a-key"}}, "KEY_MALFORMED"},
+           {{{"Authorization", "Basic abc"}}, "KEY_MALFORMED"},
+           {{{"Authorization", "Bearer isr_local_unknownkeyid_" + secret}}, "KEY_UNKNOWN"},
+           {{{"Authorization", "Bearer " + key_.substr(0, key_.size() - 1) + "x"}}, "KEY_UNKNOWN"},
+           {{{"Authorization", "Bearer " + other_region}}, "KEY_WRONG_REGION"}}) {
+    auto headers = c.headers;
+    if (headers.count("Authorization") == 0) headers["Authorization"] = "";
+    HttpResponse r = HttpRequest("GET", cluster_->gateway_url() + "/v1/usage", "",
+                                 c.headers.count("X-Nothing") ? std::map<std::string, std::string>{}
+                                                              : c.headers);
+    EXPECT_EQ(r.status, 401) << c.reason << ": " << r.body;
+    auto error = ErrorOf(r);
+    EXPECT_EQ(Str(error, "code"), "UNAUTHENTICATED");
+    EXPECT_EQ(Str(error, "reason"), c.reason) << r.body;
+  }
+  // X-API-Key works as well as Authorization.
+  EXPECT_EQ(HttpRequest("GET", cluster_->gateway_url() + "/v1/usage", "", {{"X-API-Key", key_}}).status,
+            200);
+}
+
+TEST_F(Api, RevocationFailsTheVeryNextRequest) {
+  ASSERT_EQ(Call("GET", "/v1/usage").status, 200);  // the key is cached now
+  std::string key_id = key_.substr(key_.find('_', 4) + 1);
+  key_id = key_id.substr(0, key_id.find('_'));
+  std::string out;
+  ASSERT_EQ(cluster_->Isorunctl({"keys", "revoke", key_id}, &out), 0) << out;
+  auto r = Call("GET", "/v1/usage");
+  EXPECT_EQ(r.status, 401) << r.body;
+  EXPECT_EQ(Str(ErrorOf(r), "reason"), "KEY_REVOKED");
+}
+
+TEST_F(Api, UnpinnedImagesAre400BeforeAdmission) {
+  cluster_->db().Scalar("UPDATE quota.limits SET max_concurrent = 0 WHERE tenant_id = '" +
+                        tenant_ + "'");
+  for (const char* image : {"busybox", "busybox:latest", "busybox:lts"}) {
+    auto r = Call("POST", "/v1/sandboxes", std::string(R"({"image":")") + image + "\"}");
+    EXPECT_EQ(r.status, 400) << image << ": " << r.body;
+    EXPECT_EQ(Str(ErrorOf(r), "reason"), "IMAGE_NOT_PINNED") << image;
+  }
+  EXPECT_EQ(SandboxRows(), "0");
+  // With a pinned image the same tenant meets its limit of 0: admission came after validation.
+  auto limited = Call("POST", "/v1/sandboxes", R"({"image":"busybox:1.36"})");
+  EXPECT_EQ(limited.status, 429) << limited.body;
+}
+
+TEST_F(Api, OtherTenantsSandboxesAre404) {
+  auto created = Call("POST", "/v1/sandboxes", R"({"image":"busybox:1.36"})");
+  ASSERT_EQ(created.status, 201);
+  std::string id = Str(Json(created.body), "id");
+  std::string intruder = cluster_->CreateKey(cluster_->CreateTenant(tenant_name_ + "x", 5));
+  for (auto [method, path, body] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"GET", "/v1/sandboxes/" + id, ""},
+           {"DELETE", "/v1/sandboxes/" + id, ""},
+           {"POST", "/v1/sandboxes/" + id + "/timeout", R"({"timeoutSec":10})"},
+           {"POST", "/v1/sandboxes/" + id + "/hibernate", ""},
+           {"POST", "/v1/sandboxes/" + id + "/exec", R"({"cmd":"true"})"}}) {
+    auto r = Call(method, path, body, {}, intruder);
+    EXPECT_EQ(r.status, 404) << method << " " << path << ": " << r.body;
+    auto unknown = Call(method, "/v1/sandboxes/sbx_nosuchsandbox" + path.substr(path.find(id) + id.size()),
+                        body, {}, intruder);
+    EXPECT_EQ(unknown.status, 404);
+    EXPECT_EQ(Str(ErrorOf(r), "reason"), Str(ErrorOf(unknown), "reason"));
+  }
+  EXPECT_EQ(Json(Call("GET", "/v1/sandboxes", "", {}, intruder).body)
+                .fields()
+                .at("sandboxes")
+                .list_value()
+                .values_size(),
+            0);
+  EXPECT_EQ(Str(Json(Call("GET", "/v1/sandboxes/" + id).body), "state"), "RUNNING");
+}
+
+TEST_F(Api, ExactlyFiveOfFiftyRacingCreatesWin) {
+  std::atomic<int> created{0}, limited{0}, other{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 50; ++i) {
+    threads.emplace_back([&] {
+      auto r = Call("POST", "/v1/sandboxes", R"({"image":"busybox:1.36"})");
+      if (r.status == 201) {
+        ++created;
+      } else if (r.status == 429 && Str(Obj(Json(r.body), "error"), "reason") ==
+                                        "CONCURRENT_SANDBOX_LIMIT") {
+        ++limited;
+      } else {
+        ++other;
+        ADD_FAILURE() << r.status << " " << r.body;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(created, 5);
+  EXPECT_EQ(limited, 45);
+  EXPECT_EQ(Usage(), "5");
+  auto r = Call("POST", "/v1/sandboxes", R"({"image":"busybox:1.36"})");
+  ASSERT_EQ(r.status, 429);
+  EXPECT_GE(std::stoi(r.Header("Retry-After")), 1);
+  auto error = ErrorOf(r);
+  EXPECT_EQ(Str(error, "code"), "RESOURCE_EXHAUSTED");
+  EXPECT_EQ(Num(error, "limit"), 5);
+  EXPECT_EQ(Num(error, "current"), 5);
+  EXPECT_GE(Num(error, "retryAfterSec"), 1);
+}
+
+TEST_F(Api, BadBodiesAre4xxAndChangeNothing) {
+  struct Case {
+    std::string body;
+    int status;
+  };
+  std::vector<Case> cases = {
+      {"{", 400},
+      {"not json", 400},
+      {"[]", 400},
+      {R"({"image": 5})", 400},
+      {R"({"image":"busybox:1.36","timeoutSec":"soon"})", 400},
+      {R"({"image":"busybox:1.36","timeoutSec":1.5})", 400},
+      {R"({"image":"busybox:1.36","timeoutSec":99999999999})", 400},
+      {R"({"image":"busybox:1.36","timeoutSec":0})", 400},
+      {R"({"image":"busybox:1.36","timeoutSec":86401})", 400},
+      {R"({"image":"busybox:1.36","cpuMillis":50})", 400},
+      {R"({"image":"busybox:1.36","memoryMb":70000})", 400},
+      {R"({"image":"busybox:1.36","surprise":true})", 400},
+      {R"({"image":"busybox:1.36","metadata":{"a":1}})", 400},
+      {R"({"image":"busybox:1.36","network":{"egress":"sometimes"}})", 400},
+      {"{\"image\":\"busybox:1.36\",\"metadata\":{\"k\":\"\xff\xfe\"}}", 400},
+      {R"({"image":"busybox:1.36\u0000"})", 400},
+      {R"({})", 400},
+  };
+  for (const auto& c : cases) {
+    auto r = Call("POST", "/v1/sandboxes", c.body);
+    EXPECT_EQ(r.status, c.status) << c.body << " -> " << r.body;
+    ErrorOf(r);
+  }
+  std::string huge = R"({"image":"busybox:1.36","metadata":{"k":")" + std::string(2 << 20, 'x') +
+                     "\"}}";
+  auto big = Call("POST", "/v1/sandboxes", huge);
+  EXPECT_EQ(big.status / 100, 4) << big.body.substr(0, 200);
+  EXPECT_EQ(SandboxRows(), "0");
+  EXPECT_EQ(Usage(), "0");
+  // Bad query parameters too.
+  EXPECT_EQ(Call("GET", "/v1/sandboxes?pageSize=0").status, 400);
+  EXPECT_EQ(Call("GET", "/v1/sandboxes?pageSize=abc").status, 400);
+  EXPECT_EQ(Call("GET", "/v1/sandboxes?state=SLEEPY").status, 400);
+  EXPECT_EQ(Call("GET", "/v1/sandboxes?pageToken=%%%").status, 400);
+  // Unknown routes.
+  EXPECT_EQ(Call("GET", "/v1/nothing").status, 404);
+}
+
+TEST_F(Api, HibernateAndResume) {
+  cluster_->db().Scalar("UPDATE quota.limits SET max_concurrent = 1 WHERE tenant_id = '" +
+                        tenant_ + "'");
+  auto created = Call("POST", "/v1/sandboxes", R"({"image":"busybox:1.36"})");
+  ASSERT_EQ(created.status, 201);
+  std::string id = Str(Json(created.body), "id");
+  auto h = Call("POST", "/v1/sandboxes/" + id + "/hibernate");
+  ASSERT_EQ(h.status, 200) << h.body;
+  EXPECT_EQ(Str(Json(h.body), "state"), "HIBERNATED");
+  auto usage = Json(Call("GET", "/v1/usage").body);
+  EXPECT_EQ(Num(usage, "activeSandboxes"), 0);
+  EXPECT_EQ(Num(usage, "hibernatedSandboxes"), 1);
+  auto exec = Call("POST", "/v1/sandboxes/" + id + "/exec", R"({"cmd":"true"})");
+  EXPECT_EQ(exec.status, 409) << exec.body;
+  EXPECT_EQ(Str(ErrorOf(exec), "reason"), "SANDBOX_NOT_RUNNING");
+  // Its slot is free for another sandbox; resuming over the limit is a 429.
+  auto other = Call("POST", "/v1/sandboxes", R"({"image":"busybox:1.36"})");
+  ASSERT_EQ(other.status, 201) << other.body;
+  auto over = Call("POST", "/v1/sandboxes/" + id + "/resume");
+  EXPECT_EQ(over.status, 429) << over.body;
+  EXPECT_EQ(Str(ErrorOf(over), "reason"), "CONCURRENT_SANDBOX_LIMIT");
+  ASSERT_EQ(Call("DELETE", "/v1/sandboxes/" + Str(Json(other.body), "id")).status, 204);
+  auto resumed = Call("POST", "/v1/sandboxes/" + id + "/resume");
+  ASSERT_EQ(resumed.status, 200) << resumed.body;
+  EXPECT_EQ(Str(Json(resumed.body), "state"), "RUNNING");
+  auto again = Call("POST", "/v1/sandboxes/" + id + "/resume");
+  EXPECT_EQ(again.status, 200);
+  EXPECT_EQ(Usage(), "1");
+}
+
+TEST_F(Api, IdempotentCreatesReturnTheFirstSandbox) {
+  std::vector<std::thread> threads;
+  std::vector<std::string> ids(8);
+  std::vector<int> statuses(8);
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = Call("POST", "/v1/sandboxes", R"({"image":"busybox:1.36"})",
+                    {{"Idempotency-Key", "order-42"}});
+      statuses[i] = r.status;
+      ids[i] = Str(Json(r.body), "id");
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(statuses[i], 201);
+    EXPECT_EQ(ids[i], ids[0]);
+  }
+  EXPECT_EQ(Usage(), "1");
+  EXPECT_EQ(SandboxRows(), "1");
+}
+
+TEST_F(Api, RateLimitsRefuseBurstsWithHeadersAndRecover) {
+  cluster_->db().Scalar(
+      "UPDATE quota.limits SET requests_per_sec = 4, creates_per_sec = 1, max_concurrent = 10 "
+      "WHERE tenant_id = '" + tenant_ + "'");
+  absl::SleepFor(absl::Milliseconds(2100));  // the quota service caches limits for 2 s
+  // Creates are limited on their own: the second create within a second is refused.
+  auto first = Call("POST", "/v1/sandboxes", R"({"image":"busybox:1.36"})");
+  ASSERT_EQ(first.status, 201) << first.body;
+  auto second = Call("POST", "/v1/sandboxes", R"({"image":"busybox:1.36"})");
+  ASSERT_EQ(second.status, 429) << second.body;
+  auto error = ErrorOf(second);
+  EXPECT_EQ(Str(error, "reason"), "RATE_LIMIT");
+  EXPECT_NE(second.Header("RateLimit-Policy").find("\"creates\""), std::string::npos);
+  EXPECT_FALSE(second.Header("RateLimit").empty());
+  EXPECT_GE(std::stoi(second.Header("Retry-After")), 1);
+  EXPECT_EQ(Usage(), "1") << "a rate-limited create must not take a slot";
+  absl::SleepFor(absl::Milliseconds(2100));
+  // A burst of plain requests over 4 a second: some pass, then 429s with the headers.
+  int ok = 0, limited = 0;
+  HttpResponse refused;
+  for (int i = 0; i < 10; ++i) {
+    auto r = Call("GET", "/v1/usage");
+    if (r.status == 200) {
+      ++ok;
+      EXPECT_FALSE(r.Header("RateLimit").empty());
+    } else {
+      ++limited;
+      refused = r;
+    }
+  }
+  EXPECT_GE(ok, 3);
+  EXPECT_LE(ok, 5);
+  EXPECT_GE(limited, 5);
+  EXPECT_EQ(refused.status, 429);
+  EXPECT_EQ(Str(ErrorOf(refused), "reason"), "RATE_LIMIT");
+  EXPECT_NE(refused.Header("RateLimit-Policy").find("\"requests\""), std::string::npos);
+  int retry_after = std::stoi(refused.Header("Retry-After"));
+  EXPECT_GE(retry_after, 1);
+  // The allowance returns after waiting.
+  absl::SleepFor(absl::Seconds(retry_after) + absl::Milliseconds(100));
+  EXPECT_EQ(Call("GET", "/v1/usage").status, 200);
+}
+
+TEST_F(Api, HealthzAndMetrics) {
+  auto health = HttpRequest("GET", cluster_->gateway_url() + "/healthz");
+  EXPECT_EQ(health.status, 200) << health.body;
+  for (const char* process : {"gateway", "quota", "scheduler", "lifecycle", "runner-1"}) {
+    auto m = HttpRequest("GET", cluster_->metrics_url(process));
+    EXPECT_EQ(m.status, 200) << process;
+    EXPECT_NE(m.body.find("\nisorun_"), std::string::npos) << process << " has no isorun_ metrics";
+  }
+}
+
+}  // namespace
+}  // namespace isorun
