@@ -51,11 +51,17 @@ class ExecStreamCall final : public grpc::ClientReadReactor<v1::ExecChunk> {
 
   // std::mutex and not absl::Mutex: the destructor runs as soon as OnDone has signalled, and
   // a std::mutex may be destroyed once the waiter holds it.
+  // Reads are started from the HTTP thread, outside reactions, so the call is held open
+  // (AddHold) until this side is done with it; without the hold gRPC may finish the call while
+  // no read is pending and a later StartRead would touch a dead call.
+  void ReleaseHold();
+
   std::mutex mu_;
   std::condition_variable cv_;
   bool metadata_done_ = false;  // guarded by mu_
   bool has_chunk_ = false;      // guarded by mu_
   bool reads_over_ = false;     // guarded by mu_
+  bool hold_released_ = false;  // guarded by mu_
   bool done_ = false;           // guarded by mu_
   grpc::Status status_;         // guarded by mu_
 };
