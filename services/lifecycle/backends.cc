@@ -2,6 +2,10 @@
 
 #include <grpcpp/client_context.h>
 
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+
 #include "absl/strings/str_cat.h"
 #include "services/kit/server.h"
 #include "services/kit/status.h"
@@ -139,6 +143,45 @@ absl::StatusOr<v1::ExecResponse> GrpcBackends::Exec(const std::string& address,
   grpc::Status s = RunnerAt(address).Exec(&ctx, req, &resp);
   if (!s.ok()) return Wrap(s, "runner");
   return resp;
+}
+
+absl::Status GrpcBackends::ExecStream(const std::string& address, const std::string& sandbox_id,
+                                      const v1::ExecRequest& request,
+                                      const std::function<bool(const v1::ExecChunk&)>& on_chunk,
+                                      const std::function<bool()>& cancelled) {
+  grpc::ClientContext ctx;
+  if (request.timeout_sec() > 0) {
+    SetDeadline(ctx, absl::Seconds(request.timeout_sec()) + absl::Seconds(10));
+  }
+  v1::RunnerExecRequest req;
+  req.set_sandbox_id(sandbox_id);
+  *req.mutable_exec() = request;
+  // The reader blocks in Read(); a watcher cancels the call when our own caller goes away.
+  absl::Notification done;
+  std::thread watcher([&] {
+    while (!done.WaitForNotificationWithTimeout(absl::Milliseconds(100))) {
+      if (cancelled()) {
+        ctx.TryCancel();
+        return;
+      }
+    }
+  });
+  auto reader = RunnerAt(address).ExecStream(&ctx, req);
+  v1::ExecChunk chunk;
+  bool stopped = false;
+  while (reader->Read(&chunk)) {
+    if (!on_chunk(chunk)) {
+      stopped = true;
+      ctx.TryCancel();
+      break;
+    }
+  }
+  grpc::Status s = reader->Finish();
+  done.Notify();
+  watcher.join();
+  if (stopped || cancelled()) return absl::CancelledError("the client went away");
+  if (!s.ok()) return Wrap(s, "runner");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::ListReservationsResponse> GrpcBackends::ListReservations(

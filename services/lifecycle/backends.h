@@ -5,6 +5,7 @@
 
 #include <grpcpp/channel.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -37,6 +38,12 @@ class Backends {
   virtual absl::StatusOr<v1::ExecResponse> Exec(const std::string& address,
                                                 const std::string& sandbox_id,
                                                 const v1::ExecRequest& request) = 0;
+  // Streams a command's output: `on_chunk` gets each chunk (the last carries the exit code) and
+  // returns false to stop; `cancelled` is polled so a client that went away kills the command.
+  virtual absl::Status ExecStream(const std::string& address, const std::string& sandbox_id,
+                                  const v1::ExecRequest& request,
+                                  const std::function<bool(const v1::ExecChunk&)>& on_chunk,
+                                  const std::function<bool()>& cancelled) = 0;
   // For the reconciler.
   virtual absl::StatusOr<v1::ListReservationsResponse> ListReservations(
       int older_than_sec, const std::string& page_token) = 0;
@@ -70,6 +77,10 @@ class GrpcBackends final : public Backends {
   absl::Status Unpause(const std::string& address, const std::string& sandbox_id) override;
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& address, const std::string& sandbox_id,
                                         const v1::ExecRequest& request) override;
+  absl::Status ExecStream(const std::string& address, const std::string& sandbox_id,
+                          const v1::ExecRequest& request,
+                          const std::function<bool(const v1::ExecChunk&)>& on_chunk,
+                          const std::function<bool()>& cancelled) override;
   absl::StatusOr<v1::ListReservationsResponse> ListReservations(
       int older_than_sec, const std::string& page_token) override;
   absl::StatusOr<v1::ListPlacementsResponse> ListPlacements(

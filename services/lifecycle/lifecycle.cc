@@ -1,6 +1,9 @@
 #include "services/lifecycle/lifecycle.h"
 
 #include <set>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -296,6 +299,33 @@ absl::StatusOr<v1::ExecResponse> Lifecycle::Exec(const v1::ExecRequest& request)
   auto result = backends_.Exec(sb->runner_address(), request.id(), exec);
   (void)store_.Touch(request.id());
   return result;
+}
+
+absl::Status Lifecycle::ExecStream(const v1::ExecRequest& request,
+                                   const std::function<bool(const v1::ExecChunk&)>& on_chunk,
+                                   const std::function<bool()>& cancelled) {
+  auto sb = store_.Get(request.tenant_id(), request.id());
+  if (!sb.ok()) return sb.status();
+  if (sb->state() != v1::RUNNING) return NotRunning(*sb);
+  if (request.cmd().empty()) {
+    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT", "cmd is required");
+  }
+  if (request.timeout_sec() < 0 || request.timeout_sec() > kMaxTimeoutSec) {
+    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
+                 absl::StrCat("timeoutSec must be from 1 to ", kMaxTimeoutSec));
+  }
+  (void)store_.Touch(request.id());
+  // A running command is activity: push the deadline forward while it runs.
+  absl::Notification done;
+  std::thread keepalive([&] {
+    while (!done.WaitForNotificationWithTimeout(absl::Seconds(5))) (void)store_.Touch(request.id());
+  });
+  absl::Status s =
+      backends_.ExecStream(sb->runner_address(), request.id(), request, on_chunk, cancelled);
+  done.Notify();
+  keepalive.join();
+  (void)store_.Touch(request.id());
+  return s;
 }
 
 absl::StatusOr<v1::Usage> Lifecycle::GetUsage(const std::string& tenant_id) {

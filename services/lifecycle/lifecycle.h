@@ -12,6 +12,7 @@
 //
 // Thread-safe: all state is in Postgres; methods may run concurrently.
 
+#include <functional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -57,6 +58,11 @@ class Lifecycle {
   absl::StatusOr<Sandbox> Hibernate(const std::string& tenant_id, const std::string& id);
   absl::StatusOr<Sandbox> Resume(const std::string& tenant_id, const std::string& id);
   absl::StatusOr<v1::ExecResponse> Exec(const v1::ExecRequest& request);
+  // Streams output as it comes. No default timeout; the sandbox counts as active (its idle
+  // deadline keeps moving) while the command runs; `cancelled` returning true kills the command.
+  absl::Status ExecStream(const v1::ExecRequest& request,
+                          const std::function<bool(const v1::ExecChunk&)>& on_chunk,
+                          const std::function<bool()>& cancelled);
   absl::StatusOr<v1::Usage> GetUsage(const std::string& tenant_id);
 
   // One pass of the idle reaper: destroys running sandboxes whose deadline passed.

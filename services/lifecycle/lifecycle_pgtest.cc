@@ -73,6 +73,11 @@ class FaultyBackends final : public Backends {
                                         const v1::ExecRequest& r) override {
     return real_.Exec(a, id, r);
   }
+  absl::Status ExecStream(const std::string& a, const std::string& id, const v1::ExecRequest& r,
+                          const std::function<bool(const v1::ExecChunk&)>& on_chunk,
+                          const std::function<bool()>& cancelled) override {
+    return real_.ExecStream(a, id, r, on_chunk, cancelled);
+  }
   absl::StatusOr<v1::ListReservationsResponse> ListReservations(int age,
                                                                 const std::string& t) override {
     return real_.ListReservations(age, t);

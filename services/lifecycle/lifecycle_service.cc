@@ -107,6 +107,14 @@ grpc::Status LifecycleService::Exec(grpc::ServerContext*, const v1::ExecRequest*
   return grpc::Status::OK;
 }
 
+grpc::Status LifecycleService::ExecStream(grpc::ServerContext* ctx, const v1::ExecRequest* req,
+                                          grpc::ServerWriter<v1::ExecChunk>* writer) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  return ToGrpcStatus(lifecycle_.ExecStream(
+      *req, [&](const v1::ExecChunk& chunk) { return writer->Write(chunk); },
+      [ctx] { return ctx->IsCancelled(); }));
+}
+
 grpc::Status LifecycleService::GetUsage(grpc::ServerContext*, const v1::GetUsageRequest* req,
                                         v1::Usage* resp) {
   if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;

@@ -29,6 +29,8 @@ class LifecycleService final : public v1::Sandboxes::Service {
   grpc::Status ResumeSandbox(grpc::ServerContext*, const v1::ResumeSandboxRequest*,
                              v1::Sandbox*) override;
   grpc::Status Exec(grpc::ServerContext*, const v1::ExecRequest*, v1::ExecResponse*) override;
+  grpc::Status ExecStream(grpc::ServerContext*, const v1::ExecRequest*,
+                          grpc::ServerWriter<v1::ExecChunk>*) override;
   grpc::Status GetUsage(grpc::ServerContext*, const v1::GetUsageRequest*, v1::Usage*) override;
 
  private:
