@@ -1,98 +1,213 @@
 #include "scheduler/fleet.h"
 
 #include <algorithm>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "services/kit/log.h"
 #include "services/kit/status.h"
 
 namespace isorun::scheduler {
+namespace {
 
-Fleet::Fleet(SchedulerStore& store, Clock clock, FleetOptions options)
-    : store_(store), clock_(std::move(clock)), options_(options) {}
+const char* const kStates[] = {"HEALTHY", "UNHEALTHY", "LOST", "DRAINING"};
+
+ResourceVector Amount(const StoredPlacement& p) { return {p.cpu_millis, p.memory_mb, 1}; }
+
+ResourceVector NonNegative(ResourceVector v) {
+  v.cpu_millis = std::max<int64_t>(0, v.cpu_millis);
+  v.memory_mb = std::max<int64_t>(0, v.memory_mb);
+  v.sandboxes = std::max<int64_t>(0, v.sandboxes);
+  return v;
+}
+
+std::vector<std::tuple<std::string, int64_t, std::vector<std::string>>> Identity(
+    const std::vector<CachedImage>& images) {
+  std::vector<std::tuple<std::string, int64_t, std::vector<std::string>>> out;
+  out.reserve(images.size());
+  for (const auto& img : images) {
+    std::vector<std::string> refs = img.refs;
+    std::sort(refs.begin(), refs.end());
+    out.emplace_back(img.digest, img.size_bytes, std::move(refs));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+bool SameImages(const std::vector<CachedImage>& a, const std::vector<CachedImage>& b) {
+  if (a.size() != b.size()) return false;
+  return Identity(a) == Identity(b);
+}
+
+Fleet::Fleet(FleetStore& store, Clock clock, FleetOptions options)
+    : store_(store),
+      clock_(std::move(clock)),
+      options_(options),
+      policy_(options.policy),
+      demand_(options.prewarm.window),
+      planner_(options.prewarm) {
+  absl::MutexLock lock(&mu_);
+  state_.set_demand_window(options_.spread_window);
+}
+
+Fleet::Tracking& Fleet::TrackingOf(RunnerIndex r) {
+  if (tracking_.size() <= r) tracking_.resize(r + 1);
+  return tracking_[r];
+}
 
 absl::Status Fleet::Load() {
   auto snap = store_.Load();
   if (!snap.ok()) return snap.status();
   absl::MutexLock lock(&mu_);
-  runners_ = std::move(snap->runners);
-  index_.clear();
+  const absl::Time now = clock_();
+  state_ = FleetState();
+  state_.set_demand_window(options_.spread_window);
+  tracking_.clear();
   placements_.clear();
-  warm_cold_.clear();
-  for (size_t i = 0; i < runners_.size(); ++i) index_[runners_[i].id] = i;
+  for (auto& r : snap->runners) {
+    // Nobody could be heard while the scheduler was down: silence counts from the load at most.
+    r.last_heartbeat =
+        std::max(r.last_heartbeat, now - options_.policy.healthy_within - absl::Milliseconds(1));
+    RunnerIndex i = state_.Upsert(r);
+    // Only a real heartbeat moves the stored last-seen on.
+    TrackingOf(i).persisted_seen = r.last_heartbeat;
+  }
   for (auto& p : snap->placements) {
-    auto it = index_.find(p.runner_id);
-    if (it == index_.end()) continue;
-    RunnerView& r = runners_[it->second];
-    r.allocated.cpu_millis += p.cpu_millis;
-    r.allocated.memory_mb += p.memory_mb;
-    r.allocated.sandboxes += 1;
-    auto& counts = warm_cold_[p.runner_id];
-    (p.warm ? counts.first : counts.second) += 1;
+    auto r = state_.Find(p.runner_id);
+    if (!r) continue;
+    state_.Reserve(*r, Amount(p));
+    Tracking& t = TrackingOf(*r);
+    t.placed[p.sandbox_id] = Amount(p);
+    (p.warm ? t.warm : t.cold) += 1;
     placements_[p.sandbox_id] = std::move(p);
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> Fleet::Register(RunnerView runner) {
+  runner.last_heartbeat = clock_();
   auto stored = store_.UpsertRunner(runner);
   if (!stored.ok()) return stored.status();
-  std::vector<std::string> refs(runner.images.begin(), runner.images.end());
-  if (absl::Status s = store_.ReplaceImages(stored->first, refs); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
+  const absl::Time now = clock_();
   runner.id = stored->first;
   runner.draining = stored->second;
-  runner.last_heartbeat = clock_();
-  auto it = index_.find(runner.id);
-  if (it == index_.end()) {
-    index_[runner.id] = runners_.size();
-    runners_.push_back(std::move(runner));
-  } else {
-    // Keep what placements have reserved; take the rest from the registration.
-    runner.allocated = runners_[it->second].allocated;
-    runners_[it->second] = std::move(runner);
-  }
+  runner.last_heartbeat = now;
+  RunnerIndex r = state_.Upsert(runner);
+  Tracking& t = TrackingOf(r);
+  t.persisted_seen = now;
+  t.images_dirty = false;
+  t.unplaced_since.clear();
+  RecomputeExtra(r, now);
   return stored->first;
 }
 
-absl::Status Fleet::Heartbeat(const std::string& runner_id,
-                              const std::vector<std::string>& images) {
-  auto draining = store_.TouchRunner(runner_id);
-  if (!draining.ok()) return draining.status();
-  bool images_changed = false;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = index_.find(runner_id);
-    if (it == index_.end()) return absl::NotFoundError(absl::StrCat("unknown runner ", runner_id));
-    RunnerView& r = runners_[it->second];
-    r.last_heartbeat = clock_();
-    r.draining = *draining;
-    std::unordered_set<std::string> now(images.begin(), images.end());
-    if (now != r.images) {
-      r.images = std::move(now);
-      images_changed = true;
+void Fleet::RecomputeExtra(RunnerIndex r, absl::Time now) {
+  Tracking& t = tracking_[r];
+  const RunnerRecord& rec = state_.record(r);
+  ResourceVector known;
+  int64_t unplaced = 0;
+  absl::flat_hash_map<std::string, absl::Time> since;
+  for (const auto& id : rec.sandbox_ids) {
+    if (auto p = t.placed.find(id); p != t.placed.end()) {
+      known += p->second;
+      continue;
+    }
+    auto old = t.unplaced_since.find(id);
+    const absl::Time first = old == t.unplaced_since.end() ? now : old->second;
+    since.emplace(id, first);
+    if (now - first >= options_.unplaced_grace) ++unplaced;
+  }
+  t.unplaced_since = std::move(since);
+  t.recheck = false;
+  ResourceVector extra;
+  extra.sandboxes = unplaced;
+  if (unplaced > 0) {
+    // Cpu and memory of sandboxes nobody placed are only known when the runner reports them.
+    extra.cpu_millis = std::max<int64_t>(0, t.reported.cpu_millis - known.cpu_millis);
+    extra.memory_mb = std::max<int64_t>(0, t.reported.memory_mb - known.memory_mb);
+  }
+  state_.mutable_slot(r).extra = extra;
+}
+
+absl::Status Fleet::Heartbeat(HeartbeatReport report) {
+  absl::MutexLock lock(&mu_);
+  auto found = state_.Find(report.runner_id);
+  if (!found) return absl::NotFoundError(absl::StrCat("unknown runner ", report.runner_id));
+  const RunnerIndex r = *found;
+  const absl::Time now = clock_();
+  RunnerSlot& slot = state_.mutable_slot(r);
+  slot.last_heartbeat = now;
+  slot.disconnected = false;
+  Tracking& t = TrackingOf(r);
+  if (report.stream != 0) t.stream = report.stream;
+  t.reported = report.allocated;
+  RunnerRecord& rec = state_.mutable_record(r);
+  if (report.image_cache_used_bytes &&
+      *report.image_cache_used_bytes != rec.image_cache_used_bytes) {
+    rec.image_cache_used_bytes = *report.image_cache_used_bytes;
+    t.images_dirty = true;
+  }
+  if (report.images) {
+    if (SameImages(*report.images, rec.images)) {
+      // The same images: keep the index, take the fresher last use and users.
+      rec.images = std::move(*report.images);
+    } else {
+      state_.SetImages(r, std::move(*report.images));
+      t.images_dirty = true;
+    }
+    // A pull the runner now reports as cached is done, whatever the pull call says.
+    if (!rec.pulling.empty()) {
+      std::vector<std::string> still;
+      for (const auto& image : rec.pulling) {
+        if (state_.Holds(r, state_.Resolve(image))) continue;
+        still.push_back(image);
+      }
+      rec.pulling = std::move(still);
     }
   }
-  if (images_changed) return store_.ReplaceImages(runner_id, images);
+  if (report.sandbox_ids) {
+    rec.sandbox_ids = std::move(*report.sandbox_ids);
+    RecomputeExtra(r, now);
+  } else if (t.recheck || !t.unplaced_since.empty()) {
+    RecomputeExtra(r, now);
+  }
   return absl::OkStatus();
 }
 
-PlacementResult Fleet::ResultFor(const RunnerView& r, bool warm) const {
-  return PlacementResult{r.id, r.name, r.address, warm};
+void Fleet::StreamEnded(const std::string& runner_id, uint64_t stream) {
+  absl::MutexLock lock(&mu_);
+  auto r = state_.Find(runner_id);
+  if (!r) return;
+  if (TrackingOf(*r).stream != stream) return;  // a newer stream took over
+  state_.mutable_slot(*r).disconnected = true;
+}
+
+PlacementResult Fleet::ResultFor(RunnerIndex r, bool warm) const {
+  const RunnerRecord& rec = state_.record(r);
+  return PlacementResult{rec.id, rec.name, rec.address, warm};
 }
 
 absl::StatusOr<PlacementResult> Fleet::Place(const std::string& sandbox_id,
                                              const PlacementRequest& request) {
   if (sandbox_id.empty()) return absl::InvalidArgumentError("sandbox id is empty");
+  if (request.cpu_millis < 0 || request.memory_mb < 0) {
+    return absl::InvalidArgumentError("cpu and memory requests cannot be negative");
+  }
   StoredPlacement placement;
   PlacementResult result;
   {
     absl::MutexLock lock(&mu_);
     if (auto existing = placements_.find(sandbox_id); existing != placements_.end()) {
-      auto it = index_.find(existing->second.runner_id);
-      if (it != index_.end()) return ResultFor(runners_[it->second], existing->second.warm);
+      if (auto r = state_.Find(existing->second.runner_id)) {
+        return ResultFor(*r, existing->second.warm);
+      }
     }
-    auto decision = ChoosePlacement(runners_, request, clock_(), rng_, options_.policy);
+    const absl::Time now = clock_();
+    auto decision = policy_.Choose(state_, request, now, rng_);
+    demand_.Record(now, request.region, request.image, decision.has_value() && decision->warm);
     if (!decision) {
       return Error(absl::StatusCode::kResourceExhausted, "CAPACITY",
                    absl::StrCat("no runner has room for ", request.cpu_millis, " cpu millis and ",
@@ -100,45 +215,52 @@ absl::StatusOr<PlacementResult> Fleet::Place(const std::string& sandbox_id,
                                 " MB now; this is platform capacity, not your limit: retry later"),
                    0, 0, 2);
     }
-    RunnerView& r = runners_[decision->runner_index];
-    r.allocated.cpu_millis += request.cpu_millis;
-    r.allocated.memory_mb += request.memory_mb;
-    r.allocated.sandboxes += 1;
-    auto& counts = warm_cold_[r.id];
-    (decision->warm ? counts.first : counts.second) += 1;
-    placement = StoredPlacement{sandbox_id,    r.id,           request.cpu_millis,
-                                request.memory_mb, request.image, decision->warm,
-                                clock_()};
+    const RunnerIndex r = decision->runner_index;
+    state_.RecordPlacement(decision->image);
+    placement = StoredPlacement{sandbox_id,
+                                state_.record(r).id,
+                                request.cpu_millis,
+                                request.memory_mb,
+                                request.image,
+                                decision->warm,
+                                now};
+    state_.Reserve(r, Amount(placement));
+    Tracking& t = TrackingOf(r);
+    t.placed[sandbox_id] = Amount(placement);
+    (decision->warm ? t.warm : t.cold) += 1;
     placements_[sandbox_id] = placement;
     result = ResultFor(r, decision->warm);
   }
   if (absl::Status s = store_.InsertPlacement(placement); !s.ok()) {
     absl::MutexLock lock(&mu_);
-    placements_.erase(sandbox_id);
-    if (auto it = index_.find(placement.runner_id); it != index_.end()) {
-      RunnerView& r = runners_[it->second];
-      r.allocated.cpu_millis -= placement.cpu_millis;
-      r.allocated.memory_mb -= placement.memory_mb;
-      r.allocated.sandboxes -= 1;
+    if (auto p = placements_.find(sandbox_id); p != placements_.end()) {
+      Unplace(p->second);
+      placements_.erase(p);
     }
     return s;
   }
   return result;
 }
 
+void Fleet::Unplace(const StoredPlacement& p) {
+  auto r = state_.Find(p.runner_id);
+  if (!r) return;
+  Tracking& t = TrackingOf(*r);
+  auto it = t.placed.find(p.sandbox_id);
+  if (it == t.placed.end()) return;
+  state_.Unreserve(*r, it->second);
+  t.placed.erase(it);
+  t.recheck = true;
+}
+
 absl::StatusOr<bool> Fleet::Release(const std::string& sandbox_id) {
-  // Postgres first: if it fails the caller retries, and memory still matches the table.
+  // The store first: if it fails the caller retries, and memory still matches the table.
   auto deleted = store_.DeletePlacement(sandbox_id);
   if (!deleted.ok()) return deleted.status();
   absl::MutexLock lock(&mu_);
   auto p = placements_.find(sandbox_id);
   if (p == placements_.end()) return *deleted;
-  if (auto it = index_.find(p->second.runner_id); it != index_.end()) {
-    RunnerView& r = runners_[it->second];
-    r.allocated.cpu_millis -= p->second.cpu_millis;
-    r.allocated.memory_mb -= p->second.memory_mb;
-    r.allocated.sandboxes -= 1;
-  }
+  Unplace(p->second);
   placements_.erase(p);
   return true;
 }
@@ -149,50 +271,177 @@ absl::StatusOr<PlacementResult> Fleet::Get(const std::string& sandbox_id) {
   if (p == placements_.end()) {
     return absl::NotFoundError(absl::StrCat("no placement for ", sandbox_id));
   }
-  auto it = index_.find(p->second.runner_id);
-  if (it == index_.end()) return absl::NotFoundError("placement on an unknown runner");
-  return ResultFor(runners_[it->second], p->second.warm);
+  auto r = state_.Find(p->second.runner_id);
+  if (!r) return absl::NotFoundError("placement on an unknown runner");
+  return ResultFor(*r, p->second.warm);
 }
 
 std::vector<Fleet::PlacementInfo> Fleet::ListPlacements(absl::Duration min_age,
                                                         const std::string& after, int limit) {
   absl::MutexLock lock(&mu_);
-  absl::Time cutoff = clock_() - min_age;
+  const absl::Time cutoff = clock_() - min_age;
   std::vector<PlacementInfo> out;
   for (auto it = placements_.upper_bound(after);
        it != placements_.end() && static_cast<int>(out.size()) < limit; ++it) {
     if (it->second.created > cutoff) continue;
-    auto r = index_.find(it->second.runner_id);
-    if (r == index_.end()) continue;
-    out.push_back({it->first, ResultFor(runners_[r->second], it->second.warm)});
+    auto r = state_.Find(it->second.runner_id);
+    if (!r) continue;
+    out.push_back({it->first, ResultFor(*r, it->second.warm)});
   }
   return out;
 }
 
+std::string Fleet::StateOf(RunnerIndex r, absl::Time now) const {
+  const RunnerSlot& s = state_.slot(r);
+  if (now - s.last_heartbeat > options_.lost_after) return "LOST";
+  if (!IsHealthy(s, now, options_.policy)) return "UNHEALTHY";
+  if (s.draining) return "DRAINING";
+  return "HEALTHY";
+}
+
 std::vector<RunnerStatus> Fleet::List() {
   absl::MutexLock lock(&mu_);
-  absl::Time now = clock_();
+  const absl::Time now = clock_();
   std::vector<RunnerStatus> out;
-  for (const auto& r : runners_) {
-    RunnerStatus s;
-    s.view = r;
-    if (r.draining) {
-      s.state = "DRAINING";
-    } else if (IsHealthy(r, now, options_.policy)) {
-      s.state = "HEALTHY";
-    } else if (now - r.last_heartbeat <= options_.lost_after) {
-      s.state = "UNHEALTHY";
-    } else {
-      s.state = "LOST";
-    }
-    auto counts = warm_cold_.find(r.id);
-    if (counts != warm_cold_.end()) {
-      s.placements_warm = counts->second.first;
-      s.placements_cold = counts->second.second;
-    }
-    out.push_back(std::move(s));
+  out.reserve(state_.size());
+  for (RunnerIndex r = 0; r < state_.size(); ++r) {
+    const RunnerSlot& s = state_.slot(r);
+    const RunnerRecord& rec = state_.record(r);
+    RunnerStatus st;
+    st.view.id = rec.id;
+    st.view.name = rec.name;
+    st.view.address = rec.address;
+    st.view.region = rec.region;
+    st.view.capacity = s.capacity;
+    st.view.allocated = s.allocated();
+    st.view.images = rec.images;
+    st.view.sandbox_ids = rec.sandbox_ids;
+    st.view.image_cache_bytes = rec.image_cache_bytes;
+    st.view.image_cache_used_bytes = rec.image_cache_used_bytes;
+    st.view.last_heartbeat = s.last_heartbeat;
+    st.view.draining = s.draining;
+    st.state = StateOf(r, now);
+    st.reserved = s.reserved;
+    const Tracking& t = TrackingOf(r);
+    st.placements_warm = t.warm;
+    st.placements_cold = t.cold;
+    st.pulling = rec.pulling;
+    out.push_back(std::move(st));
   }
+  std::sort(out.begin(), out.end(),
+            [](const RunnerStatus& a, const RunnerStatus& b) { return a.view.name < b.view.name; });
   return out;
+}
+
+FleetTotals Fleet::Totals() {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = clock_();
+  FleetTotals t;
+  for (const char* s : kStates) t.runners_by_state[s] = 0;
+  absl::flat_hash_set<ImageId> images;
+  for (RunnerIndex r = 0; r < state_.size(); ++r) {
+    const RunnerSlot& s = state_.slot(r);
+    const std::string st = StateOf(r, now);
+    ++t.runners_by_state[st];
+    const ResourceVector free = NonNegative(s.capacity - s.allocated());
+    t.capacity += s.capacity;
+    t.allocated += s.allocated();
+    t.free += free;
+    if (st == "HEALTHY") {
+      t.schedulable_capacity += s.capacity;
+      t.schedulable_free += free;
+    }
+    for (ImageId id : state_.record(r).image_ids) images.insert(id);
+    t.pulls_in_flight += static_cast<int64_t>(state_.record(r).pulling.size());
+  }
+  t.images = static_cast<int64_t>(images.size());
+  t.placements = static_cast<int64_t>(placements_.size());
+  return t;
+}
+
+absl::Status Fleet::Sync() {
+  std::vector<std::pair<std::string, absl::Time>> seen;
+  std::vector<RunnerImages> images;
+  {
+    absl::MutexLock lock(&mu_);
+    for (RunnerIndex r = 0; r < state_.size(); ++r) {
+      Tracking& t = TrackingOf(r);
+      const RunnerSlot& s = state_.slot(r);
+      const RunnerRecord& rec = state_.record(r);
+      if (s.last_heartbeat - t.persisted_seen >= options_.last_seen_every) {
+        seen.emplace_back(rec.id, s.last_heartbeat);
+      }
+      if (t.images_dirty) {
+        images.push_back({rec.id, rec.images, rec.image_cache_used_bytes});
+        t.images_dirty = false;
+      }
+    }
+  }
+  absl::Status first = store_.TouchRunners(seen);
+  absl::Status images_written = store_.ReplaceImages(images);
+  auto draining = store_.DrainingRunners();
+  absl::MutexLock lock(&mu_);
+  if (first.ok()) {
+    for (const auto& [id, when] : seen) {
+      if (auto r = state_.Find(id)) {
+        Tracking& t = TrackingOf(*r);
+        t.persisted_seen = std::max(t.persisted_seen, when);
+      }
+    }
+  }
+  if (!images_written.ok()) {
+    for (const auto& ri : images) {
+      if (auto r = state_.Find(ri.runner_id)) TrackingOf(*r).images_dirty = true;
+    }
+    if (first.ok()) first = images_written;
+  }
+  if (draining.ok()) {
+    absl::flat_hash_set<std::string> marked(draining->begin(), draining->end());
+    for (RunnerIndex r = 0; r < state_.size(); ++r) {
+      state_.mutable_slot(r).draining = marked.contains(state_.record(r).id);
+    }
+  } else if (first.ok()) {
+    first = draining.status();
+  }
+  return first;
+}
+
+std::vector<PullTask> Fleet::StartPrewarmRound() {
+  absl::MutexLock lock(&mu_);
+  std::vector<PullTask> tasks = planner_.Plan(state_, demand_, options_.policy, clock_(), rng_);
+  for (const auto& task : tasks) {
+    RunnerRecord& rec = state_.mutable_record(task.runner);
+    rec.pulling.push_back(task.image);
+    rec.pulling_bytes += task.bytes;
+  }
+  return tasks;
+}
+
+void Fleet::FinishPull(const PullTask& task, const absl::StatusOr<CachedImage>& pulled) {
+  absl::MutexLock lock(&mu_);
+  auto r = state_.Find(task.runner_id);
+  if (!r) return;
+  RunnerRecord& rec = state_.mutable_record(*r);
+  auto it = std::find(rec.pulling.begin(), rec.pulling.end(), task.image);
+  if (it != rec.pulling.end()) {
+    rec.pulling.erase(it);
+    rec.pulling_bytes = std::max<int64_t>(0, rec.pulling_bytes - task.bytes);
+  }
+  if (!pulled.ok()) return;
+  CachedImage image = *pulled;
+  if (std::find(image.refs.begin(), image.refs.end(), task.image) == image.refs.end() &&
+      PinnedDigest(task.image).empty()) {
+    image.refs.push_back(task.image);
+  }
+  if (image.last_used == absl::InfinitePast()) image.last_used = clock_();
+  const bool had = state_.Holds(*r, state_.Resolve(task.image));
+  state_.AddImage(*r, std::move(image));
+  if (!had) TrackingOf(*r).images_dirty = true;
+}
+
+double Fleet::PrewarmBoost(const std::string& region) {
+  absl::MutexLock lock(&mu_);
+  return planner_.boost(region);
 }
 
 }  // namespace isorun::scheduler

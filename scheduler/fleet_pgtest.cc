@@ -1,10 +1,11 @@
-#include "scheduler/fleet.h"
-
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <thread>
 
+#include "scheduler/fleet.h"
+#include "scheduler/fleet_store_contract.h"
+#include "scheduler/scheduler_store.h"
 #include "services/kit/status.h"
 #include "tests/support/test_database.h"
 
@@ -91,13 +92,13 @@ TEST(Fleet, RestartedSchedulerRebuildsItsViewFromPostgres) {
   EXPECT_EQ(list[0].view.id, id);
   EXPECT_EQ(list[0].view.allocated.sandboxes, 2);
   EXPECT_FALSE(restarted.Place("z", Req()).ok()) << "full runner accepted a third sandbox";
-  ASSERT_TRUE(restarted.Heartbeat(id, {}).ok());
+  ASSERT_TRUE(restarted.Heartbeat({id}).ok());
   EXPECT_TRUE(restarted.Get("x").ok());
   // A runner re-registering under its name keeps its id.
   EXPECT_EQ(*restarted.Register(NewRunner("a", 2)), id);
 }
 
-TEST(Fleet, DrainingSetInTheTableIsHonouredAfterAHeartbeat) {
+TEST(Fleet, DrainingSetInTheTableIsHonouredAfterASync) {
   testing::TestDatabase db;
   PgPool pool(db.url(), 2);
   SchedulerStore store(pool);
@@ -105,10 +106,76 @@ TEST(Fleet, DrainingSetInTheTableIsHonouredAfterAHeartbeat) {
   auto id = fleet.Register(NewRunner("a", 5));
   ASSERT_TRUE(id.ok());
   db.Scalar("UPDATE scheduler.runners SET draining = true");
-  ASSERT_TRUE(fleet.Heartbeat(*id, {}).ok());
+  ASSERT_TRUE(fleet.Sync().ok());
   EXPECT_EQ(fleet.Place("x", Req()).status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(fleet.List()[0].state, "DRAINING");
-  EXPECT_EQ(fleet.Heartbeat("rn_unknown", {}).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(fleet.Heartbeat({"rn_unknown"}).code(), absl::StatusCode::kNotFound);
+}
+
+TEST(FleetStoreContract, Postgres) {
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 2);
+  SchedulerStore store(pool);
+  RunFleetStoreContract(store, [&](const std::string& id) {
+    db.Scalar("UPDATE scheduler.runners SET draining = true WHERE id = '" + id + "'");
+  });
+}
+
+TEST(Fleet, HeartbeatNewsReachesPostgresInBatches) {
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 2);
+  SchedulerStore store(pool);
+  absl::Time now = absl::Now();
+  FleetOptions options;
+  options.last_seen_every = absl::Seconds(5);
+  Fleet fleet(
+      store, [&] { return now; }, options);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 50; ++i) {
+    auto id = fleet.Register(NewRunner("r" + std::to_string(i), 5));
+    ASSERT_TRUE(id.ok());
+    ids.push_back(*id);
+  }
+  db.Scalar("UPDATE scheduler.runners SET last_heartbeat = now() - interval '1 hour'");
+  now += absl::Seconds(6);
+  for (const auto& id : ids) {
+    HeartbeatReport hb;
+    hb.runner_id = id;
+    if (id == ids[3]) {
+      CachedImage img;
+      img.digest = "sha256:abc";
+      img.size_bytes = 1234;
+      img.refs = {"busybox:1.36"};
+      img.last_used = now;
+      hb.images = std::vector<CachedImage>{img};
+      hb.image_cache_used_bytes = 1234;
+    }
+    ASSERT_TRUE(fleet.Heartbeat(hb).ok());
+  }
+  EXPECT_EQ(db.Scalar("SELECT count(*) FROM scheduler.runners "
+                      "WHERE last_heartbeat > now() - interval '1 minute'"),
+            "0")
+      << "heartbeats alone write nothing";
+  ASSERT_TRUE(fleet.Sync().ok());
+  EXPECT_EQ(db.Scalar("SELECT count(*) FROM scheduler.runners "
+                      "WHERE last_heartbeat > now() - interval '1 minute'"),
+            "50");
+  EXPECT_EQ(db.Scalar("SELECT digest || ' ' || size_bytes || ' ' || array_to_string(refs, ',') "
+                      "FROM scheduler.runner_images WHERE runner_id = '" +
+                      ids[3] + "'"),
+            "sha256:abc 1234 busybox:1.36");
+  EXPECT_EQ(
+      db.Scalar("SELECT image_cache_used_bytes FROM scheduler.runners WHERE id = '" + ids[3] + "'"),
+      "1234");
+  // A restarted scheduler sees the image at once.
+  Fleet restarted(
+      store, [&] { return now; }, options);
+  ASSERT_TRUE(restarted.Load().ok());
+  ASSERT_TRUE(restarted.Heartbeat({ids[3]}).ok());
+  auto p = restarted.Place("x", PlacementRequest{"busybox:1.36", "local", 100, 100});
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->runner_id, ids[3]);
+  EXPECT_TRUE(p->warm);
 }
 
 }  // namespace

@@ -1,7 +1,15 @@
-// isorun-scheduler: the runner registry and placement (gRPC isorun.v1.Scheduler).
+// isorun-scheduler: the runner registry, placement and pre-warming (gRPC isorun.v1.Scheduler), the
+// capacity view on an admin-only HTTP listener, and /metrics.
+
+#include <thread>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "scheduler/admin_http.h"
+#include "scheduler/capacity_json.h"
 #include "scheduler/fleet.h"
+#include "scheduler/fleet_metrics.h"
+#include "scheduler/prewarmer.h"
 #include "scheduler/scheduler_service.h"
 #include "scheduler/scheduler_store.h"
 #include "services/kit/flags.h"
@@ -12,22 +20,141 @@
 
 ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:7002", "host:port of the gRPC listener");
 ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9102", "host:port of /metrics; empty: none");
+ABSL_FLAG(std::string, admin_http_addr, "127.0.0.1:9202",
+          "host:port of the admin HTTP listener (GET /capacity: per-runner and fleet capacity as "
+          "JSON). It has no authentication: keep it on loopback or an admin-only network. Empty: "
+          "none");
 ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL");
 ABSL_FLAG(int, db_connections, 16, "size of the Postgres connection pool");
 ABSL_FLAG(int, heartbeat_interval_ms, 1000, "how often runners are told to heartbeat");
 ABSL_FLAG(int, healthy_within_ms, 5000,
-          "a runner whose last heartbeat is older than this gets no placements");
-
+          "a runner whose last heartbeat is older than this is UNHEALTHY and gets no placements");
 ABSL_FLAG(int, lost_after_ms, 60000,
           "a runner silent for this long is LOST: the lifecycle marks its sandboxes LOST");
+ABSL_FLAG(int, sync_interval_ms, 1000,
+          "how often heartbeat news is written to Postgres in one batch (last-seen, changed image "
+          "lists) and draining marks are read from it");
+ABSL_FLAG(int, last_seen_every_ms, 5000,
+          "the stored last heartbeat of a runner is refreshed at most this often (a coarse "
+          "last-seen: isorunctl and a restarted scheduler read it)");
+ABSL_FLAG(int, unplaced_grace_ms, 5000,
+          "a sandbox a runner reports without a placement counts against the runner after this");
+ABSL_FLAG(std::string, placement_fit, "least",
+          "resource fit: least (least-allocated: spread load) or most (most-allocated: pack)");
+ABSL_FLAG(double, warm_skew, 0.4,
+          "how much fuller (share of a runner, 0..1) a warm runner may be than the best cold "
+          "candidate and still win, for a large image many runners hold");
+ABSL_FLAG(int, large_image_mb, 512,
+          "images this large or larger get the full warm bonus; smaller ones less, down to "
+          "--min_size_factor");
+ABSL_FLAG(double, min_size_factor, 0.5, "the warm bonus factor of the smallest images");
+ABSL_FLAG(double, min_spread_factor, 0.5,
+          "the least warm bonus factor of an image cached on fewer runners than its share of "
+          "recent creates would keep busy (so one warm runner is not swamped)");
+ABSL_FLAG(int, spread_window, 10000, "placements remembered to measure each image's demand share");
+ABSL_FLAG(int, cold_candidates, 8, "runners sampled per placement (power of d choices)");
+ABSL_FLAG(int, warm_candidates, 16,
+          "runners sampled among those holding the image, when more than --scan_whole_below do");
+ABSL_FLAG(int, scan_whole_below, 32, "regions and holder lists this small are scanned whole");
+ABSL_FLAG(int, top_k, 3, "a placement picks at random among this many near-best runners");
+ABSL_FLAG(bool, prewarm, true, "pull hot images onto runners ahead of demand");
+ABSL_FLAG(int, prewarm_interval_ms, 5000, "how often a pre-warm round runs");
+ABSL_FLAG(int, prewarm_window_sec, 60, "the sliding window of create demand per image");
+ABSL_FLAG(int, prewarm_min_creates, 5, "creates within the window that make an image hot");
+ABSL_FLAG(int, prewarm_max_images, 20, "hot images considered per region");
+ABSL_FLAG(double, prewarm_fraction, 0.1,
+          "share of a region's runners the hottest image should be cached on (others in "
+          "proportion to their creates)");
+ABSL_FLAG(double, prewarm_max_fraction, 0.5, "the most any image is pre-warmed onto");
+ABSL_FLAG(int, prewarm_min_holders, 2, "a hot image is pre-warmed onto at least this many runners");
+ABSL_FLAG(double, prewarm_target_cold_rate, 0.05,
+          "above this cold-start rate, and rising, a region's pre-warm fraction doubles");
+ABSL_FLAG(double, prewarm_max_boost, 8, "the most the pre-warm fraction is multiplied by");
+ABSL_FLAG(int, prewarm_max_pulls_per_round, 64, "pulls started per round, fleet-wide");
+ABSL_FLAG(int, prewarm_max_pulls_per_runner, 1, "pre-warm pulls in flight per runner");
+ABSL_FLAG(int, prewarm_default_cache_mb, 10240,
+          "image cache budget assumed for runners that report none");
+ABSL_FLAG(int, prewarm_assumed_image_mb, 256, "size assumed for images of unknown size");
+ABSL_FLAG(int, prewarm_parallel_pulls, 8, "pre-warm pull calls in flight at once");
+ABSL_FLAG(int, prewarm_pull_timeout_sec, 600, "deadline of one pre-warm pull call");
+
+namespace {
+
+using isorun::scheduler::AdminRequest;
+using isorun::scheduler::AdminResponse;
+
+isorun::scheduler::FleetOptions OptionsFromFlags() {
+  isorun::scheduler::FleetOptions o;
+  auto& p = o.policy;
+  p.healthy_within = absl::Milliseconds(absl::GetFlag(FLAGS_healthy_within_ms));
+  p.fit = absl::GetFlag(FLAGS_placement_fit) == "most"
+              ? isorun::scheduler::FitStrategy::kMostAllocated
+              : isorun::scheduler::FitStrategy::kLeastAllocated;
+  p.warm_skew = absl::GetFlag(FLAGS_warm_skew);
+  p.large_image_bytes = int64_t{absl::GetFlag(FLAGS_large_image_mb)} << 20;
+  p.min_size_factor = absl::GetFlag(FLAGS_min_size_factor);
+  p.min_spread_factor = absl::GetFlag(FLAGS_min_spread_factor);
+  p.cold_candidates = absl::GetFlag(FLAGS_cold_candidates);
+  p.warm_candidates = absl::GetFlag(FLAGS_warm_candidates);
+  p.scan_whole_below = absl::GetFlag(FLAGS_scan_whole_below);
+  p.top_k = absl::GetFlag(FLAGS_top_k);
+  o.spread_window = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_spread_window)));
+  o.lost_after = absl::Milliseconds(absl::GetFlag(FLAGS_lost_after_ms));
+  o.last_seen_every = absl::Milliseconds(absl::GetFlag(FLAGS_last_seen_every_ms));
+  o.unplaced_grace = absl::Milliseconds(absl::GetFlag(FLAGS_unplaced_grace_ms));
+  auto& w = o.prewarm;
+  w.enabled = absl::GetFlag(FLAGS_prewarm);
+  w.interval = absl::Milliseconds(absl::GetFlag(FLAGS_prewarm_interval_ms));
+  w.window = absl::Seconds(absl::GetFlag(FLAGS_prewarm_window_sec));
+  w.min_creates = absl::GetFlag(FLAGS_prewarm_min_creates);
+  w.max_images = absl::GetFlag(FLAGS_prewarm_max_images);
+  w.fraction = absl::GetFlag(FLAGS_prewarm_fraction);
+  w.max_fraction = absl::GetFlag(FLAGS_prewarm_max_fraction);
+  w.min_holders = absl::GetFlag(FLAGS_prewarm_min_holders);
+  w.target_cold_rate = absl::GetFlag(FLAGS_prewarm_target_cold_rate);
+  w.max_boost = absl::GetFlag(FLAGS_prewarm_max_boost);
+  w.max_pulls_per_round = absl::GetFlag(FLAGS_prewarm_max_pulls_per_round);
+  w.max_pulls_per_runner = absl::GetFlag(FLAGS_prewarm_max_pulls_per_runner);
+  w.default_cache_bytes = int64_t{absl::GetFlag(FLAGS_prewarm_default_cache_mb)} << 20;
+  w.assumed_image_bytes = int64_t{absl::GetFlag(FLAGS_prewarm_assumed_image_mb)} << 20;
+  return o;
+}
+
+AdminResponse ServeAdmin(isorun::scheduler::Fleet& fleet, const AdminRequest& req) {
+  if (req.method != "GET") return {405, "text/plain", "only GET\n"};
+  if (req.path == "/healthz") return {200, "text/plain", "ok\n"};
+  if (req.path != "/capacity") {
+    return {404, "text/plain", "not found: try GET /capacity or /healthz\n"};
+  }
+  isorun::scheduler::CapacityJsonOptions options;
+  auto flag = [&](const char* name) {
+    auto it = req.query.find(name);
+    return it == req.query.end() ? std::string() : it->second;
+  };
+  options.runners = flag("summary") != "1" && flag("summary") != "true";
+  options.runner = flag("runner");
+  options.sandbox_ids = flag("sandboxes") != "0" && flag("sandboxes") != "false";
+  auto totals = fleet.Totals();
+  std::vector<isorun::scheduler::RunnerStatus> runners;
+  if (options.runners) runners = fleet.List();
+  return {200, "application/json",
+          isorun::scheduler::CapacityJson(runners, totals, absl::Now(), options) + "\n"};
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  isorun::ParseFlags(argc, argv, "isorun-scheduler: runner registry and placement");
+  isorun::ParseFlags(argc, argv, "isorun-scheduler: runner registry, placement and pre-warming");
   isorun::SetLogService("scheduler");
   isorun::BlockShutdownSignals();
   const std::string url = absl::GetFlag(FLAGS_database_url);
   if (url.empty()) {
     isorun::LogError("--database_url (ISORUN_DATABASE_URL) is required");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_placement_fit) != "least" &&
+      absl::GetFlag(FLAGS_placement_fit) != "most") {
+    isorun::LogError("--placement_fit must be least or most");
     return 2;
   }
   isorun::PgPool pool(url, absl::GetFlag(FLAGS_db_connections));
@@ -37,15 +164,15 @@ int main(int argc, char** argv) {
     isorun::LogError("cannot start", {{"error", std::string(s.message())}});
     return 1;
   }
-  isorun::scheduler::FleetOptions options;
-  options.policy.healthy_within = absl::Milliseconds(absl::GetFlag(FLAGS_healthy_within_ms));
-  options.lost_after = absl::Milliseconds(absl::GetFlag(FLAGS_lost_after_ms));
-  isorun::scheduler::Fleet fleet(store, [] { return absl::Now(); }, options);
+  const isorun::scheduler::FleetOptions options = OptionsFromFlags();
+  isorun::scheduler::Fleet fleet(
+      store, [] { return absl::Now(); }, options);
   if (absl::Status s = fleet.Load(); !s.ok()) {
     isorun::LogError("cannot load the fleet", {{"error", std::string(s.message())}});
     return 1;
   }
   isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
+  isorun::scheduler::FleetMetrics fleet_metrics(metrics.registry());
   isorun::scheduler::SchedulerService service(fleet, metrics.registry(),
                                               absl::GetFlag(FLAGS_heartbeat_interval_ms));
   auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service});
@@ -53,10 +180,54 @@ int main(int argc, char** argv) {
     isorun::LogError("cannot start", {{"error", std::string(server.status().message())}});
     return 1;
   }
+
+  std::unique_ptr<isorun::scheduler::AdminHttpServer> admin;
+  if (const std::string addr = absl::GetFlag(FLAGS_admin_http_addr); !addr.empty()) {
+    auto started = isorun::scheduler::AdminHttpServer::Start(
+        addr, [&fleet](const AdminRequest& req) { return ServeAdmin(fleet, req); });
+    if (started.ok()) {
+      admin = std::move(*started);
+    } else {
+      // Not fatal: placement matters more than the dashboard view (and several local clusters
+      // may want the default port).
+      isorun::LogError("no admin HTTP listener",
+                       {{"error", std::string(started.status().message())}});
+    }
+  }
+
+  // Heartbeat news to Postgres and gauges, every sync interval.
+  absl::Notification stop;
+  std::thread syncer([&] {
+    const absl::Duration every =
+        absl::Milliseconds(std::max(50, absl::GetFlag(FLAGS_sync_interval_ms)));
+    bool failing = false;
+    while (!stop.WaitForNotificationWithTimeout(every)) {
+      absl::Status s = fleet.Sync();
+      if (!s.ok() && !failing) {
+        isorun::LogWarn("cannot sync the fleet to Postgres; will retry",
+                        {{"error", std::string(s.message())}});
+      }
+      failing = !s.ok();
+      fleet_metrics.Update(fleet.Totals());
+    }
+  });
+
+  isorun::scheduler::GrpcImagePuller puller(
+      absl::Seconds(absl::GetFlag(FLAGS_prewarm_pull_timeout_sec)));
+  isorun::scheduler::Prewarmer prewarmer(fleet, puller, absl::GetFlag(FLAGS_prewarm_parallel_pulls),
+                                         &fleet_metrics.pulls_ok(), &fleet_metrics.pulls_failed());
+  if (options.prewarm.enabled) prewarmer.Start(options.prewarm.interval);
+
   isorun::LogInfo("serving", {{"grpc_port", std::to_string(server->port)},
+                              {"admin_port", std::to_string(admin ? admin->port() : 0)},
                               {"runners", std::to_string(fleet.List().size())}});
   int sig = isorun::WaitForShutdownSignal();
   isorun::LogInfo("shutting down", {{"signal", std::to_string(sig)}});
+  prewarmer.Stop();
+  if (admin) admin->Stop();
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  stop.Notify();
+  syncer.join();
+  (void)fleet.Sync();
   return 0;
 }

@@ -8,22 +8,85 @@
 namespace isorun::scheduler {
 namespace {
 
-std::vector<std::string> ImageRefs(const google::protobuf::RepeatedPtrField<v1::CachedImage>& in) {
-  std::vector<std::string> refs;
-  for (const auto& img : in) {
-    if (!img.digest().empty()) refs.push_back(img.digest());
-    for (const auto& ref : img.refs()) refs.push_back(ref);
-  }
-  return refs;
-}
-
 void FillResources(const ResourceVector& r, v1::Resources* out) {
   out->set_cpu_millis(static_cast<int32_t>(r.cpu_millis));
   out->set_memory_mb(static_cast<int32_t>(r.memory_mb));
   out->set_sandboxes(static_cast<int32_t>(r.sandboxes));
 }
 
+ResourceVector FromProto(const v1::Resources& r) {
+  return {r.cpu_millis(), r.memory_mb(), r.sandboxes()};
+}
+
+// One runner's heartbeat stream: reads until the runner goes away, applying each message to the
+// fleet. Deletes itself when the call is done.
+class HeartbeatReactor final : public grpc::ServerReadReactor<v1::HeartbeatRequest> {
+ public:
+  explicit HeartbeatReactor(Fleet& fleet) : fleet_(fleet), stream_(fleet.NewStreamId()) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the runner closed the stream, or the connection broke
+      Finish(grpc::Status::OK);
+      return;
+    }
+    runner_id_ = request_.runner_id();
+    absl::Status s = fleet_.Heartbeat(ReportFromProto(request_, stream_));
+    if (!s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override {
+    if (!runner_id_.empty()) fleet_.StreamEnded(runner_id_, stream_);
+    delete this;
+  }
+
+ private:
+  Fleet& fleet_;
+  const uint64_t stream_;
+  v1::HeartbeatRequest request_;
+  std::string runner_id_;
+};
+
 }  // namespace
+
+std::vector<CachedImage> ImagesFromProto(
+    const google::protobuf::RepeatedPtrField<v1::CachedImage>& images) {
+  std::vector<CachedImage> out;
+  out.reserve(static_cast<size_t>(images.size()));
+  for (const auto& img : images) {
+    CachedImage c;
+    c.digest = img.digest();
+    c.size_bytes = img.size_bytes();
+    c.refs.assign(img.refs().begin(), img.refs().end());
+    if (img.has_last_used()) {
+      c.last_used = absl::FromUnixMicros(
+          google::protobuf::util::TimeUtil::TimestampToMicroseconds(img.last_used()));
+    }
+    c.sandboxes = img.sandboxes();
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+HeartbeatReport ReportFromProto(const v1::HeartbeatRequest& req, uint64_t stream) {
+  HeartbeatReport report;
+  report.runner_id = req.runner_id();
+  report.allocated = FromProto(req.allocated());
+  if (!req.images_unchanged()) report.images = ImagesFromProto(req.images());
+  if (!req.sandboxes_unchanged()) {
+    report.sandbox_ids.emplace(req.sandbox_ids().begin(), req.sandbox_ids().end());
+  }
+  if (req.image_cache_used_bytes() > 0 || !req.images_unchanged()) {
+    report.image_cache_used_bytes = req.image_cache_used_bytes();
+  }
+  report.stream = stream;
+  return report;
+}
 
 SchedulerService::SchedulerService(Fleet& fleet, prometheus::Registry& registry,
                                    int heartbeat_interval_ms)
@@ -36,13 +99,13 @@ SchedulerService::SchedulerService(Fleet& fleet, prometheus::Registry& registry,
       warm_(placements_.Add({{"outcome", "warm"}})),
       cold_(placements_.Add({{"outcome", "cold"}})),
       no_capacity_(placements_.Add({{"outcome", "no_capacity"}})),
-      latency_(prometheus::BuildHistogram()
-                   .Name("isorun_scheduler_placement_duration_seconds")
-                   .Help("Time to decide and record a placement")
-                   .Register(registry)
-                   .Add({}, prometheus::Histogram::BucketBoundaries{
-                                0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05,
-                                0.1})) {}
+      latency_(
+          prometheus::BuildHistogram()
+              .Name("isorun_scheduler_placement_duration_seconds")
+              .Help("Time to decide and record a placement")
+              .Register(registry)
+              .Add({}, prometheus::Histogram::BucketBoundaries{0.00001, 0.00005, 0.0001, 0.0005,
+                                                               0.001, 0.005, 0.01, 0.05, 0.1})) {}
 
 grpc::Status SchedulerService::RegisterRunner(grpc::ServerContext*,
                                               const v1::RegisterRunnerRequest* req,
@@ -50,13 +113,20 @@ grpc::Status SchedulerService::RegisterRunner(grpc::ServerContext*,
   if (req->name().empty() || req->address().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "runner name and address are required");
   }
+  if (req->capacity().cpu_millis() < 0 || req->capacity().memory_mb() < 0 ||
+      req->capacity().sandboxes() < 0 || req->image_cache_bytes() < 0 ||
+      req->image_cache_used_bytes() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "capacity cannot be negative");
+  }
   RunnerView r;
   r.name = req->name();
   r.address = req->address();
   r.region = req->region();
-  r.capacity = {req->capacity().cpu_millis(), req->capacity().memory_mb(),
-                req->capacity().sandboxes()};
-  for (auto& ref : ImageRefs(req->images())) r.images.insert(ref);
+  r.capacity = FromProto(req->capacity());
+  r.images = ImagesFromProto(req->images());
+  r.sandbox_ids.assign(req->sandbox_ids().begin(), req->sandbox_ids().end());
+  r.image_cache_bytes = req->image_cache_bytes();
+  r.image_cache_used_bytes = req->image_cache_used_bytes();
   auto id = fleet_.Register(std::move(r));
   if (!id.ok()) return ToGrpcStatus(id.status());
   resp->set_runner_id(*id);
@@ -66,7 +136,12 @@ grpc::Status SchedulerService::RegisterRunner(grpc::ServerContext*,
 
 grpc::Status SchedulerService::Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
                                          v1::HeartbeatResponse*) {
-  return ToGrpcStatus(fleet_.Heartbeat(req->runner_id(), ImageRefs(req->images())));
+  return ToGrpcStatus(fleet_.Heartbeat(ReportFromProto(*req, 0)));
+}
+
+grpc::ServerReadReactor<v1::HeartbeatRequest>* SchedulerService::HeartbeatStream(
+    grpc::CallbackServerContext*, v1::HeartbeatResponse*) {
+  return new HeartbeatReactor(fleet_);
 }
 
 grpc::Status SchedulerService::Place(grpc::ServerContext*, const v1::PlaceRequest* req,
@@ -75,8 +150,7 @@ grpc::Status SchedulerService::Place(grpc::ServerContext*, const v1::PlaceReques
   PlacementRequest request{req->image(), req->region(), req->request().cpu_millis(),
                            req->request().memory_mb()};
   auto result = fleet_.Place(req->sandbox_id(), request);
-  latency_.Observe(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  latency_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   if (!result.ok()) {
     if (result.status().code() == absl::StatusCode::kResourceExhausted) no_capacity_.Increment();
     return ToGrpcStatus(result.status());
@@ -123,10 +197,28 @@ grpc::Status SchedulerService::ListRunners(grpc::ServerContext*, const v1::ListR
     out->set_state(s.state);
     FillResources(s.view.capacity, out->mutable_capacity());
     FillResources(s.view.allocated, out->mutable_allocated());
-    for (const auto& ref : s.view.images) out->add_images()->set_digest(ref);
-    *out->mutable_last_heartbeat() =
-        google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
-            absl::ToUnixMicros(s.view.last_heartbeat));
+    ResourceVector free = s.view.capacity - s.view.allocated;
+    free.cpu_millis = std::max<int64_t>(0, free.cpu_millis);
+    free.memory_mb = std::max<int64_t>(0, free.memory_mb);
+    free.sandboxes = std::max<int64_t>(0, free.sandboxes);
+    FillResources(free, out->mutable_free());
+    FillResources(s.reserved, out->mutable_reserved());
+    for (const auto& img : s.view.images) {
+      auto* i = out->add_images();
+      i->set_digest(img.digest);
+      i->set_size_bytes(img.size_bytes);
+      for (const auto& ref : img.refs) i->add_refs(ref);
+      if (img.last_used != absl::InfinitePast()) {
+        *i->mutable_last_used() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
+            absl::ToUnixMicros(img.last_used));
+      }
+      i->set_sandboxes(img.sandboxes);
+    }
+    for (const auto& id : s.view.sandbox_ids) out->add_sandbox_ids(id);
+    out->set_image_cache_bytes(s.view.image_cache_bytes);
+    out->set_image_cache_used_bytes(s.view.image_cache_used_bytes);
+    *out->mutable_last_heartbeat() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
+        absl::ToUnixMicros(s.view.last_heartbeat));
     out->set_placements_warm(s.placements_warm);
     out->set_placements_cold(s.placements_cold);
   }

@@ -1,6 +1,9 @@
 #pragma once
 
-// gRPC adapter of isorun.v1.Scheduler over Fleet.
+// gRPC adapter of isorun.v1.Scheduler over Fleet. Every method is on the sync thread pool except
+// HeartbeatStream, a callback-API reactor: thousands of runners keep a stream open each, which
+// must not hold a thread each. A heartbeat only touches Fleet's memory (no I/O), so running it in
+// a reaction is fine.
 
 #include "isorun/v1/scheduler.grpc.pb.h"
 #include "prometheus/counter.h"
@@ -10,7 +13,8 @@
 
 namespace isorun::scheduler {
 
-class SchedulerService final : public v1::Scheduler::Service {
+class SchedulerService final
+    : public v1::Scheduler::WithCallbackMethod_HeartbeatStream<v1::Scheduler::Service> {
  public:
   SchedulerService(Fleet& fleet, prometheus::Registry& registry, int heartbeat_interval_ms);
 
@@ -18,6 +22,8 @@ class SchedulerService final : public v1::Scheduler::Service {
                               v1::RegisterRunnerResponse*) override;
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*,
                          v1::HeartbeatResponse*) override;
+  grpc::ServerReadReactor<v1::HeartbeatRequest>* HeartbeatStream(grpc::CallbackServerContext*,
+                                                                 v1::HeartbeatResponse*) override;
   grpc::Status Place(grpc::ServerContext*, const v1::PlaceRequest*, v1::Placement*) override;
   grpc::Status ReleasePlacement(grpc::ServerContext*, const v1::ReleasePlacementRequest*,
                                 v1::ReleasePlacementResponse*) override;
@@ -37,5 +43,10 @@ class SchedulerService final : public v1::Scheduler::Service {
   prometheus::Counter& no_capacity_;
   prometheus::Histogram& latency_;
 };
+
+// The report a heartbeat message carries (shared by the unary and the streaming method).
+HeartbeatReport ReportFromProto(const v1::HeartbeatRequest& request, uint64_t stream);
+std::vector<CachedImage> ImagesFromProto(
+    const google::protobuf::RepeatedPtrField<v1::CachedImage>& images);
 
 }  // namespace isorun::scheduler

@@ -43,6 +43,11 @@ class Driver {
   virtual absl::Status Unpause(const std::string& sandbox_id) = 0;
   virtual std::vector<std::string> Sandboxes() = 0;
   virtual std::vector<CachedImageInfo> Images() = 0;
+  // Puts `image` in the cache without starting anything (the scheduler's pre-warming); answers
+  // at once when it is cached already. Idempotent.
+  virtual absl::StatusOr<CachedImageInfo> Pull(const std::string& image) {
+    return absl::UnimplementedError("this runner driver does not pull images ahead of demand");
+  }
   // Runs `/bin/sh -c cmd` to completion: timeout_sec 0 means 30 s; at the timeout the command
   // and everything it started are killed and the answer is DEADLINE_EXCEEDED (EXEC_TIMEOUT).
   // FAILED_PRECONDITION (SANDBOX_NOT_RUNNING) on a paused sandbox.

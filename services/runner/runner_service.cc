@@ -63,4 +63,23 @@ grpc::Status RunnerService::ExecStream(grpc::ServerContext* ctx, const v1::Runne
   return grpc::Status::OK;
 }
 
+grpc::Status RunnerService::PullImage(grpc::ServerContext*, const v1::PullImageRequest* req,
+                                      v1::PullImageResponse* resp) {
+  if (req->image().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "image is required");
+  }
+  bool cached = false;
+  for (const auto& img : driver_.Images()) {
+    for (const auto& ref : img.refs) cached = cached || ref == req->image();
+    cached = cached || img.digest == req->image();
+  }
+  auto info = driver_.Pull(req->image());
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  resp->set_image_digest(info->digest);
+  resp->set_size_bytes(info->size_bytes);
+  for (const auto& ref : info->refs) resp->add_refs(ref);
+  resp->set_already_cached(cached);
+  return grpc::Status::OK;
+}
+
 }  // namespace isorun::runner

@@ -26,6 +26,8 @@ class RunnerService final : public v1::Runner::Service {
   // (cancels) kills the command.
   grpc::Status ExecStream(grpc::ServerContext*, const v1::RunnerExecRequest*,
                           grpc::ServerWriter<v1::ExecChunk>*) override;
+  grpc::Status PullImage(grpc::ServerContext*, const v1::PullImageRequest*,
+                         v1::PullImageResponse*) override;
 
  private:
   Driver& driver_;

@@ -31,6 +31,22 @@ absl::StatusOr<StartResult> SimDriver::Start(const v1::StartSandboxRequest& requ
   return StartResult{SimulatedDigest(request.image()), warm};
 }
 
+absl::StatusOr<CachedImageInfo> SimDriver::Pull(const std::string& image) {
+  if (image.empty()) return absl::InvalidArgumentError("image is required");
+  bool cached;
+  {
+    absl::MutexLock lock(&mu_);
+    cached = images_.count(image) > 0;
+  }
+  if (!cached) absl::SleepFor(options_.pull_delay);
+  absl::MutexLock lock(&mu_);
+  images_.insert(image);
+  CachedImageInfo info;
+  info.digest = SimulatedDigest(image);
+  info.refs = {image};
+  return info;
+}
+
 absl::StatusOr<bool> SimDriver::Stop(const std::string& sandbox_id) {
   absl::MutexLock lock(&mu_);
   paused_.erase(sandbox_id);

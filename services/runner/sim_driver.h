@@ -32,6 +32,8 @@ class SimDriver final : public Driver {
   std::vector<std::string> Sandboxes() override;
   bool IsPaused(const std::string& sandbox_id);
   std::vector<CachedImageInfo> Images() override;
+  // Marks the image cached after `pull_delay` (none when it is cached already).
+  absl::StatusOr<CachedImageInfo> Pull(const std::string& image) override;
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& sandbox_id,
                                         const v1::ExecRequest& request) override;
   absl::StatusOr<int> ExecStream(const std::string& sandbox_id, const v1::ExecRequest& request,
