@@ -303,7 +303,8 @@ absl::StatusOr<v1::ExecResponse> Lifecycle::Exec(const v1::ExecRequest& request)
 
 absl::Status Lifecycle::ExecStream(const v1::ExecRequest& request,
                                    const std::function<bool(const v1::ExecChunk&)>& on_chunk,
-                                   const std::function<bool()>& cancelled) {
+                                   const std::function<bool()>& cancelled,
+                                   const std::function<void()>& on_start) {
   auto sb = store_.Get(request.tenant_id(), request.id());
   if (!sb.ok()) return sb.status();
   if (sb->state() != v1::RUNNING) return NotRunning(*sb);
@@ -315,6 +316,7 @@ absl::Status Lifecycle::ExecStream(const v1::ExecRequest& request,
                  absl::StrCat("timeoutSec must be from 1 to ", kMaxTimeoutSec));
   }
   (void)store_.Touch(request.id());
+  on_start();
   // A running command is activity: push the deadline forward while it runs.
   absl::Notification done;
   std::thread keepalive([&] {

@@ -60,9 +60,11 @@ class Lifecycle {
   absl::StatusOr<v1::ExecResponse> Exec(const v1::ExecRequest& request);
   // Streams output as it comes. No default timeout; the sandbox counts as active (its idle
   // deadline keeps moving) while the command runs; `cancelled` returning true kills the command.
+  // `on_start` runs once the request is accepted, before any output.
   absl::Status ExecStream(const v1::ExecRequest& request,
                           const std::function<bool(const v1::ExecChunk&)>& on_chunk,
-                          const std::function<bool()>& cancelled);
+                          const std::function<bool()>& cancelled,
+                          const std::function<void()>& on_start = [] {});
   absl::StatusOr<v1::Usage> GetUsage(const std::string& tenant_id);
 
   // One pass of the idle reaper: destroys running sandboxes whose deadline passed.

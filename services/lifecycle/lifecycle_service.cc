@@ -112,7 +112,9 @@ grpc::Status LifecycleService::ExecStream(grpc::ServerContext* ctx, const v1::Ex
   if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
   return ToGrpcStatus(lifecycle_.ExecStream(
       *req, [&](const v1::ExecChunk& chunk) { return writer->Write(chunk); },
-      [ctx] { return ctx->IsCancelled(); }));
+      [ctx] { return ctx->IsCancelled(); },
+      // Headers go out as soon as the command is accepted, so clients see the stream begin.
+      [writer] { writer->SendInitialMetadata(); }));
 }
 
 grpc::Status LifecycleService::GetUsage(grpc::ServerContext*, const v1::GetUsageRequest* req,
