@@ -41,11 +41,21 @@ bool SameImages(const std::vector<CachedImage>& a, const std::vector<CachedImage
   return Identity(a) == Identity(b);
 }
 
+namespace {
+
+// A LOST runner must never look healthy to placement.
+FleetOptions Normalized(FleetOptions o) {
+  o.policy.healthy_within = std::min(o.policy.healthy_within, o.lost_after);
+  return o;
+}
+
+}  // namespace
+
 Fleet::Fleet(FleetStore& store, Clock clock, FleetOptions options)
     : store_(store),
       clock_(std::move(clock)),
-      options_(options),
-      policy_(options.policy),
+      options_(Normalized(options)),
+      policy_(options_.policy),
       demand_(options.prewarm.window),
       planner_(options.prewarm) {
   absl::MutexLock lock(&mu_);
