@@ -83,7 +83,7 @@ int64_t DiskUsage(const std::string& path) {
   return g_usage;
 }
 
-absl::Status WriteFileAtomic(const std::string& path, const std::string& data) {
+absl::Status WriteFileAtomic(const std::string& path, const std::string& data, bool sync) {
   std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", ::gettid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return Errno("create", tmp);
@@ -99,7 +99,7 @@ absl::Status WriteFileAtomic(const std::string& path, const std::string& data) {
     }
     off += static_cast<size_t>(w);
   }
-  ::fsync(fd);
+  if (sync) ::fsync(fd);
   ::close(fd);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     absl::Status s = Errno("rename", tmp);

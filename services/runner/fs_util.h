@@ -18,8 +18,10 @@ absl::Status MakeDirs(const std::string& path, unsigned mode = 0755);
 absl::Status RemoveTree(const std::string& path);
 // Bytes used on disk by the files under `path` (st_blocks), not crossing filesystems.
 int64_t DiskUsage(const std::string& path);
-// Writes `data` to a temporary file beside `path`, fsyncs it and renames it over `path`.
-absl::Status WriteFileAtomic(const std::string& path, const std::string& data);
+// Writes `data` to a temporary file beside `path` and renames it over `path`: readers see the
+// old or the new content, never a mix. With `sync`, the data is on disk first (survives a host
+// crash, not only a process crash); that costs milliseconds, so hot paths leave it out.
+absl::Status WriteFileAtomic(const std::string& path, const std::string& data, bool sync = false);
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 // Names of the entries of a directory (not . or ..); empty when it does not exist.
 std::vector<std::string> ListDir(const std::string& path);

@@ -135,10 +135,11 @@ void ImageCache::RememberRefLocked(Entry& entry, const ImageRef& ref) {
   if (changed) (void)PersistLocked(entry);
 }
 
-absl::Status ImageCache::PersistLocked(const Entry& entry) {
+absl::Status ImageCache::PersistLocked(const Entry& entry, bool sync) {
   return WriteFileAtomic(absl::StrCat(EntryDir(entry.digest), "/", kMetaFile),
                          FormatMeta(entry.digest, entry.size_bytes, entry.last_used, entry.tags,
-                                    entry.names, entry.config));
+                                    entry.names, entry.config),
+                         sync);
 }
 
 absl::StatusOr<ImageLease> ImageCache::Acquire(const std::string& image,
@@ -261,7 +262,7 @@ absl::Status ImageCache::PullDigest(const ImageRef& ref, const std::string& dige
     total_bytes_ += size;
     ++stats_.pulls;
     RememberRefLocked(stored, ref);
-    if (absl::Status s = PersistLocked(stored); !s.ok()) {
+    if (absl::Status s = PersistLocked(stored, /*sync=*/true); !s.ok()) {
       LogWarn("cannot write image metadata; the image will be pulled again after a restart",
               {{"digest", digest}, {"error", s.ToString()}});
     }

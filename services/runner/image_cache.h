@@ -123,7 +123,8 @@ class ImageCache {
   ImageLease LeaseLocked(Entry& entry, const std::string& holder, bool warm)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RememberRefLocked(Entry& entry, const ImageRef& ref) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status PersistLocked(const Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status PersistLocked(const Entry& entry, bool sync = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves evicted entries to the trash; the caller deletes them outside the lock.
   std::vector<std::string> EvictLocked(const std::string& keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EmptyTrash(const std::vector<std::string>& dirs);

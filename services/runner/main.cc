@@ -44,6 +44,9 @@ ABSL_FLAG(std::string, skopeo_path, "skopeo", "runc driver: the skopeo binary");
 ABSL_FLAG(std::string, umoci_path, "umoci", "runc driver: the umoci binary");
 ABSL_FLAG(std::string, sandbox_init, "",
           "runc driver: PID 1 of sandboxes; empty: isorun-sandbox-init beside this binary");
+ABSL_FLAG(bool, stop_sandboxes_on_exit, false,
+          "stop every sandbox when the runner exits; by default they keep running and a restarted "
+          "runner re-attaches them");
 ABSL_FLAG(int, sandbox_uid_base, 100000,
           "runc driver: host uid (and gid) that root in a sandbox maps to; 65536 ids from there");
 
@@ -127,5 +130,14 @@ int main(int argc, char** argv) {
   isorun::LogInfo("shutting down", {{"signal", std::to_string(sig)}});
   agent.Stop();
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (absl::GetFlag(FLAGS_stop_sandboxes_on_exit)) {
+    for (const auto& id : driver->Sandboxes()) {
+      auto stopped = driver->Stop(id);
+      if (!stopped.ok()) {
+        isorun::LogWarn("cannot stop sandbox",
+                        {{"sandbox", id}, {"error", stopped.status().ToString()}});
+      }
+    }
+  }
   return 0;
 }

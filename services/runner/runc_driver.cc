@@ -283,6 +283,11 @@ absl::StatusOr<StartResult> RuncDriver::Start(const v1::StartSandboxRequest& req
 absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
                                                     const v1::StartSandboxRequest& request) {
   const std::string& id = request.sandbox_id();
+  for (const auto& [k, v] : request.env()) {
+    if (!ValidEnvKey(k) || v.find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("invalid env variable name \"", k, "\""));
+    }
+  }
   const absl::Time t0 = absl::Now();
   auto lease = cache_.Acquire(request.image(), id);
   if (!lease.ok()) return lease.status();
@@ -325,13 +330,7 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
     spec.args = {kInitInSandbox};
   }
   std::vector<std::string> sandbox_env;
-  for (const auto& [k, v] : request.env()) {
-    if (!ValidEnvKey(k) || v.find('\0') != std::string::npos) {
-      return fail(
-          absl::InvalidArgumentError(absl::StrCat("invalid env variable name \"", k, "\"")));
-    }
-    sandbox_env.push_back(absl::StrCat(k, "=", v));
-  }
+  for (const auto& [k, v] : request.env()) sandbox_env.push_back(absl::StrCat(k, "=", v));
   spec.env = MergeEnv({{kDefaultPath, "HOME=/root"}, lease->config.env, sandbox_env});
   spec.cwd = lease->config.cwd;
   spec.host_id = options_.uid_base;

@@ -516,6 +516,7 @@ TEST_F(RuncDriverTest, AnUnknownImageFailsNamingItAndLeavesNothing) {
   auto r = driver_->Start(StartReq("sbx_404", "nope:1.0"));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound) << r.status();
   EXPECT_TRUE(absl::StrContains(r.status().message(), "nope:1.0")) << r.status();
+  EXPECT_EQ(ReasonOf(r.status()), "IMAGE_NOT_FOUND");
   auto by_digest = driver_->Start(StartReq("sbx_404", "busybox@sha256:" + std::string(64, '0')));
   EXPECT_EQ(by_digest.status().code(), absl::StatusCode::kNotFound) << by_digest.status();
   auto unreachable = driver_->Start(StartReq("sbx_404", "127.0.0.1:1/busybox:1.36"));
@@ -524,6 +525,9 @@ TEST_F(RuncDriverTest, AnUnknownImageFailsNamingItAndLeavesNothing) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(driver_->Start(StartReq("../escape", "busybox:1.36")).status().code(),
             absl::StatusCode::kInvalidArgument);
+  auto bad_env = StartReq("sbx_404");
+  (*bad_env.mutable_env())["A=B"] = "x";
+  EXPECT_EQ(driver_->Start(bad_env).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(driver_->Sandboxes().empty());
   EXPECT_TRUE(driver_->Images().empty());
   EXPECT_TRUE(ListDir(dir_ + "/sandboxes").empty());

@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "services/kit/status.h"
 #include "services/runner/fs_util.h"
 #include "services/runner/process.h"
 
@@ -32,16 +33,16 @@ absl::Status SkopeoError(const std::string& image, const std::string& registry,
   for (const char* marker :
        {"manifest unknown", "name unknown", "not found", "404", "repository name not known"}) {
     if (absl::StrContains(lower, marker)) {
-      return absl::NotFoundError(
-          absl::StrCat("image ", image, " not found in registry ", registry));
+      return Error(absl::StatusCode::kNotFound, "IMAGE_NOT_FOUND",
+                   absl::StrCat("image ", image, " not found in registry ", registry));
     }
   }
   for (const char* marker : {"connection refused", "no such host", "i/o timeout",
                              "network is unreachable", "connection reset", "timeout"}) {
     if (absl::StrContains(lower, marker)) {
-      return absl::UnavailableError(absl::StrCat("cannot reach registry ", registry,
-                                                 " to pull image ", image, ": ",
-                                                 LastLine(stderr_text)));
+      return Error(absl::StatusCode::kUnavailable, "REGISTRY_UNAVAILABLE",
+                   absl::StrCat("cannot reach registry ", registry, " to pull image ", image, ": ",
+                                LastLine(stderr_text)));
     }
   }
   return absl::UnavailableError(

@@ -34,8 +34,9 @@ class SkopeoFetcher final : public ImageFetcher {
   const SkopeoOptions options_;
 };
 
-// Maps a failed skopeo run to a status naming the image: NOT_FOUND when the registry has no
-// such repository, tag or digest; UNAVAILABLE when the registry cannot be reached.
+// Maps a failed skopeo run to a status naming the image: NOT_FOUND (reason IMAGE_NOT_FOUND)
+// when the registry has no such repository, tag or digest; UNAVAILABLE (REGISTRY_UNAVAILABLE)
+// when the registry cannot be reached.
 absl::Status SkopeoError(const std::string& image, const std::string& registry,
                          const std::string& stderr_text);
 
