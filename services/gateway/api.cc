@@ -1,5 +1,4 @@
 #include "services/gateway/api.h"
-#include "services/gateway/strings.h"
 
 #include <exception>
 
@@ -9,6 +8,7 @@
 #include "services/gateway/bodies.h"
 #include "services/gateway/exec_stream.h"
 #include "services/gateway/render.h"
+#include "services/gateway/strings.h"
 #include "services/kit/ids.h"
 #include "services/kit/json.h"
 #include "services/kit/log.h"
@@ -69,10 +69,17 @@ std::string ChunkLine(const v1::ExecChunk& chunk) {
   JsonWriter w;
   w.BeginObject();
   switch (chunk.kind_case()) {
-    case v1::ExecChunk::kStdout: w.Key("stdout").String(chunk.stdout()); break;
-    case v1::ExecChunk::kStderr: w.Key("stderr").String(chunk.stderr()); break;
-    case v1::ExecChunk::kExitCode: w.Key("exitCode").Int(chunk.exit_code()); break;
-    default: return "";
+    case v1::ExecChunk::kStdout:
+      w.Key("stdout").String(chunk.stdout());
+      break;
+    case v1::ExecChunk::kStderr:
+      w.Key("stderr").String(chunk.stderr());
+      break;
+    case v1::ExecChunk::kExitCode:
+      w.Key("exitCode").Int(chunk.exit_code());
+      break;
+    default:
+      return "";
   }
   w.EndObject();
   return w.Take() + "\n";
@@ -101,7 +108,8 @@ class GatewayApi::CallScope {
   grpc::ClientContext* call_;
 };
 
-GatewayApi::GatewayApi(Options options, KeyStore& keys, std::shared_ptr<grpc::Channel> lifecycle,
+GatewayApi::GatewayApi(Options options, KeyStore& keys,
+                       const std::shared_ptr<grpc::Channel>& lifecycle,
                        std::vector<std::pair<std::string, HealthCheck>> health_checks,
                        prometheus::Registry& registry, RateChecker* rates)
     : options_(std::move(options)),
@@ -164,10 +172,12 @@ HttpResponse GatewayApi::Handle(const HttpRequest& request) {
   } catch (const std::exception& e) {
     LogError("request failed with an exception",
              {{"request_id", ctx.request_id}, {"error", e.what()}});
-    response = ErrorResponse(absl::InternalError("internal error; the request id is " + ctx.request_id));
+    response =
+        ErrorResponse(absl::InternalError("internal error; the request id is " + ctx.request_id));
   } catch (...) {
     LogError("request failed with an unknown exception", {{"request_id", ctx.request_id}});
-    response = ErrorResponse(absl::InternalError("internal error; the request id is " + ctx.request_id));
+    response =
+        ErrorResponse(absl::InternalError("internal error; the request id is " + ctx.request_id));
   }
   response.headers.emplace_back("X-Request-Id", ctx.request_id);
 
@@ -193,16 +203,27 @@ HttpResponse GatewayApi::Handle(const HttpRequest& request) {
   const std::string logged_method = Shorten(request.method, 16);
   if (!ctx.auth_failure.empty()) {
     Log(level, "http request",
-        {{"request_id", ctx.request_id}, {"method", logged_method}, {"route", route},
-         {"status", status}, {"ms", ms}, {"auth_failure", ctx.auth_failure}});
+        {{"request_id", ctx.request_id},
+         {"method", logged_method},
+         {"route", route},
+         {"status", status},
+         {"ms", ms},
+         {"auth_failure", ctx.auth_failure}});
   } else if (!ctx.principal.key_id.empty()) {
     Log(level, "http request",
-        {{"request_id", ctx.request_id}, {"method", logged_method}, {"route", route},
-         {"status", status}, {"ms", ms}, {"key_id", ctx.principal.key_id}});
+        {{"request_id", ctx.request_id},
+         {"method", logged_method},
+         {"route", route},
+         {"status", status},
+         {"ms", ms},
+         {"key_id", ctx.principal.key_id}});
   } else {
     Log(level, "http request",
-        {{"request_id", ctx.request_id}, {"method", logged_method}, {"route", route},
-         {"status", status}, {"ms", ms}});
+        {{"request_id", ctx.request_id},
+         {"method", logged_method},
+         {"route", route},
+         {"status", status},
+         {"ms", ms}});
   }
   return response;
 }
@@ -212,29 +233,29 @@ HttpResponse GatewayApi::Dispatch(const HttpRequest& request, const RouteMatch& 
   if (request.body_too_large) {
     return ErrorResponse(Error(absl::StatusCode::kInvalidArgument, "BODY_TOO_LARGE",
                                Cat("the request body is larger than the limit of ",
-                                            options_.max_body_bytes, " bytes")),
+                                   options_.max_body_bytes, " bytes")),
                          413);
   }
   if (match.outcome == RouteMatch::Outcome::kNotFound) {
     std::string_view path = std::string_view(request.target).substr(0, request.target.find('?'));
-    return ErrorResponse(Error(absl::StatusCode::kNotFound, "NOT_FOUND",
-                               Cat("no such route: ", Shorten(request.method, 16), " ",
-                                            Shorten(path))));
+    return ErrorResponse(
+        Error(absl::StatusCode::kNotFound, "NOT_FOUND",
+              Cat("no such route: ", Shorten(request.method, 16), " ", Shorten(path))));
   }
   if (match.outcome == RouteMatch::Outcome::kMethodNotAllowed) {
-    HttpResponse r = ErrorResponse(
-        Error(absl::StatusCode::kUnimplemented, "METHOD_NOT_ALLOWED",
-              Cat("method ", Shorten(request.method, 16), " is not allowed on ",
-                           match.path_template, "; allowed: ", match.allow)),
-        405);
+    HttpResponse r =
+        ErrorResponse(Error(absl::StatusCode::kUnimplemented, "METHOD_NOT_ALLOWED",
+                            Cat("method ", Shorten(request.method, 16), " is not allowed on ",
+                                match.path_template, "; allowed: ", match.allow)),
+                      405);
     r.headers.emplace_back("Allow", match.allow);
     return r;
   }
   if (match.route == Route::kHealthz) return Healthz();
 
-  auto principal = Authenticate(
-      Credentials{request.Header("authorization"), request.Header("x-api-key")}, options_.region,
-      keys_);
+  auto principal =
+      Authenticate(Credentials{request.Header("authorization"), request.Header("x-api-key")},
+                   options_.region, keys_);
   if (!principal.ok()) {
     if (principal.status().code() == absl::StatusCode::kUnauthenticated) {
       auto detail = ErrorDetailOf(principal.status());
@@ -282,8 +303,8 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
     if (auto type = request.Header("content-type"); type && !IsJsonContentType(*type)) {
       return ErrorResponse(Error(absl::StatusCode::kInvalidArgument, "UNSUPPORTED_MEDIA_TYPE",
                                  Cat("the body must be JSON (Content-Type: "
-                                              "application/json), not ",
-                                              Shorten(*type, 100))),
+                                     "application/json), not ",
+                                     Shorten(*type, 100))),
                            415);
     }
   }
@@ -299,7 +320,8 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
       req.set_tenant_id(tenant);
       req.set_id(id);
       v1::Sandbox out;
-      absl::Status st = Call(&v1::Sandboxes::Stub::GetSandbox, req, &out, options_.call_deadline, ctx);
+      absl::Status st =
+          Call(&v1::Sandboxes::Stub::GetSandbox, req, &out, options_.call_deadline, ctx);
       if (!st.ok()) return ErrorResponse(st);
       return Json(200, SandboxJson(out));
     }
@@ -324,7 +346,8 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
       req.set_id(id);
       req.set_timeout_sec(*timeout);
       v1::Sandbox out;
-      absl::Status st = Call(&v1::Sandboxes::Stub::SetTimeout, req, &out, options_.call_deadline, ctx);
+      absl::Status st =
+          Call(&v1::Sandboxes::Stub::SetTimeout, req, &out, options_.call_deadline, ctx);
       if (!st.ok()) return ErrorResponse(st);
       return Json(200, SandboxJson(out));
     }
@@ -370,7 +393,8 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
       v1::GetUsageRequest req;
       req.set_tenant_id(tenant);
       v1::Usage out;
-      absl::Status st = Call(&v1::Sandboxes::Stub::GetUsage, req, &out, options_.call_deadline, ctx);
+      absl::Status st =
+          Call(&v1::Sandboxes::Stub::GetUsage, req, &out, options_.call_deadline, ctx);
       if (!st.ok()) return ErrorResponse(st);
       return Json(200, UsageJson(out));
     }
@@ -413,7 +437,8 @@ HttpResponse GatewayApi::Create(const HttpRequest& request, Context& ctx) {
       Call(&v1::Sandboxes::Stub::CreateSandbox, *req, &out, options_.create_deadline, ctx);
   if (!st.ok()) return ErrorResponse(st);
   HttpResponse r = Json(201, SandboxJson(out));
-  if (IsPlausibleSandboxId(out.id())) r.headers.emplace_back("Location", "/v1/sandboxes/" + out.id());
+  if (IsPlausibleSandboxId(out.id()))
+    r.headers.emplace_back("Location", "/v1/sandboxes/" + out.id());
   return r;
 }
 
@@ -490,9 +515,10 @@ std::unique_ptr<grpc::ClientContext> GatewayApi::NewClientContext(absl::Duration
 }
 
 template <typename Req, typename Resp>
-absl::Status GatewayApi::Call(
-    grpc::Status (v1::Sandboxes::Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
-    const Req& request, Resp* response, absl::Duration deadline, Context& ctx) {
+absl::Status GatewayApi::Call(grpc::Status (v1::Sandboxes::Stub::*method)(grpc::ClientContext*,
+                                                                          const Req&, Resp*),
+                              const Req& request, Resp* response, absl::Duration deadline,
+                              Context& ctx) {
   std::unique_ptr<grpc::ClientContext> call = NewClientContext(deadline, ctx);
   CallScope scope(*this, call.get());
   grpc::Status status = ((*lifecycle_).*method)(call.get(), request, response);
@@ -509,8 +535,8 @@ absl::Status GatewayApi::MapLifecycleStatus(const grpc::Status& status, absl::Du
           Cat("the lifecycle service is unavailable, retry later: ", st.message()));
     case absl::StatusCode::kDeadlineExceeded:
       if (status.error_message() == "Deadline Exceeded") {
-        return absl::DeadlineExceededError(Cat(
-            "the lifecycle service did not answer within ", absl::FormatDuration(deadline)));
+        return absl::DeadlineExceededError(
+            Cat("the lifecycle service did not answer within ", absl::FormatDuration(deadline)));
       }
       return st;
     case absl::StatusCode::kCancelled: {

@@ -47,7 +47,7 @@ class GatewayApi {
   using HealthCheck = std::function<absl::Status(absl::Duration deadline)>;
 
   // `rates` may be null: no rate limits.
-  GatewayApi(Options options, KeyStore& keys, std::shared_ptr<grpc::Channel> lifecycle,
+  GatewayApi(Options options, KeyStore& keys, const std::shared_ptr<grpc::Channel>& lifecycle,
              std::vector<std::pair<std::string, HealthCheck>> health_checks,
              prometheus::Registry& registry, RateChecker* rates = nullptr);
   GatewayApi(const GatewayApi&) = delete;
@@ -63,8 +63,8 @@ class GatewayApi {
   struct Context;
   class CallScope;
 
-  HttpResponse Dispatch(const HttpRequest& request, const RouteMatch& match,
-                        std::string_view query, Context& ctx);
+  HttpResponse Dispatch(const HttpRequest& request, const RouteMatch& match, std::string_view query,
+                        Context& ctx);
   // The operation itself, for an authenticated and rate-checked request.
   HttpResponse Serve(const HttpRequest& request, const RouteMatch& match, std::string_view query,
                      Context& ctx);
@@ -76,7 +76,7 @@ class GatewayApi {
   // Runs one unary lifecycle call with the request id, a deadline and shutdown cancellation.
   template <typename Req, typename Resp>
   absl::Status Call(grpc::Status (v1::Sandboxes::Stub::*method)(grpc::ClientContext*, const Req&,
-                                                                 Resp*),
+                                                                Resp*),
                     const Req& request, Resp* response, absl::Duration deadline, Context& ctx);
   std::unique_ptr<grpc::ClientContext> NewClientContext(absl::Duration deadline,
                                                         const Context& ctx) const;

@@ -121,8 +121,7 @@ class GatewayServerTest : public ::testing::Test {
 
     http.address = "127.0.0.1:0";
     http.max_body_bytes = kMaxBody;
-    auto server =
-        HttpServer::Start(http, [this](const HttpRequest& r) { return api_->Handle(r); });
+    auto server = HttpServer::Start(http, [this](const HttpRequest& r) { return api_->Handle(r); });
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
     client_ = std::make_unique<TestHttpClient>(server_->port());
@@ -238,7 +237,8 @@ TEST_F(GatewayServerTest, BadBodiesAre400AndReachNothing) {
   r = Call("POST", "/v1/sandboxes", R"({"image":"a:1"})",
            {{"Idempotency-Key", std::string(256, 'k')}});
   EXPECT_EQ(r.status, 400);
-  r = Call("POST", "/v1/sandboxes", "image=a", {{"Content-Type", "application/x-www-form-urlencoded"}});
+  r = Call("POST", "/v1/sandboxes", "image=a",
+           {{"Content-Type", "application/x-www-form-urlencoded"}});
   EXPECT_EQ(r.status, 415);
   EXPECT_EQ(ReasonOf(r), "UNSUPPORTED_MEDIA_TYPE");
   EXPECT_EQ(lifecycle_.calls(), 0);
@@ -279,7 +279,8 @@ TEST_F(GatewayServerTest, SandboxRoutes) {
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.body, SandboxJson(lifecycle_.sandbox()));
   EXPECT_EQ(lifecycle_.last_method(), "GetSandbox");
-  EXPECT_EQ(lifecycle_.last_target(), std::make_pair(std::string("tenant-a"), std::string("sbx_fake1")));
+  EXPECT_EQ(lifecycle_.last_target(),
+            std::make_pair(std::string("tenant-a"), std::string("sbx_fake1")));
 
   r = Call("DELETE", "/v1/sandboxes/sbx_fake1");
   EXPECT_EQ(r.status, 204);
@@ -368,9 +369,10 @@ TEST_F(GatewayServerTest, ExecStreamFailureMidwayEndsWithAnErrorLine) {
                                                   "the runner went away")));
   HttpResult r = Call("POST", "/v1/sandboxes/sbx_fake1/exec:stream", R"({"cmd":"x"})");
   ASSERT_EQ(r.status, 200);
-  EXPECT_EQ(r.body, "{\"stdout\":\"partial\"}\n"
-                    "{\"error\":{\"status\":503,\"code\":\"UNAVAILABLE\",\"reason\":\"RUNNER_LOST\","
-                    "\"message\":\"the runner went away\"}}\n");
+  EXPECT_EQ(r.body,
+            "{\"stdout\":\"partial\"}\n"
+            "{\"error\":{\"status\":503,\"code\":\"UNAVAILABLE\",\"reason\":\"RUNNER_LOST\","
+            "\"message\":\"the runner went away\"}}\n");
 }
 
 TEST_F(GatewayServerTest, ExecStreamClientDisconnectCancelsTheCommand) {
@@ -380,9 +382,13 @@ TEST_F(GatewayServerTest, ExecStreamClientDisconnectCancelsTheCommand) {
   {
     TestHttpClient raw(server_->port());
     std::string body = R"({"cmd":"sleep 1000"})";
-    raw.WriteRaw("POST /v1/sandboxes/sbx_fake1/exec:stream HTTP/1.1\r\nHost: x\r\n"
-                 "Authorization: Bearer " + key_ + "\r\nContent-Type: application/json\r\n"
-                 "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    raw.WriteRaw(
+        "POST /v1/sandboxes/sbx_fake1/exec:stream HTTP/1.1\r\nHost: x\r\n"
+        "Authorization: Bearer " +
+        key_ +
+        "\r\nContent-Type: application/json\r\n"
+        "Content-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + body);
     // Wait for the stream to start, then hang up.
     for (int i = 0; i < 200 && lifecycle_.last_method() != "ExecStream"; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -491,9 +497,9 @@ TEST_F(GatewayServerTest, LifecycleStatusesMapToHttp) {
 }
 
 TEST_F(GatewayServerTest, Http429CarriesRetryAfter) {
-  lifecycle_.FailWith(ToGrpcStatus(Error(absl::StatusCode::kResourceExhausted,
-                                         "CONCURRENT_SANDBOX_LIMIT",
-                                         "tenant has 10 of 10 concurrent sandboxes", 10, 10, 2)));
+  lifecycle_.FailWith(
+      ToGrpcStatus(Error(absl::StatusCode::kResourceExhausted, "CONCURRENT_SANDBOX_LIMIT",
+                         "tenant has 10 of 10 concurrent sandboxes", 10, 10, 2)));
   HttpResult r = Call("POST", "/v1/sandboxes", R"({"image":"a:1"})");
   ASSERT_EQ(r.status, 429);
   EXPECT_EQ(r.header("retry-after"), "2");
@@ -504,8 +510,8 @@ TEST_F(GatewayServerTest, Http429CarriesRetryAfter) {
   EXPECT_EQ(e["limit"].number_lexeme(), "10");
   EXPECT_EQ(e["current"].number_lexeme(), "10");
 
-  lifecycle_.FailWith(ToGrpcStatus(Error(absl::StatusCode::kResourceExhausted, "CAPACITY",
-                                         "no runner has room")));
+  lifecycle_.FailWith(
+      ToGrpcStatus(Error(absl::StatusCode::kResourceExhausted, "CAPACITY", "no runner has room")));
   r = Call("POST", "/v1/sandboxes/sbx_fake1/resume");
   ASSERT_EQ(r.status, 429);
   EXPECT_EQ(r.header("retry-after"), "1");
@@ -550,9 +556,10 @@ TEST_F(GatewayServerTest, BodyTooLargeIs413AndNothingIsDone) {
 
   // With Expect: 100-continue the answer comes before the body is sent.
   TestHttpClient c(server_->port());
-  HttpResult early = c.SendRaw(
-      "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key_ +
-      "\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 10000000\r\n\r\n");
+  HttpResult early =
+      c.SendRaw("POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key_ +
+                "\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: "
+                "10000000\r\n\r\n");
   EXPECT_EQ(early.status, 413);
   EXPECT_EQ(ReasonOf(early), "BODY_TOO_LARGE");
 
@@ -569,7 +576,8 @@ TEST_F(GatewayServerTest, BodyTooLargeIs413AndNothingIsDone) {
 
   // The 413 closed that connection; on a new one, a body within the limit is fine.
   client_ = std::make_unique<TestHttpClient>(server_->port());
-  std::string fits = R"({"image":"a:1","metadata":{"k":")" + std::string(kMaxBody - 100, 'x') + "\"}}";
+  std::string fits =
+      R"({"image":"a:1","metadata":{"k":")" + std::string(kMaxBody - 100, 'x') + "\"}}";
   ASSERT_LE(fits.size(), kMaxBody);
   EXPECT_EQ(Call("POST", "/v1/sandboxes", fits).status, 201);
 }
@@ -577,9 +585,11 @@ TEST_F(GatewayServerTest, BodyTooLargeIs413AndNothingIsDone) {
 TEST_F(GatewayServerTest, ExpectContinueWithinTheLimit) {
   std::string body = R"({"image":"a:1"})";
   TestHttpClient c(server_->port());
-  HttpResult r = c.SendRaw("POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
-                           key_ + "\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
-                           "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n");
+  HttpResult r =
+      c.SendRaw("POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key_ +
+                "\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                "Content-Length: " +
+                std::to_string(body.size()) + "\r\n\r\n");
   EXPECT_EQ(r.status, 100);
   c.WriteRaw(body);
   r = c.Read();
@@ -678,7 +688,6 @@ TEST_F(GatewayServerTest, StopClosesIdleConnectionsAndFinishesBusyOnes) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
   EXPECT_TRUE(idle.ClosedByPeer(std::chrono::milliseconds(1000)));
 }
-
 
 class GatewayRateTest : public GatewayServerTest {
  protected:

@@ -1,9 +1,9 @@
 #include "services/gateway/auth.h"
-#include "services/gateway/strings.h"
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "services/gateway/strings.h"
 #include "services/kit/api_key.h"
 #include "services/kit/status.h"
 
@@ -32,10 +32,9 @@ absl::StatusOr<Principal> Authenticate(const Credentials& credentials, std::stri
     size_t space = header.find(' ');
     absl::string_view scheme = header.substr(0, space);
     if (absl::EqualsIgnoreCase(scheme, "bearer")) {
-      absl::string_view token =
-          space == absl::string_view::npos
-              ? absl::string_view()
-              : absl::StripLeadingAsciiWhitespace(header.substr(space));
+      absl::string_view token = space == absl::string_view::npos
+                                    ? absl::string_view()
+                                    : absl::StripLeadingAsciiWhitespace(header.substr(space));
       presented = std::string_view(token.data(), token.size());
     } else {
       bad_scheme = true;
@@ -63,10 +62,9 @@ absl::StatusOr<Principal> Authenticate(const Credentials& credentials, std::stri
   std::optional<ApiKey> key = ParseApiKey(*presented);
   if (!key) return Unauthenticated("KEY_MALFORMED", Cat("the API key is malformed: ", kFormat));
   if (key->region != region) {
-    return Unauthenticated("KEY_WRONG_REGION",
-                           Cat("the API key is for region \"", key->region,
-                                        "\" but this endpoint serves region \"", region,
-                                        "\": use that region's endpoint"));
+    return Unauthenticated("KEY_WRONG_REGION", Cat("the API key is for region \"", key->region,
+                                                   "\" but this endpoint serves region \"", region,
+                                                   "\": use that region's endpoint"));
   }
 
   auto stored = keys.Find(key->key_id);
@@ -80,8 +78,7 @@ absl::StatusOr<Principal> Authenticate(const Credentials& credentials, std::stri
     return Unauthenticated("KEY_UNKNOWN", "the API key is not valid");
   }
   if ((*stored)->revoked) {
-    return Unauthenticated("KEY_REVOKED",
-                           Cat("the API key ", key->key_id, " has been revoked"));
+    return Unauthenticated("KEY_REVOKED", Cat("the API key ", key->key_id, " has been revoked"));
   }
   return Principal{(*stored)->tenant_id, key->key_id};
 }

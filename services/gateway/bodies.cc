@@ -1,5 +1,4 @@
 #include "services/gateway/bodies.h"
-#include "services/gateway/strings.h"
 
 #include <charconv>
 #include <cmath>
@@ -11,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "services/gateway/json_value.h"
+#include "services/gateway/strings.h"
 #include "services/kit/json.h"
 #include "services/kit/status.h"
 
@@ -36,8 +36,7 @@ std::string Join(std::string_view path, std::string_view key) {
 }
 
 absl::Status WrongType(std::string_view path, std::string_view expected, const JsonValue& got) {
-  return Invalid(Cat("field \"", path, "\" must be ", expected, ", not ",
-                              KindName(got.kind())));
+  return Invalid(Cat("field \"", path, "\" must be ", expected, ", not ", KindName(got.kind())));
 }
 
 absl::Status UnknownField(std::string_view path) {
@@ -277,8 +276,8 @@ absl::StatusOr<v1::SandboxState> ParseState(std::string_view word) {
   if (upper.empty() || upper == "SANDBOX_STATE_UNSPECIFIED" ||
       !v1::SandboxState_Parse(upper, &state)) {
     return Invalid(Cat("unknown state \"", Shorten(word),
-                                "\"; expected PENDING, STARTING, RUNNING, HIBERNATED, "
-                                "DESTROYING, DESTROYED, FAILED or LOST"));
+                       "\"; expected PENDING, STARTING, RUNNING, HIBERNATED, "
+                       "DESTROYING, DESTROYED, FAILED or LOST"));
   }
   return state;
 }
@@ -288,7 +287,8 @@ absl::StatusOr<v1::SandboxState> ParseState(std::string_view word) {
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseQueryString(
     std::string_view query) {
   std::vector<std::pair<std::string, std::string>> out;
-  for (absl::string_view part : absl::StrSplit(absl::string_view(query.data(), query.size()), '&')) {
+  for (absl::string_view part :
+       absl::StrSplit(absl::string_view(query.data(), query.size()), '&')) {
     if (part.empty()) continue;
     size_t eq = part.find('=');
     absl::string_view raw_name = part.substr(0, eq);
@@ -322,7 +322,8 @@ absl::StatusOr<v1::ListSandboxesRequest> ParseListQuery(std::string_view query) 
       }
     } else if (name.rfind(kMetadataPrefix, 0) == 0) {
       std::string key = name.substr(kMetadataPrefix.size());
-      if (key.empty()) return Invalid("query parameter \"metadata.\" needs a key: metadata.KEY=VALUE");
+      if (key.empty())
+        return Invalid("query parameter \"metadata.\" needs a key: metadata.KEY=VALUE");
       if (!req.mutable_metadata()->insert({key, value}).second) {
         return Invalid(Cat("query parameter \"", Shorten(name), "\" is given twice"));
       }
@@ -335,7 +336,7 @@ absl::StatusOr<v1::ListSandboxesRequest> ParseListQuery(std::string_view query) 
       if (ec != std::errc() || ptr != value.data() + value.size() || size < 1 ||
           size > kMaxPageSize) {
         return Invalid(Cat("query parameter \"pageSize\" must be an integer from 1 to ",
-                                    kMaxPageSize, ", got \"", Shorten(value), "\""));
+                           kMaxPageSize, ", got \"", Shorten(value), "\""));
       }
       req.set_page_size(size);
     } else if (name == "pageToken") {
@@ -344,7 +345,7 @@ absl::StatusOr<v1::ListSandboxesRequest> ParseListQuery(std::string_view query) 
       req.set_page_token(value);
     } else {
       return Invalid(Cat("unknown query parameter \"", Shorten(name),
-                                  "\"; expected state, metadata.KEY, pageSize or pageToken"));
+                         "\"; expected state, metadata.KEY, pageSize or pageToken"));
     }
   }
   return req;

@@ -150,8 +150,7 @@ TEST(ParseExecBody, RejectsBadBodies) {
   ExpectInvalid(ParseExecBody(R"({"cmd":"ls","args":[]})"), "unknown field \"args\"", "");
   ExpectInvalid(ParseExecBody(R"({"cmd":"ls","timeoutSec":1.5})"), "must be an integer", "");
   ExpectInvalid(ParseExecBody(R"({"cmd":"ls","timeoutSec":-1})"), "positive integer", "");
-  ExpectInvalid(ParseExecBody(R"({"cmd":"ls","stdin":5})"), "field \"stdin\" must be a string",
-                "");
+  ExpectInvalid(ParseExecBody(R"({"cmd":"ls","stdin":5})"), "field \"stdin\" must be a string", "");
   ExpectInvalid(ParseExecBody(R"({"cmd":"ls","cwd":"/\u0000"})"), "NUL", "");
   ExpectInvalid(ParseExecBody(""), "body is empty", "");
 }

@@ -1,5 +1,4 @@
 #include "services/gateway/health.h"
-#include "services/gateway/strings.h"
 
 #include <google/protobuf/empty.pb.h>
 #include <google/protobuf/wrappers.pb.h>
@@ -11,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "services/gateway/strings.h"
 
 namespace isorun::gateway {
 

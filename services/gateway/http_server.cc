@@ -1,5 +1,4 @@
 #include "services/gateway/http_server.h"
-#include "services/gateway/strings.h"
 
 #include <poll.h>
 
@@ -18,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "services/gateway/render.h"
+#include "services/gateway/strings.h"
 #include "services/kit/log.h"
 #include "services/kit/status.h"
 
@@ -62,15 +62,17 @@ bool ParseAddress(const std::string& address, tcp::endpoint& out, std::string& e
     return false;
   }
   std::string host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
   int port = 0;
   if (!absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 0 || port > 65535) {
     error = "bad port";
     return false;
   }
   beast::error_code ec;
-  asio::ip::address ip = host.empty() || host == "*" ? asio::ip::address(asio::ip::address_v4::any())
-                                                      : asio::ip::make_address(host, ec);
+  asio::ip::address ip = host.empty() || host == "*"
+                             ? asio::ip::address(asio::ip::address_v4::any())
+                             : asio::ip::make_address(host, ec);
   if (ec) {
     // A name (localhost): resolve it.
     asio::io_context ioc;
@@ -99,11 +101,11 @@ struct HttpServer::State : std::enable_shared_from_this<State> {
 
   std::mutex mu;
   std::condition_variable cv;
-  bool stopping = false;                               // guarded by mu
+  bool stopping = false;                              // guarded by mu
   std::set<std::shared_ptr<Connection>> connections;  // guarded by mu
 
   void Accept();
-  void OnAccepted(std::shared_ptr<Connection> conn);
+  void OnAccepted(const std::shared_ptr<Connection>& conn);
   void Serve(const std::shared_ptr<Connection>& conn);
   bool ServeOne(Connection& c, beast::flat_buffer& buffer);
   void Reject(Connection& c, int status, std::string_view reason, std::string_view message);
@@ -131,7 +133,7 @@ void HttpServer::State::Accept() {
   });
 }
 
-void HttpServer::State::OnAccepted(std::shared_ptr<Connection> conn) {
+void HttpServer::State::OnAccepted(const std::shared_ptr<Connection>& conn) {
   beast::error_code ec;
   conn->socket.set_option(tcp::no_delay(true), ec);
   std::unique_lock lock(mu);
@@ -139,9 +141,9 @@ void HttpServer::State::OnAccepted(std::shared_ptr<Connection> conn) {
   if (static_cast<int>(connections.size()) >= options.max_connections) {
     lock.unlock();
     // A fresh socket's send buffer takes this small answer without blocking.
-    HttpResponse r = ErrorResponse(
-        Error(absl::StatusCode::kUnavailable, "TOO_MANY_CONNECTIONS",
-              "the gateway has too many open connections; retry shortly"));
+    HttpResponse r =
+        ErrorResponse(Error(absl::StatusCode::kUnavailable, "TOO_MANY_CONNECTIONS",
+                            "the gateway has too many open connections; retry shortly"));
     http::response<http::string_body> res{http::status::service_unavailable, 11};
     res.set(http::field::content_type, "application/json");
     res.set(http::field::retry_after, "1");
@@ -187,7 +189,8 @@ void HttpServer::State::Serve(const std::shared_ptr<Connection>& conn) {
 
 void HttpServer::State::Reject(Connection& c, int status, std::string_view reason,
                                std::string_view message) {
-  HttpResponse r = ErrorResponse(Error(absl::StatusCode::kInvalidArgument, reason, message), status);
+  HttpResponse r =
+      ErrorResponse(Error(absl::StatusCode::kInvalidArgument, reason, message), status);
   Write(c, r, /*keep_alive=*/false);
   LingeringClose(c);
 }
@@ -232,7 +235,8 @@ bool HttpServer::State::ServeOne(Connection& c, beast::flat_buffer& buffer) {
       }
     }
     c.stream->expires_after(Chrono(options.read_timeout));
-    ec = RunOp(c, [&](auto handler) { http::async_read(*c.stream, buffer, parser, std::move(handler)); });
+    ec = RunOp(
+        c, [&](auto handler) { http::async_read(*c.stream, buffer, parser, std::move(handler)); });
     if (ec == http::error::body_limit) {
       too_large = true;
     } else if (ec == beast::error::timeout) {
@@ -252,8 +256,8 @@ bool HttpServer::State::ServeOne(Connection& c, beast::flat_buffer& buffer) {
   request.method = std::string(msg.method_string());
   request.target = std::string(msg.target());
   for (const auto& field : msg) {
-    request.headers.emplace_back(absl::AsciiStrToLower(absl::string_view(field.name_string().data(),
-                                                                        field.name_string().size())),
+    request.headers.emplace_back(absl::AsciiStrToLower(absl::string_view(
+                                     field.name_string().data(), field.name_string().size())),
                                  std::string(field.value()));
   }
   request.body_too_large = too_large;
@@ -373,11 +377,11 @@ void HttpServer::State::LingeringClose(Connection& c) {
   while (drained < 8 * options.max_body_bytes + (1 << 20)) {
     size_t n = 0;
     ec = RunOp(c, [&](auto handler) {
-      c.stream->async_read_some(asio::buffer(sink),
-                                [&n, h = std::move(handler)](beast::error_code e, size_t got) mutable {
-                                  n = got;
-                                  h(e, got);
-                                });
+      c.stream->async_read_some(asio::buffer(sink), [&n, h = std::move(handler)](
+                                                        beast::error_code e, size_t got) mutable {
+        n = got;
+        h(e, got);
+      });
     });
     if (ec) break;
     drained += n;

@@ -21,7 +21,7 @@ class HttpServer {
   struct Options {
     std::string address = "127.0.0.1:8080";  // "host:port"; port 0 picks one
     size_t max_body_bytes = 1 << 20;
-    size_t max_header_bytes = 16 * 1024;
+    size_t max_header_bytes = size_t{16} * 1024;
     int max_connections = 2000;
     // Waiting for the head of the next request on a connection.
     absl::Duration idle_timeout = absl::Seconds(75);

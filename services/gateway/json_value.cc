@@ -1,10 +1,10 @@
 #include "services/gateway/json_value.h"
-#include "services/gateway/strings.h"
 
 #include <cstdint>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "services/gateway/strings.h"
 
 namespace isorun::gateway {
 
@@ -45,12 +45,18 @@ JsonValue JsonValue::Object(std::vector<std::pair<std::string, JsonValue>> membe
 
 std::string_view KindName(JsonValue::Kind kind) {
   switch (kind) {
-    case JsonValue::Kind::kNull: return "null";
-    case JsonValue::Kind::kBool: return "boolean";
-    case JsonValue::Kind::kNumber: return "number";
-    case JsonValue::Kind::kString: return "string";
-    case JsonValue::Kind::kArray: return "array";
-    case JsonValue::Kind::kObject: return "object";
+    case JsonValue::Kind::kNull:
+      return "null";
+    case JsonValue::Kind::kBool:
+      return "boolean";
+    case JsonValue::Kind::kNumber:
+      return "number";
+    case JsonValue::Kind::kString:
+      return "string";
+    case JsonValue::Kind::kArray:
+      return "array";
+    case JsonValue::Kind::kObject:
+      return "object";
   }
   return "value";
 }
@@ -90,17 +96,22 @@ class Parser {
   absl::Status ParseValue(JsonValue& out, int depth) {
     if (AtEnd()) return Fail("unexpected end of input; expected a value");
     switch (s_[pos_]) {
-      case '{': return ParseObject(out, depth + 1);
-      case '[': return ParseArray(out, depth + 1);
+      case '{':
+        return ParseObject(out, depth + 1);
+      case '[':
+        return ParseArray(out, depth + 1);
       case '"': {
         std::string str;
         if (absl::Status st = ParseString(str); !st.ok()) return st;
         out = JsonValue::String(std::move(str));
         return absl::OkStatus();
       }
-      case 't': return ParseLiteral("true", JsonValue::Bool(true), out);
-      case 'f': return ParseLiteral("false", JsonValue::Bool(false), out);
-      case 'n': return ParseLiteral("null", JsonValue::Null(), out);
+      case 't':
+        return ParseLiteral("true", JsonValue::Bool(true), out);
+      case 'f':
+        return ParseLiteral("false", JsonValue::Bool(false), out);
+      case 'n':
+        return ParseLiteral("null", JsonValue::Null(), out);
       default:
         if (s_[pos_] == '-' || (s_[pos_] >= '0' && s_[pos_] <= '9')) return ParseNumber(out);
         return Fail("unexpected character; expected a value");
@@ -242,14 +253,30 @@ class Parser {
       if (AtEnd()) return Fail("unterminated string");
       char e = s_[pos_++];
       switch (e) {
-        case '"': out.push_back('"'); break;
-        case '\\': out.push_back('\\'); break;
-        case '/': out.push_back('/'); break;
-        case 'b': out.push_back('\b'); break;
-        case 'f': out.push_back('\f'); break;
-        case 'n': out.push_back('\n'); break;
-        case 'r': out.push_back('\r'); break;
-        case 't': out.push_back('\t'); break;
+        case '"':
+          out.push_back('"');
+          break;
+        case '\\':
+          out.push_back('\\');
+          break;
+        case '/':
+          out.push_back('/');
+          break;
+        case 'b':
+          out.push_back('\b');
+          break;
+        case 'f':
+          out.push_back('\f');
+          break;
+        case 'n':
+          out.push_back('\n');
+          break;
+        case 'r':
+          out.push_back('\r');
+          break;
+        case 't':
+          out.push_back('\t');
+          break;
         case 'u': {
           uint32_t cp;
           if (!ReadHex4(cp)) return Fail("invalid \\u escape");

@@ -36,10 +36,38 @@ TEST(ParseJson, AcceptsValidUtf8) {
 
 TEST(ParseJson, RejectsMalformedDocuments) {
   const char* bad[] = {
-      "",  "   ", "{", "}", "[1,]", R"({"a":1,})", R"({'a':1})", R"({"a" 1})", R"({"a":})",
-      "{a:1}", R"({"a":1} x)", R"({"a":1}{})", "01", "-", "1.", ".5", "1e", "+1", "NaN",
-      "Infinity", "-Infinity", "tru", "nul", R"("abc)", R"("\x")", R"("\u12")", R"("\u12G4")",
-      "\"a\nb\"", "\"\t\"", R"({"a":1 "b":2})", "[1 2]", "\xEF\xBB\xBF{}",
+      "",
+      "   ",
+      "{",
+      "}",
+      "[1,]",
+      R"({"a":1,})",
+      R"({'a':1})",
+      R"({"a" 1})",
+      R"({"a":})",
+      "{a:1}",
+      R"({"a":1} x)",
+      R"({"a":1}{})",
+      "01",
+      "-",
+      "1.",
+      ".5",
+      "1e",
+      "+1",
+      "NaN",
+      "Infinity",
+      "-Infinity",
+      "tru",
+      "nul",
+      R"("abc)",
+      R"("\x")",
+      R"("\u12")",
+      R"("\u12G4")",
+      "\"a\nb\"",
+      "\"\t\"",
+      R"({"a":1 "b":2})",
+      "[1 2]",
+      "\xEF\xBB\xBF{}",
   };
   for (const char* text : bad) {
     auto v = ParseJson(text);
@@ -53,16 +81,16 @@ TEST(ParseJson, RejectsMalformedDocuments) {
 
 TEST(ParseJson, RejectsInvalidUtf8AndSurrogates) {
   const std::string bad[] = {
-      "\"\xFF\"",                  // not a lead byte
-      "\"\xC3\"",                  // truncated
-      "\"\xC0\xAF\"",              // overlong '/'
-      "\"\xE0\x80\xAF\"",          // overlong
-      "\"\xED\xA0\x80\"",          // UTF-8 encoded surrogate
-      "\"\xF4\x90\x80\x80\"",      // past U+10FFFF
-      "\"\x80\"",                  // lone continuation byte
-      R"("\ud800")",               // lone high surrogate
-      R"("\udc00")",               // lone low surrogate
-      R"("\ud800\u0041")",         // high surrogate then not a low one
+      "\"\xFF\"",              // not a lead byte
+      "\"\xC3\"",              // truncated
+      "\"\xC0\xAF\"",          // overlong '/'
+      "\"\xE0\x80\xAF\"",      // overlong
+      "\"\xED\xA0\x80\"",      // UTF-8 encoded surrogate
+      "\"\xF4\x90\x80\x80\"",  // past U+10FFFF
+      "\"\x80\"",              // lone continuation byte
+      R"("\ud800")",           // lone high surrogate
+      R"("\udc00")",           // lone low surrogate
+      R"("\ud800\u0041")",     // high surrogate then not a low one
       R"("\ud800x")",
   };
   for (const std::string& text : bad) {

@@ -86,9 +86,8 @@ int Run() {
     auto channel = MakeChannel(std::string(addr));
     quota_replicas.push_back(channel);
     std::string name = absl::StrCat("quota ", addr);
-    checks.emplace_back(name, [channel](absl::Duration deadline) {
-      return CheckGrpcServing(channel, deadline);
-    });
+    checks.emplace_back(
+        name, [channel](absl::Duration deadline) { return CheckGrpcServing(channel, deadline); });
   }
   std::unique_ptr<QuotaRateChecker> rates;
   if (!quota_replicas.empty()) {
@@ -99,15 +98,14 @@ int Run() {
   GatewayApi::Options api_options;
   api_options.region = region;
   api_options.max_body_bytes = static_cast<size_t>(max_body);
-  GatewayApi api(api_options, keys, lifecycle, std::move(checks), metrics.registry(),
-                 rates.get());
+  GatewayApi api(api_options, keys, lifecycle, std::move(checks), metrics.registry(), rates.get());
 
   HttpServer::Options http_options;
   http_options.address = absl::GetFlag(FLAGS_http_addr);
   http_options.max_body_bytes = static_cast<size_t>(max_body);
   http_options.max_connections = absl::GetFlag(FLAGS_max_connections);
-  auto server = HttpServer::Start(http_options,
-                                  [&api](const HttpRequest& request) { return api.Handle(request); });
+  auto server = HttpServer::Start(
+      http_options, [&api](const HttpRequest& request) { return api.Handle(request); });
   if (!server.ok()) {
     std::fprintf(stderr, "isorun-gateway: %s\n", std::string(server.status().message()).c_str());
     return 1;

@@ -1,9 +1,8 @@
-#include "services/gateway/pg_key_store.h"
-
 #include <gtest/gtest.h>
 
 #include <thread>
 
+#include "services/gateway/pg_key_store.h"
 #include "services/kit/api_key.h"
 #include "services/kit/status.h"
 #include "tests/support/test_database.h"
@@ -138,9 +137,10 @@ RevokeRace StaleLookupsRightAfterRevoke(PgKeyStore& store, isorun::testing::Test
     ApiKey key = NewApiKey("local");
     {
       pqxx::work tx(admin);
-      tx.exec_params("INSERT INTO accounts.api_keys (key_id, tenant_id, region, secret_hash) "
-                     "VALUES ($1, $2, 'local', $3)",
-                     key.key_id, tenant, HashSecret(key.secret));
+      tx.exec_params(
+          "INSERT INTO accounts.api_keys (key_id, tenant_id, region, secret_hash) "
+          "VALUES ($1, $2, 'local', $3)",
+          key.key_id, tenant, HashSecret(key.secret));
       tx.commit();
     }
     auto before = store.Find(key.key_id);
@@ -186,9 +186,10 @@ TEST_F(PgKeyStoreTest, WithoutStrictRevocationTheWindowIsOnlyNotificationLatency
   ASSERT_TRUE(loose.WaitUntilListening(absl::Seconds(5)));
   RevokeRace race = StaleLookupsRightAfterRevoke(loose, *db_, tenant_, 50);
   // Not asserted: this is the race strict mode closes. Reported to show it exists.
-  std::printf("notification-only cache: %d of %d cached keys were still valid right after "
-              "their revoke\n",
-              race.stale, race.cached);
+  std::printf(
+      "notification-only cache: %d of %d cached keys were still valid right after "
+      "their revoke\n",
+      race.stale, race.cached);
   EXPECT_EQ(loose.barriers(), 0u);
 }
 

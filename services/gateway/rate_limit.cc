@@ -9,10 +9,10 @@
 
 namespace isorun::gateway {
 
-QuotaRateChecker::QuotaRateChecker(std::vector<std::shared_ptr<grpc::Channel>> replicas,
+QuotaRateChecker::QuotaRateChecker(const std::vector<std::shared_ptr<grpc::Channel>>& replicas,
                                    absl::Duration deadline)
     : deadline_(deadline) {
-  for (auto& channel : replicas) stubs_.push_back(v1::Quotas::NewStub(channel));
+  for (const auto& channel : replicas) stubs_.push_back(v1::Quotas::NewStub(channel));
 }
 
 absl::StatusOr<v1::RateWindow> QuotaRateChecker::Check(const std::string& tenant_id,
@@ -40,8 +40,8 @@ std::vector<std::pair<std::string, std::string>> RateLimitHeaders(const v1::Rate
                policy.end());
   int reset = std::max(0, static_cast<int>(std::ceil(window.reset_sec())));
   return {
-      {"RateLimit-Policy",
-       Cat("\"", policy, "\";q=", std::max(0, window.burst()), ";w=", std::max(1, window.window_sec()))},
+      {"RateLimit-Policy", Cat("\"", policy, "\";q=", std::max(0, window.burst()),
+                               ";w=", std::max(1, window.window_sec()))},
       {"RateLimit", Cat("\"", policy, "\";r=", std::max(0, window.remaining()), ";t=", reset)},
   };
 }

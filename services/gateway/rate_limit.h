@@ -34,7 +34,8 @@ class RateChecker {
 // shard i of replicas.size().
 class QuotaRateChecker final : public RateChecker {
  public:
-  QuotaRateChecker(std::vector<std::shared_ptr<grpc::Channel>> replicas, absl::Duration deadline);
+  QuotaRateChecker(const std::vector<std::shared_ptr<grpc::Channel>>& replicas,
+                   absl::Duration deadline);
   absl::StatusOr<v1::RateWindow> Check(const std::string& tenant_id, const std::string& key_id,
                                        v1::RateKind kind) override;
 

@@ -1,6 +1,4 @@
 #include "services/gateway/render.h"
-#include "services/gateway/rate_limit.h"
-#include "services/gateway/strings.h"
 
 #include <google/protobuf/util/time_util.h>
 
@@ -9,6 +7,8 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "services/gateway/rate_limit.h"
+#include "services/gateway/strings.h"
 #include "services/kit/status.h"
 
 namespace isorun::gateway {

@@ -35,13 +35,14 @@ v1::Sandbox FullSandbox() {
 }
 
 TEST(SandboxJson, ExactlyTheContractsShape) {
-  EXPECT_EQ(SandboxJson(FullSandbox()),
-            R"({"id":"sbx_abc","state":"RUNNING","image":"busybox:1.36","imageDigest":"sha256:0123",)"
-            R"("cpuMillis":1000,"memoryMb":512,"timeoutSec":300,"createdAt":"2023-11-14T22:13:20Z",)"
-            R"("expiresAt":"2023-11-14T22:18:20Z","metadata":{"a":"1","team":"ci"},)"
-            R"("network":{"egress":"allowlist","allow":["example.org"]},)"
-            R"("publicId":"0123456789abcdef0123456789abcdef",)"
-            R"("urls":{"8080":"http://8080-0123.localhost:8081"}})");
+  EXPECT_EQ(
+      SandboxJson(FullSandbox()),
+      R"({"id":"sbx_abc","state":"RUNNING","image":"busybox:1.36","imageDigest":"sha256:0123",)"
+      R"("cpuMillis":1000,"memoryMb":512,"timeoutSec":300,"createdAt":"2023-11-14T22:13:20Z",)"
+      R"("expiresAt":"2023-11-14T22:18:20Z","metadata":{"a":"1","team":"ci"},)"
+      R"("network":{"egress":"allowlist","allow":["example.org"]},)"
+      R"("publicId":"0123456789abcdef0123456789abcdef",)"
+      R"("urls":{"8080":"http://8080-0123.localhost:8081"}})");
 }
 
 TEST(SandboxJson, NeverExposesTenantRunnerOrEnv) {
@@ -123,23 +124,22 @@ TEST(RenderError, BodyShapeForAPlainStatus) {
   ErrorReply r = RenderError(absl::NotFoundError("no sandbox sbx_1"));
   EXPECT_EQ(r.http_status, 404);
   EXPECT_EQ(r.reason, "NOT_FOUND");
-  EXPECT_EQ(r.body,
-            R"({"error":{"status":404,"code":"NOT_FOUND","reason":"NOT_FOUND",)"
-            R"("message":"no sandbox sbx_1"}})");
+  EXPECT_EQ(r.body, R"({"error":{"status":404,"code":"NOT_FOUND","reason":"NOT_FOUND",)"
+                    R"("message":"no sandbox sbx_1"}})");
   EXPECT_TRUE(r.headers.empty());
 }
 
 TEST(RenderError, ReasonFromTheDetail) {
-  ErrorReply r = RenderError(
-      Error(absl::StatusCode::kInvalidArgument, "IMAGE_NOT_PINNED", "pin the image"));
+  ErrorReply r =
+      RenderError(Error(absl::StatusCode::kInvalidArgument, "IMAGE_NOT_PINNED", "pin the image"));
   EXPECT_EQ(r.http_status, 400);
   EXPECT_EQ(r.body, R"({"error":{"status":400,"code":"INVALID_ARGUMENT",)"
                     R"("reason":"IMAGE_NOT_PINNED","message":"pin the image"}})");
 }
 
 TEST(RenderError, Http429CarriesRetryAfterLimitAndCurrent) {
-  ErrorReply r = RenderError(Error(absl::StatusCode::kResourceExhausted,
-                                   "CONCURRENT_SANDBOX_LIMIT", "10 of 10", 10, 10, 2));
+  ErrorReply r = RenderError(Error(absl::StatusCode::kResourceExhausted, "CONCURRENT_SANDBOX_LIMIT",
+                                   "10 of 10", 10, 10, 2));
   EXPECT_EQ(r.http_status, 429);
   EXPECT_EQ(r.body, R"({"error":{"status":429,"code":"RESOURCE_EXHAUSTED",)"
                     R"("reason":"CONCURRENT_SANDBOX_LIMIT","message":"10 of 10",)"
@@ -165,8 +165,8 @@ TEST(RenderError, RateLimitHeadersFromTheWindow) {
   window.set_window_sec(2);
   window.set_remaining(0);
   window.set_reset_sec(1.2);
-  ErrorReply r = RenderError(Error(absl::StatusCode::kResourceExhausted, "RATE_LIMIT",
-                                   "slow down", 4, 4, 1, &window));
+  ErrorReply r = RenderError(
+      Error(absl::StatusCode::kResourceExhausted, "RATE_LIMIT", "slow down", 4, 4, 1, &window));
   std::map<std::string, std::string> h(r.headers.begin(), r.headers.end());
   EXPECT_EQ(h["Retry-After"], "1");
   EXPECT_EQ(h["RateLimit-Policy"], "\"creates\";q=4;w=2");
@@ -174,21 +174,21 @@ TEST(RenderError, RateLimitHeadersFromTheWindow) {
 }
 
 TEST(RenderError, RateLimitHeadersWithoutAWindow) {
-  ErrorReply r = RenderError(
-      Error(absl::StatusCode::kResourceExhausted, "RATE_LIMIT", "slow down", 5, 5, 3));
+  ErrorReply r =
+      RenderError(Error(absl::StatusCode::kResourceExhausted, "RATE_LIMIT", "slow down", 5, 5, 3));
   std::map<std::string, std::string> h(r.headers.begin(), r.headers.end());
   EXPECT_EQ(h["Retry-After"], "3");
   EXPECT_EQ(h["RateLimit-Policy"], "\"requests\";q=5;w=1");
   EXPECT_EQ(h["RateLimit"], "\"requests\";r=0;t=3");
   // Other 429s are not rate limits: no RateLimit headers.
-  ErrorReply c = RenderError(Error(absl::StatusCode::kResourceExhausted,
-                                   "CONCURRENT_SANDBOX_LIMIT", "full", 10, 10, 2));
+  ErrorReply c = RenderError(
+      Error(absl::StatusCode::kResourceExhausted, "CONCURRENT_SANDBOX_LIMIT", "full", 10, 10, 2));
   EXPECT_EQ(c.headers.size(), 1u);
 }
 
 TEST(RenderError, OverridesAndOddMessages) {
-  ErrorReply r = RenderError(
-      Error(absl::StatusCode::kInvalidArgument, "BODY_TOO_LARGE", "too big"), 413);
+  ErrorReply r =
+      RenderError(Error(absl::StatusCode::kInvalidArgument, "BODY_TOO_LARGE", "too big"), 413);
   EXPECT_EQ(r.http_status, 413);
   EXPECT_NE(r.body.find(R"("status":413,"code":"INVALID_ARGUMENT","reason":"BODY_TOO_LARGE")"),
             std::string::npos);

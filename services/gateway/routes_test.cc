@@ -22,8 +22,8 @@ TEST(MatchRoute, EveryRoute) {
       {"DELETE", "/v1/sandboxes/sbx_1", Route::kDestroySandbox, "/v1/sandboxes/{id}", "sbx_1"},
       {"POST", "/v1/sandboxes/sbx_1/timeout", Route::kSetTimeout, "/v1/sandboxes/{id}/timeout",
        "sbx_1"},
-      {"POST", "/v1/sandboxes/sbx_1/hibernate", Route::kHibernate,
-       "/v1/sandboxes/{id}/hibernate", "sbx_1"},
+      {"POST", "/v1/sandboxes/sbx_1/hibernate", Route::kHibernate, "/v1/sandboxes/{id}/hibernate",
+       "sbx_1"},
       {"POST", "/v1/sandboxes/sbx_1/resume", Route::kResume, "/v1/sandboxes/{id}/resume", "sbx_1"},
       {"POST", "/v1/sandboxes/sbx_1/exec", Route::kExec, "/v1/sandboxes/{id}/exec", "sbx_1"},
       {"POST", "/v1/sandboxes/sbx_1/exec:stream", Route::kExecStream,
@@ -40,10 +40,10 @@ TEST(MatchRoute, EveryRoute) {
 }
 
 TEST(MatchRoute, UnknownPathsAreNotFound) {
-  for (const char* path : {"/", "", "/v1", "/v1/", "/v1/sandboxes/", "/v1/sandboxes//exec",
-                           "/v2/sandboxes", "/v1/sandboxes/sbx_1/", "/v1/sandboxes/sbx_1/exec/x",
-                           "/v1/sandboxes/sbx_1/stop", "/V1/SANDBOXES", "/healthz/",
-                           "/v1/usage/x", "/metrics"}) {
+  for (const char* path :
+       {"/", "", "/v1", "/v1/", "/v1/sandboxes/", "/v1/sandboxes//exec", "/v2/sandboxes",
+        "/v1/sandboxes/sbx_1/", "/v1/sandboxes/sbx_1/exec/x", "/v1/sandboxes/sbx_1/stop",
+        "/V1/SANDBOXES", "/healthz/", "/v1/usage/x", "/metrics"}) {
     RouteMatch m = MatchRoute("GET", path);
     EXPECT_EQ(m.outcome, Outcome::kNotFound) << path;
     EXPECT_EQ(m.path_template, "other");

@@ -30,7 +30,8 @@ struct HttpResult {
 class TestHttpClient {
  public:
   explicit TestHttpClient(int port) : socket_(ioc_) {
-    socket_.connect({boost::asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
+    socket_.connect(
+        {boost::asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
   }
 
   HttpResult Send(const std::string& method, const std::string& target,
@@ -59,7 +60,9 @@ class TestHttpClient {
     boost::asio::write(socket_, boost::asio::buffer(bytes));
     return Read();
   }
-  void WriteRaw(const std::string& bytes) { boost::asio::write(socket_, boost::asio::buffer(bytes)); }
+  void WriteRaw(const std::string& bytes) {
+    boost::asio::write(socket_, boost::asio::buffer(bytes));
+  }
 
   HttpResult Read() {
     namespace http = boost::beast::http;
@@ -70,9 +73,8 @@ class TestHttpClient {
     HttpResult out;
     out.status = static_cast<int>(res.result_int());
     for (const auto& field : res) {
-      out.headers[absl::AsciiStrToLower(
-          absl::string_view(field.name_string().data(), field.name_string().size()))] =
-          std::string(field.value());
+      out.headers[absl::AsciiStrToLower(absl::string_view(
+          field.name_string().data(), field.name_string().size()))] = std::string(field.value());
     }
     out.body = res.body();
     out.keep_alive = res.keep_alive();
