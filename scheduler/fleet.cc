@@ -348,7 +348,6 @@ FleetTotals Fleet::Totals() {
   const absl::Time now = clock_();
   FleetTotals t;
   for (const char* s : kStates) t.runners_by_state[s] = 0;
-  absl::flat_hash_set<ImageId> images;
   for (RunnerIndex r = 0; r < state_.size(); ++r) {
     const RunnerSlot& s = state_.slot(r);
     const std::string st = StateOf(r, now);
@@ -361,10 +360,11 @@ FleetTotals Fleet::Totals() {
       t.schedulable_capacity += s.capacity;
       t.schedulable_free += free;
     }
-    for (ImageId id : state_.record(r).image_ids) images.insert(id);
     t.pulls_in_flight += static_cast<int64_t>(state_.record(r).pulling.size());
   }
-  t.images = static_cast<int64_t>(images.size());
+  for (ImageId id = 0; id < static_cast<ImageId>(state_.image_count()); ++id) {
+    if (!state_.Holders(id).empty()) ++t.images;
+  }
   t.placements = static_cast<int64_t>(placements_.size());
   return t;
 }
