@@ -10,6 +10,8 @@
 //    timings).
 // 2. Through the gRPC service (in process, loopback, --grpc_clients threads with blocking stubs)
 //    on the same fleet with an in-memory store: grpc_placements_per_sec, grpc_p50_us, grpc_p99_us.
+//    Then heartbeats: fleet_heartbeats_per_sec (in process) and grpc_heartbeats_per_sec (that
+//    many runners each on its own HeartbeatStream, lists unchanged, as in steady state).
 // 3. With ISORUN_TEST_DATABASE_URL set: the same through gRPC with the Postgres store (a fresh
 //    database; the fleet is written in bulk and loaded as a restarted scheduler would):
 //    grpc_pg_load_ms, grpc_pg_placements_per_sec, grpc_pg_p50_us, grpc_pg_p99_us.
@@ -46,6 +48,8 @@ ABSL_FLAG(int, quality_decisions, 300000, "decisions of the latency and warm-rat
 ABSL_FLAG(int, warmup, 300000, "decisions before measuring (fills the fleet to its load)");
 ABSL_FLAG(double, grpc_seconds, 5, "duration of each gRPC pass; 0: skip them");
 ABSL_FLAG(int, grpc_clients, 8, "client threads of the gRPC passes");
+ABSL_FLAG(int, heartbeat_streams, 1000,
+          "runners heartbeating on their own gRPC stream in the heartbeat pass");
 ABSL_FLAG(uint64_t, seed, 1, "random seed");
 ABSL_FLAG(double, warm_skew, isorun::scheduler::PolicyOptions{}.warm_skew,
           "policy knob (see placement.h)");
@@ -241,6 +245,79 @@ std::vector<isorun::scheduler::RunnerImages> ImagesOf(SimFleet& sim) {
   return out;
 }
 
+// Heartbeats: in process (Fleet::Heartbeat for every runner, lists unchanged), then over gRPC
+// with --heartbeat_streams runners each on its own HeartbeatStream, written as fast as they go.
+void Heartbeats(Fleet& fleet) {
+  std::vector<std::string> ids;
+  for (const auto& r : fleet.List()) ids.push_back(r.view.id);
+  auto t0 = Clock::now();
+  const int rounds = 20;
+  for (int i = 0; i < rounds; ++i) {
+    for (const auto& id : ids) {
+      isorun::scheduler::HeartbeatReport hb;
+      hb.runner_id = id;
+      hb.allocated.sandboxes = 3;
+      (void)fleet.Heartbeat(std::move(hb));
+    }
+  }
+  std::printf("fleet_heartbeats_per_sec=%.0f\n",
+              static_cast<double>(rounds * ids.size()) /
+                  std::chrono::duration<double>(Clock::now() - t0).count());
+
+  prometheus::Registry registry;
+  isorun::scheduler::SchedulerService service(fleet, registry, 1000);
+  auto server = isorun::StartGrpcServer("127.0.0.1:0", {&service});
+  if (!server.ok()) return;
+  const std::string addr = "127.0.0.1:" + std::to_string(server->port);
+  const int streams =
+      std::min<int>(absl::GetFlag(FLAGS_heartbeat_streams), static_cast<int>(ids.size()));
+  const int threads_n = 4;
+  const auto duration = std::chrono::duration<double>(absl::GetFlag(FLAGS_grpc_seconds));
+  std::atomic<int64_t> sent{0};
+  std::vector<std::thread> threads;
+  auto channel = isorun::MakeChannel(addr);
+  auto stub = isorun::v1::Scheduler::NewStub(channel);
+  const auto start = Clock::now();
+  for (int t = 0; t < threads_n; ++t) {
+    threads.emplace_back([&, t] {
+      struct Stream {
+        grpc::ClientContext ctx;
+        isorun::v1::HeartbeatResponse resp;
+        std::unique_ptr<grpc::ClientWriter<isorun::v1::HeartbeatRequest>> writer;
+        std::string id;
+      };
+      std::vector<std::unique_ptr<Stream>> mine;
+      for (int s = t; s < streams; s += threads_n) {
+        auto st = std::make_unique<Stream>();
+        st->id = ids[static_cast<size_t>(s)];
+        st->writer = stub->HeartbeatStream(&st->ctx, &st->resp);
+        mine.push_back(std::move(st));
+      }
+      int64_t n = 0;
+      while (Clock::now() - start < duration) {
+        for (auto& st : mine) {
+          isorun::v1::HeartbeatRequest hb;
+          hb.set_runner_id(st->id);
+          hb.mutable_allocated()->set_sandboxes(3);
+          hb.set_images_unchanged(true);
+          hb.set_sandboxes_unchanged(true);
+          if (st->writer->Write(hb)) ++n;
+        }
+      }
+      for (auto& st : mine) {
+        st->writer->WritesDone();
+        (void)st->writer->Finish();
+      }
+      sent += n;
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::printf(
+      "grpc_heartbeat_streams=%d\ngrpc_heartbeats_per_sec=%.0f\n", streams,
+      static_cast<double>(sent) / std::chrono::duration<double>(Clock::now() - start).count());
+  server->server->Shutdown(std::chrono::system_clock::now());
+}
+
 void GrpcMemory(absl::Time now) {
   std::seed_seq seed{absl::GetFlag(FLAGS_seed)};
   absl::BitGen rng(seed);
@@ -263,6 +340,8 @@ void GrpcMemory(absl::Time now) {
     (void)fleet.Register(v);
   }
   GrpcPass("grpc_", fleet, sim);
+  std::fflush(stdout);
+  Heartbeats(fleet);
 }
 
 void GrpcPostgres(absl::Time now) {

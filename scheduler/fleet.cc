@@ -161,22 +161,9 @@ absl::Status Fleet::Heartbeat(HeartbeatReport report) {
     t.images_dirty = true;
   }
   if (report.images) {
-    if (SameImages(*report.images, rec.images)) {
-      // The same images: keep the index, take the fresher last use and users.
-      rec.images = std::move(*report.images);
-    } else {
-      state_.SetImages(r, std::move(*report.images));
-      t.images_dirty = true;
-    }
-    // A pull the runner now reports as cached is done, whatever the pull call says.
-    if (!rec.pulling.empty()) {
-      std::vector<std::string> still;
-      for (const auto& image : rec.pulling) {
-        if (state_.Holds(r, state_.Resolve(image))) continue;
-        still.push_back(image);
-      }
-      rec.pulling = std::move(still);
-    }
+    // Only a different set of images is worth writing down; a fresher last use is kept in memory.
+    if (!SameImages(*report.images, rec.images)) t.images_dirty = true;
+    state_.SetImages(r, std::move(*report.images));
   }
   if (report.sandbox_ids) {
     rec.sandbox_ids = std::move(*report.sandbox_ids);

@@ -43,6 +43,12 @@ void ExpectIndexConsistent(const FleetState& fleet) {
     ASSERT_EQ(got, want) << "image " << id;
     for (RunnerIndex r : want) ASSERT_TRUE(fleet.Holds(r, id));
   }
+  // Every reference resolves while some runner reports it, and only then.
+  for (int k = 0; k < 12; ++k) {
+    const ImageId id = fleet.Resolve(absl::StrCat("sha256:d", k));
+    const bool held = id != kNoImage && !fleet.Holders(id).empty();
+    ASSERT_EQ(fleet.Resolve(absl::StrCat("img", k, ":1")), held ? id : kNoImage) << k;
+  }
 }
 
 TEST(FleetState, ImageIndexFollowsRandomChanges) {
@@ -57,6 +63,7 @@ TEST(FleetState, ImageIndexFollowsRandomChanges) {
         for (int k = 0; k < 12; ++k) {
           if (rng() % 3 == 0) images.push_back(Image(k));
         }
+        std::shuffle(images.begin(), images.end(), rng);
         fleet.SetImages(r, images);
         break;
       }
