@@ -118,10 +118,18 @@ int main(int argc, char** argv) {
   if (advertise.empty()) {
     advertise = absl::StrCat(grpc_addr.substr(0, grpc_addr.rfind(':')), ":", server->port);
   }
+  isorun::runner::AgentOptions agent_options;
+  agent_options.name = absl::GetFlag(FLAGS_runner_name);
+  agent_options.address = advertise;
+  agent_options.region = absl::GetFlag(FLAGS_region);
+  agent_options.cpu_millis = absl::GetFlag(FLAGS_cpu_millis);
+  agent_options.memory_mb = absl::GetFlag(FLAGS_memory_mb);
+  agent_options.max_sandboxes = absl::GetFlag(FLAGS_max_sandboxes);
+  // The scheduler pre-warms within the budget of a real cache; the simulated one has none.
+  if (driver_name == "runc")
+    agent_options.image_cache_bytes = absl::GetFlag(FLAGS_image_cache_bytes);
   isorun::runner::Agent agent(isorun::MakeChannel(absl::GetFlag(FLAGS_scheduler_addr)), *driver,
-                              {absl::GetFlag(FLAGS_runner_name), advertise,
-                               absl::GetFlag(FLAGS_region), absl::GetFlag(FLAGS_cpu_millis),
-                               absl::GetFlag(FLAGS_memory_mb), absl::GetFlag(FLAGS_max_sandboxes)});
+                              agent_options);
   agent.Start();
   isorun::LogInfo("serving", {{"grpc_port", std::to_string(server->port)},
                               {"advertise", advertise},

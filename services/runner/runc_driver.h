@@ -60,7 +60,7 @@ class RuncDriver final : public Driver {
   std::vector<std::string> Sandboxes() override;
   std::vector<CachedImageInfo> Images() override;
   // Pre-warming: pulls `image` into the cache without starting anything.
-  absl::StatusOr<CachedImageInfo> Pull(const std::string& image);
+  absl::StatusOr<CachedImageInfo> Pull(const std::string& image) override;
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& sandbox_id,
                                         const v1::ExecRequest& request) override;
   absl::StatusOr<int> ExecStream(const std::string& sandbox_id, const v1::ExecRequest& request,

@@ -86,6 +86,17 @@ std::vector<int> HostPidsRunning(const std::string& cmdline) {
   return out;
 }
 
+// HostPidsRunning, polled for up to a second until there is one (a background job of an exec
+// may not have exec'd its program yet when the exec returns).
+std::vector<int> WaitForHostPids(const std::string& cmdline) {
+  std::vector<int> pids;
+  for (int i = 0; i < 40 && pids.empty(); ++i) {
+    pids = HostPidsRunning(cmdline);
+    if (pids.empty()) absl::SleepFor(absl::Milliseconds(25));
+  }
+  return pids;
+}
+
 int HostUidOf(int pid) {
   auto status = ReadFile(absl::StrCat("/proc/", pid, "/status"));
   if (!status.ok()) return -1;
@@ -257,6 +268,7 @@ TEST_F(RuncDriverTest, TimeoutKillsTheWholeGroupWithExecTimeout) {
   // A command that exits normally may leave a daemon running, even one that keeps writing to
   // the exec's output.
   Sh("sbx_to", "sleep 300 >/dev/null 2>&1 &");
+  ASSERT_EQ(WaitForHostPids("sleep 300").size(), 1u);
   EXPECT_EQ(Sh("sbx_to", "ps -o args | grep -c '^sleep 300'"), "1\n");
   const absl::Time t1 = absl::Now();
   // (What it writes in the moment after the shell exits may come along; the rest is dropped.)
@@ -264,8 +276,7 @@ TEST_F(RuncDriverTest, TimeoutKillsTheWholeGroupWithExecTimeout) {
       Sh("sbx_to", "(while :; do echo tick; sleep 0.1; done) & echo started"), "started\n"));
   EXPECT_LT(absl::Now() - t1, absl::Seconds(1));
   absl::SleepFor(absl::Milliseconds(500));
-  EXPECT_EQ(Sh("sbx_to", "ps -o args | grep -c '^sleep 0.1' || true"), "1\n")
-      << "the background writer died";
+  EXPECT_EQ(WaitForHostPids("sleep 0.1").size(), 1u) << "the background writer died";
 }
 
 TEST_F(RuncDriverTest, DefaultTimeoutApplies) {
@@ -392,7 +403,7 @@ TEST_F(RuncDriverTest, RootInsideIsAnUnprivilegedUserOnTheHost) {
   ASSERT_GT(init, 0);
   EXPECT_EQ(HostUidOf(init), 100000);
   Sh("sbx_uid", "sleep 106 >/dev/null 2>&1 &");
-  auto pids = HostPidsRunning("sleep 106");
+  auto pids = WaitForHostPids("sleep 106");
   ASSERT_EQ(pids.size(), 1u);
   EXPECT_EQ(HostUidOf(pids[0]), 100000);
   Sh("sbx_uid", "touch /root/mine");
@@ -415,6 +426,7 @@ TEST_F(RuncDriverTest, SandboxesShareNoFilesAndSeeNoOtherProcesses) {
   Start("sbx_one");
   Start("sbx_two");
   Sh("sbx_one", "echo secret > /tmp/secret; sleep 107 >/dev/null 2>&1 &");
+  ASSERT_EQ(WaitForHostPids("sleep 107").size(), 1u);
   auto peek = driver_->Exec("sbx_two", Cmd("cat /tmp/secret"));
   ASSERT_TRUE(peek.ok());
   EXPECT_NE(peek->exit_code(), 0);
@@ -425,7 +437,7 @@ TEST_F(RuncDriverTest, SandboxesShareNoFilesAndSeeNoOtherProcesses) {
   EXPECT_FALSE(absl::StrContains(ps, "runc")) << ps;
   EXPECT_FALSE(absl::StrContains(ps, "runner")) << ps;
   EXPECT_EQ(Sh("sbx_two", kOtherProcesses), "") << ps;
-  EXPECT_EQ(Sh("sbx_one", kOtherProcesses), "sleep 107\n");
+  EXPECT_EQ(Sh("sbx_one", kOtherProcesses), "sleep 107\n") << Sh("sbx_one", "ps -o pid,stat,args");
   EXPECT_EQ(Sh("sbx_two", "cat /proc/1/cmdline"), std::string("/dev/init\0", 10));
   EXPECT_EQ(Sh("sbx_two", "hostname"), "sandbox\n");
   // The host's files are not there either.

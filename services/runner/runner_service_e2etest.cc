@@ -131,7 +131,12 @@ TEST_F(RunnerServiceTest, AClientThatGoesAwayKillsTheCommand) {
   v1::ExecChunk chunk;
   ASSERT_TRUE(reader->Read(&chunk));
   EXPECT_EQ(chunk.stdout(), "ready\n");
-  EXPECT_TRUE(HostProcessRunning("sleep 109"));
+  bool running = false;  // "ready" comes just before the shell starts the sleep
+  for (int i = 0; i < 40 && !running; ++i) {
+    running = HostProcessRunning("sleep 109");
+    if (!running) absl::SleepFor(absl::Milliseconds(25));
+  }
+  EXPECT_TRUE(running);
   ctx.TryCancel();
   while (reader->Read(&chunk)) {
   }
@@ -195,6 +200,28 @@ bool TcpOpen(int port) {
   bool open = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
   ::close(fd);
   return open;
+}
+
+TEST_F(RunnerServiceTest, PullImagePreWarmsTheCache) {
+  for (bool again : {false, true}) {
+    grpc::ClientContext ctx;
+    v1::PullImageRequest req;
+    req.set_image("fat:1.0");
+    v1::PullImageResponse resp;
+    grpc::Status s = stub_->PullImage(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_TRUE(absl::StartsWith(resp.image_digest(), "sha256:"));
+    EXPECT_GT(resp.size_bytes(), 40 << 20);
+    EXPECT_EQ(resp.already_cached(), again);
+  }
+  v1::StartSandboxResponse started;
+  ASSERT_TRUE(StartSandbox(*stub_, "sbx_fat", "fat:1.0", &started).ok());
+  EXPECT_TRUE(started.warm());
+  grpc::ClientContext ctx;
+  v1::PullImageRequest req;
+  req.set_image("nope:3");
+  v1::PullImageResponse resp;
+  EXPECT_EQ(stub_->PullImage(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 // The isorun-runner binary: killed with SIGKILL under its sandboxes, then started again.
