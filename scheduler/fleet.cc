@@ -154,6 +154,10 @@ absl::Status Fleet::Heartbeat(HeartbeatReport report) {
   Tracking& t = TrackingOf(r);
   if (report.stream != 0) t.stream = report.stream;
   t.reported = report.allocated;
+  if (report.capacity && *report.capacity != slot.capacity) {
+    slot.capacity = *report.capacity;
+    t.capacity_dirty = true;
+  }
   RunnerRecord& rec = state_.mutable_record(r);
   if (report.image_cache_used_bytes &&
       *report.image_cache_used_bytes != rec.image_cache_used_bytes) {
@@ -359,6 +363,7 @@ FleetTotals Fleet::Totals() {
 absl::Status Fleet::Sync() {
   std::vector<std::pair<std::string, absl::Time>> seen;
   std::vector<RunnerImages> images;
+  std::vector<RunnerView> resized;  // rare: rewritten whole
   {
     absl::MutexLock lock(&mu_);
     for (RunnerIndex r = 0; r < state_.size(); ++r) {
@@ -372,9 +377,28 @@ absl::Status Fleet::Sync() {
         images.push_back({rec.id, rec.images, rec.image_cache_used_bytes});
         t.images_dirty = false;
       }
+      if (t.capacity_dirty) {
+        RunnerView v;
+        v.name = rec.name;
+        v.address = rec.address;
+        v.region = rec.region;
+        v.capacity = s.capacity;
+        v.images = rec.images;
+        v.image_cache_bytes = rec.image_cache_bytes;
+        v.image_cache_used_bytes = rec.image_cache_used_bytes;
+        resized.push_back(std::move(v));
+        t.capacity_dirty = false;
+      }
     }
   }
   absl::Status first = store_.TouchRunners(seen);
+  std::vector<std::string> not_resized;
+  for (const auto& v : resized) {
+    if (auto s = store_.UpsertRunner(v); !s.ok()) {
+      not_resized.push_back(v.name);
+      if (first.ok()) first = s.status();
+    }
+  }
   absl::Status images_written = store_.ReplaceImages(images);
   auto draining = store_.DrainingRunners();
   absl::MutexLock lock(&mu_);
@@ -384,6 +408,11 @@ absl::Status Fleet::Sync() {
         Tracking& t = TrackingOf(*r);
         t.persisted_seen = std::max(t.persisted_seen, when);
       }
+    }
+  }
+  for (const auto& name : not_resized) {
+    for (RunnerIndex r = 0; r < state_.size(); ++r) {
+      if (state_.record(r).name == name) TrackingOf(r).capacity_dirty = true;
     }
   }
   if (!images_written.ok()) {

@@ -78,6 +78,7 @@ struct HeartbeatReport {
   std::optional<std::vector<CachedImage>> images = {};
   std::optional<std::vector<std::string>> sandbox_ids = {};
   std::optional<int64_t> image_cache_used_bytes = {};
+  std::optional<ResourceVector> capacity = {};
   uint64_t stream = 0;  // the heartbeat stream it came on (Fleet::NewStreamId); 0: unary
 };
 
@@ -152,6 +153,7 @@ class Fleet {
     int64_t cold = 0;
     absl::Time persisted_seen = absl::InfinitePast();
     bool images_dirty = false;
+    bool capacity_dirty = false;
     uint64_t stream = 0;
   };
 

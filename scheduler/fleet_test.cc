@@ -119,13 +119,13 @@ TEST_F(FleetTest, ABrokenHeartbeatStreamStopsPlacementsUntilTheNextHeartbeat) {
   auto id = fleet->Register(NewRunner("a"));
   ASSERT_TRUE(id.ok());
   const uint64_t first = fleet->NewStreamId();
-  ASSERT_TRUE(fleet->Heartbeat({*id, {}, {}, {}, {}, first}).ok());
+  ASSERT_TRUE(fleet->Heartbeat({.runner_id = *id, .stream = first}).ok());
   fleet->StreamEnded(*id, first);
   EXPECT_EQ(StateOf(*fleet, *id), "UNHEALTHY");
   EXPECT_FALSE(fleet->Place("s1", Req()).ok());
   // The runner reconnects; the old stream's end, reported late, changes nothing.
   const uint64_t second = fleet->NewStreamId();
-  ASSERT_TRUE(fleet->Heartbeat({*id, {}, {}, {}, {}, second}).ok());
+  ASSERT_TRUE(fleet->Heartbeat({.runner_id = *id, .stream = second}).ok());
   fleet->StreamEnded(*id, first);
   EXPECT_EQ(StateOf(*fleet, *id), "HEALTHY");
   EXPECT_TRUE(fleet->Place("s1", Req()).ok());
@@ -301,6 +301,25 @@ TEST_F(FleetTest, ConcurrentPlacementsNeverOvercommit) {
     total += s.view.allocated.sandboxes;
   }
   EXPECT_EQ(total, fleet->Totals().placements);
+}
+
+TEST_F(FleetTest, AResizedRunnerIsSeenAtOnceAndStoredAtTheNextSync) {
+  auto fleet = NewFleet();
+  auto id = *fleet->Register(NewRunner("a", 1));
+  ASSERT_TRUE(fleet->Place("x", Req()).ok());
+  EXPECT_FALSE(fleet->Place("y", Req()).ok());
+  HeartbeatReport hb;
+  hb.runner_id = id;
+  hb.capacity = ResourceVector{100000, 100000, 2};
+  ASSERT_TRUE(fleet->Heartbeat(hb).ok());
+  EXPECT_TRUE(fleet->Place("y", Req()).ok());
+  const int upserts = store_.upserts;
+  ASSERT_TRUE(fleet->Sync().ok());
+  EXPECT_EQ(store_.upserts, upserts + 1);
+  EXPECT_EQ(store_.inner.Load()->runners[0].capacity.sandboxes, 2);
+  ASSERT_TRUE(fleet->Heartbeat(hb).ok());
+  ASSERT_TRUE(fleet->Sync().ok());
+  EXPECT_EQ(store_.upserts, upserts + 1) << "unchanged: not written again";
 }
 
 TEST_F(FleetTest, TotalsCountStatesAndFreeCapacity) {

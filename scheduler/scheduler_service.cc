@@ -84,6 +84,10 @@ HeartbeatReport ReportFromProto(const v1::HeartbeatRequest& req, uint64_t stream
   if (req.image_cache_used_bytes() > 0 || !req.images_unchanged()) {
     report.image_cache_used_bytes = req.image_cache_used_bytes();
   }
+  if (req.has_capacity()) {
+    ResourceVector c = FromProto(req.capacity());
+    if (c.cpu_millis >= 0 && c.memory_mb >= 0 && c.sandboxes >= 0) report.capacity = c;
+  }
   report.stream = stream;
   return report;
 }

@@ -64,6 +64,11 @@ void Agent::FillHeartbeat(v1::HeartbeatRequest* req, bool full) {
   req->set_image_cache_used_bytes(
       FillImages(images, images_changed ? req->mutable_images() : nullptr));
   req->set_images_unchanged(!images_changed);
+  if (full) {
+    req->mutable_capacity()->set_cpu_millis(options_.cpu_millis);
+    req->mutable_capacity()->set_memory_mb(options_.memory_mb);
+    req->mutable_capacity()->set_sandboxes(options_.max_sandboxes);
+  }
   if (full || sandboxes_hash != sandboxes_hash_) {
     for (auto& id : sandboxes) req->add_sandbox_ids(std::move(id));
   } else {
