@@ -7,6 +7,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/pg.sh"
 # shellcheck source=scripts/build.sh
 source "$(dirname "${BASH_SOURCE[0]}")/build.sh"
+# shellcheck source=scripts/registry.sh
+source "$(dirname "${BASH_SOURCE[0]}")/registry.sh"
 
 # Every port of the local cluster, in one place. Each can be overridden with ISORUN_PORT_<KEY>
 # (e.g. ISORUN_PORT_GATEWAY_HTTP=18080); PostgreSQL's with ISORUN_PG_PORT.
@@ -17,7 +19,21 @@ declare -A CLUSTER_PORT_DEFAULTS=(
   [RUNNER_1]=7101 [RUNNER_1_METRICS]=9111
   [RUNNER_2]=7102 [RUNNER_2_METRICS]=9112
   [GATEWAY_HTTP]=8080 [GATEWAY_METRICS]=9100 [GATEWAY_PUBLIC]=8081
+  [REGISTRY]=5050
 )
+# The runner's data folder: sandboxes run as uid 100000+, which must reach it. Under a folder
+# they cannot traverse (/root, a mktemp folder) it moves to /var/lib/isorun, as PostgreSQL's does.
+cluster_runner_dir() {
+  local dir="$CLUSTER_DATA/runner-$1"
+  if is_root && ! setpriv --reuid=100000 --regid=100000 --clear-groups test -x "$CLUSTER_DATA" 2>/dev/null; then
+    local hash
+    hash="$(printf '%s' "$CLUSTER_DATA" | sha1sum | cut -c1-12)"
+    dir="/var/lib/isorun/runners-$hash/runner-$1"
+    mkdir -p "$(dirname "$dir")" && chmod 0755 /var/lib/isorun "$(dirname "$dir")"
+  fi
+  printf '%s\n' "$dir"
+}
+
 cluster_port() {
   local var="ISORUN_PORT_$1"
   printf '%s\n' "${!var:-${CLUSTER_PORT_DEFAULTS[$1]}}"
@@ -25,11 +41,13 @@ cluster_port() {
 
 # Variables of this script that must not reach the services, whose flags also read ISORUN_<FLAG>.
 CLUSTER_PRIVATE_ENV=(ISORUN_DATA_DIR ISORUN_PG_PORT ISORUN_START_TIMEOUT ISORUN_BUILD_DIR ISORUN_BIN_DIR
-  ISORUN_REPO ISORUN_SKIP_BUILD ISORUN_API_KEY ISORUN_API_URL ISORUN_PUBLIC_URL ISORUN_REGISTRY)
+  ISORUN_REPO ISORUN_SKIP_BUILD ISORUN_API_KEY ISORUN_API_URL ISORUN_PUBLIC_URL ISORUN_REGISTRY
+  ISORUN_RUNNER_DRIVER ISORUN_TEST_IMAGES_DIR ISORUN_FAT_IMAGE_MB)
 
 CLUSTER_DATA=""
 CLUSTER_TICK_PID=""
 CLUSTER_PG_PID=""
+CLUSTER_REGISTRY=""  # host:port of the registry this `up` started (or reused)
 declare -a CLUSTER_ORDER=()  # started process names, in start order
 declare -A CLUSTER_PIDS=()
 
@@ -114,6 +132,7 @@ cluster_cleanup() {
     rm -f "$CLUSTER_DATA/run/$name.pid"
   done
   pg_stop
+  [[ -n "$CLUSTER_REGISTRY" ]] && registry_stop "$CLUSTER_DATA/registry"
   rm -f "$CLUSTER_DATA/up.pid"
   if ((rc == 0)); then log "stopped"; else log "stopped (exit status $rc)"; fi
   exit "$rc"
@@ -234,11 +253,34 @@ cluster_up() {
   cluster_start lifecycle isorun-lifecycle --grpc_addr="$h:$l" --metrics_addr="$h:$lm" \
     --quota_addr="$h:$q" --scheduler_addr="$h:$s"
   wait_for_tcp lifecycle "$h" "$l" "${CLUSTER_PIDS[lifecycle]}" "$CLUSTER_DATA/logs/lifecycle.log"
+  # Real sandboxes need root and the image tools; otherwise the simulated driver.
+  local driver="${ISORUN_RUNNER_DRIVER:-}"
+  if [[ -z "$driver" ]]; then
+    driver=runc
+    if ! is_root; then
+      warn "not root: runners use the simulated driver (no real sandboxes); run as root for runc"
+      driver=sim
+    elif ! command -v runc >/dev/null || ! command -v skopeo >/dev/null ||
+         ! command -v umoci >/dev/null || ! command -v docker-registry >/dev/null; then
+      warn "runc, skopeo, umoci or docker-registry missing: runners use the simulated driver"
+      driver=sim
+    fi
+  fi
+  local -a driver_args=(--driver=sim)
+  if [[ "$driver" == runc ]]; then
+    log "starting the image registry (builds the test images on first use)"
+    CLUSTER_REGISTRY="$(registry_start "$CLUSTER_DATA/registry" "$(cluster_port REGISTRY)")" ||
+      die "the image registry did not start (log: $CLUSTER_DATA/registry/registry.log)"
+    driver_args=(--driver=runc --registry="$CLUSTER_REGISTRY")
+  fi
   local n port mport
   for n in 1 2; do
     port="$(cluster_port "RUNNER_$n")" mport="$(cluster_port "RUNNER_${n}_METRICS")"
+    local -a data_args=()
+    [[ "$driver" == runc ]] && data_args=(--data_dir="$(cluster_runner_dir "$n")")
     cluster_start "runner-$n" isorun-runner --grpc_addr="$h:$port" --metrics_addr="$h:$mport" \
-      --scheduler_addr="$h:$s" --runner_name="runner-$n" --driver=sim --region=local
+      --scheduler_addr="$h:$s" --runner_name="runner-$n" --region=local \
+      "${driver_args[@]}" "${data_args[@]}"
   done
   for n in 1 2; do
     port="$(cluster_port "RUNNER_$n")"
@@ -257,7 +299,7 @@ ISORUN_API_URL=http://$h:$gh
 ISORUN_API_KEY=$api_key
 ISORUN_PUBLIC_URL=http://$h:$gp
 ISORUN_DATABASE_URL=$ISORUN_DATABASE_URL
-ISORUN_REGISTRY=
+ISORUN_REGISTRY=$CLUSTER_REGISTRY
 ISORUN_GRPC_QUOTA=$h:$q
 ISORUN_GRPC_SCHEDULER=$h:$s
 ISORUN_GRPC_LIFECYCLE=$h:$l

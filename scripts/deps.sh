@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Debian packages the project needs, and an idempotent installer. Sourced by ./isorun.
-# This list is the one place to add a package (later: runc skopeo umoci docker-registry busybox-static).
+# This list is the one place to add a package.
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -13,6 +13,8 @@ ISORUN_DEB_PACKAGES=(
   prometheus-cpp-dev libpqxx-dev libboost-dev libssl-dev libgtest-dev libbenchmark-dev
   # local cluster and tests
   postgresql-15 postgresql-contrib curl jq util-linux
+  # real sandboxes (the runner's runc driver) and the local image registry with its test images
+  runc skopeo umoci docker-registry busybox-static
 )
 
 # Prints the packages of the list that are not installed, one a line.

@@ -57,6 +57,8 @@ run_tests() {
   export ISORUN_TEST_DATABASE_URL
   ISORUN_TEST_DATABASE_URL="$(pg_url "$port" postgres)"
   export ISORUN_BIN_DIR ISORUN_REPO
+  # The runner's e2e tests build their test images once here (shared by their registries).
+  export ISORUN_TEST_IMAGES_DIR="${ISORUN_TEST_IMAGES_DIR:-$ISORUN_BUILD_DIR/test-images}"
   log "tests use $ISORUN_TEST_DATABASE_URL"
   # ctest runs in a session of its own, so that on SIGINT or SIGTERM the trap can stop it and every
   # test it started (a signal interrupts `wait` at once, not a foreground command).

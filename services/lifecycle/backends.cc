@@ -23,7 +23,15 @@ absl::Status Wrap(const grpc::Status& s, const char* who) {
   absl::Status status = FromGrpcStatus(s);
   if (s.error_code() == grpc::StatusCode::UNAVAILABLE ||
       s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-    return absl::Status(status.code(), absl::StrCat(who, ": ", std::string(status.message())));
+    // Keep the callee's detail (an exec timeout's EXEC_TIMEOUT, say); only the message gains
+    // the name of who failed.
+    auto detail = ErrorDetailOf(status);
+    std::string message = absl::StrCat(who, ": ", std::string(status.message()));
+    if (detail) {
+      return Error(status.code(), detail->reason(), message, detail->limit(), detail->current(),
+                   detail->retry_after_sec(), detail->has_rate() ? &detail->rate() : nullptr);
+    }
+    return absl::Status(status.code(), message);
   }
   return status;
 }

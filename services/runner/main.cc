@@ -2,7 +2,11 @@
 
 #include <unistd.h>
 
+#include <thread>
+
 #include "absl/flags/flag.h"
+#include "absl/synchronization/notification.h"
+#include "prometheus/gauge.h"
 #include "absl/strings/str_cat.h"
 #include "services/kit/flags.h"
 #include "services/kit/log.h"
@@ -131,10 +135,35 @@ int main(int argc, char** argv) {
   isorun::runner::Agent agent(isorun::MakeChannel(absl::GetFlag(FLAGS_scheduler_addr)), *driver,
                               agent_options);
   agent.Start();
+  // What the runner holds, refreshed every 2 s for dashboards.
+  auto& held = prometheus::BuildGauge()
+                   .Name("isorun_runner_held")
+                   .Help("Sandboxes and cached images this runner holds")
+                   .Register(metrics.registry());
+  auto& sandboxes_gauge = held.Add({{"what", "sandboxes"}});
+  auto& images_gauge = held.Add({{"what", "cached_images"}});
+  auto& image_bytes = prometheus::BuildGauge()
+                          .Name("isorun_runner_image_cache_bytes")
+                          .Help("Bytes of unpacked images in this runner's cache")
+                          .Register(metrics.registry())
+                          .Add({});
+  absl::Notification stop_gauges;
+  std::thread gauges([&] {
+    do {
+      sandboxes_gauge.Set(static_cast<double>(driver->Sandboxes().size()));
+      auto images = driver->Images();
+      images_gauge.Set(static_cast<double>(images.size()));
+      double bytes = 0;
+      for (const auto& image : images) bytes += static_cast<double>(image.size_bytes);
+      image_bytes.Set(bytes);
+    } while (!stop_gauges.WaitForNotificationWithTimeout(absl::Seconds(2)));
+  });
   isorun::LogInfo("serving", {{"grpc_port", std::to_string(server->port)},
                               {"advertise", advertise},
                               {"driver", driver_name}});
   int sig = isorun::WaitForShutdownSignal();
+  stop_gauges.Notify();
+  gauges.join();
   isorun::LogInfo("shutting down", {{"signal", std::to_string(sig)}});
   agent.Stop();
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
