@@ -25,7 +25,17 @@ QuotaService::QuotaService(QuotaStore& store, prometheus::Registry& registry,
       rate_checks_(prometheus::BuildCounter()
                        .Name("isorun_quota_rate_checks_total")
                        .Help("Rate-limit checks by policy kind and outcome")
-                       .Register(registry)) {}
+                       .Register(registry)) {
+  // Every series exists from the start, so dashboards see zeros rather than gaps.
+  for (const char* outcome : {"admitted", "retry", "refused", "error"}) {
+    admissions_.Add({{"outcome", outcome}});
+  }
+  for (const char* kind : {"request", "create"}) {
+    for (const char* outcome : {"allowed", "limited"}) {
+      rate_checks_.Add({{"kind", kind}, {"outcome", outcome}});
+    }
+  }
+}
 
 absl::StatusOr<TenantLimits> QuotaService::CachedLimits(const std::string& tenant_id) {
   absl::Time now = clock_();
