@@ -42,8 +42,9 @@ std::string TransitionSql(const std::string& to, const std::string& from_guard,
                           const std::string& set, const std::string& reason) {
   return absl::StrCat(
       "WITH prev AS (SELECT id, state FROM lifecycle.sandboxes WHERE id = $1 FOR UPDATE), "
-      "s AS (UPDATE lifecycle.sandboxes s SET state = '", to, "', updated_at = now()",
-      set.empty() ? "" : ", ", set, " FROM prev WHERE s.id = prev.id AND ", from_guard,
+      "s AS (UPDATE lifecycle.sandboxes s SET state = '",
+      to, "', updated_at = now()", set.empty() ? "" : ", ", set,
+      " FROM prev WHERE s.id = prev.id AND ", from_guard,
       " RETURNING s.*, prev.state AS from_state), "
       "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
       "SELECT id, from_state, state, ",
@@ -72,13 +73,20 @@ SandboxState ParseState(const std::string& name) {
   return state;
 }
 
-Sandbox FromRow(const pqxx::row& row) {
+// Which columns a caller needs: the JSON ones (metadata, network, env) cost a protobuf JSON parse,
+// which dominated the lifecycle's CPU when every internal transition paid for it.
+enum class Detail { kFull, kCore };
+
+Sandbox FromRow(const pqxx::row& row, Detail detail = Detail::kFull) {
   Sandbox sb;
-  // The JSON columns first: parsing replaces the message's fields named in the JSON only.
-  google::protobuf::util::JsonParseOptions options;
-  options.ignore_unknown_fields = true;
-  auto parsed = google::protobuf::util::JsonStringToMessage(row[8].as<std::string>(), &sb, options);
-  (void)parsed;  // written by us from validated maps; a failure leaves the maps empty
+  if (detail == Detail::kFull) {
+    // The JSON columns first: parsing replaces the message's fields named in the JSON only.
+    google::protobuf::util::JsonParseOptions options;
+    options.ignore_unknown_fields = true;
+    auto parsed =
+        google::protobuf::util::JsonStringToMessage(row[8].as<std::string>(), &sb, options);
+    (void)parsed;  // written by us from validated maps; a failure leaves the maps empty
+  }
   sb.set_id(row[0].as<std::string>());
   sb.set_tenant_id(row[1].as<std::string>());
   sb.set_state(ParseState(row[2].as<std::string>()));
@@ -105,7 +113,8 @@ Sandbox FromRow(const pqxx::row& row) {
 }
 
 absl::Status NotFound(const std::string& id) {
-  return Error(absl::StatusCode::kNotFound, "NOT_FOUND", absl::StrCat("sandbox ", id, " not found"));
+  return Error(absl::StatusCode::kNotFound, "NOT_FOUND",
+               absl::StrCat("sandbox ", id, " not found"));
 }
 
 }  // namespace
@@ -133,17 +142,15 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                                        "AND s.tenant_id = $2"));
   pool_.Prepare("lc_get_any",
                 absl::StrCat("SELECT ", kCols, " FROM lifecycle.sandboxes s WHERE s.id = $1"));
-  pool_.Prepare("lc_list",
-                absl::StrCat("SELECT ", kCols,
-                             " FROM lifecycle.sandboxes s WHERE s.tenant_id = $1 "
-                             "AND s.state = ANY($2::text[]) AND s.metadata @> $3::jsonb "
-                             "AND (s.created_at, s.id) > ($4::timestamptz, $5) "
-                             "ORDER BY s.created_at, s.id LIMIT $6"));
+  pool_.Prepare("lc_list", absl::StrCat("SELECT ", kCols,
+                                        " FROM lifecycle.sandboxes s WHERE s.tenant_id = $1 "
+                                        "AND s.state = ANY($2::text[]) AND s.metadata @> $3::jsonb "
+                                        "AND (s.created_at, s.id) > ($4::timestamptz, $5) "
+                                        "ORDER BY s.created_at, s.id LIMIT $6"));
   pool_.Prepare("lc_count_state",
                 "SELECT count(*) FROM lifecycle.sandboxes WHERE tenant_id = $1 AND state = $2");
-  pool_.Prepare("lc_to_starting",
-                TransitionSql("STARTING", "prev.state = 'PENDING'",
-                              "runner_id = $2, runner_address = $3", "NULL"));
+  pool_.Prepare("lc_to_starting", TransitionSql("STARTING", "prev.state = 'PENDING'",
+                                                "runner_id = $2, runner_address = $3", "NULL"));
   pool_.Prepare("lc_to_running",
                 TransitionSql("RUNNING", "prev.state = 'STARTING'",
                               "image_digest = $2, "
@@ -161,8 +168,7 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                 TransitionSql("DESTROYED", "prev.state = 'DESTROYING'",
                               "ended_at = now(), expires_at = NULL", "s.end_reason"));
   pool_.Prepare("lc_to_hibernated",
-                TransitionSql("HIBERNATED", "prev.state = 'RUNNING'", "expires_at = NULL",
-                              "NULL"));
+                TransitionSql("HIBERNATED", "prev.state = 'RUNNING'", "expires_at = NULL", "NULL"));
   pool_.Prepare("lc_to_resumed",
                 TransitionSql("RUNNING", "prev.state = 'HIBERNATED'",
                               "expires_at = now() + s.timeout_sec * interval '1 second'", "NULL"));
@@ -176,14 +182,16 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                 "extract(epoch FROM now() - updated_at)::float8 FROM lifecycle.sandboxes "
                 "WHERE id = ANY($1::text[])");
   pool_.Prepare("lc_live_on_runner",
-                absl::StrCat("SELECT ", kCols, " FROM lifecycle.sandboxes s WHERE s.runner_id = $1 "
+                absl::StrCat("SELECT ", kCols,
+                             " FROM lifecycle.sandboxes s WHERE s.runner_id = $1 "
                              "AND s.state IN ('RUNNING', 'HIBERNATED')"));
-  pool_.Prepare("lc_delete_unacked",
-                "WITH d AS (DELETE FROM lifecycle.sandboxes WHERE id = $1 "
-                "AND state IN ('PENDING', 'STARTING') RETURNING id), "
-                "e AS (DELETE FROM lifecycle.sandbox_events WHERE sandbox_id IN (SELECT id FROM d)), "
-                "k AS (DELETE FROM lifecycle.idempotency_keys WHERE sandbox_id IN "
-                "(SELECT id FROM d)) SELECT count(*) FROM d");
+  pool_.Prepare(
+      "lc_delete_unacked",
+      "WITH d AS (DELETE FROM lifecycle.sandboxes WHERE id = $1 "
+      "AND state IN ('PENDING', 'STARTING') RETURNING id), "
+      "e AS (DELETE FROM lifecycle.sandbox_events WHERE sandbox_id IN (SELECT id FROM d)), "
+      "k AS (DELETE FROM lifecycle.idempotency_keys WHERE sandbox_id IN "
+      "(SELECT id FROM d)) SELECT count(*) FROM d");
   pool_.Prepare("lc_set_timeout",
                 absl::StrCat("UPDATE lifecycle.sandboxes s SET timeout_sec = $3::integer, "
                              "expires_at = CASE WHEN s.state = 'RUNNING' "
@@ -336,13 +344,14 @@ namespace {
 
 template <typename... Args>
 absl::StatusOr<std::optional<Sandbox>> RunTransition(PgPool& pool, Durability durability,
-                                                     const char* statement, Args&&... args) {
+                                                     Detail detail, const char* statement,
+                                                     Args&&... args) {
   std::optional<Sandbox> out;
   absl::Status s = pool.Execute(
       [&](pqxx::nontransaction& tx) {
         out.reset();
         auto r = tx.exec_prepared(statement, args...);
-        if (!r.empty()) out = FromRow(r[0]);
+        if (!r.empty()) out = FromRow(r[0], detail);
         return absl::OkStatus();
       },
       durability);
@@ -355,43 +364,44 @@ absl::StatusOr<std::optional<Sandbox>> RunTransition(PgPool& pool, Durability du
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToStarting(const std::string& id,
                                                                 const std::string& runner_id,
                                                                 const std::string& address) {
-  return RunTransition(pool_, Durability::kAsync, "lc_to_starting", id, runner_id, address);
+  return RunTransition(pool_, Durability::kAsync, Detail::kCore, "lc_to_starting", id, runner_id,
+                       address);
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToRunning(const std::string& id,
                                                                const std::string& digest) {
   // Durable: the client is told the sandbox runs right after this commit.
-  return RunTransition(pool_, Durability::kSync, "lc_to_running", id, digest);
+  return RunTransition(pool_, Durability::kSync, Detail::kFull, "lc_to_running", id, digest);
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToFailed(const std::string& id,
                                                               const std::string& message) {
-  return RunTransition(pool_, Durability::kSync, "lc_to_failed", id, message);
+  return RunTransition(pool_, Durability::kSync, Detail::kCore, "lc_to_failed", id, message);
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToDestroying(
     const std::string& tenant_id, const std::string& id, const std::vector<SandboxState>& from,
     v1::EndReason reason) {
-  return RunTransition(pool_, Durability::kAsync, "lc_to_destroying", id, EndReasonName(reason),
-                       StateArray(from), tenant_id);
+  return RunTransition(pool_, Durability::kAsync, Detail::kCore, "lc_to_destroying", id,
+                       EndReasonName(reason), StateArray(from), tenant_id);
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToDestroyed(const std::string& id) {
-  return RunTransition(pool_, Durability::kSync, "lc_to_destroyed", id);
+  return RunTransition(pool_, Durability::kSync, Detail::kCore, "lc_to_destroyed", id);
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToHibernated(const std::string& id) {
-  return RunTransition(pool_, Durability::kSync, "lc_to_hibernated", id);
+  return RunTransition(pool_, Durability::kSync, Detail::kFull, "lc_to_hibernated", id);
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToRunningFromHibernated(
     const std::string& id) {
-  return RunTransition(pool_, Durability::kSync, "lc_to_resumed", id);
+  return RunTransition(pool_, Durability::kSync, Detail::kFull, "lc_to_resumed", id);
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToLost(const std::string& id,
                                                             const std::string& message) {
-  return RunTransition(pool_, Durability::kSync, "lc_to_lost", id, message);
+  return RunTransition(pool_, Durability::kSync, Detail::kCore, "lc_to_lost", id, message);
 }
 
 absl::StatusOr<std::map<std::string, SandboxStore::RowState>> SandboxStore::StatesOf(
@@ -470,7 +480,9 @@ absl::StatusOr<std::vector<Sandbox>> SandboxStore::ClaimExpired(int limit) {
   std::vector<Sandbox> out;
   absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
     out.clear();
-    for (const auto& row : tx.exec_prepared("lc_claim_expired", limit)) out.push_back(FromRow(row));
+    for (const auto& row : tx.exec_prepared("lc_claim_expired", limit)) {
+      out.push_back(FromRow(row, Detail::kCore));
+    }
     return absl::OkStatus();
   });
   if (!s.ok()) return s;

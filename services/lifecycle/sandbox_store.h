@@ -55,7 +55,10 @@ class SandboxStore {
   absl::StatusOr<ListPage> List(const ListQuery& query);
   absl::StatusOr<int> CountInState(const std::string& tenant_id, SandboxState state);
 
-  // Guarded transitions. nullopt: the sandbox was not in an expected state.
+  // Guarded transitions. nullopt: the sandbox was not in an expected state. The transitions the
+  // control plane uses internally (to STARTING, FAILED, DESTROYING, DESTROYED, LOST) and
+  // ClaimExpired return the sandbox without metadata, network and env; those a client sees in
+  // full (to RUNNING, HIBERNATED, resumed) carry everything.
   absl::StatusOr<std::optional<Sandbox>> ToStarting(const std::string& id,
                                                     const std::string& runner_id,
                                                     const std::string& runner_address);
