@@ -267,9 +267,9 @@ TEST_F(RuncDriverTest, TimeoutKillsTheWholeGroupWithExecTimeout) {
   }
   // A command that exits normally may leave a daemon running, even one that keeps writing to
   // the exec's output.
-  Sh("sbx_to", "sleep 300 >/dev/null 2>&1 &");
-  ASSERT_EQ(WaitForHostPids("sleep 300").size(), 1u);
-  EXPECT_EQ(Sh("sbx_to", "ps -o args | grep -c '^sleep 300'"), "1\n");
+  Sh("sbx_to", "sleep 317 >/dev/null 2>&1 &");
+  ASSERT_EQ(WaitForHostPids("sleep 317").size(), 1u);
+  EXPECT_EQ(Sh("sbx_to", "ps -o args | grep -c '^sleep 317'"), "1\n");
   const absl::Time t1 = absl::Now();
   // (What it writes in the moment after the shell exits may come along; the rest is dropped.)
   EXPECT_TRUE(absl::StrContains(
