@@ -281,7 +281,7 @@ absl::StatusOr<Sandbox> Lifecycle::Resume(const std::string& tenant_id, const st
   return **moved;
 }
 
-absl::StatusOr<v1::ExecResponse> Lifecycle::Exec(const v1::ExecRequest& request) {
+absl::StatusOr<Sandbox> Lifecycle::SandboxForExec(const v1::ExecRequest& request) {
   auto sb = store_.Get(request.tenant_id(), request.id());
   if (!sb.ok()) return sb.status();
   if (sb->state() != v1::RUNNING) return NotRunning(*sb);
@@ -292,6 +292,12 @@ absl::StatusOr<v1::ExecResponse> Lifecycle::Exec(const v1::ExecRequest& request)
     return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
                  absl::StrCat("timeoutSec must be from 1 to ", kMaxTimeoutSec));
   }
+  return sb;
+}
+
+absl::StatusOr<v1::ExecResponse> Lifecycle::Exec(const v1::ExecRequest& request) {
+  auto sb = SandboxForExec(request);
+  if (!sb.ok()) return sb.status();
   // Running a command is activity: the idle deadline moves before and after it.
   (void)store_.Touch(request.id());
   v1::ExecRequest exec = request;
@@ -305,16 +311,8 @@ absl::Status Lifecycle::ExecStream(const v1::ExecRequest& request,
                                    const std::function<bool(const v1::ExecChunk&)>& on_chunk,
                                    const std::function<bool()>& cancelled,
                                    const std::function<void()>& on_start) {
-  auto sb = store_.Get(request.tenant_id(), request.id());
+  auto sb = SandboxForExec(request);
   if (!sb.ok()) return sb.status();
-  if (sb->state() != v1::RUNNING) return NotRunning(*sb);
-  if (request.cmd().empty()) {
-    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT", "cmd is required");
-  }
-  if (request.timeout_sec() < 0 || request.timeout_sec() > kMaxTimeoutSec) {
-    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
-                 absl::StrCat("timeoutSec must be from 1 to ", kMaxTimeoutSec));
-  }
   (void)store_.Touch(request.id());
   on_start();
   // A running command is activity: push the deadline forward while it runs.

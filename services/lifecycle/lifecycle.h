@@ -77,6 +77,8 @@ class Lifecycle {
 
  private:
   absl::StatusOr<Sandbox> CreateOnce(const v1::CreateSandboxRequest& request, bool* retry);
+  // The running sandbox an exec request names, once the request is valid.
+  absl::StatusOr<Sandbox> SandboxForExec(const v1::ExecRequest& request);
   absl::StatusOr<Sandbox> WaitSettled(const std::string& tenant_id, const std::string& id);
   // Releases everything a create may have taken. OK when all of it is released.
   absl::Status Compensate(const Sandbox& sb, const std::string& runner_address);
