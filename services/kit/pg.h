@@ -78,6 +78,10 @@ class PgPool {
   int open_ = 0;                                          // guarded by mu_
 };
 
+// A Postgres array literal of `values` (each element quoted), for `$n::text[]` parameters of
+// statements that work on a batch of rows.
+std::string PgTextArray(const std::vector<std::string>& values);
+
 // Maps a libpqxx (or std) exception to a status. Used by Transact and by code that talks to
 // Postgres directly (isorunctl, LISTEN loops).
 absl::Status StatusFromPgException(const std::exception& e);

@@ -65,6 +65,26 @@ TEST(PgPool, MapsErrorsAndRecoversFromABrokenConnection) {
   EXPECT_EQ(one, 1);
 }
 
+TEST(PgTextArray, RoundTripsOddStringsThroughPostgres) {
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 1);
+  const std::vector<std::string> values = {"plain", "", "with space", "quo\"te", "back\\slash",
+                                           "{braces,commas}", "NULL", "\xc3\xa9t\xc3\xa9"};
+  std::vector<std::string> back;
+  ASSERT_TRUE(pool.Execute([&](pqxx::nontransaction& tx) {
+                    back.clear();
+                    for (const auto& row : tx.exec_params(
+                             "SELECT x IS NULL, coalesce(x, '') FROM unnest($1::text[]) "
+                             "WITH ORDINALITY AS u(x, n) ORDER BY n",
+                             PgTextArray(values))) {
+                      EXPECT_FALSE(row[0].as<bool>());
+                      back.push_back(row[1].as<std::string>());
+                    }
+                    return absl::OkStatus();
+                  }).ok());
+  EXPECT_EQ(back, values);
+}
+
 TEST(PgPool, ConcurrentTransactionsShareFewConnections) {
   testing::TestDatabase db;
   PgPool pool(db.url(), 3);

@@ -45,10 +45,22 @@ GrpcBackends::GrpcBackends(std::shared_ptr<grpc::Channel> quota,
       deadlines_(deadlines) {}
 
 v1::Runner::Stub& GrpcBackends::RunnerAt(const std::string& address) {
-  absl::MutexLock lock(&mu_);
-  auto& stub = runners_[address];
-  if (!stub) stub = v1::Runner::NewStub(MakeChannel(address));
-  return *stub;
+  RunnerChannel* runner = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    runner = &runners_[address];
+    if (!runner->stub) {
+      runner->channel = MakeChannel(address);
+      runner->stub = v1::Runner::NewStub(runner->channel);
+    }
+  }
+  // A runner that restarted leaves its channel failing fast until the next reconnect attempt;
+  // wait a moment for it rather than failing the call (a runner that is really gone fails after
+  // this wait, and the scheduler stops placing on it once its heartbeats stop).
+  if (runner->channel->GetState(true) != GRPC_CHANNEL_READY) {
+    runner->channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  }
+  return *runner->stub;
 }
 
 absl::Status GrpcBackends::Admit(const std::string& tenant_id, const std::string& sandbox_id) {

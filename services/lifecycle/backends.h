@@ -95,7 +95,11 @@ class GrpcBackends final : public Backends {
   std::unique_ptr<v1::Scheduler::Stub> scheduler_;
   const BackendDeadlines deadlines_;
   absl::Mutex mu_;
-  std::map<std::string, std::unique_ptr<v1::Runner::Stub>> runners_ ABSL_GUARDED_BY(mu_);
+  struct RunnerChannel {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::Runner::Stub> stub;
+  };
+  std::map<std::string, RunnerChannel> runners_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace isorun::lifecycle

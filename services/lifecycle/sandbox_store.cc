@@ -1,6 +1,8 @@
 #include "services/lifecycle/sandbox_store.h"
 
 #include <cctype>
+#include <map>
+#include <set>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -37,18 +39,29 @@ std::string StateArray(const std::vector<SandboxState>& states) {
   return "{" + absl::StrJoin(names, ",") + "}";
 }
 
-// A guarded transition of one sandbox: `set` may use $2..; `reason` is an SQL expression.
-std::string TransitionSql(const std::string& to, const std::string& from_guard,
-                          const std::string& set, const std::string& reason) {
+// A guarded transition of a batch of sandboxes. $1 is the array of ids, $2.. arrays of per-row
+// text parameters, seen as r.p1, r.p2, ...; `set`, `guard` and `reason` are SQL over `s` (the row),
+// `prev` (its state before) and `r`. Rows are locked in id order, so concurrent batches cannot
+// deadlock; a row whose guard fails is not returned.
+std::string TransitionSql(const std::string& to, const std::string& guard, const std::string& set,
+                          const std::string& reason, int params) {
+  std::string arrays = "$1::text[]";
+  std::string names = "id";
+  for (int i = 1; i <= params; ++i) {
+    absl::StrAppend(&arrays, ", $", i + 1, "::text[]");
+    absl::StrAppend(&names, ", p", i);
+  }
   return absl::StrCat(
-      "WITH prev AS (SELECT id, state FROM lifecycle.sandboxes WHERE id = $1 FOR UPDATE), "
+      "WITH r AS (SELECT * FROM unnest(", arrays, ") AS r(", names, ")), ",
+      "prev AS (SELECT s.id, s.state FROM lifecycle.sandboxes s WHERE s.id IN "
+      "(SELECT id FROM r) ORDER BY s.id FOR UPDATE), "
       "s AS (UPDATE lifecycle.sandboxes s SET state = '",
       to, "', updated_at = now()", set.empty() ? "" : ", ", set,
-      " FROM prev WHERE s.id = prev.id AND ", from_guard,
-      " RETURNING s.*, prev.state AS from_state), "
+      " FROM prev JOIN r ON r.id = prev.id WHERE s.id = prev.id AND ", guard,
+      " RETURNING s.*, prev.state AS from_state, ", reason, " AS event_reason), "
       "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
-      "SELECT id, from_state, state, ",
-      reason, " FROM s) SELECT ", kCols, " FROM s");
+      "SELECT id, from_state, state, event_reason FROM s) SELECT ",
+      kCols, " FROM s");
 }
 
 std::string MapJson(const google::protobuf::Map<std::string, std::string>& map) {
@@ -112,6 +125,10 @@ Sandbox FromRow(const pqxx::row& row, Detail detail = Detail::kFull) {
   return sb;
 }
 
+// Inputs of one batched statement, and batches running at once per statement.
+constexpr size_t kMaxBatch = 64;
+constexpr int kMaxInflight = 2;
+
 absl::Status NotFound(const std::string& id) {
   return Error(absl::StatusCode::kNotFound, "NOT_FOUND",
                absl::StrCat("sandbox ", id, " not found"));
@@ -134,7 +151,11 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
   pool_.Prepare("lc_insert",
                 "WITH s AS (INSERT INTO lifecycle.sandboxes (id, tenant_id, state, image, "
                 "cpu_millis, memory_mb, timeout_sec, env, metadata, network, public_id) "
-                "VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10) "
+                "SELECT id, tenant::uuid, 'PENDING', image, cpu::integer, mem::integer, "
+                "timeout::integer, env::jsonb, meta::jsonb, net::jsonb, public_id FROM "
+                "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+                "$7::text[], $8::text[], $9::text[], $10::text[]) "
+                "AS r(id, tenant, image, cpu, mem, timeout, env, meta, net, public_id) "
                 "RETURNING id) INSERT INTO lifecycle.sandbox_events (sandbox_id, to_state) "
                 "SELECT id, 'PENDING' FROM s");
   pool_.Prepare("lc_get", absl::StrCat("SELECT ", kCols,
@@ -149,34 +170,52 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                                         "ORDER BY s.created_at, s.id LIMIT $6"));
   pool_.Prepare("lc_count_state",
                 "SELECT count(*) FROM lifecycle.sandboxes WHERE tenant_id = $1 AND state = $2");
-  pool_.Prepare("lc_to_starting", TransitionSql("STARTING", "prev.state = 'PENDING'",
-                                                "runner_id = $2, runner_address = $3", "NULL"));
-  pool_.Prepare("lc_to_running",
-                TransitionSql("RUNNING", "prev.state = 'STARTING'",
-                              "image_digest = $2, "
-                              "expires_at = now() + s.timeout_sec * interval '1 second'",
-                              "NULL"));
-  pool_.Prepare("lc_to_failed",
-                TransitionSql("FAILED", "prev.state IN ('PENDING', 'STARTING')",
-                              "ended_at = now(), expires_at = NULL, end_reason = 'START_FAILED', "
-                              "end_message = $2",
-                              "'START_FAILED'"));
-  pool_.Prepare("lc_to_destroying",
-                TransitionSql("DESTROYING", "prev.state = ANY($3::text[]) AND s.tenant_id = $4",
-                              "end_reason = $2, expires_at = NULL", "$2"));
-  pool_.Prepare("lc_to_destroyed",
-                TransitionSql("DESTROYED", "prev.state = 'DESTROYING'",
-                              "ended_at = now(), expires_at = NULL", "s.end_reason"));
-  pool_.Prepare("lc_to_hibernated",
-                TransitionSql("HIBERNATED", "prev.state = 'RUNNING'", "expires_at = NULL", "NULL"));
-  pool_.Prepare("lc_to_resumed",
-                TransitionSql("RUNNING", "prev.state = 'HIBERNATED'",
-                              "expires_at = now() + s.timeout_sec * interval '1 second'", "NULL"));
-  pool_.Prepare("lc_to_lost",
-                TransitionSql("LOST", "prev.state IN ('RUNNING', 'HIBERNATED')",
-                              "ended_at = now(), expires_at = NULL, end_reason = 'RUNNER_LOST', "
-                              "end_message = $2",
-                              "'RUNNER_LOST'"));
+  to_starting_ = &AddTransition("lc_to_starting",
+                                TransitionSql("STARTING", "prev.state = 'PENDING'",
+                                              "runner_id = r.p1, runner_address = r.p2", "NULL", 2),
+                                Durability::kAsync, false);
+  // Durable: the client is told the sandbox runs right after this commit.
+  to_running_ = &AddTransition(
+      "lc_to_running",
+      TransitionSql("RUNNING", "prev.state = 'STARTING'",
+                    "image_digest = r.p1, expires_at = now() + s.timeout_sec * interval '1 second'",
+                    "NULL", 1),
+      Durability::kSync, true);
+  to_failed_ = &AddTransition(
+      "lc_to_failed",
+      TransitionSql("FAILED", "prev.state IN ('PENDING', 'STARTING')",
+                    "ended_at = now(), expires_at = NULL, end_reason = 'START_FAILED', "
+                    "end_message = r.p1",
+                    "'START_FAILED'", 1),
+      Durability::kSync, false);
+  to_destroying_ = &AddTransition(
+      "lc_to_destroying",
+      TransitionSql("DESTROYING", "prev.state = ANY(r.p2::text[]) AND s.tenant_id = r.p3::uuid",
+                    "end_reason = r.p1, expires_at = NULL", "r.p1", 3),
+      Durability::kAsync, false);
+  to_destroyed_ = &AddTransition("lc_to_destroyed",
+                                 TransitionSql("DESTROYED", "prev.state = 'DESTROYING'",
+                                               "ended_at = now(), expires_at = NULL",
+                                               "s.end_reason", 0),
+                                 Durability::kSync, false);
+  to_hibernated_ = &AddTransition(
+      "lc_to_hibernated",
+      TransitionSql("HIBERNATED", "prev.state = 'RUNNING'", "expires_at = NULL", "NULL", 0),
+      Durability::kSync, true);
+  to_resumed_ = &AddTransition(
+      "lc_to_resumed",
+      TransitionSql("RUNNING", "prev.state = 'HIBERNATED'",
+                    "expires_at = now() + s.timeout_sec * interval '1 second'", "NULL", 0),
+      Durability::kSync, true);
+  to_lost_ = &AddTransition(
+      "lc_to_lost",
+      TransitionSql("LOST", "prev.state IN ('RUNNING', 'HIBERNATED')",
+                    "ended_at = now(), expires_at = NULL, end_reason = 'RUNNER_LOST', "
+                    "end_message = r.p1",
+                    "'RUNNER_LOST'", 1),
+      Durability::kSync, false);
+  inserts_ = std::make_unique<Batcher<InsertCall, absl::Status>>(
+      [this](std::vector<InsertCall>& calls) { return RunInserts(calls); }, kMaxBatch, kMaxInflight);
   pool_.Prepare("lc_states_of",
                 "SELECT id, state, coalesce(runner_id, ''), "
                 "extract(epoch FROM now() - updated_at)::float8 FROM lifecycle.sandboxes "
@@ -224,16 +263,36 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                              kCols));
 }
 
+namespace {
+
+// The ten array parameters of lc_insert.
+std::vector<std::string> InsertArrays(const std::vector<const v1::CreateSandboxRequest*>& requests,
+                                      const std::vector<std::string>& ids,
+                                      const std::vector<std::string>& public_ids) {
+  std::vector<std::vector<std::string>> cols(10);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const v1::CreateSandboxRequest& r = *requests[i];
+    cols[0].push_back(ids[i]);
+    cols[1].push_back(r.tenant_id());
+    cols[2].push_back(r.image());
+    cols[3].push_back(std::to_string(r.cpu_millis()));
+    cols[4].push_back(std::to_string(r.memory_mb()));
+    cols[5].push_back(std::to_string(r.timeout_sec()));
+    cols[6].push_back(MapJson(r.env()));
+    cols[7].push_back(MapJson(r.metadata()));
+    cols[8].push_back(NetworkJson(r.network()));
+    cols[9].push_back(public_ids[i]);
+  }
+  std::vector<std::string> arrays;
+  for (const auto& c : cols) arrays.push_back(PgTextArray(c));
+  return arrays;
+}
+
+}  // namespace
+
 absl::Status SandboxStore::InsertPending(const v1::CreateSandboxRequest& r, const std::string& id,
                                          const std::string& public_id, std::string* existing_id) {
-  if (r.idempotency_key().empty()) {
-    return pool_.Execute([&](pqxx::nontransaction& tx) {
-      tx.exec_prepared("lc_insert", id, r.tenant_id(), r.image(), r.cpu_millis(), r.memory_mb(),
-                       r.timeout_sec(), MapJson(r.env()), MapJson(r.metadata()),
-                       NetworkJson(r.network()), public_id);
-      return absl::OkStatus();
-    });
-  }
+  if (r.idempotency_key().empty()) return inserts_->Call(InsertCall{&r, id, public_id});
   return pool_.Transact([&](pqxx::work& tx) -> absl::Status {
     {
       auto claimed = tx.exec_prepared("lc_claim_idem", r.tenant_id(), r.idempotency_key(), id);
@@ -243,11 +302,35 @@ absl::Status SandboxStore::InsertPending(const v1::CreateSandboxRequest& r, cons
         return absl::AlreadyExistsError("idempotency key already used");
       }
     }
-    tx.exec_prepared("lc_insert", id, r.tenant_id(), r.image(), r.cpu_millis(), r.memory_mb(),
-                     r.timeout_sec(), MapJson(r.env()), MapJson(r.metadata()),
-                     NetworkJson(r.network()), public_id);
+    tx.exec_prepared("lc_insert",
+                     pqxx::prepare::make_dynamic_params(InsertArrays({&r}, {id}, {public_id})));
     return absl::OkStatus();
   });
+}
+
+std::vector<absl::Status> SandboxStore::RunInserts(std::vector<InsertCall>& calls) {
+  std::vector<const v1::CreateSandboxRequest*> requests;
+  std::vector<std::string> ids, public_ids;
+  for (const auto& c : calls) {
+    requests.push_back(c.request);
+    ids.push_back(c.id);
+    public_ids.push_back(c.public_id);
+  }
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
+    tx.exec_prepared("lc_insert",
+                     pqxx::prepare::make_dynamic_params(InsertArrays(requests, ids, public_ids)));
+    return absl::OkStatus();
+  });
+  if (s.ok() || calls.size() == 1 || s.code() == absl::StatusCode::kUnavailable) {
+    return std::vector<absl::Status>(calls.size(), s);
+  }
+  // One bad row fails the statement: insert one by one so the others do not fail with it.
+  std::vector<absl::Status> out;
+  for (auto& c : calls) {
+    std::vector<InsertCall> one = {c};
+    out.push_back(RunInserts(one)[0]);
+  }
+  return out;
 }
 
 absl::StatusOr<std::optional<std::string>> SandboxStore::FindIdempotent(
@@ -340,68 +423,110 @@ absl::StatusOr<int> SandboxStore::CountInState(const std::string& tenant_id, San
   return n;
 }
 
-namespace {
-
-template <typename... Args>
-absl::StatusOr<std::optional<Sandbox>> RunTransition(PgPool& pool, Durability durability,
-                                                     Detail detail, const char* statement,
-                                                     Args&&... args) {
-  std::optional<Sandbox> out;
-  absl::Status s = pool.Execute(
-      [&](pqxx::nontransaction& tx) {
-        out.reset();
-        auto r = tx.exec_prepared(statement, args...);
-        if (!r.empty()) out = FromRow(r[0], detail);
-        return absl::OkStatus();
+SandboxStore::TransitionBatcher& SandboxStore::AddTransition(const std::string& name,
+                                                             const std::string& sql,
+                                                             Durability durability, bool full) {
+  pool_.Prepare(name, sql);
+  transitions_.push_back(std::make_unique<TransitionBatcher>(
+      [this, name, durability, full](std::vector<TransitionCall>& calls) {
+        return RunTransitions(name, durability, full, calls);
       },
-      durability);
-  if (!s.ok()) return s;
-  return out;
+      kMaxBatch, kMaxInflight));
+  return *transitions_.back();
 }
 
-}  // namespace
+std::vector<SandboxStore::TransitionResult> SandboxStore::RunTransitions(
+    const std::string& name, Durability durability, bool full,
+    std::vector<TransitionCall>& calls) {
+  std::vector<TransitionResult> out(calls.size(), std::optional<Sandbox>());
+  // One statement moves a row at most once: a second call for the same sandbox in this batch
+  // waits for the next round, and sees the row as the first call left it.
+  std::vector<size_t> pending(calls.size());
+  for (size_t i = 0; i < calls.size(); ++i) pending[i] = i;
+  while (!pending.empty()) {
+    std::vector<size_t> round, later;
+    std::set<std::string> seen;
+    for (size_t i : pending) (seen.insert(calls[i].id).second ? round : later).push_back(i);
+    std::vector<std::vector<std::string>> cols(1 + calls[round[0]].params.size());
+    for (size_t i : round) {
+      cols[0].push_back(calls[i].id);
+      for (size_t p = 0; p + 1 < cols.size() && p < calls[i].params.size(); ++p) {
+        cols[p + 1].push_back(calls[i].params[p]);
+      }
+    }
+    std::vector<std::string> arrays;
+    for (const auto& c : cols) arrays.push_back(PgTextArray(c));
+    std::map<std::string, Sandbox> moved;
+    absl::Status s = pool_.Execute(
+        [&](pqxx::nontransaction& tx) {
+          moved.clear();
+          for (const auto& row :
+               tx.exec_prepared(name, pqxx::prepare::make_dynamic_params(arrays))) {
+            Sandbox sb = FromRow(row, full ? Detail::kFull : Detail::kCore);
+            std::string id = sb.id();
+            moved.emplace(std::move(id), std::move(sb));
+          }
+          return absl::OkStatus();
+        },
+        durability);
+    if (!s.ok() && round.size() > 1 && s.code() != absl::StatusCode::kUnavailable) {
+      // One bad row fails the statement: run the round one by one so only it fails.
+      for (size_t i : round) {
+        std::vector<TransitionCall> one = {calls[i]};
+        out[i] = RunTransitions(name, durability, full, one)[0];
+      }
+    } else {
+      for (size_t i : round) {
+        if (!s.ok()) {
+          out[i] = s;
+        } else if (auto it = moved.find(calls[i].id); it != moved.end()) {
+          out[i] = std::optional<Sandbox>(it->second);
+        }
+      }
+    }
+    pending = std::move(later);
+  }
+  return out;
+}
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToStarting(const std::string& id,
                                                                 const std::string& runner_id,
                                                                 const std::string& address) {
-  return RunTransition(pool_, Durability::kAsync, Detail::kCore, "lc_to_starting", id, runner_id,
-                       address);
+  return to_starting_->Call({id, {runner_id, address}});
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToRunning(const std::string& id,
                                                                const std::string& digest) {
-  // Durable: the client is told the sandbox runs right after this commit.
-  return RunTransition(pool_, Durability::kSync, Detail::kFull, "lc_to_running", id, digest);
+  return to_running_->Call({id, {digest}});
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToFailed(const std::string& id,
                                                               const std::string& message) {
-  return RunTransition(pool_, Durability::kSync, Detail::kCore, "lc_to_failed", id, message);
+  return to_failed_->Call({id, {message}});
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToDestroying(
     const std::string& tenant_id, const std::string& id, const std::vector<SandboxState>& from,
     v1::EndReason reason) {
-  return RunTransition(pool_, Durability::kAsync, Detail::kCore, "lc_to_destroying", id,
-                       EndReasonName(reason), StateArray(from), tenant_id);
+  return to_destroying_->Call({id, {EndReasonName(reason), StateArray(from), tenant_id}});
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToDestroyed(const std::string& id) {
-  return RunTransition(pool_, Durability::kSync, Detail::kCore, "lc_to_destroyed", id);
+  return to_destroyed_->Call({id, {}});
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToHibernated(const std::string& id) {
-  return RunTransition(pool_, Durability::kSync, Detail::kFull, "lc_to_hibernated", id);
+  return to_hibernated_->Call({id, {}});
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToRunningFromHibernated(
     const std::string& id) {
-  return RunTransition(pool_, Durability::kSync, Detail::kFull, "lc_to_resumed", id);
+  return to_resumed_->Call({id, {}});
 }
 
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToLost(const std::string& id,
                                                             const std::string& message) {
-  return RunTransition(pool_, Durability::kSync, Detail::kCore, "lc_to_lost", id, message);
+  return to_lost_->Call({id, {message}});
 }
 
 absl::StatusOr<std::map<std::string, SandboxStore::RowState>> SandboxStore::StatesOf(

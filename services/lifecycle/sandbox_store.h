@@ -4,8 +4,11 @@
 // (`WHERE state = ANY(expected)`) that also appends to `sandbox_events`, in one statement; a
 // transition whose guard fails changes nothing and returns nullopt, so two actors racing on one
 // sandbox (a user's delete and the reaper, two lifecycle replicas) can never both win.
+// Concurrent calls of the hot steps (insert, every transition) are batched: one statement moves
+// many sandboxes, each still guarded by its own expected state.
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -13,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "isorun/v1/sandboxes.pb.h"
+#include "services/kit/batcher.h"
 #include "services/kit/pg.h"
 
 namespace isorun::lifecycle {
@@ -105,10 +109,37 @@ class SandboxStore {
                                                   int limit);
 
  private:
-  absl::StatusOr<std::optional<Sandbox>> Transition(const std::string& statement,
-                                                    const std::string& id,
-                                                    const std::string& arg);
+  // One guarded transition: `params` fill the statement's per-row parameters r.p1, r.p2, ...
+  struct TransitionCall {
+    std::string id;
+    std::vector<std::string> params;
+  };
+  using TransitionResult = absl::StatusOr<std::optional<Sandbox>>;
+  using TransitionBatcher = Batcher<TransitionCall, TransitionResult>;
+  // Concurrent transitions of one kind share a statement (see kit/batcher.h).
+  TransitionBatcher& AddTransition(const std::string& name, const std::string& sql,
+                                   Durability durability, bool full);
+  std::vector<TransitionResult> RunTransitions(const std::string& name, Durability durability,
+                                               bool full, std::vector<TransitionCall>& calls);
+
+  struct InsertCall {
+    const v1::CreateSandboxRequest* request;
+    std::string id;
+    std::string public_id;
+  };
+  std::vector<absl::Status> RunInserts(std::vector<InsertCall>& calls);
+
   PgPool& pool_;
+  std::unique_ptr<Batcher<InsertCall, absl::Status>> inserts_;
+  TransitionBatcher* to_starting_ = nullptr;
+  TransitionBatcher* to_running_ = nullptr;
+  TransitionBatcher* to_failed_ = nullptr;
+  TransitionBatcher* to_destroying_ = nullptr;
+  TransitionBatcher* to_destroyed_ = nullptr;
+  TransitionBatcher* to_hibernated_ = nullptr;
+  TransitionBatcher* to_resumed_ = nullptr;
+  TransitionBatcher* to_lost_ = nullptr;
+  std::vector<std::unique_ptr<TransitionBatcher>> transitions_;
 };
 
 }  // namespace isorun::lifecycle

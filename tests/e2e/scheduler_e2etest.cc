@@ -224,7 +224,10 @@ TEST(Scheduler, ARunnerThatGoesAwayLosesItsSandboxesAndTheirSlotsComeBack) {
   // when runner-2 is fuller than the warm bonus allows).
   cluster.Start("runner-1");
   EXPECT_EQ(Runners(cluster)["runner-1"].state(), "HEALTHY");
-  for (int i = 0; i < 8 - left + 2; ++i) ASSERT_TRUE(client.Create(tenant).ok());
+  for (int i = 0; i < 8 - left + 2; ++i) {
+    auto created = client.Create(tenant);
+    ASSERT_TRUE(created.ok()) << created.status();
+  }
   auto now_placed = PlacementsByRunner(cluster);
   EXPECT_GE(now_placed["runner-1"].size(), 2u);
   EXPECT_LE(now_placed["runner-2"].size(), 8u);
