@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -47,6 +49,13 @@ int main(int argc, char** argv) {
 
   std::atomic<bool> stop{false};
   std::atomic<long> errors{0};
+  std::mutex first_error_mu;
+  std::string first_error;
+  auto note_error = [&](const grpc::Status& s) {
+    ++errors;
+    std::lock_guard<std::mutex> lock(first_error_mu);
+    if (first_error.empty()) first_error = std::to_string(s.error_code()) + " " + s.error_message();
+  };
   std::vector<std::vector<double>> latencies(clients);
   std::vector<std::thread> threads;
   auto start = std::chrono::steady_clock::now();
@@ -63,7 +72,7 @@ int main(int argc, char** argv) {
         grpc::Status s = stub.CreateSandbox(&ctx, req, &sb);
         auto t1 = std::chrono::steady_clock::now();
         if (!s.ok()) {
-          ++errors;
+          note_error(s);
           continue;
         }
         latencies[c].push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
@@ -72,7 +81,7 @@ int main(int argc, char** argv) {
         del.set_id(sb.id());
         isorun::v1::DestroySandboxResponse resp;
         grpc::ClientContext ctx2;
-        if (!stub.DestroySandbox(&ctx2, del, &resp).ok()) ++errors;
+        if (grpc::Status d = stub.DestroySandbox(&ctx2, del, &resp); !d.ok()) note_error(d);
       }
     });
   }
@@ -89,6 +98,7 @@ int main(int argc, char** argv) {
   };
   std::printf("clients=%d\nseconds=%.1f\ncreates=%zu\nerrors=%ld\n", clients, elapsed, all.size(),
               errors.load());
+  if (!first_error.empty()) std::printf("first_error=%s\n", first_error.c_str());
   std::printf("creates_per_sec=%.0f\np50_ms=%.2f\np99_ms=%.2f\n", all.size() / elapsed, pct(0.5),
               pct(0.99));
   std::printf("leftover_reservations=%s\nleftover_placements=%s\n",

@@ -98,19 +98,31 @@ grpc::Status QuotaService::CheckRate(grpc::ServerContext*, const v1::CheckRateRe
   return grpc::Status::OK;
 }
 
-grpc::Status QuotaService::Admit(grpc::ServerContext*, const v1::AdmitRequest* req,
-                                 v1::AdmitResponse* resp) {
-  auto result = store_.Admit(req->tenant_id(), req->sandbox_id());
+void QuotaService::CountAdmission(const absl::StatusOr<AdmitResult>& result) {
   admissions_
       .Add({{"outcome", result.ok() ? (result->already_admitted ? "retry" : "admitted")
                         : result.status().code() == absl::StatusCode::kResourceExhausted
                             ? "refused"
                             : "error"}})
       .Increment();
+}
+
+namespace {
+
+void FillAdmit(const AdmitResult& result, v1::AdmitResponse* resp) {
+  resp->set_active(result.active);
+  resp->set_limit(result.limit);
+  resp->set_already_admitted(result.already_admitted);
+}
+
+}  // namespace
+
+grpc::Status QuotaService::Admit(grpc::ServerContext*, const v1::AdmitRequest* req,
+                                 v1::AdmitResponse* resp) {
+  auto result = store_.Admit(req->tenant_id(), req->sandbox_id());
+  CountAdmission(result);
   if (!result.ok()) return ToGrpcStatus(result.status());
-  resp->set_active(result->active);
-  resp->set_limit(result->limit);
-  resp->set_already_admitted(result->already_admitted);
+  FillAdmit(*result, resp);
   return grpc::Status::OK;
 }
 
@@ -119,6 +131,31 @@ grpc::Status QuotaService::Release(grpc::ServerContext*, const v1::ReleaseReques
   auto released = store_.Release(req->sandbox_id());
   if (!released.ok()) return ToGrpcStatus(released.status());
   resp->set_released(*released);
+  return grpc::Status::OK;
+}
+
+grpc::Status QuotaService::AdmitBatch(grpc::ServerContext*, const v1::AdmitBatchRequest* req,
+                                      v1::AdmitBatchResponse* resp) {
+  std::vector<QuotaStore::AdmitItem> items;
+  for (const auto& item : req->items()) items.push_back({item.tenant_id(), item.sandbox_id()});
+  for (const auto& result : store_.AdmitMany(items)) {
+    CountAdmission(result);
+    v1::AdmitResult* out = resp->add_results();
+    *out->mutable_status() = ToItemStatus(result.status());
+    if (result.ok()) FillAdmit(*result, out->mutable_response());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status QuotaService::ReleaseBatch(grpc::ServerContext*, const v1::ReleaseBatchRequest* req,
+                                        v1::ReleaseBatchResponse* resp) {
+  std::vector<std::string> ids;
+  for (const auto& item : req->items()) ids.push_back(item.sandbox_id());
+  for (const auto& result : store_.ReleaseMany(ids)) {
+    v1::ReleaseResult* out = resp->add_results();
+    *out->mutable_status() = ToItemStatus(result.status());
+    if (result.ok()) out->mutable_response()->set_released(*result);
+  }
   return grpc::Status::OK;
 }
 

@@ -36,6 +36,10 @@ class QuotaService final : public v1::Quotas::Service {
   grpc::Status Admit(grpc::ServerContext*, const v1::AdmitRequest*, v1::AdmitResponse*) override;
   grpc::Status Release(grpc::ServerContext*, const v1::ReleaseRequest*,
                        v1::ReleaseResponse*) override;
+  grpc::Status AdmitBatch(grpc::ServerContext*, const v1::AdmitBatchRequest*,
+                          v1::AdmitBatchResponse*) override;
+  grpc::Status ReleaseBatch(grpc::ServerContext*, const v1::ReleaseBatchRequest*,
+                            v1::ReleaseBatchResponse*) override;
   grpc::Status GetUsage(grpc::ServerContext*, const v1::GetUsageRequest*, v1::Usage*) override;
   grpc::Status ListReservations(grpc::ServerContext*, const v1::ListReservationsRequest*,
                                 v1::ListReservationsResponse*) override;
@@ -44,6 +48,8 @@ class QuotaService final : public v1::Quotas::Service {
   size_t CollectRateBuckets() { return limiter_.Collect(clock_()); }
 
  private:
+  void CountAdmission(const absl::StatusOr<AdmitResult>& result);
+
   absl::StatusOr<TenantLimits> CachedLimits(const std::string& tenant_id);
 
   QuotaStore& store_;

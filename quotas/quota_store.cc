@@ -1,5 +1,7 @@
 #include "quotas/quota_store.h"
 
+#include <set>
+
 #include "absl/strings/str_cat.h"
 #include "services/kit/status.h"
 
@@ -24,79 +26,109 @@ absl::Status CheckUuid(const std::string& id) {
 }  // namespace
 
 QuotaStore::QuotaStore(PgPool& pool) : pool_(pool) {
-  // One statement, one round trip: take a slot if there is one and this sandbox holds none,
-  // and record the reservation. A concurrent Admit of the same sandbox id that slipped past the
-  // NOT EXISTS fails on the reservation's primary key, which undoes its whole statement.
-  pool_.Prepare("quota_admit",
-                "WITH t AS (UPDATE quota.usage u SET active = u.active + 1 FROM quota.limits l "
-                "WHERE u.tenant_id = $2 AND l.tenant_id = $2 AND u.active < l.max_concurrent "
-                "AND NOT EXISTS (SELECT 1 FROM quota.reservations WHERE sandbox_id = $1) "
-                "RETURNING u.active, l.max_concurrent), "
-                "r AS (INSERT INTO quota.reservations (sandbox_id, tenant_id) "
-                "SELECT $1, $2 FROM t) SELECT active, max_concurrent FROM t");
+  // One statement, one round trip, for any number of sandboxes (see the migration).
+  pool_.Prepare("quota_admit_many",
+                "SELECT o_ord, o_outcome, o_active, o_limit "
+                "FROM quota.admit_many($1::text[], $2::uuid[])");
   pool_.Prepare("quota_list_reservations",
                 "SELECT sandbox_id, tenant_id::text FROM quota.reservations "
                 "WHERE created_at <= now() - $1::integer * interval '1 second' AND sandbox_id > $2 "
                 "ORDER BY sandbox_id LIMIT $3");
-  pool_.Prepare("quota_holds",
-                "SELECT 1 FROM quota.reservations WHERE sandbox_id = $1");
   pool_.Prepare("quota_usage",
                 "SELECT coalesce(u.active, 0), l.max_concurrent, l.creates_per_sec, "
                 "l.requests_per_sec FROM quota.limits l "
                 "LEFT JOIN quota.usage u ON u.tenant_id = l.tenant_id WHERE l.tenant_id = $1");
-  pool_.Prepare("quota_release",
-                "WITH r AS (DELETE FROM quota.reservations WHERE sandbox_id = $1 "
-                "RETURNING tenant_id) "
-                "UPDATE quota.usage u SET active = u.active - 1 FROM r "
-                "WHERE u.tenant_id = r.tenant_id RETURNING u.active");
+  pool_.Prepare("quota_release_many",
+                "WITH r AS (DELETE FROM quota.reservations WHERE sandbox_id = ANY($1::text[]) "
+                "RETURNING sandbox_id, tenant_id), "
+                "c AS (SELECT tenant_id, count(*)::integer AS n FROM r GROUP BY tenant_id), "
+                "u AS (UPDATE quota.usage u SET active = u.active - c.n FROM c "
+                "WHERE u.tenant_id = c.tenant_id) "
+                "SELECT sandbox_id FROM r");
 }
 
 absl::StatusOr<AdmitResult> QuotaStore::Admit(const std::string& tenant_id,
                                               const std::string& sandbox_id) {
-  if (absl::Status s = CheckUuid(tenant_id); !s.ok()) return s;
-  if (sandbox_id.empty()) return absl::InvalidArgumentError("sandbox id is empty");
-  AdmitResult result;
-  absl::Status status = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
-    result = AdmitResult{};
-    pqxx::result taken;
-    try {
-      taken = tx.exec_prepared("quota_admit", sandbox_id, tenant_id);
-    } catch (const pqxx::unique_violation&) {
-      // A concurrent Admit of this sandbox won; fall through to the explanation below.
-    }
-    if (!taken.empty()) {
-      result.active = taken[0][0].as<int>();
-      result.limit = taken[0][1].as<int>();
-      return absl::OkStatus();
-    }
-    // Nothing taken: the tenant is unknown, the sandbox already holds a slot, or it is full.
-    auto usage = tx.exec_prepared("quota_usage", tenant_id);
-    if (usage.empty()) {
-      return absl::NotFoundError(absl::StrCat("tenant ", tenant_id, " has no limits"));
-    }
-    result.active = usage[0][0].as<int>();
-    result.limit = usage[0][1].as<int>();
-    if (!tx.exec_prepared("quota_holds", sandbox_id).empty()) {
-      result.already_admitted = true;
-      return absl::OkStatus();
-    }
-    return Error(absl::StatusCode::kResourceExhausted, "CONCURRENT_SANDBOX_LIMIT",
-                 absl::StrCat("tenant has ", result.active, " of ", result.limit,
-                              " concurrent sandboxes; destroy one or retry later"),
-                 result.limit, result.active, kRetryAfterSec);
-  });
-  if (!status.ok()) return status;
-  return result;
+  return AdmitMany({{tenant_id, sandbox_id}})[0];
 }
 
 absl::StatusOr<bool> QuotaStore::Release(const std::string& sandbox_id) {
-  bool released = false;
-  absl::Status status = pool_.Execute([&](pqxx::nontransaction& tx) {
-    released = !tx.exec_prepared("quota_release", sandbox_id).empty();
+  return ReleaseMany({sandbox_id})[0];
+}
+
+std::vector<absl::StatusOr<AdmitResult>> QuotaStore::AdmitMany(
+    const std::vector<AdmitItem>& items) {
+  std::vector<absl::StatusOr<AdmitResult>> out(items.size(), AdmitResult{});
+  // Bad items get their error here and stay out of the statement.
+  std::vector<size_t> valid;
+  std::vector<std::string> ids, tenants;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (absl::Status s = CheckUuid(items[i].tenant_id); !s.ok()) {
+      out[i] = s;
+    } else if (items[i].sandbox_id.empty()) {
+      out[i] = absl::InvalidArgumentError("sandbox id is empty");
+    } else {
+      valid.push_back(i);
+      ids.push_back(items[i].sandbox_id);
+      tenants.push_back(items[i].tenant_id);
+    }
+  }
+  if (valid.empty()) return out;
+  std::vector<std::string> outcomes(valid.size());
+  std::vector<AdmitResult> results(valid.size());
+  absl::Status status = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+    for (const auto& row :
+         tx.exec_prepared("quota_admit_many", PgTextArray(ids), PgTextArray(tenants))) {
+      size_t k = row[0].as<size_t>() - 1;
+      if (k >= valid.size()) continue;
+      outcomes[k] = row[1].as<std::string>();
+      results[k].active = row[2].as<int>();
+      results[k].limit = row[3].as<int>();
+      results[k].already_admitted = outcomes[k] == "HELD";
+    }
     return absl::OkStatus();
   });
-  if (!status.ok()) return status;
-  return released;
+  for (size_t k = 0; k < valid.size(); ++k) {
+    const size_t i = valid[k];
+    const AdmitResult& r = results[k];
+    if (!status.ok()) {
+      out[i] = status;
+    } else if (outcomes[k] == "ADMITTED" || outcomes[k] == "HELD") {
+      out[i] = r;
+    } else if (outcomes[k] == "FULL") {
+      out[i] = Error(absl::StatusCode::kResourceExhausted, "CONCURRENT_SANDBOX_LIMIT",
+                     absl::StrCat("tenant has ", r.active, " of ", r.limit,
+                                  " concurrent sandboxes; destroy one or retry later"),
+                     r.limit, r.active, kRetryAfterSec);
+    } else if (outcomes[k] == "NO_TENANT") {
+      out[i] = absl::NotFoundError(absl::StrCat("tenant ", items[i].tenant_id, " has no limits"));
+    } else {
+      out[i] = absl::InternalError("admission gave no outcome for this sandbox");
+    }
+  }
+  return out;
+}
+
+std::vector<absl::StatusOr<bool>> QuotaStore::ReleaseMany(
+    const std::vector<std::string>& sandbox_ids) {
+  std::set<std::string> released;
+  absl::Status status = pool_.Execute([&](pqxx::nontransaction& tx) {
+    released.clear();
+    for (const auto& row : tx.exec_prepared("quota_release_many", PgTextArray(sandbox_ids))) {
+      released.insert(row[0].as<std::string>());
+    }
+    return absl::OkStatus();
+  });
+  std::vector<absl::StatusOr<bool>> out;
+  for (const auto& id : sandbox_ids) {
+    if (!status.ok()) {
+      out.push_back(status);
+    } else {
+      // A sandbox named twice is released once: the first mention reports it.
+      out.push_back(released.erase(id) > 0);
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<UsageInfo> QuotaStore::GetUsage(const std::string& tenant_id) {

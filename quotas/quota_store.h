@@ -2,10 +2,9 @@
 
 // Admission of concurrent sandboxes, on Postgres (schema `quota`).
 //
-// Exactness: Admit inserts a reservation keyed by sandbox id and increments the tenant's usage row
-// with `UPDATE ... WHERE active < max_concurrent` in one transaction. The row lock serializes
-// admissions of one tenant and Postgres re-checks the condition after waiting for it, so no
-// interleaving admits past the limit; the reservation's primary key makes a retried Admit or Release
+// Exactness: Admit locks the tenant's usage row, inserts a reservation keyed by sandbox id and
+// raises the usage only while it is below the limit, in one transaction (quota.admit_many). The
+// row lock serializes admissions of one tenant, so no interleaving admits past the limit; the reservation's primary key makes a retried Admit or Release
 // a no-op. `usage.active` always equals the tenant's reservation count.
 //
 // Durability: these transactions commit asynchronously. The lifecycle service's RUNNING transition
@@ -49,6 +48,16 @@ class QuotaStore {
 
   // True when a reservation was released, false when there was none.
   absl::StatusOr<bool> Release(const std::string& sandbox_id);
+
+  // Admit and Release for many sandboxes in one statement each; every item gets the result it
+  // would have had alone, in order. Admission stays exact: each tenant's usage row is locked once
+  // for the whole batch (see migrations/0006_quota_admit_many.sql).
+  struct AdmitItem {
+    std::string tenant_id;
+    std::string sandbox_id;
+  };
+  std::vector<absl::StatusOr<AdmitResult>> AdmitMany(const std::vector<AdmitItem>& items);
+  std::vector<absl::StatusOr<bool>> ReleaseMany(const std::vector<std::string>& sandbox_ids);
 
   absl::StatusOr<UsageInfo> GetUsage(const std::string& tenant_id);
   absl::StatusOr<TenantLimits> GetLimits(const std::string& tenant_id);

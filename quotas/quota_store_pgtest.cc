@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "services/kit/status.h"
 #include "tests/support/test_database.h"
 
@@ -50,6 +51,82 @@ TEST(QuotaStore, ExactlyLimitWinsWhenFiftyRaceForFive) {
   EXPECT_EQ(other, 0);
   EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'"), "5");
   EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), "5");
+}
+
+TEST(QuotaStore, BatchesRacingForOneTenantAdmitExactlyTheLimit) {
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 8, Durability::kAsync);
+  QuotaStore store(pool);
+  std::string tenant = CreateTenant(db, "batches", 25);
+  std::atomic<int> admitted{0}, refused{0}, other{0};
+  std::vector<std::thread> threads;
+  for (int b = 0; b < 6; ++b) {
+    threads.emplace_back([&, b] {
+      std::vector<QuotaStore::AdmitItem> items;
+      for (int i = 0; i < 10; ++i) items.push_back({tenant, absl::StrCat("sbx_", b, "_", i)});
+      for (const auto& r : store.AdmitMany(items)) {
+        if (r.ok()) {
+          ++admitted;
+        } else if (r.status().code() == absl::StatusCode::kResourceExhausted) {
+          ++refused;
+        } else {
+          ++other;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(admitted, 25);
+  EXPECT_EQ(refused, 35);
+  EXPECT_EQ(other, 0);
+  EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'"), "25");
+  EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), "25");
+}
+
+TEST(QuotaStore, EachItemOfABatchGetsItsOwnOutcome) {
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 2);
+  QuotaStore store(pool);
+  std::string a = CreateTenant(db, "a", 2);
+  std::string b = CreateTenant(db, "b", 1);
+  ASSERT_TRUE(store.Admit(a, "held").ok());
+  auto results = store.AdmitMany({{a, "held"},
+                                  {b, "b1"},
+                                  {a, "a1"},
+                                  {a, "a2"},
+                                  {"not-a-uuid", "x"},
+                                  {"00000000-0000-0000-0000-000000000000", "y"},
+                                  {b, "b1"},
+                                  {b, "b2"},
+                                  {a, ""}});
+  ASSERT_EQ(results.size(), 9u);
+  ASSERT_TRUE(results[0].ok());
+  EXPECT_TRUE(results[0]->already_admitted);
+  ASSERT_TRUE(results[1].ok());
+  EXPECT_FALSE(results[1]->already_admitted);
+  EXPECT_EQ(results[1]->active, 1);
+  ASSERT_TRUE(results[2].ok());
+  EXPECT_EQ(results[2]->active, 2);
+  EXPECT_EQ(results[3].status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ErrorDetailOf(results[3].status())->current(), 2);
+  EXPECT_EQ(results[4].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(results[5].status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(results[6].ok()) << "the same sandbox twice in a batch: the second holds the slot";
+  EXPECT_TRUE(results[6]->already_admitted);
+  EXPECT_EQ(results[7].status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(results[8].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + a + "'"), "2");
+  EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + b + "'"), "1");
+
+  auto released = store.ReleaseMany({"held", "b1", "nothing", "held"});
+  ASSERT_EQ(released.size(), 4u);
+  EXPECT_TRUE(*released[0]);
+  EXPECT_TRUE(*released[1]);
+  EXPECT_FALSE(*released[2]);
+  EXPECT_FALSE(*released[3]) << "a sandbox named twice is released once";
+  EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + a + "'"), "1");
+  EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + b + "'"), "0");
+  EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), "1");
 }
 
 TEST(QuotaStore, RefusalCarriesLimitCurrentAndRetryAfter) {

@@ -193,54 +193,72 @@ PlacementResult Fleet::ResultFor(RunnerIndex r, bool warm) const {
 
 absl::StatusOr<PlacementResult> Fleet::Place(const std::string& sandbox_id,
                                              const PlacementRequest& request) {
-  if (sandbox_id.empty()) return absl::InvalidArgumentError("sandbox id is empty");
-  if (request.cpu_millis < 0 || request.memory_mb < 0) {
-    return absl::InvalidArgumentError("cpu and memory requests cannot be negative");
-  }
-  StoredPlacement placement;
-  PlacementResult result;
+  return PlaceMany({PlaceItem{sandbox_id, request}})[0];
+}
+
+std::vector<absl::StatusOr<PlacementResult>> Fleet::PlaceMany(
+    const std::vector<PlaceItem>& items) {
+  std::vector<absl::StatusOr<PlacementResult>> out(items.size(), PlacementResult{});
+  std::vector<StoredPlacement> placed;  // new placements, to persist
+  std::vector<size_t> placed_items;     // the item each was made for
   {
     absl::MutexLock lock(&mu_);
-    if (auto existing = placements_.find(sandbox_id); existing != placements_.end()) {
-      if (auto r = state_.Find(existing->second.runner_id)) {
-        return ResultFor(*r, existing->second.warm);
+    for (size_t i = 0; i < items.size(); ++i) {
+      const std::string& sandbox_id = items[i].sandbox_id;
+      const PlacementRequest& request = items[i].request;
+      if (sandbox_id.empty()) {
+        out[i] = absl::InvalidArgumentError("sandbox id is empty");
+        continue;
       }
-    }
-    const absl::Time now = clock_();
-    auto decision = policy_.Choose(state_, request, now, rng_);
-    demand_.Record(now, request.region, request.image, decision.has_value() && decision->warm);
-    if (!decision) {
-      return Error(absl::StatusCode::kResourceExhausted, "CAPACITY",
-                   absl::StrCat("no runner has room for ", request.cpu_millis, " cpu millis and ",
-                                request.memory_mb,
-                                " MB now; this is platform capacity, not your limit: retry later"),
-                   0, 0, 2);
-    }
-    const RunnerIndex r = decision->runner_index;
-    state_.RecordPlacement(decision->image);
-    placement = StoredPlacement{sandbox_id,
-                                state_.record(r).id,
-                                request.cpu_millis,
-                                request.memory_mb,
-                                request.image,
-                                decision->warm,
+      if (request.cpu_millis < 0 || request.memory_mb < 0) {
+        out[i] = absl::InvalidArgumentError("cpu and memory requests cannot be negative");
+        continue;
+      }
+      if (auto existing = placements_.find(sandbox_id); existing != placements_.end()) {
+        if (auto r = state_.Find(existing->second.runner_id)) {
+          out[i] = ResultFor(*r, existing->second.warm);
+          continue;
+        }
+      }
+      const absl::Time now = clock_();
+      auto decision = policy_.Choose(state_, request, now, rng_);
+      demand_.Record(now, request.region, request.image, decision.has_value() && decision->warm);
+      if (!decision) {
+        out[i] = Error(absl::StatusCode::kResourceExhausted, "CAPACITY",
+                       absl::StrCat("no runner has room for ", request.cpu_millis,
+                                    " cpu millis and ", request.memory_mb,
+                                    " MB now; this is platform capacity, not your limit: retry "
+                                    "later"),
+                       0, 0, 2);
+        continue;
+      }
+      const RunnerIndex r = decision->runner_index;
+      state_.RecordPlacement(decision->image);
+      StoredPlacement placement{sandbox_id,        state_.record(r).id, request.cpu_millis,
+                                request.memory_mb, request.image,       decision->warm,
                                 now};
-    state_.Reserve(r, Amount(placement));
-    Tracking& t = TrackingOf(r);
-    t.placed[sandbox_id] = Amount(placement);
-    (decision->warm ? t.warm : t.cold) += 1;
-    placements_[sandbox_id] = placement;
-    result = ResultFor(r, decision->warm);
-  }
-  if (absl::Status s = store_.InsertPlacement(placement); !s.ok()) {
-    absl::MutexLock lock(&mu_);
-    if (auto p = placements_.find(sandbox_id); p != placements_.end()) {
-      Unplace(p->second);
-      placements_.erase(p);
+      state_.Reserve(r, Amount(placement));
+      Tracking& t = TrackingOf(r);
+      t.placed[sandbox_id] = Amount(placement);
+      (decision->warm ? t.warm : t.cold) += 1;
+      placements_[sandbox_id] = placement;
+      out[i] = ResultFor(r, decision->warm);
+      placed.push_back(std::move(placement));
+      placed_items.push_back(i);
     }
-    return s;
   }
-  return result;
+  if (placed.empty()) return out;
+  if (absl::Status s = store_.InsertPlacements(placed); !s.ok()) {
+    absl::MutexLock lock(&mu_);
+    for (size_t k = 0; k < placed.size(); ++k) {
+      if (auto p = placements_.find(placed[k].sandbox_id); p != placements_.end()) {
+        Unplace(p->second);
+        placements_.erase(p);
+      }
+      out[placed_items[k]] = s;
+    }
+  }
+  return out;
 }
 
 void Fleet::Unplace(const StoredPlacement& p) {
@@ -255,15 +273,28 @@ void Fleet::Unplace(const StoredPlacement& p) {
 }
 
 absl::StatusOr<bool> Fleet::Release(const std::string& sandbox_id) {
+  return ReleaseMany({sandbox_id})[0];
+}
+
+std::vector<absl::StatusOr<bool>> Fleet::ReleaseMany(const std::vector<std::string>& sandbox_ids) {
   // The store first: if it fails the caller retries, and memory still matches the table.
-  auto deleted = store_.DeletePlacement(sandbox_id);
-  if (!deleted.ok()) return deleted.status();
+  auto deleted = store_.DeletePlacements(sandbox_ids);
+  if (!deleted.ok()) {
+    return std::vector<absl::StatusOr<bool>>(sandbox_ids.size(), deleted.status());
+  }
+  std::vector<absl::StatusOr<bool>> out;
   absl::MutexLock lock(&mu_);
-  auto p = placements_.find(sandbox_id);
-  if (p == placements_.end()) return *deleted;
-  Unplace(p->second);
-  placements_.erase(p);
-  return true;
+  for (size_t i = 0; i < sandbox_ids.size(); ++i) {
+    auto p = placements_.find(sandbox_ids[i]);
+    if (p == placements_.end()) {
+      out.push_back(static_cast<bool>((*deleted)[i]));
+      continue;
+    }
+    Unplace(p->second);
+    placements_.erase(p);
+    out.push_back(true);
+  }
+  return out;
 }
 
 absl::StatusOr<PlacementResult> Fleet::Get(const std::string& sandbox_id) {

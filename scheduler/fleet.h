@@ -118,6 +118,15 @@ class Fleet {
                                         const PlacementRequest& request);
   // True when a placement was released, false when there was none.
   absl::StatusOr<bool> Release(const std::string& sandbox_id);
+
+  // Place and Release for many sandboxes: decided one by one in order (as if called in turn),
+  // persisted in one statement. Each item gets the result it would have had alone.
+  struct PlaceItem {
+    std::string sandbox_id;
+    PlacementRequest request;
+  };
+  std::vector<absl::StatusOr<PlacementResult>> PlaceMany(const std::vector<PlaceItem>& items);
+  std::vector<absl::StatusOr<bool>> ReleaseMany(const std::vector<std::string>& sandbox_ids);
   absl::StatusOr<PlacementResult> Get(const std::string& sandbox_id);
 
   struct PlacementInfo {

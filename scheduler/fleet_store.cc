@@ -58,17 +58,20 @@ absl::StatusOr<std::vector<std::string>> MemoryFleetStore::DrainingRunners() {
   return out;
 }
 
-absl::Status MemoryFleetStore::InsertPlacement(const StoredPlacement& placement) {
+absl::Status MemoryFleetStore::InsertPlacements(const std::vector<StoredPlacement>& placements) {
   absl::MutexLock lock(&mu_);
   if (absl::Status s = Check(); !s.ok()) return s;
-  placements_.try_emplace(placement.sandbox_id, placement);
+  for (const auto& p : placements) placements_.try_emplace(p.sandbox_id, p);
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> MemoryFleetStore::DeletePlacement(const std::string& sandbox_id) {
+absl::StatusOr<std::vector<bool>> MemoryFleetStore::DeletePlacements(
+    const std::vector<std::string>& sandbox_ids) {
   absl::MutexLock lock(&mu_);
   if (absl::Status s = Check(); !s.ok()) return s;
-  return placements_.erase(sandbox_id) > 0;
+  std::vector<bool> out;
+  for (const auto& id : sandbox_ids) out.push_back(placements_.erase(id) > 0);
+  return out;
 }
 
 absl::StatusOr<FleetSnapshot> MemoryFleetStore::Load() {

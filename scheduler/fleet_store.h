@@ -53,10 +53,19 @@ class FleetStore {
   virtual absl::Status ReplaceImages(const std::vector<RunnerImages>& runners) = 0;
   // The ids of the runners marked draining (isorunctl runners drain writes the mark).
   virtual absl::StatusOr<std::vector<std::string>> DrainingRunners() = 0;
-  // Idempotent per sandbox id.
-  virtual absl::Status InsertPlacement(const StoredPlacement& placement) = 0;
-  // Whether there was a placement to delete.
-  virtual absl::StatusOr<bool> DeletePlacement(const std::string& sandbox_id) = 0;
+  // Idempotent per sandbox id; all or nothing.
+  virtual absl::Status InsertPlacements(const std::vector<StoredPlacement>& placements) = 0;
+  // For each sandbox id, whether there was a placement to delete (a repeated id: the first).
+  virtual absl::StatusOr<std::vector<bool>> DeletePlacements(
+      const std::vector<std::string>& sandbox_ids) = 0;
+  absl::Status InsertPlacement(const StoredPlacement& placement) {
+    return InsertPlacements({placement});
+  }
+  absl::StatusOr<bool> DeletePlacement(const std::string& sandbox_id) {
+    auto deleted = DeletePlacements({sandbox_id});
+    if (!deleted.ok()) return deleted.status();
+    return (*deleted)[0];
+  }
   virtual absl::StatusOr<FleetSnapshot> Load() = 0;
 };
 
@@ -68,8 +77,9 @@ class MemoryFleetStore final : public FleetStore {
       const std::vector<std::pair<std::string, absl::Time>>& last_seen) override;
   absl::Status ReplaceImages(const std::vector<RunnerImages>& runners) override;
   absl::StatusOr<std::vector<std::string>> DrainingRunners() override;
-  absl::Status InsertPlacement(const StoredPlacement& placement) override;
-  absl::StatusOr<bool> DeletePlacement(const std::string& sandbox_id) override;
+  absl::Status InsertPlacements(const std::vector<StoredPlacement>& placements) override;
+  absl::StatusOr<std::vector<bool>> DeletePlacements(
+      const std::vector<std::string>& sandbox_ids) override;
   absl::StatusOr<FleetSnapshot> Load() override;
 
   // What an operator does with isorunctl runners drain|undrain.

@@ -33,11 +33,11 @@ class CountingStore final : public FleetStore {
   absl::StatusOr<std::vector<std::string>> DrainingRunners() override {
     return inner.DrainingRunners();
   }
-  absl::Status InsertPlacement(const StoredPlacement& p) override {
-    return inner.InsertPlacement(p);
+  absl::Status InsertPlacements(const std::vector<StoredPlacement>& p) override {
+    return inner.InsertPlacements(p);
   }
-  absl::StatusOr<bool> DeletePlacement(const std::string& id) override {
-    return inner.DeletePlacement(id);
+  absl::StatusOr<std::vector<bool>> DeletePlacements(const std::vector<std::string>& ids) override {
+    return inner.DeletePlacements(ids);
   }
   absl::StatusOr<FleetSnapshot> Load() override { return inner.Load(); }
 
@@ -265,6 +265,49 @@ TEST_F(FleetTest, AFailedPlacementWriteUndoesTheReservation) {
   store_.inner.SetFailing(false);
   EXPECT_EQ(fleet->List()[0].view.allocated.sandboxes, 0);
   EXPECT_TRUE(fleet->Place("x", Req()).ok());
+}
+
+TEST_F(FleetTest, ABatchIsPlacedInOrderAndEachItemGetsItsOwnOutcome) {
+  auto fleet = NewFleet();
+  ASSERT_TRUE(fleet->Register(NewRunner("a", 2)).ok());
+  auto results = fleet->PlaceMany({{"s1", Req()},
+                                   {"", Req()},
+                                   {"s1", Req()},
+                                   {"s2", Req()},
+                                   {"s3", Req()},
+                                   {"s4", PlacementRequest{"busybox:1.36", "local", -1, 256}}});
+  ASSERT_EQ(results.size(), 6u);
+  EXPECT_TRUE(results[0].ok());
+  EXPECT_EQ(results[1].status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(results[2].ok()) << "the same sandbox twice: one placement";
+  EXPECT_EQ(results[2]->runner_id, results[0]->runner_id);
+  EXPECT_TRUE(results[3].ok());
+  EXPECT_EQ(results[4].status().code(), absl::StatusCode::kResourceExhausted) << "2 slots";
+  EXPECT_EQ(results[5].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(fleet->List()[0].view.allocated.sandboxes, 2);
+
+  auto released = fleet->ReleaseMany({"s1", "nothing", "s2", "s1"});
+  ASSERT_EQ(released.size(), 4u);
+  EXPECT_TRUE(*released[0]);
+  EXPECT_FALSE(*released[1]);
+  EXPECT_TRUE(*released[2]);
+  EXPECT_FALSE(*released[3]);
+  EXPECT_EQ(fleet->List()[0].view.allocated.sandboxes, 0);
+}
+
+TEST_F(FleetTest, AFailedBatchWriteUndoesEveryReservationOfTheBatch) {
+  auto fleet = NewFleet();
+  ASSERT_TRUE(fleet->Register(NewRunner("a", 3)).ok());
+  ASSERT_TRUE(fleet->Place("kept", Req()).ok());
+  store_.inner.SetFailing(true);
+  auto results = fleet->PlaceMany({{"x", Req()}, {"kept", Req()}, {"y", Req()}});
+  store_.inner.SetFailing(false);
+  EXPECT_EQ(results[0].status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(results[1].ok()) << "an existing placement is not undone";
+  EXPECT_EQ(results[2].status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(fleet->List()[0].view.allocated.sandboxes, 1);
+  EXPECT_TRUE(fleet->Place("x", Req()).ok());
+  EXPECT_TRUE(fleet->Place("y", Req()).ok());
 }
 
 TEST_F(FleetTest, ConcurrentPlacementsNeverOvercommit) {

@@ -148,6 +148,21 @@ grpc::ServerReadReactor<v1::HeartbeatRequest>* SchedulerService::HeartbeatStream
   return new HeartbeatReactor(fleet_);
 }
 
+void SchedulerService::Report(const std::string& sandbox_id,
+                              const absl::StatusOr<PlacementResult>& result,
+                              v1::Placement* resp) {
+  if (!result.ok()) {
+    if (result.status().code() == absl::StatusCode::kResourceExhausted) no_capacity_.Increment();
+    return;
+  }
+  (result->warm ? warm_ : cold_).Increment();
+  resp->set_sandbox_id(sandbox_id);
+  resp->set_runner_id(result->runner_id);
+  resp->set_runner_name(result->runner_name);
+  resp->set_runner_address(result->runner_address);
+  resp->set_warm(result->warm);
+}
+
 grpc::Status SchedulerService::Place(grpc::ServerContext*, const v1::PlaceRequest* req,
                                      v1::Placement* resp) {
   auto start = std::chrono::steady_clock::now();
@@ -155,17 +170,8 @@ grpc::Status SchedulerService::Place(grpc::ServerContext*, const v1::PlaceReques
                            req->request().memory_mb()};
   auto result = fleet_.Place(req->sandbox_id(), request);
   latency_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  if (!result.ok()) {
-    if (result.status().code() == absl::StatusCode::kResourceExhausted) no_capacity_.Increment();
-    return ToGrpcStatus(result.status());
-  }
-  (result->warm ? warm_ : cold_).Increment();
-  resp->set_sandbox_id(req->sandbox_id());
-  resp->set_runner_id(result->runner_id);
-  resp->set_runner_name(result->runner_name);
-  resp->set_runner_address(result->runner_address);
-  resp->set_warm(result->warm);
-  return grpc::Status::OK;
+  Report(req->sandbox_id(), result, resp);
+  return ToGrpcStatus(result.status());
 }
 
 grpc::Status SchedulerService::ReleasePlacement(grpc::ServerContext*,
@@ -174,6 +180,38 @@ grpc::Status SchedulerService::ReleasePlacement(grpc::ServerContext*,
   auto released = fleet_.Release(req->sandbox_id());
   if (!released.ok()) return ToGrpcStatus(released.status());
   resp->set_released(*released);
+  return grpc::Status::OK;
+}
+
+grpc::Status SchedulerService::PlaceBatch(grpc::ServerContext*, const v1::PlaceBatchRequest* req,
+                                          v1::PlaceBatchResponse* resp) {
+  auto start = std::chrono::steady_clock::now();
+  std::vector<Fleet::PlaceItem> items;
+  for (const auto& item : req->items()) {
+    items.push_back({item.sandbox_id(),
+                     PlacementRequest{item.image(), item.region(), item.request().cpu_millis(),
+                                      item.request().memory_mb()}});
+  }
+  auto results = fleet_.PlaceMany(items);
+  latency_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  for (size_t i = 0; i < results.size(); ++i) {
+    v1::PlaceResult* out = resp->add_results();
+    *out->mutable_status() = ToItemStatus(results[i].status());
+    Report(items[i].sandbox_id, results[i], out->mutable_placement());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status SchedulerService::ReleasePlacementBatch(grpc::ServerContext*,
+                                                     const v1::ReleasePlacementBatchRequest* req,
+                                                     v1::ReleasePlacementBatchResponse* resp) {
+  std::vector<std::string> ids;
+  for (const auto& item : req->items()) ids.push_back(item.sandbox_id());
+  for (const auto& released : fleet_.ReleaseMany(ids)) {
+    v1::ReleasePlacementResult* out = resp->add_results();
+    *out->mutable_status() = ToItemStatus(released.status());
+    if (released.ok()) out->mutable_response()->set_released(*released);
+  }
   return grpc::Status::OK;
 }
 

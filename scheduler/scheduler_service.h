@@ -27,6 +27,10 @@ class SchedulerService final
   grpc::Status Place(grpc::ServerContext*, const v1::PlaceRequest*, v1::Placement*) override;
   grpc::Status ReleasePlacement(grpc::ServerContext*, const v1::ReleasePlacementRequest*,
                                 v1::ReleasePlacementResponse*) override;
+  grpc::Status PlaceBatch(grpc::ServerContext*, const v1::PlaceBatchRequest*,
+                          v1::PlaceBatchResponse*) override;
+  grpc::Status ReleasePlacementBatch(grpc::ServerContext*, const v1::ReleasePlacementBatchRequest*,
+                                     v1::ReleasePlacementBatchResponse*) override;
   grpc::Status GetPlacement(grpc::ServerContext*, const v1::GetPlacementRequest*,
                             v1::Placement*) override;
   grpc::Status ListRunners(grpc::ServerContext*, const v1::ListRunnersRequest*,
@@ -35,6 +39,10 @@ class SchedulerService final
                               v1::ListPlacementsResponse*) override;
 
  private:
+  // Counts a placement outcome and fills `resp` when it is a placement.
+  void Report(const std::string& sandbox_id, const absl::StatusOr<PlacementResult>& result,
+              v1::Placement* resp);
+
   Fleet& fleet_;
   const int heartbeat_interval_ms_;
   prometheus::Family<prometheus::Counter>& placements_;

@@ -1,5 +1,7 @@
 #include "scheduler/scheduler_store.h"
 
+#include <set>
+
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -67,11 +69,15 @@ SchedulerStore::SchedulerStore(PgPool& pool) : pool_(pool) {
                 "UPDATE scheduler.runners r SET image_cache_used_bytes = x.used "
                 "FROM jsonb_to_recordset($1::jsonb) AS x(id text, used bigint) WHERE r.id = x.id");
   pool_.Prepare("sched_draining", "SELECT id FROM scheduler.runners WHERE draining");
-  pool_.Prepare("sched_insert_placement",
+  pool_.Prepare("sched_insert_placements",
                 "INSERT INTO scheduler.placements (sandbox_id, runner_id, cpu_millis, memory_mb, "
-                "image, warm) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sandbox_id) DO NOTHING");
-  pool_.Prepare("sched_delete_placement",
-                "DELETE FROM scheduler.placements WHERE sandbox_id = $1 RETURNING 1");
+                "image, warm) SELECT sandbox_id, runner_id, cpu::integer, mem::integer, image, "
+                "warm::boolean FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+                "$5::text[], $6::text[]) AS r(sandbox_id, runner_id, cpu, mem, image, warm) "
+                "ON CONFLICT (sandbox_id) DO NOTHING");
+  pool_.Prepare("sched_delete_placements",
+                "DELETE FROM scheduler.placements WHERE sandbox_id = ANY($1::text[]) "
+                "RETURNING sandbox_id");
 }
 
 absl::StatusOr<std::pair<std::string, bool>> SchedulerStore::UpsertRunner(
@@ -153,28 +159,45 @@ absl::StatusOr<std::vector<std::string>> SchedulerStore::DrainingRunners() {
   return out;
 }
 
-absl::Status SchedulerStore::InsertPlacement(const StoredPlacement& p) {
+absl::Status SchedulerStore::InsertPlacements(const std::vector<StoredPlacement>& placements) {
+  if (placements.empty()) return absl::OkStatus();
+  std::vector<std::vector<std::string>> cols(6);
+  for (const auto& p : placements) {
+    cols[0].push_back(p.sandbox_id);
+    cols[1].push_back(p.runner_id);
+    cols[2].push_back(std::to_string(p.cpu_millis));
+    cols[3].push_back(std::to_string(p.memory_mb));
+    cols[4].push_back(p.image);
+    cols[5].push_back(p.warm ? "true" : "false");
+  }
   // Asynchronous commit: the lifecycle's durable RUNNING commit flushes it before any client sees
   // the sandbox; a placement lost in a crash belongs to a create that was never acknowledged.
   return pool_.Execute(
       [&](pqxx::nontransaction& tx) {
-        tx.exec_prepared("sched_insert_placement", p.sandbox_id, p.runner_id, p.cpu_millis,
-                         p.memory_mb, p.image, p.warm);
+        tx.exec_prepared("sched_insert_placements", PgTextArray(cols[0]), PgTextArray(cols[1]),
+                         PgTextArray(cols[2]), PgTextArray(cols[3]), PgTextArray(cols[4]),
+                         PgTextArray(cols[5]));
         return absl::OkStatus();
       },
       Durability::kAsync);
 }
 
-absl::StatusOr<bool> SchedulerStore::DeletePlacement(const std::string& sandbox_id) {
-  bool deleted = false;
+absl::StatusOr<std::vector<bool>> SchedulerStore::DeletePlacements(
+    const std::vector<std::string>& sandbox_ids) {
+  std::set<std::string> deleted;
   absl::Status s = pool_.Execute(
       [&](pqxx::nontransaction& tx) {
-        deleted = !tx.exec_prepared("sched_delete_placement", sandbox_id).empty();
+        deleted.clear();
+        for (const auto& row : tx.exec_prepared("sched_delete_placements", PgTextArray(sandbox_ids))) {
+          deleted.insert(row[0].as<std::string>());
+        }
         return absl::OkStatus();
       },
       Durability::kAsync);
   if (!s.ok()) return s;
-  return deleted;
+  std::vector<bool> out;
+  for (const auto& id : sandbox_ids) out.push_back(deleted.erase(id) > 0);
+  return out;
 }
 
 absl::StatusOr<FleetSnapshot> SchedulerStore::Load() {

@@ -25,8 +25,9 @@ class SchedulerStore final : public FleetStore {
       const std::vector<std::pair<std::string, absl::Time>>& last_seen) override;
   absl::Status ReplaceImages(const std::vector<RunnerImages>& runners) override;
   absl::StatusOr<std::vector<std::string>> DrainingRunners() override;
-  absl::Status InsertPlacement(const StoredPlacement& placement) override;
-  absl::StatusOr<bool> DeletePlacement(const std::string& sandbox_id) override;
+  absl::Status InsertPlacements(const std::vector<StoredPlacement>& placements) override;
+  absl::StatusOr<std::vector<bool>> DeletePlacements(
+      const std::vector<std::string>& sandbox_ids) override;
   absl::StatusOr<FleetSnapshot> Load() override;
 
  private:

@@ -35,6 +35,24 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
                       detail ? detail->SerializeAsString() : std::string());
 }
 
+v1::ItemStatus ToItemStatus(const absl::Status& status) {
+  v1::ItemStatus out;
+  if (status.ok()) return out;
+  out.set_code(static_cast<int>(status.code()));
+  out.set_message(std::string(status.message()));
+  if (auto detail = ErrorDetailOf(status)) *out.mutable_detail() = *detail;
+  return out;
+}
+
+absl::Status FromItemStatus(const v1::ItemStatus& status) {
+  if (status.code() == 0) return absl::OkStatus();
+  absl::Status out(static_cast<absl::StatusCode>(status.code()), status.message());
+  if (status.has_detail()) {
+    out.SetPayload(kDetailUrl, absl::Cord(status.detail().SerializeAsString()));
+  }
+  return out;
+}
+
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
   auto code = static_cast<absl::StatusCode>(status.error_code());

@@ -25,6 +25,10 @@ std::optional<v1::ErrorDetail> ErrorDetailOf(const absl::Status& status);
 grpc::Status ToGrpcStatus(const absl::Status& status);
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
+// The outcome of one item of a batched call, both ways.
+v1::ItemStatus ToItemStatus(const absl::Status& status);
+absl::Status FromItemStatus(const v1::ItemStatus& status);
+
 // "RESOURCE_EXHAUSTED" and friends: gRPC code names.
 std::string_view CodeName(absl::StatusCode code);
 

@@ -19,6 +19,18 @@ TEST(Status, DetailSurvivesTheTripThroughGrpc) {
   EXPECT_EQ(detail->retry_after_sec(), 2);
 }
 
+TEST(Status, DetailSurvivesTheTripThroughABatchItem) {
+  absl::Status s = Error(absl::StatusCode::kResourceExhausted, "CAPACITY", "no room", 0, 0, 2);
+  absl::Status back = FromItemStatus(ToItemStatus(s));
+  EXPECT_EQ(back.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(back.message(), "no room");
+  ASSERT_TRUE(ErrorDetailOf(back).has_value());
+  EXPECT_EQ(ErrorDetailOf(back)->reason(), "CAPACITY");
+  EXPECT_EQ(ErrorDetailOf(back)->retry_after_sec(), 2);
+  EXPECT_TRUE(FromItemStatus(ToItemStatus(absl::OkStatus())).ok());
+  EXPECT_FALSE(ErrorDetailOf(FromItemStatus(ToItemStatus(absl::NotFoundError("x")))).has_value());
+}
+
 TEST(Status, PlainStatusHasNoDetail) {
   absl::Status back = FromGrpcStatus(ToGrpcStatus(absl::NotFoundError("nope")));
   EXPECT_EQ(back.code(), absl::StatusCode::kNotFound);

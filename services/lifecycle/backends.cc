@@ -38,11 +38,19 @@ absl::Status Wrap(const grpc::Status& s, const char* who) {
 
 }  // namespace
 
+constexpr size_t kMaxBatch = 64;
+constexpr int kMaxInflight = 2;
+
 GrpcBackends::GrpcBackends(std::shared_ptr<grpc::Channel> quota,
                            std::shared_ptr<grpc::Channel> scheduler, BackendDeadlines deadlines)
     : quota_(v1::Quotas::NewStub(quota)),
       scheduler_(v1::Scheduler::NewStub(scheduler)),
-      deadlines_(deadlines) {}
+      deadlines_(deadlines),
+      admits_([this](auto& items) { return AdmitBatch(items); }, kMaxBatch, kMaxInflight),
+      releases_([this](auto& items) { return ReleaseBatch(items); }, kMaxBatch, kMaxInflight),
+      places_([this](auto& items) { return PlaceBatch(items); }, kMaxBatch, kMaxInflight),
+      placement_releases_([this](auto& items) { return ReleasePlacementBatch(items); }, kMaxBatch,
+                          kMaxInflight) {}
 
 v1::Runner::Stub& GrpcBackends::RunnerAt(const std::string& address) {
   RunnerChannel* runner = nullptr;
@@ -64,23 +72,126 @@ v1::Runner::Stub& GrpcBackends::RunnerAt(const std::string& address) {
 }
 
 absl::Status GrpcBackends::Admit(const std::string& tenant_id, const std::string& sandbox_id) {
-  grpc::ClientContext ctx;
-  SetDeadline(ctx, deadlines_.quota);
   v1::AdmitRequest req;
   req.set_tenant_id(tenant_id);
   req.set_sandbox_id(sandbox_id);
-  v1::AdmitResponse resp;
-  return Wrap(quota_->Admit(&ctx, req, &resp), "quota service");
+  return admits_.Call(std::move(req));
 }
 
 absl::Status GrpcBackends::Release(const std::string& tenant_id, const std::string& sandbox_id) {
-  grpc::ClientContext ctx;
-  SetDeadline(ctx, deadlines_.quota);
   v1::ReleaseRequest req;
   req.set_tenant_id(tenant_id);
   req.set_sandbox_id(sandbox_id);
-  v1::ReleaseResponse resp;
-  return Wrap(quota_->Release(&ctx, req, &resp), "quota service");
+  return releases_.Call(std::move(req));
+}
+
+namespace {
+
+// Runs one batch RPC and hands each item its own outcome. A callee that predates the batch RPC
+// (UNIMPLEMENTED, during a rolling upgrade) gets the items one by one through `one`.
+template <typename Item, typename Out, typename BatchReq, typename BatchResp, typename CallBatch,
+          typename CallOne, typename Convert>
+std::vector<Out> RunBatch(std::vector<Item>& items, absl::Duration deadline, const char* who,
+                          CallBatch call_batch, CallOne call_one, Convert convert) {
+  BatchReq req;
+  for (auto& item : items) *req.add_items() = std::move(item);
+  BatchResp resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadline);
+  grpc::Status s = call_batch(&ctx, req, &resp);
+  std::vector<Out> out;
+  if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+    for (const auto& item : req.items()) out.push_back(call_one(item));
+    return out;
+  }
+  if (s.ok() && resp.results_size() != req.items_size()) {
+    s = grpc::Status(grpc::StatusCode::INTERNAL,
+                     absl::StrCat(who, " answered ", resp.results_size(), " results for ",
+                                  req.items_size(), " items"));
+  }
+  for (int i = 0; i < req.items_size(); ++i) {
+    if (!s.ok()) {
+      out.push_back(Wrap(s, who));
+      continue;
+    }
+    const auto& result = resp.results(i);
+    absl::Status item = FromItemStatus(result.status());
+    if (!item.ok()) {
+      out.push_back(Wrap(ToGrpcStatus(item), who));
+    } else {
+      out.push_back(convert(result));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<absl::Status> GrpcBackends::AdmitBatch(std::vector<v1::AdmitRequest>& items) {
+  return RunBatch<v1::AdmitRequest, absl::Status, v1::AdmitBatchRequest, v1::AdmitBatchResponse>(
+      items, deadlines_.quota, "quota service",
+      [&](grpc::ClientContext* ctx, const auto& req, auto* resp) {
+        return quota_->AdmitBatch(ctx, req, resp);
+      },
+      [&](const v1::AdmitRequest& one) {
+        grpc::ClientContext ctx;
+        SetDeadline(ctx, deadlines_.quota);
+        v1::AdmitResponse resp;
+        return Wrap(quota_->Admit(&ctx, one, &resp), "quota service");
+      },
+      [](const v1::AdmitResult&) { return absl::OkStatus(); });
+}
+
+std::vector<absl::Status> GrpcBackends::ReleaseBatch(std::vector<v1::ReleaseRequest>& items) {
+  return RunBatch<v1::ReleaseRequest, absl::Status, v1::ReleaseBatchRequest,
+                  v1::ReleaseBatchResponse>(
+      items, deadlines_.quota, "quota service",
+      [&](grpc::ClientContext* ctx, const auto& req, auto* resp) {
+        return quota_->ReleaseBatch(ctx, req, resp);
+      },
+      [&](const v1::ReleaseRequest& one) {
+        grpc::ClientContext ctx;
+        SetDeadline(ctx, deadlines_.quota);
+        v1::ReleaseResponse resp;
+        return Wrap(quota_->Release(&ctx, one, &resp), "quota service");
+      },
+      [](const v1::ReleaseResult&) { return absl::OkStatus(); });
+}
+
+std::vector<absl::StatusOr<v1::Placement>> GrpcBackends::PlaceBatch(
+    std::vector<v1::PlaceRequest>& items) {
+  return RunBatch<v1::PlaceRequest, absl::StatusOr<v1::Placement>, v1::PlaceBatchRequest,
+                  v1::PlaceBatchResponse>(
+      items, deadlines_.scheduler, "scheduler",
+      [&](grpc::ClientContext* ctx, const auto& req, auto* resp) {
+        return scheduler_->PlaceBatch(ctx, req, resp);
+      },
+      [&](const v1::PlaceRequest& one) -> absl::StatusOr<v1::Placement> {
+        grpc::ClientContext ctx;
+        SetDeadline(ctx, deadlines_.scheduler);
+        v1::Placement resp;
+        grpc::Status s = scheduler_->Place(&ctx, one, &resp);
+        if (!s.ok()) return Wrap(s, "scheduler");
+        return resp;
+      },
+      [](const v1::PlaceResult& r) -> absl::StatusOr<v1::Placement> { return r.placement(); });
+}
+
+std::vector<absl::Status> GrpcBackends::ReleasePlacementBatch(
+    std::vector<v1::ReleasePlacementRequest>& items) {
+  return RunBatch<v1::ReleasePlacementRequest, absl::Status, v1::ReleasePlacementBatchRequest,
+                  v1::ReleasePlacementBatchResponse>(
+      items, deadlines_.scheduler, "scheduler",
+      [&](grpc::ClientContext* ctx, const auto& req, auto* resp) {
+        return scheduler_->ReleasePlacementBatch(ctx, req, resp);
+      },
+      [&](const v1::ReleasePlacementRequest& one) {
+        grpc::ClientContext ctx;
+        SetDeadline(ctx, deadlines_.scheduler);
+        v1::ReleasePlacementResponse resp;
+        return Wrap(scheduler_->ReleasePlacement(&ctx, one, &resp), "scheduler");
+      },
+      [](const v1::ReleasePlacementResult&) { return absl::OkStatus(); });
 }
 
 absl::StatusOr<v1::Usage> GrpcBackends::GetUsage(const std::string& tenant_id) {
@@ -95,21 +206,13 @@ absl::StatusOr<v1::Usage> GrpcBackends::GetUsage(const std::string& tenant_id) {
 }
 
 absl::StatusOr<v1::Placement> GrpcBackends::Place(const v1::PlaceRequest& request) {
-  grpc::ClientContext ctx;
-  SetDeadline(ctx, deadlines_.scheduler);
-  v1::Placement resp;
-  grpc::Status s = scheduler_->Place(&ctx, request, &resp);
-  if (!s.ok()) return Wrap(s, "scheduler");
-  return resp;
+  return places_.Call(request);
 }
 
 absl::Status GrpcBackends::ReleasePlacement(const std::string& sandbox_id) {
-  grpc::ClientContext ctx;
-  SetDeadline(ctx, deadlines_.scheduler);
   v1::ReleasePlacementRequest req;
   req.set_sandbox_id(sandbox_id);
-  v1::ReleasePlacementResponse resp;
-  return Wrap(scheduler_->ReleasePlacement(&ctx, req, &resp), "scheduler");
+  return placement_releases_.Call(std::move(req));
 }
 
 absl::StatusOr<v1::StartSandboxResponse> GrpcBackends::Start(

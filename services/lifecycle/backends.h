@@ -16,6 +16,7 @@
 #include "isorun/v1/quotas.grpc.pb.h"
 #include "isorun/v1/runner.grpc.pb.h"
 #include "isorun/v1/scheduler.grpc.pb.h"
+#include "services/kit/batcher.h"
 
 namespace isorun::lifecycle {
 
@@ -90,6 +91,10 @@ class GrpcBackends final : public Backends {
 
  private:
   v1::Runner::Stub& RunnerAt(const std::string& address);
+  std::vector<absl::Status> AdmitBatch(std::vector<v1::AdmitRequest>& items);
+  std::vector<absl::Status> ReleaseBatch(std::vector<v1::ReleaseRequest>& items);
+  std::vector<absl::StatusOr<v1::Placement>> PlaceBatch(std::vector<v1::PlaceRequest>& items);
+  std::vector<absl::Status> ReleasePlacementBatch(std::vector<v1::ReleasePlacementRequest>& items);
 
   std::unique_ptr<v1::Quotas::Stub> quota_;
   std::unique_ptr<v1::Scheduler::Stub> scheduler_;
@@ -100,6 +105,12 @@ class GrpcBackends final : public Backends {
     std::unique_ptr<v1::Runner::Stub> stub;
   };
   std::map<std::string, RunnerChannel> runners_ ABSL_GUARDED_BY(mu_);
+  // Concurrent admissions, releases and placements travel together: one RPC (and one statement
+  // on the other side) for all the calls that queued while the previous batch was in flight.
+  Batcher<v1::AdmitRequest, absl::Status> admits_;
+  Batcher<v1::ReleaseRequest, absl::Status> releases_;
+  Batcher<v1::PlaceRequest, absl::StatusOr<v1::Placement>> places_;
+  Batcher<v1::ReleasePlacementRequest, absl::Status> placement_releases_;
 };
 
 }  // namespace isorun::lifecycle

@@ -20,6 +20,9 @@ ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:7003", "host:port of the gRPC liste
 ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9103", "host:port of /metrics; empty: none");
 ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL");
 ABSL_FLAG(int, db_connections, 32, "size of the Postgres connection pool");
+ABSL_FLAG(int, grpc_max_threads, 256,
+          "most requests served at once (each waits on its backends in a thread of its own); "
+          "beyond it, calls fail with RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, quota_addr, "127.0.0.1:7001", "host:port of the quota service");
 ABSL_FLAG(std::string, scheduler_addr, "127.0.0.1:7002", "host:port of the scheduler");
 ABSL_FLAG(std::string, region, "local", "region whose runners this lifecycle places on");
@@ -83,7 +86,8 @@ int main(int argc, char** argv) {
   auto& orphan_containers = loop_family.Add({{"action", "orphan_container_stopped"}});
   auto& lost = loop_family.Add({{"action", "marked_lost"}});
   isorun::lifecycle::LifecycleService service(lifecycle, metrics.registry());
-  auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service});
+  auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service},
+                                        absl::GetFlag(FLAGS_grpc_max_threads));
   if (!server.ok()) {
     isorun::LogError("cannot start", {{"error", std::string(server.status().message())}});
     return 1;
