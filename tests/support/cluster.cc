@@ -1,10 +1,13 @@
 #include "tests/support/cluster.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -40,6 +43,17 @@ std::string Tail(const std::string& path, size_t bytes = 4000) {
 
 std::string Addr(int port) { return "127.0.0.1:" + std::to_string(port); }
 
+bool TcpOpen(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
 }  // namespace
 
 int PickFreePort() {
@@ -67,28 +81,48 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   char tmpl[] = "/tmp/isorun-cluster.XXXXXX";
   if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
   dir_ = tmpl;
+  // runc sandboxes run as an unprivileged host uid that must traverse down to their bundles.
+  if (options_.runner_driver == "runc") ::chmod(dir_.c_str(), 0711);
   Define();
-  for (const auto& name : order_) Start(name);
+  try {
+    for (const auto& name : order_) Start(name);
+  } catch (...) {
+    Shutdown();
+    throw;
+  }
 }
 
-Cluster::~Cluster() {
+Cluster::~Cluster() { Shutdown(); }
+
+void Cluster::Shutdown() {
   // Reverse order: the gateway first, quota last.
   for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
     Process& p = processes_[*it];
     if (p.pid > 0) ::kill(p.pid, SIGTERM);
   }
+  // A second in all for graceful exits (logs flushed), then SIGKILL: a throwaway cluster needs
+  // no more, and some services take seconds to wind down their background loops.
+  const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   for (auto& [name, p] : processes_) {
     if (p.pid <= 0) continue;
-    for (int i = 0; i < 100; ++i) {
+    while (true) {
       if (::waitpid(p.pid, nullptr, WNOHANG) != 0) {
         p.pid = 0;
         break;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      if (std::chrono::steady_clock::now() > grace) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     if (p.pid > 0) {
       ::kill(p.pid, SIGKILL);
       ::waitpid(p.pid, nullptr, 0);
+      p.pid = 0;
+    }
+  }
+  // Runners leave their sandboxes running when they exit (a restarted runner re-attaches them).
+  if (options_.runner_driver == "runc") {
+    for (int i = 1; i <= options_.runners; ++i) {
+      RemoveRunnerContainers(runner_data_dir("runner-" + std::to_string(i)));
     }
   }
   if (std::getenv("ISORUN_KEEP_CLUSTER_LOGS") == nullptr) {
@@ -136,9 +170,17 @@ void Cluster::Define() {
     ports_[name] = PickFreePort();
     metrics_ports_[name] = PickFreePort();
     auto args = common(name);
+    if (options_.runner_driver == "runc") {
+      args.push_back("--data_dir=" + runner_data_dir(name));
+      args.push_back("--registry=" + options_.registry);
+      if (options_.runner_image_cache_bytes > 0) {
+        args.push_back("--image_cache_bytes=" + std::to_string(options_.runner_image_cache_bytes));
+      }
+    }
     for (const std::string& a :
          {"--scheduler_addr=" + Addr(ports_["scheduler"]), "--runner_name=" + name,
-          std::string("--driver=sim"), "--max_sandboxes=" + std::to_string(options_.runner_slots),
+          "--driver=" + options_.runner_driver,
+          "--max_sandboxes=" + std::to_string(options_.runner_slots),
           "--cpu_millis=" + std::to_string(options_.runner_cpu_millis),
           "--memory_mb=" + std::to_string(options_.runner_memory_mb),
           "--sim_start_ms=" + std::to_string(options_.sim_start_ms),
@@ -151,13 +193,13 @@ void Cluster::Define() {
   if (options_.gateway) {
     ports_["gateway"] = PickFreePort();
     metrics_ports_["gateway"] = PickFreePort();
-    processes_["gateway"] = {bin + "/isorun-gateway",
-                             {"--http_addr=" + Addr(ports_["gateway"]),
-                              "--metrics_addr=" + Addr(metrics_ports_["gateway"]),
-                              "--lifecycle_addr=" + Addr(ports_["lifecycle"]),
-                              "--quota_addr=" + Addr(ports_["quota"]), "--region=local",
-                              "--database_url=" + db_.url()},
-                             dir_ + "/gateway.log"};
+    processes_["gateway"] = {
+        bin + "/isorun-gateway",
+        {"--http_addr=" + Addr(ports_["gateway"]),
+         "--metrics_addr=" + Addr(metrics_ports_["gateway"]),
+         "--lifecycle_addr=" + Addr(ports_["lifecycle"]), "--quota_addr=" + Addr(ports_["quota"]),
+         "--region=local", "--database_url=" + db_.url()},
+        dir_ + "/gateway.log"};
     order_.push_back("gateway");
   }
 }
@@ -170,6 +212,40 @@ std::string Cluster::grpc_addr(const std::string& process) const {
 
 std::string Cluster::metrics_url(const std::string& process) const {
   return "http://" + Addr(metrics_ports_.at(process)) + "/metrics";
+}
+
+std::string Cluster::runner_data_dir(const std::string& runner) const {
+  return dir_ + "/" + runner + "-data";
+}
+
+void Cluster::RemoveRunnerContainers(const std::string& data_dir) {
+  const std::string root = data_dir + "/runc";
+  if (::access(root.c_str(), F_OK) == 0) {
+    std::string cmd = "runc --root '" + root + "' list --quiet 2>/dev/null";
+    std::string ids;
+    if (FILE* pipe = ::popen(cmd.c_str(), "r"); pipe != nullptr) {
+      std::array<char, 4096> buf;
+      size_t n;
+      while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) ids.append(buf.data(), n);
+      ::pclose(pipe);
+    }
+    std::istringstream lines(ids);
+    for (std::string id; std::getline(lines, id);) {
+      if (id.empty() || id.find('\'') != std::string::npos) continue;
+      std::string del = "runc --root '" + root + "' delete --force '" + id + "' >/dev/null 2>&1";
+      int ignored = std::system(del.c_str());
+      (void)ignored;
+    }
+  }
+  const std::string sandboxes = data_dir + "/sandboxes";
+  if (DIR* d = ::opendir(sandboxes.c_str()); d != nullptr) {
+    while (dirent* e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (name == "." || name == "..") continue;
+      ::umount2((sandboxes + "/" + name + "/rootfs").c_str(), MNT_DETACH);
+    }
+    ::closedir(d);
+  }
 }
 
 void Cluster::Start(const std::string& name) {
@@ -203,7 +279,8 @@ void Cluster::Start(const std::string& name) {
     ::_exit(127);
   }
   p.pid = pid;
-  WaitReady(name);
+  WaitReady(name, options_.probe_ports && !p.started_before);
+  p.started_before = true;
 }
 
 bool Cluster::Running(const std::string& name) {
@@ -224,21 +301,31 @@ void Cluster::Kill(const std::string& name, int signal) {
   p.pid = 0;
 }
 
-void Cluster::WaitReady(const std::string& name) {
+void Cluster::WaitReady(const std::string& name, bool probe_port_first) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   auto fail = [&](const std::string& why) {
     throw std::runtime_error(name + " " + why + "; its log:\n" + Tail(processes_[name].log));
   };
   if (name == "gateway") {
+    std::string last;
     while (std::chrono::steady_clock::now() < deadline) {
       if (!Running(name)) fail("exited");
       try {
-        if (HttpRequest("GET", gateway_url() + "/healthz").status == 200) return;
-      } catch (const std::exception&) {
+        auto r = HttpRequest("GET", gateway_url() + "/healthz");
+        if (r.status == 200) return;
+        last = r.body;
+      } catch (const std::exception& e) {
+        last = e.what();
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    fail("did not become healthy in 30 s");
+    fail("did not become healthy in 30 s (/healthz: " + last + ")");
+  }
+  // ClusterOptions::probe_ports: plain connects until the port listens, then the gRPC checks.
+  while (probe_port_first && !TcpOpen(ports_.at(name))) {
+    if (!Running(name)) fail("exited");
+    if (std::chrono::steady_clock::now() > deadline) fail("did not listen in 30 s");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   auto channel = MakeChannel(grpc_addr(name));
   while (!channel->WaitForConnected(std::chrono::system_clock::now() +
@@ -277,9 +364,10 @@ std::string Cluster::CreateKey(const std::string& tenant_id, const std::string& 
   ApiKey key = NewApiKey(region);
   pqxx::connection conn(db_.url());
   pqxx::work tx(conn);
-  tx.exec_params("INSERT INTO accounts.api_keys (key_id, tenant_id, region, secret_hash) "
-                 "VALUES ($1, $2, $3, $4)",
-                 key.key_id, tenant_id, key.region, HashSecret(key.secret));
+  tx.exec_params(
+      "INSERT INTO accounts.api_keys (key_id, tenant_id, region, secret_hash) "
+      "VALUES ($1, $2, $3, $4)",
+      key.key_id, tenant_id, key.region, HashSecret(key.secret));
   tx.commit();
   return key.ToString();
 }

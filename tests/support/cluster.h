@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -21,6 +22,13 @@ struct ClusterOptions {
   int runner_slots = 100;
   int runner_cpu_millis = 1'000'000;
   int runner_memory_mb = 1'000'000;
+  // Runner driver: "sim" (simulated, no processes) or "runc" (real OCI sandboxes: needs root,
+  // runc, skopeo, umoci and a registry). runc runners keep their image cache and bundles in
+  // runner_data_dir(name), which survives a Kill/Start of the runner; the Cluster's destructor
+  // deletes their containers and unmounts their overlays.
+  std::string runner_driver = "sim";
+  std::string registry;  // runc: host:port for unqualified image names (busybox:1.36)
+  int64_t runner_image_cache_bytes = 0;  // runc: cache budget; 0 = the runner's default
   std::string sim_fail_images_containing;
   int sim_start_ms = 0;
   int reaper_interval_ms = 200;
@@ -30,6 +38,12 @@ struct ClusterOptions {
   int orphan_grace_sec = 30;
   int runner_lost_after_ms = 60000;
   bool gateway = true;
+  // Wait for each process's first start with plain TCP connects to its port before the gRPC
+  // checks: a fresh gRPC channel that finds nothing listening yet waits about a second before
+  // it tries again, so this starts a cluster seconds sooner. Off by default: some suites' timing
+  // relies on that second (after a runner restarts, the lifecycle's channel to it can fail
+  // calls for a second or two), and restarts (Start after Kill) never probe.
+  bool probe_ports = false;
   // Extra environment for every process (NAME=value).
   std::vector<std::string> env;
 };
@@ -47,6 +61,8 @@ class Cluster {
   int gateway_port() const { return ports_.at("gateway"); }
   std::string grpc_addr(const std::string& process) const;  // quota, scheduler, lifecycle, runner-N
   std::string metrics_url(const std::string& process) const;
+  // runc runners: the runner's --data_dir (images/, sandboxes/<id>/, runc/ = its runc --root).
+  std::string runner_data_dir(const std::string& runner) const;
 
   // Process control: names as above plus "gateway".
   void Kill(const std::string& process, int signal);
@@ -68,9 +84,14 @@ class Cluster {
     std::vector<std::string> args;
     std::string log;
     pid_t pid = 0;
+    bool started_before = false;
   };
   void Define();
-  void WaitReady(const std::string& process);
+  // Stops every process (SIGTERM, then SIGKILL) and removes what they leave behind.
+  void Shutdown();
+  void WaitReady(const std::string& process, bool probe_port_first);
+  // Deletes the containers of a runc runner's data dir and unmounts its sandboxes' overlays.
+  static void RemoveRunnerContainers(const std::string& data_dir);
 
   ClusterOptions options_;
   TestDatabase db_;
