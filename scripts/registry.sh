@@ -15,6 +15,10 @@
 #                                        that own the process, like the C++ test fixtures)
 #   scripts/registry.sh push DIR [ADDR]  wait for the registry of DIR (at ADDR) and push missing
 #                                        images; prints host:port
+#   scripts/registry.sh push-unique DIR ADDR NAME COUNT
+#                                        push COUNT images NAME:TAG, each busybox:1.36 plus a tiny
+#                                        layer of its own (a fresh digest no cache holds: cold
+#                                        starts for benchmarks); prints NAME:TAG, one a line
 # start and push are idempotent: a second start with the same DIR reuses the running registry and
 # pushes only missing images. Images are built once into $ISORUN_TEST_IMAGES_DIR (default DIR/build),
 # which several registries may share (tests do): building takes a lock.
@@ -135,6 +139,36 @@ registry_push_images() {
   done
 }
 
+# registry_push_unique DIR ADDR NAME COUNT: pushes COUNT images NAME:<nonce>-<i> to ADDR, each
+# busybox:1.36 plus one layer holding /etc/isorun-unique with its own tag, so each has a digest
+# (and a layer) that no runner has cached. The busybox layer itself is shared, as it would be
+# between real images of one base. Prints NAME:TAG, one a line.
+registry_push_unique() {
+  local dir="$1" addr="$2" name="$3" count="$4"
+  [[ -n "$dir" && -n "$addr" && -n "$name" && "$count" =~ ^[0-9]+$ ]] ||
+    die "usage: registry_push_unique DIR ADDR NAME COUNT"
+  registry_build_images "$dir"
+  local build tmp nonce i tag
+  build="$(registry_build_dir "$dir")"
+  tmp="$(mktemp -d -t isorun-unique.XXXXXX)"
+  skopeo copy -q "oci:$build/layout:busybox-1.36" "oci:$tmp/layout:base" >&2 ||
+    { rm -rf "$tmp"; die "skopeo could not copy the busybox image"; }
+  nonce="$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+  for ((i = 1; i <= count; i++)); do
+    tag="u$nonce-$i"
+    mkdir -p "$tmp/layer-$i/etc"
+    printf '%s\n' "$tag" >"$tmp/layer-$i/etc/isorun-unique"
+    tar --numeric-owner --owner=0 --group=0 -C "$tmp/layer-$i" -cf "$tmp/layer-$i.tar" \
+      etc/isorun-unique
+    umoci raw add-layer --image "$tmp/layout:base" --tag "$tag" "$tmp/layer-$i.tar" >&2 ||
+      { rm -rf "$tmp"; die "umoci could not add a layer"; }
+    skopeo copy -q --dest-tls-verify=false "oci:$tmp/layout:$tag" "docker://$addr/$name:$tag" >&2 ||
+      { rm -rf "$tmp"; die "skopeo could not push $name:$tag to $addr"; }
+    printf '%s:%s\n' "$name" "$tag"
+  done
+  rm -rf "$tmp"
+}
+
 # registry_start DIR PORT: starts the registry (or reuses the one running with DIR) and pushes the
 # test images. Prints host:port on stdout.
 registry_start() {
@@ -222,8 +256,14 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
       registry_push_images "$d"
       printf '%s\n' "$a"
       ;;
+    push-unique)
+      usage="usage: registry.sh push-unique DIR HOST:PORT NAME COUNT"
+      registry_check_tools
+      registry_push_unique "$(abspath "${2:?$usage}")" "${3:?$usage}" "${4:?$usage}" "${5:?$usage}"
+      ;;
     *)
-      echo "usage: $0 start DIR PORT | stop DIR | status DIR | serve DIR PORT | push DIR" >&2
+      echo "usage: $0 start DIR PORT | stop DIR | status DIR | serve DIR PORT | push DIR |" \
+        "push-unique DIR ADDR NAME COUNT" >&2
       exit 2
       ;;
   esac
