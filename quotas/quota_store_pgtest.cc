@@ -26,29 +26,34 @@ std::string CreateTenant(const testing::TestDatabase& db, const std::string& nam
       "SELECT tenant_id FROM u");
 }
 
+// Outcomes of racing admissions.
+struct Tally {
+  std::atomic<int> admitted{0}, refused{0}, other{0};
+  void Add(const absl::StatusOr<AdmitResult>& r) {
+    if (r.ok()) {
+      ++admitted;
+    } else if (r.status().code() == absl::StatusCode::kResourceExhausted) {
+      ++refused;
+    } else {
+      ++other;
+    }
+  }
+};
+
 TEST(QuotaStore, ExactlyLimitWinsWhenFiftyRaceForFive) {
   testing::TestDatabase db;
   PgPool pool(db.url(), 20, Durability::kAsync);
   QuotaStore store(pool);
   std::string tenant = CreateTenant(db, "racer", 5);
-  std::atomic<int> admitted{0}, refused{0}, other{0};
+  Tally tally;
   std::vector<std::thread> threads;
   for (int i = 0; i < 50; ++i) {
-    threads.emplace_back([&, i] {
-      auto r = store.Admit(tenant, "sbx_" + std::to_string(i));
-      if (r.ok()) {
-        ++admitted;
-      } else if (r.status().code() == absl::StatusCode::kResourceExhausted) {
-        ++refused;
-      } else {
-        ++other;
-      }
-    });
+    threads.emplace_back([&, i] { tally.Add(store.Admit(tenant, "sbx_" + std::to_string(i))); });
   }
   for (auto& t : threads) t.join();
-  EXPECT_EQ(admitted, 5);
-  EXPECT_EQ(refused, 45);
-  EXPECT_EQ(other, 0);
+  EXPECT_EQ(tally.admitted, 5);
+  EXPECT_EQ(tally.refused, 45);
+  EXPECT_EQ(tally.other, 0);
   EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'"), "5");
   EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), "5");
 }
@@ -58,27 +63,19 @@ TEST(QuotaStore, BatchesRacingForOneTenantAdmitExactlyTheLimit) {
   PgPool pool(db.url(), 8, Durability::kAsync);
   QuotaStore store(pool);
   std::string tenant = CreateTenant(db, "batches", 25);
-  std::atomic<int> admitted{0}, refused{0}, other{0};
+  Tally tally;
   std::vector<std::thread> threads;
   for (int b = 0; b < 6; ++b) {
     threads.emplace_back([&, b] {
       std::vector<QuotaStore::AdmitItem> items;
       for (int i = 0; i < 10; ++i) items.push_back({tenant, absl::StrCat("sbx_", b, "_", i)});
-      for (const auto& r : store.AdmitMany(items)) {
-        if (r.ok()) {
-          ++admitted;
-        } else if (r.status().code() == absl::StatusCode::kResourceExhausted) {
-          ++refused;
-        } else {
-          ++other;
-        }
-      }
+      for (const auto& r : store.AdmitMany(items)) tally.Add(r);
     });
   }
   for (auto& t : threads) t.join();
-  EXPECT_EQ(admitted, 25);
-  EXPECT_EQ(refused, 35);
-  EXPECT_EQ(other, 0);
+  EXPECT_EQ(tally.admitted, 25);
+  EXPECT_EQ(tally.refused, 35);
+  EXPECT_EQ(tally.other, 0);
   EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'"), "25");
   EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), "25");
 }

@@ -39,20 +39,25 @@ std::string StateArray(const std::vector<SandboxState>& states) {
   return "{" + absl::StrJoin(names, ",") + "}";
 }
 
-// A guarded transition of a batch of sandboxes. $1 is the array of ids, $2.. arrays of per-row
-// text parameters, seen as r.p1, r.p2, ...; `set`, `guard` and `reason` are SQL over `s` (the row),
-// `prev` (its state before) and `r`. Rows are locked in id order, so concurrent batches cannot
-// deadlock; a row whose guard fails is not returned.
-std::string TransitionSql(const std::string& to, const std::string& guard, const std::string& set,
-                          const std::string& reason, int params) {
+// The rows of a batch, `r(id, p1, ..., pN)`, from the array parameters $1 .. $N+1.
+std::string BatchRows(int params) {
   std::string arrays = "$1::text[]";
   std::string names = "id";
   for (int i = 1; i <= params; ++i) {
     absl::StrAppend(&arrays, ", $", i + 1, "::text[]");
     absl::StrAppend(&names, ", p", i);
   }
+  return absl::StrCat("WITH r AS (SELECT * FROM unnest(", arrays, ") AS r(", names, ")), ");
+}
+
+// A guarded transition of a batch of sandboxes. $1 is the array of ids, $2.. arrays of per-row
+// text parameters, seen as r.p1, r.p2, ...; `set`, `guard` and `reason` are SQL over `s` (the row),
+// `prev` (its state before) and `r`. Rows are locked in id order, so concurrent batches cannot
+// deadlock; a row whose guard fails is not returned.
+std::string TransitionSql(const std::string& to, const std::string& guard, const std::string& set,
+                          const std::string& reason, int params) {
   return absl::StrCat(
-      "WITH r AS (SELECT * FROM unnest(", arrays, ") AS r(", names, ")), ",
+      BatchRows(params),
       "prev AS (SELECT s.id, s.state FROM lifecycle.sandboxes s WHERE s.id IN "
       "(SELECT id FROM r) ORDER BY s.id FOR UPDATE), "
       "s AS (UPDATE lifecycle.sandboxes s SET state = '",
@@ -69,14 +74,8 @@ std::string TransitionSql(const std::string& to, const std::string& guard, const
 // and no locking read comes first. Half the work of the general form on the hot path.
 std::string TransitionFromSql(const std::string& from, const std::string& to,
                               const std::string& set, const std::string& reason, int params) {
-  std::string arrays = "$1::text[]";
-  std::string names = "id";
-  for (int i = 1; i <= params; ++i) {
-    absl::StrAppend(&arrays, ", $", i + 1, "::text[]");
-    absl::StrAppend(&names, ", p", i);
-  }
   return absl::StrCat(
-      "WITH r AS (SELECT * FROM unnest(", arrays, ") AS r(", names, ")), ",
+      BatchRows(params),
       "s AS (UPDATE lifecycle.sandboxes s SET state = '", to, "', updated_at = now()",
       set.empty() ? "" : ", ", set, " FROM r WHERE s.id = r.id AND s.state = '", from,
       "' RETURNING s.*, ", reason, " AS event_reason), "
