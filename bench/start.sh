@@ -11,7 +11,11 @@
 # against a throwaway cluster (PostgreSQL, quota, scheduler, lifecycle, gateway, one runc runner)
 # and a local registry. Needs root, runc, skopeo, umoci, docker-registry and busybox-static.
 # Prints warm_start_p50_ms, warm_start_p99_ms, cold_start_p50_ms, exec_p50_ms, exec_p99_ms (and
-# the create/first-exec split of the warm start), one key=value a line.
+# the create/first-exec split of the warm start), one key=value a line; before them
+# breakdown_<step>_p50_ms: 20 more warm starts with each step timed on its own, every service
+# called directly as the lifecycle calls it (quota admit, scheduler place, runner start and exec,
+# runc exec on the host, lifecycle create and exec without the gateway, runc run and bundle times
+# from the runner's log); --breakdown=0 skips them.
 set -euo pipefail
 : "${ISORUN_REPO:?run through ./isorun bench start}"
 # shellcheck source=scripts/pg.sh

@@ -7,9 +7,14 @@
 //   exec:       round trips of `true` in one running sandbox.
 // Sandboxes are deleted between runs (not timed). Prints key=value lines.
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -17,7 +22,12 @@
 #include "absl/strings/str_split.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
+#include "isorun/v1/quotas.grpc.pb.h"
+#include "isorun/v1/runner.grpc.pb.h"
+#include "isorun/v1/sandboxes.grpc.pb.h"
+#include "isorun/v1/scheduler.grpc.pb.h"
 #include "services/kit/flags.h"
+#include "services/kit/server.h"
 #include "tests/support/cluster.h"
 #include "tests/support/http_client.h"
 
@@ -27,6 +37,8 @@ ABSL_FLAG(std::string, cold_images, "",
 ABSL_FLAG(int, warm, 40, "warm starts to time");
 ABSL_FLAG(int, execs, 200, "exec round trips to time");
 ABSL_FLAG(std::string, image, "busybox:1.36", "image of the warm starts and execs");
+ABSL_FLAG(int, breakdown, 20,
+          "warm starts to time step by step, each service called directly (0: none)");
 
 namespace {
 
@@ -91,6 +103,146 @@ struct Start {
   double total_ms = 0, create_ms = 0, exec_ms = 0;
 };
 
+// Runs argv to completion; its wall time in ms, or -1 when it fails.
+double TimeCommand(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const auto t0 = Clock::now();
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execvp(args[0], args.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? Ms(t0, Clock::now()) : -1;
+}
+
+// The per-step times the runner logs for warm starts ("sandbox started ... bundle_ms=N
+// runc_ms=N"), from its log file.
+void RunnerLogTimes(const std::string& log, std::vector<double>* bundle,
+                    std::vector<double>* runc) {
+  std::ifstream in(log);
+  const std::regex re(R"(warm=true .*bundle_ms=(\d+) runc_ms=(\d+))");
+  std::smatch m;
+  for (std::string line; std::getline(in, line);) {
+    if (line.find("sandbox started") == std::string::npos) continue;
+    if (std::regex_search(line, m, re)) {
+      bundle->push_back(std::stod(m[1]));
+      runc->push_back(std::stod(m[2]));
+    }
+  }
+}
+
+// Where a warm start's time goes: each service called directly, one step at a time, with the
+// same requests the lifecycle makes (quota admission, placement, runner start and exec), the
+// lifecycle's create and exec without the gateway, and runc exec on the host.
+void Breakdown(isorun::testing::Cluster& cluster, Client& client, const std::string& tenant,
+               const std::string& image, int n) {
+  using namespace isorun::v1;
+  auto quota = Quotas::NewStub(isorun::MakeChannel(cluster.grpc_addr("quota")));
+  auto scheduler = Scheduler::NewStub(isorun::MakeChannel(cluster.grpc_addr("scheduler")));
+  auto runner = Runner::NewStub(isorun::MakeChannel(cluster.grpc_addr("runner-1")));
+  auto lifecycle = Sandboxes::NewStub(isorun::MakeChannel(cluster.grpc_addr("lifecycle")));
+  const std::string runc_root = cluster.runner_data_dir("runner-1") + "/runc";
+  std::map<std::string, std::vector<double>> t;
+  auto timed = [&](const std::string& step, auto&& call) {
+    const auto t0 = Clock::now();
+    grpc::ClientContext ctx;
+    grpc::Status s = call(&ctx);
+    if (!s.ok()) {
+      std::fprintf(stderr, "breakdown %s: %s\n", step.c_str(), s.error_message().c_str());
+      return;
+    }
+    t[step].push_back(Ms(t0, Clock::now()));
+  };
+  for (int i = 0; i < n; ++i) {
+    const std::string id = "sbx_bench" + std::to_string(i);
+    AdmitRequest admit;
+    admit.set_tenant_id(tenant);
+    admit.set_sandbox_id(id);
+    AdmitResponse admitted;
+    timed("quota_admit", [&](auto* ctx) { return quota->Admit(ctx, admit, &admitted); });
+    PlaceRequest place;
+    place.set_sandbox_id(id);
+    place.set_tenant_id(tenant);
+    place.set_image(image);
+    place.set_region("local");
+    place.mutable_request()->set_cpu_millis(1000);
+    place.mutable_request()->set_memory_mb(512);
+    Placement placement;
+    timed("scheduler_place", [&](auto* ctx) { return scheduler->Place(ctx, place, &placement); });
+    StartSandboxRequest start;
+    start.set_sandbox_id(id);
+    start.set_image(image);
+    start.set_cpu_millis(1000);
+    start.set_memory_mb(512);
+    StartSandboxResponse started;
+    timed("runner_start", [&](auto* ctx) { return runner->StartSandbox(ctx, start, &started); });
+    RunnerExecRequest exec;
+    exec.set_sandbox_id(id);
+    exec.mutable_exec()->set_cmd("true");
+    ExecResponse executed;
+    timed("runner_first_exec", [&](auto* ctx) { return runner->Exec(ctx, exec, &executed); });
+    timed("runner_exec", [&](auto* ctx) { return runner->Exec(ctx, exec, &executed); });
+    if (double ms = TimeCommand({"runc", "--root", runc_root, "exec", id, "true"}); ms >= 0) {
+      t["runc_exec"].push_back(ms);
+    }
+    StopSandboxRequest stop;
+    stop.set_sandbox_id(id);
+    StopSandboxResponse stopped;
+    timed("runner_stop", [&](auto* ctx) { return runner->StopSandbox(ctx, stop, &stopped); });
+    ReleasePlacementRequest unplace;
+    unplace.set_sandbox_id(id);
+    ReleasePlacementResponse unplaced;
+    timed("scheduler_release",
+          [&](auto* ctx) { return scheduler->ReleasePlacement(ctx, unplace, &unplaced); });
+    ReleaseRequest release;
+    release.set_tenant_id(tenant);
+    release.set_sandbox_id(id);
+    ReleaseResponse released;
+    timed("quota_release", [&](auto* ctx) { return quota->Release(ctx, release, &released); });
+
+    CreateSandboxRequest create;
+    create.set_tenant_id(tenant);
+    create.set_image(image);
+    Sandbox sb;
+    timed("lifecycle_create",
+          [&](auto* ctx) { return lifecycle->CreateSandbox(ctx, create, &sb); });
+    ExecRequest lexec;
+    lexec.set_tenant_id(tenant);
+    lexec.set_id(sb.id());
+    lexec.set_cmd("true");
+    timed("lifecycle_first_exec",
+          [&](auto* ctx) { return lifecycle->Exec(ctx, lexec, &executed); });
+    timed("lifecycle_exec", [&](auto* ctx) { return lifecycle->Exec(ctx, lexec, &executed); });
+    // The gateway's own share: an API read of the sandbox against the lifecycle's.
+    GetSandboxRequest get;
+    get.set_tenant_id(tenant);
+    get.set_id(sb.id());
+    timed("lifecycle_get", [&](auto* ctx) { return lifecycle->GetSandbox(ctx, get, &sb); });
+    {
+      const auto t0 = Clock::now();
+      if (client.Call("GET", "/v1/sandboxes/" + sb.id()).status == 200) {
+        t["api_get"].push_back(Ms(t0, Clock::now()));
+      }
+    }
+    DestroySandboxRequest destroy;
+    destroy.set_tenant_id(tenant);
+    destroy.set_id(sb.id());
+    DestroySandboxResponse destroyed;
+    timed("lifecycle_destroy",
+          [&](auto* ctx) { return lifecycle->DestroySandbox(ctx, destroy, &destroyed); });
+  }
+  std::vector<double> bundle, runc;
+  RunnerLogTimes(cluster.log_path("runner-1"), &bundle, &runc);
+  t["runner_bundle"] = bundle;
+  t["runc_run"] = runc;
+  for (const auto& [step, v] : t)
+    std::printf("breakdown_%s_p50_ms=%.1f\n", step.c_str(), Pct(v, 0.5));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -103,6 +255,9 @@ int main(int argc, char** argv) {
   options.runner_driver = "runc";
   options.registry = absl::GetFlag(FLAGS_registry);
   options.probe_ports = true;
+  // The breakdown starts sandboxes on the runner behind the lifecycle's back; its reconciler
+  // would stop them as strays. Everything here is deleted explicitly (and leftovers counted).
+  options.reconcile_interval_ms = 600'000;
   std::unique_ptr<isorun::testing::Cluster> cluster;
   try {
     cluster = std::make_unique<isorun::testing::Cluster>(options);
@@ -176,6 +331,9 @@ int main(int argc, char** argv) {
   } else {
     ++errors;
   }
+
+  if (const int n = absl::GetFlag(FLAGS_breakdown); n > 0)
+    Breakdown(*cluster, client, tenant, image, n);
 
   std::printf("warm_starts=%zu\ncold_starts=%zu\nexecs=%zu\nerrors=%ld\n", warm.size(), cold.size(),
               exec.size(), errors);

@@ -63,6 +63,8 @@ class Cluster {
   std::string metrics_url(const std::string& process) const;
   // runc runners: the runner's --data_dir (images/, sandboxes/<id>/, runc/ = its runc --root).
   std::string runner_data_dir(const std::string& runner) const;
+  // The file a process's stdout and stderr go to.
+  std::string log_path(const std::string& process) const { return processes_.at(process).log; }
 
   // Process control: names as above plus "gateway".
   void Kill(const std::string& process, int signal);
