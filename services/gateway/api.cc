@@ -292,6 +292,18 @@ HttpResponse GatewayApi::Dispatch(const HttpRequest& request, const RouteMatch& 
   return response;
 }
 
+template <typename Req>
+HttpResponse GatewayApi::SandboxCall(
+    grpc::Status (v1::Sandboxes::Stub::*method)(grpc::ClientContext*, const Req&, v1::Sandbox*),
+    Req request, const std::string& id, absl::Duration deadline, Context& ctx) {
+  request.set_tenant_id(ctx.principal.tenant_id);
+  request.set_id(id);
+  v1::Sandbox out;
+  absl::Status st = Call(method, request, &out, deadline, ctx);
+  if (!st.ok()) return ErrorResponse(st);
+  return Json(200, SandboxJson(out));
+}
+
 HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& match,
                                std::string_view query, Context& ctx) {
   const std::string& id = match.sandbox_id;
@@ -315,16 +327,9 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
       return Create(request, ctx);
     case Route::kListSandboxes:
       return List(query, ctx);
-    case Route::kGetSandbox: {
-      v1::GetSandboxRequest req;
-      req.set_tenant_id(tenant);
-      req.set_id(id);
-      v1::Sandbox out;
-      absl::Status st =
-          Call(&v1::Sandboxes::Stub::GetSandbox, req, &out, options_.call_deadline, ctx);
-      if (!st.ok()) return ErrorResponse(st);
-      return Json(200, SandboxJson(out));
-    }
+    case Route::kGetSandbox:
+      return SandboxCall(&v1::Sandboxes::Stub::GetSandbox, v1::GetSandboxRequest(), id,
+                         options_.call_deadline, ctx);
     case Route::kDestroySandbox: {
       v1::DestroySandboxRequest req;
       req.set_tenant_id(tenant);
@@ -342,37 +347,20 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
       auto timeout = ParseSetTimeoutBody(request.body);
       if (!timeout.ok()) return ErrorResponse(timeout.status());
       v1::SetTimeoutRequest req;
-      req.set_tenant_id(tenant);
-      req.set_id(id);
       req.set_timeout_sec(*timeout);
-      v1::Sandbox out;
-      absl::Status st =
-          Call(&v1::Sandboxes::Stub::SetTimeout, req, &out, options_.call_deadline, ctx);
-      if (!st.ok()) return ErrorResponse(st);
-      return Json(200, SandboxJson(out));
+      return SandboxCall(&v1::Sandboxes::Stub::SetTimeout, std::move(req), id,
+                         options_.call_deadline, ctx);
     }
     case Route::kHibernate: {
       if (absl::Status st = ParseEmptyBody(request.body); !st.ok()) return ErrorResponse(st);
-      v1::HibernateSandboxRequest req;
-      req.set_tenant_id(tenant);
-      req.set_id(id);
-      v1::Sandbox out;
-      absl::Status st =
-          Call(&v1::Sandboxes::Stub::HibernateSandbox, req, &out, options_.call_deadline, ctx);
-      if (!st.ok()) return ErrorResponse(st);
-      return Json(200, SandboxJson(out));
+      return SandboxCall(&v1::Sandboxes::Stub::HibernateSandbox, v1::HibernateSandboxRequest(),
+                         id, options_.call_deadline, ctx);
     }
     case Route::kResume: {
       if (absl::Status st = ParseEmptyBody(request.body); !st.ok()) return ErrorResponse(st);
-      v1::ResumeSandboxRequest req;
-      req.set_tenant_id(tenant);
-      req.set_id(id);
-      v1::Sandbox out;
       // Resume is admitted like a create and may start the sandbox again: create's deadline.
-      absl::Status st =
-          Call(&v1::Sandboxes::Stub::ResumeSandbox, req, &out, options_.create_deadline, ctx);
-      if (!st.ok()) return ErrorResponse(st);
-      return Json(200, SandboxJson(out));
+      return SandboxCall(&v1::Sandboxes::Stub::ResumeSandbox, v1::ResumeSandboxRequest(), id,
+                         options_.create_deadline, ctx);
     }
     case Route::kExec: {
       auto req = ParseExecBody(request.body);

@@ -78,6 +78,13 @@ class GatewayApi {
   absl::Status Call(grpc::Status (v1::Sandboxes::Stub::*method)(grpc::ClientContext*, const Req&,
                                                                 Resp*),
                     const Req& request, Resp* response, absl::Duration deadline, Context& ctx);
+  // A call on one sandbox of the caller's tenant (`Req` has tenant_id and id) that answers with
+  // the sandbox: 200 and its JSON, or the error.
+  template <typename Req>
+  HttpResponse SandboxCall(grpc::Status (v1::Sandboxes::Stub::*method)(grpc::ClientContext*,
+                                                                        const Req&, v1::Sandbox*),
+                           Req request, const std::string& id, absl::Duration deadline,
+                           Context& ctx);
   std::unique_ptr<grpc::ClientContext> NewClientContext(absl::Duration deadline,
                                                         const Context& ctx) const;
   absl::Status MapLifecycleStatus(const grpc::Status& status, absl::Duration deadline);
