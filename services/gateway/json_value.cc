@@ -5,6 +5,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "services/gateway/strings.h"
+#include "services/kit/json.h"
 
 namespace isorun::gateway {
 
@@ -197,36 +198,6 @@ class Parser {
     }
   }
 
-  // Length of the valid UTF-8 sequence at pos_ (lead byte >= 0x80), 0 when invalid.
-  size_t Utf8Length() const {
-    auto b = [&](size_t k) { return static_cast<unsigned char>(s_[pos_ + k]); };
-    unsigned char c = b(0);
-    size_t n;
-    uint32_t cp;
-    if ((c & 0xE0) == 0xC0) {
-      n = 2;
-      cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      n = 3;
-      cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      n = 4;
-      cp = c & 0x07;
-    } else {
-      return 0;
-    }
-    if (pos_ + n > s_.size()) return 0;
-    for (size_t k = 1; k < n; ++k) {
-      if ((b(k) & 0xC0) != 0x80) return 0;
-      cp = (cp << 6) | (b(k) & 0x3F);
-    }
-    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) ||
-        (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
-      return 0;
-    }
-    return n;
-  }
-
   absl::Status ParseString(std::string& out) {
     ++pos_;  // opening quote
     while (true) {
@@ -238,7 +209,7 @@ class Parser {
       }
       if (c < 0x20) return Fail("control character in a string (escape it)");
       if (c >= 0x80) {
-        size_t n = Utf8Length();
+        size_t n = Utf8SequenceLength(s_, pos_);
         if (n == 0) return Fail("invalid UTF-8");
         out.append(s_.substr(pos_, n));
         pos_ += n;

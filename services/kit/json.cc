@@ -4,9 +4,7 @@
 #include <cstdio>
 
 namespace isorun {
-namespace {
 
-// Length of the valid UTF-8 sequence starting at s[i], or 0 if it is invalid.
 size_t Utf8SequenceLength(std::string_view s, size_t i) {
   auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
   unsigned char c = b(i);
@@ -37,6 +35,8 @@ size_t Utf8SequenceLength(std::string_view s, size_t i) {
   }
   return n;
 }
+
+namespace {
 
 constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
 

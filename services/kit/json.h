@@ -14,6 +14,10 @@ namespace isorun {
 // Appends `s` as a JSON string literal (with quotes) to `out`.
 void AppendJsonString(std::string& out, std::string_view s);
 
+// Length of the valid UTF-8 sequence starting at s[i] (1 for ASCII), or 0 when it is invalid:
+// truncated, overlong, a surrogate or past U+10FFFF.
+size_t Utf8SequenceLength(std::string_view s, size_t i);
+
 // Replaces invalid UTF-8 sequences in `s` with U+FFFD.
 std::string SanitizeUtf8(std::string_view s);
 
