@@ -12,57 +12,16 @@
 #include "services/kit/server.h"
 #include "services/kit/status.h"
 #include "tests/support/cluster.h"
+#include "tests/support/eventually.h"
+#include "tests/support/sandboxes_client.h"
 
 namespace isorun {
 namespace {
 
 using testing::Cluster;
 using testing::ClusterOptions;
-
-class Client {
- public:
-  explicit Client(const std::string& addr) : stub_(v1::Sandboxes::NewStub(MakeChannel(addr))) {}
-
-  absl::StatusOr<v1::Sandbox> Create(const std::string& tenant, int timeout_sec = 300,
-                                     const std::string& image = "busybox:1.36") {
-    v1::CreateSandboxRequest req;
-    req.set_tenant_id(tenant);
-    req.set_image(image);
-    req.set_timeout_sec(timeout_sec);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    v1::Sandbox sb;
-    grpc::Status s = stub_->CreateSandbox(&ctx, req, &sb);
-    if (!s.ok()) return FromGrpcStatus(s);
-    return sb;
-  }
-
-  absl::StatusOr<v1::Sandbox> Get(const std::string& tenant, const std::string& id) {
-    v1::GetSandboxRequest req;
-    req.set_tenant_id(tenant);
-    req.set_id(id);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    v1::Sandbox sb;
-    grpc::Status s = stub_->GetSandbox(&ctx, req, &sb);
-    if (!s.ok()) return FromGrpcStatus(s);
-    return sb;
-  }
-
- private:
-  std::unique_ptr<v1::Sandboxes::Stub> stub_;
-};
-
-// Waits until `pred` holds or `timeout` passes; returns whether it held.
-template <typename Pred>
-bool Eventually(Pred pred, absl::Duration timeout) {
-  absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    if (pred()) return true;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return pred();
-}
+using testing::Eventually;
+using Client = testing::SandboxesClient;
 
 TEST(Processes, EveryServiceAnswersTheGrpcHealthCheck) {
   ClusterOptions options;

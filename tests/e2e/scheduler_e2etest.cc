@@ -18,6 +18,8 @@
 #include "services/kit/server.h"
 #include "services/kit/status.h"
 #include "tests/support/cluster.h"
+#include "tests/support/eventually.h"
+#include "tests/support/sandboxes_client.h"
 #include "tests/support/http_client.h"
 
 namespace isorun {
@@ -25,50 +27,8 @@ namespace {
 
 using testing::Cluster;
 using testing::ClusterOptions;
-
-template <typename Pred>
-bool Eventually(Pred pred, absl::Duration timeout) {
-  absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    if (pred()) return true;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return pred();
-}
-
-class Client {
- public:
-  explicit Client(const std::string& addr) : stub_(v1::Sandboxes::NewStub(MakeChannel(addr))) {}
-
-  absl::StatusOr<v1::Sandbox> Create(const std::string& tenant,
-                                     const std::string& image = "busybox:1.36") {
-    v1::CreateSandboxRequest req;
-    req.set_tenant_id(tenant);
-    req.set_image(image);
-    req.set_timeout_sec(600);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    v1::Sandbox sb;
-    grpc::Status s = stub_->CreateSandbox(&ctx, req, &sb);
-    if (!s.ok()) return FromGrpcStatus(s);
-    return sb;
-  }
-
-  absl::StatusOr<v1::Sandbox> Get(const std::string& tenant, const std::string& id) {
-    v1::GetSandboxRequest req;
-    req.set_tenant_id(tenant);
-    req.set_id(id);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    v1::Sandbox sb;
-    grpc::Status s = stub_->GetSandbox(&ctx, req, &sb);
-    if (!s.ok()) return FromGrpcStatus(s);
-    return sb;
-  }
-
- private:
-  std::unique_ptr<v1::Sandboxes::Stub> stub_;
-};
+using testing::Eventually;
+using Client = testing::SandboxesClient;
 
 std::map<std::string, v1::RunnerInfo> Runners(const Cluster& cluster) {
   auto stub = v1::Scheduler::NewStub(MakeChannel(cluster.grpc_addr("scheduler")));
@@ -355,7 +315,7 @@ TEST(Scheduler, HotImagesArePreWarmedOntoRunners) {
   Client client(cluster.grpc_addr("lifecycle"));
   // The first create pulls the image onto one runner; once its heartbeat says so, the next ones go
   // there too (warm), so the other two runners only get the image by pre-warming.
-  ASSERT_TRUE(client.Create(tenant, "team/hot:7").ok());
+  ASSERT_TRUE(client.Create(tenant, 600, "team/hot:7").ok());
   ASSERT_TRUE(Eventually(
       [&] {
         for (const auto& [name, r] : Runners(cluster)) {
@@ -364,7 +324,7 @@ TEST(Scheduler, HotImagesArePreWarmedOntoRunners) {
         return false;
       },
       absl::Seconds(5)));
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(client.Create(tenant, "team/hot:7").ok());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(client.Create(tenant, 600, "team/hot:7").ok());
   EXPECT_EQ(cluster.db().Scalar("SELECT count(DISTINCT runner_id) FROM scheduler.placements"), "1");
   auto cached_everywhere = [&] {
     auto runners = Runners(cluster);
@@ -390,7 +350,7 @@ TEST(Scheduler, HotImagesArePreWarmedOntoRunners) {
       << testing::HttpRequest("GET", cluster.metrics_url("scheduler")).body;
   // Creates after the warm-up start warm wherever they land.
   for (int i = 0; i < 6; ++i) {
-    auto sb = client.Create(tenant, "team/hot:7");
+    auto sb = client.Create(tenant, 600, "team/hot:7");
     ASSERT_TRUE(sb.ok());
     EXPECT_EQ(cluster.db().Scalar("SELECT warm FROM scheduler.placements WHERE sandbox_id = '" +
                                   sb->id() + "'"),
