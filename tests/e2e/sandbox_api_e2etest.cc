@@ -331,6 +331,43 @@ TEST_F(SandboxApi, StreamedOutputArrivesBeforeTheCommandEnds) {
   EXPECT_TRUE(lines.back().value.fields().count("exitCode") > 0) << "the exit code comes last";
 }
 
+TEST_F(SandboxApi, AStreamClientThatGoesAwayKillsTheCommand) {
+  std::string id = Create();
+  ASSERT_FALSE(id.empty());
+  // Read the first line, then hang up while the command (and a job it started) still run.
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(cluster_->gateway_port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string body = R"({"cmd":"sleep 5161 & echo started; sleep 5162"})";
+  const std::string request = absl::StrCat(
+      "POST /v1/sandboxes/", id, "/exec:stream HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+      "Authorization: Bearer ", key_,
+      "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(), "\r\n\r\n", body);
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  std::string raw;
+  char buf[4096];
+  while (raw.find("started") == std::string::npos) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    ASSERT_GT(n, 0) << raw;
+    raw.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_EQ(raw.rfind("HTTP/1.1 200", 0), 0u) << raw;
+  EXPECT_NE(Host("pgrep -f -x 'sleep 516[12]'"), "") << "the command is not running";
+  ::close(fd);
+  // Gone within a couple of seconds, the background job too, and the sandbox is still usable.
+  std::string left = "?";
+  for (int i = 0; i < 60 && !left.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    left = Host("pgrep -f -x 'sleep 516[12]'");
+  }
+  EXPECT_EQ(left, "") << "the command outlived its client";
+  EXPECT_EQ(Out(id, "echo alive"), "alive\n");
+}
+
 TEST_F(SandboxApi, HibernateFreezesProcessesAndResumeContinuesThem) {
   std::string id = Create();
   ASSERT_FALSE(id.empty());
