@@ -223,10 +223,12 @@ void Breakdown(isorun::testing::Cluster& cluster, Client& client, const std::str
     get.set_id(sb.id());
     timed("lifecycle_get", [&](auto* ctx) { return lifecycle->GetSandbox(ctx, get, &sb); });
     {
-      const auto t0 = Clock::now();
+      auto t0 = Clock::now();
       if (client.Call("GET", "/v1/sandboxes/" + sb.id()).status == 200) {
         t["api_get"].push_back(Ms(t0, Clock::now()));
       }
+      t0 = Clock::now();
+      if (client.ExecTrue(sb.id())) t["api_exec"].push_back(Ms(t0, Clock::now()));
     }
     DestroySandboxRequest destroy;
     destroy.set_tenant_id(tenant);
