@@ -17,15 +17,22 @@ namespace {
 
 using google::protobuf::util::TimeUtil;
 
-// Every query that returns sandboxes selects these columns from a relation named `s`.
-constexpr const char* kCols =
-    "s.id, s.tenant_id::text, s.state, s.image, s.image_digest, s.cpu_millis, s.memory_mb, "
-    "s.timeout_sec, json_build_object('metadata', s.metadata, 'network', s.network, "
-    "'env', s.env)::text, s.public_id, coalesce(s.runner_id, ''), coalesce(s.runner_address, ''), "
-    "(extract(epoch FROM s.created_at) * 1000000)::bigint, "
-    "(extract(epoch FROM s.expires_at) * 1000000)::bigint, "
-    "(extract(epoch FROM s.ended_at) * 1000000)::bigint, coalesce(s.end_reason, ''), "
-    "coalesce(s.end_message, ''), s.created_at::text";
+// Every query that returns sandboxes selects these columns from a relation named `s`; the
+// statements whose rows are read without their JSON columns (Detail::kCore) leave them out.
+std::string Cols(bool with_json) {
+  return absl::StrCat(
+      "s.id, s.tenant_id::text, s.state, s.image, s.image_digest, s.cpu_millis, s.memory_mb, "
+      "s.timeout_sec, ",
+      with_json ? "json_build_object('metadata', s.metadata, 'network', s.network, "
+                  "'env', s.env)::text, "
+                : "'', ",
+      "s.public_id, coalesce(s.runner_id, ''), coalesce(s.runner_address, ''), "
+      "(extract(epoch FROM s.created_at) * 1000000)::bigint, "
+      "(extract(epoch FROM s.expires_at) * 1000000)::bigint, "
+      "(extract(epoch FROM s.ended_at) * 1000000)::bigint, coalesce(s.end_reason, ''), "
+      "coalesce(s.end_message, ''), s.created_at::text");
+}
+const std::string kCols = Cols(true);
 
 const std::vector<SandboxState>& LiveStates() {
   static const std::vector<SandboxState> kLive = {v1::PENDING, v1::STARTING, v1::RUNNING,
@@ -55,7 +62,7 @@ std::string BatchRows(int params) {
 // `prev` (its state before) and `r`. Rows are locked in id order, so concurrent batches cannot
 // deadlock; a row whose guard fails is not returned.
 std::string TransitionSql(const std::string& to, const std::string& guard, const std::string& set,
-                          const std::string& reason, int params) {
+                          const std::string& reason, int params, bool full = false) {
   return absl::StrCat(
       BatchRows(params),
       "prev AS (SELECT s.id, s.state FROM lifecycle.sandboxes s WHERE s.id IN "
@@ -66,21 +73,22 @@ std::string TransitionSql(const std::string& to, const std::string& guard, const
       " RETURNING s.*, prev.state AS from_state, ", reason, " AS event_reason), "
       "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
       "SELECT id, from_state, state, event_reason FROM s) SELECT ",
-      kCols, " FROM s");
+      Cols(full), " FROM s");
 }
 
 // The same for a transition from one state only: the prior state is known, so the guard sits in
 // the UPDATE itself (Postgres re-checks it on a row that changed while it waited for the lock)
 // and no locking read comes first. Half the work of the general form on the hot path.
 std::string TransitionFromSql(const std::string& from, const std::string& to,
-                              const std::string& set, const std::string& reason, int params) {
+                              const std::string& set, const std::string& reason, int params,
+                              bool full = false) {
   return absl::StrCat(
       BatchRows(params),
       "s AS (UPDATE lifecycle.sandboxes s SET state = '", to, "', updated_at = now()",
       set.empty() ? "" : ", ", set, " FROM r WHERE s.id = r.id AND s.state = '", from,
       "' RETURNING s.*, ", reason, " AS event_reason), "
       "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
-      "SELECT id, '", from, "', state, event_reason FROM s) SELECT ", kCols, " FROM s");
+      "SELECT id, '", from, "', state, event_reason FROM s) SELECT ", Cols(full), " FROM s");
 }
 
 std::string MapJson(const google::protobuf::Map<std::string, std::string>& map) {
@@ -200,7 +208,7 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
       TransitionFromSql("STARTING", "RUNNING",
                         "image_digest = r.p1, "
                         "expires_at = now() + s.timeout_sec * interval '1 second'",
-                        "NULL", 1),
+                        "NULL", 1, true),
       Durability::kSync, true);
   to_failed_ = &AddTransition(
       "lc_to_failed",
@@ -221,12 +229,13 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                                  Durability::kSync, false);
   to_hibernated_ = &AddTransition(
       "lc_to_hibernated",
-      TransitionFromSql("RUNNING", "HIBERNATED", "expires_at = NULL", "NULL", 0),
+      TransitionFromSql("RUNNING", "HIBERNATED", "expires_at = NULL", "NULL", 0, true),
       Durability::kSync, true);
   to_resumed_ = &AddTransition(
       "lc_to_resumed",
       TransitionFromSql("HIBERNATED", "RUNNING",
-                        "expires_at = now() + s.timeout_sec * interval '1 second'", "NULL", 0),
+                        "expires_at = now() + s.timeout_sec * interval '1 second'", "NULL", 0,
+                        true),
       Durability::kSync, true);
   to_lost_ = &AddTransition(
       "lc_to_lost",
@@ -274,7 +283,7 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
           "WHERE s.id = c.id RETURNING s.*, c.state AS from_state), "
           "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
           "SELECT id, from_state, 'DESTROYING', 'IDLE_TIMEOUT' FROM s) SELECT ",
-          kCols, " FROM s"));
+          Cols(false), " FROM s"));
   pool_.Prepare("lc_claim_stuck",
                 absl::StrCat("WITH c AS (SELECT id FROM lifecycle.sandboxes WHERE state = $1 "
                              "AND updated_at < now() - $2 * interval '1 second' "
