@@ -13,6 +13,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <condition_variable>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -116,38 +119,63 @@ int main(int argc, char** argv) {
     std::lock_guard<std::mutex> lock(first_error_mu);
     if (first_error.empty()) first_error = std::to_string(s.error_code()) + " " + s.error_message();
   };
-  std::vector<std::vector<double>> latencies(clients);
-  std::vector<std::thread> threads;
+  // Each client is a chain of calls on gRPC's callback API: create, then destroy, then the next
+  // create, until told to stop. No thread per client (like pgbench -j), so the load generator
+  // takes little of the CPU the control plane shares with it.
+  struct CreateCall {
+    grpc::ClientContext ctx;
+    isorun::v1::CreateSandboxRequest req;
+    isorun::v1::Sandbox sandbox;
+    std::chrono::steady_clock::time_point t0;
+  };
+  struct DestroyCall {
+    grpc::ClientContext ctx;
+    isorun::v1::DestroySandboxRequest req;
+    isorun::v1::DestroySandboxResponse resp;
+  };
+  std::vector<std::vector<double>> latencies(clients);  // each written by its own chain only
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  int running = clients;
+  std::function<void(int)> next = [&](int c) {
+    if (stop.load()) {
+      std::lock_guard<std::mutex> lock(done_mu);
+      if (--running == 0) done_cv.notify_all();
+      return;
+    }
+    auto* stub = stubs[c % stubs.size()].get();
+    auto call = std::make_shared<CreateCall>();
+    call->req.set_tenant_id(tenant);
+    call->req.set_image("busybox:1.36");
+    call->t0 = std::chrono::steady_clock::now();
+    stub->async()->CreateSandbox(
+        &call->ctx, &call->req, &call->sandbox, [&, c, stub, call](grpc::Status s) {
+          if (!s.ok()) {
+            note_error(s);
+            next(c);
+            return;
+          }
+          latencies[c].push_back(std::chrono::duration<double, std::milli>(
+                                     std::chrono::steady_clock::now() - call->t0)
+                                     .count());
+          auto del = std::make_shared<DestroyCall>();
+          del->req.set_tenant_id(tenant);
+          del->req.set_id(call->sandbox.id());
+          stub->async()->DestroySandbox(&del->ctx, &del->req, &del->resp,
+                                        [&, c, del](grpc::Status d) {
+                                          if (!d.ok()) note_error(d);
+                                          next(c);
+                                        });
+        });
+  };
   auto start = std::chrono::steady_clock::now();
-  for (int c = 0; c < clients; ++c) {
-    threads.emplace_back([&, c] {
-      auto& stub = *stubs[c % stubs.size()];
-      while (!stop.load(std::memory_order_relaxed)) {
-        isorun::v1::CreateSandboxRequest req;
-        req.set_tenant_id(tenant);
-        req.set_image("busybox:1.36");
-        isorun::v1::Sandbox sb;
-        auto t0 = std::chrono::steady_clock::now();
-        grpc::ClientContext ctx;
-        grpc::Status s = stub.CreateSandbox(&ctx, req, &sb);
-        auto t1 = std::chrono::steady_clock::now();
-        if (!s.ok()) {
-          note_error(s);
-          continue;
-        }
-        latencies[c].push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-        isorun::v1::DestroySandboxRequest del;
-        del.set_tenant_id(tenant);
-        del.set_id(sb.id());
-        isorun::v1::DestroySandboxResponse resp;
-        grpc::ClientContext ctx2;
-        if (grpc::Status d = stub.DestroySandbox(&ctx2, del, &resp); !d.ok()) note_error(d);
-      }
-    });
-  }
+  for (int c = 0; c < clients; ++c) next(c);
   std::this_thread::sleep_for(std::chrono::seconds(seconds));
   stop = true;
-  for (auto& t : threads) t.join();
+  {
+    std::unique_lock<std::mutex> lock(done_mu);
+    done_cv.wait(lock, [&] { return running == 0; });
+  }
   double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const auto cpu_after = cpu_now();
