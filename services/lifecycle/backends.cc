@@ -39,7 +39,9 @@ absl::Status Wrap(const grpc::Status& s, const char* who) {
 }  // namespace
 
 constexpr size_t kMaxBatch = 64;
-constexpr int kMaxInflight = 2;
+// One batch of a kind at a time: the calls that arrive meanwhile make the next batch larger, which
+// measured both faster and cheaper than two smaller batches in flight.
+constexpr int kMaxInflight = 1;
 
 GrpcBackends::GrpcBackends(std::shared_ptr<grpc::Channel> quota,
                            std::shared_ptr<grpc::Channel> scheduler, BackendDeadlines deadlines)

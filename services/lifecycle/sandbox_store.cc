@@ -154,7 +154,9 @@ Sandbox FromRow(const pqxx::row& row, Detail detail = Detail::kFull) {
 
 // Inputs of one batched statement, and batches running at once per statement.
 constexpr size_t kMaxBatch = 64;
-constexpr int kMaxInflight = 2;
+// One batch of a kind at a time: the calls that arrive meanwhile make the next batch larger, which
+// measured both faster and cheaper than two smaller batches in flight.
+constexpr int kMaxInflight = 1;
 
 absl::Status NotFound(const std::string& id) {
   return Error(absl::StatusCode::kNotFound, "NOT_FOUND",
