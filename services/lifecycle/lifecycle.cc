@@ -130,6 +130,11 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
       LogWarn("create compensation incomplete; the reconciler will finish it",
               {{"sandbox", id}, {"error", std::string(undo.message())}});
     }
+    // The runner's reason (IMAGE_NOT_FOUND, say) stays; only the message gains context.
+    if (auto detail = ErrorDetailOf(started.status())) {
+      return Error(started.status().code(), detail->reason(), message, detail->limit(),
+                   detail->current(), detail->retry_after_sec());
+    }
     return absl::Status(started.status().code(), message);
   }
 

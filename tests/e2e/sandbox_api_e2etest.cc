@@ -472,6 +472,7 @@ TEST_F(SandboxApi, UnknownImageFailsNamingItAndLeaksNothing) {
   ASSERT_TRUE(r.status == 400 || r.status == 404) << r.status << " " << r.body;
   auto error = ErrorOf(r);
   EXPECT_TRUE(absl::StrContains(Str(error, "message"), "no-such-image")) << r.body;
+  EXPECT_EQ(Str(error, "reason"), "IMAGE_NOT_FOUND") << r.body;
 
   auto usage = Usage();
   EXPECT_EQ(Num(usage, "activeSandboxes"), 0);
