@@ -256,7 +256,6 @@ int main(int argc, char** argv) {
   isorun::testing::ClusterOptions options;
   options.runner_driver = "runc";
   options.registry = absl::GetFlag(FLAGS_registry);
-  options.probe_ports = true;
   // The breakdown starts sandboxes on the runner behind the lifecycle's back; its reconciler
   // would stop them as strays. Everything here is deleted explicitly (and leftovers counted).
   options.reconcile_interval_ms = 600'000;

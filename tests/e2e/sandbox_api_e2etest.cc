@@ -152,7 +152,6 @@ class SandboxApi : public ::testing::Test {
     ClusterOptions options;
     options.runner_driver = "runc";
     options.registry = *registry;
-    options.probe_ports = true;
     cluster_ = new Cluster(options);
   }
   static void TearDownTestSuite() {

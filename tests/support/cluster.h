@@ -40,10 +40,9 @@ struct ClusterOptions {
   bool gateway = true;
   // Wait for each process's first start with plain TCP connects to its port before the gRPC
   // checks: a fresh gRPC channel that finds nothing listening yet waits about a second before
-  // it tries again, so this starts a cluster seconds sooner. Off by default: some suites' timing
-  // relies on that second (after a runner restarts, the lifecycle's channel to it can fail
-  // calls for a second or two), and restarts (Start after Kill) never probe.
-  bool probe_ports = false;
+  // it tries again, so this starts a cluster seconds sooner. Restarts (Start after Kill) never
+  // probe.
+  bool probe_ports = true;
   // Extra environment for every process (NAME=value).
   std::vector<std::string> env;
 };
