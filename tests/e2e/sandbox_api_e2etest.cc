@@ -26,6 +26,7 @@
 #include "services/runner/runc_test_env.h"
 #include "tests/support/cluster.h"
 #include "tests/support/http_client.h"
+#include "tests/support/json_fields.h"
 
 namespace isorun {
 namespace {
@@ -35,28 +36,10 @@ using testing::Cluster;
 using testing::ClusterOptions;
 using testing::HttpRequest;
 using testing::HttpResponse;
-
-google::protobuf::Struct Json(const std::string& body) {
-  google::protobuf::Struct s;
-  auto status = google::protobuf::util::JsonStringToMessage(body, &s);
-  EXPECT_TRUE(status.ok()) << "not JSON: " << body;
-  return s;
-}
-
-std::string Str(const google::protobuf::Struct& s, const std::string& key) {
-  auto it = s.fields().find(key);
-  return it == s.fields().end() ? "" : it->second.string_value();
-}
-
-double Num(const google::protobuf::Struct& s, const std::string& key) {
-  auto it = s.fields().find(key);
-  return it == s.fields().end() ? -1 : it->second.number_value();
-}
-
-google::protobuf::Struct Obj(const google::protobuf::Struct& s, const std::string& key) {
-  auto it = s.fields().find(key);
-  return it == s.fields().end() ? google::protobuf::Struct() : it->second.struct_value();
-}
+using testing::Json;
+using testing::Num;
+using testing::Obj;
+using testing::Str;
 
 double MsSince(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
