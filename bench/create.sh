@@ -26,20 +26,16 @@ tmp="$(mktemp -d -t isorun-bench.XXXXXX)"
 chmod 0755 "$tmp"
 cleanup() { pg_stop; rm -rf "$tmp"; }
 trap cleanup EXIT
-pg_prepare "$tmp"
-port="$(pick_free_port)"
-pg_start "$port" "$tmp/postgres.log"
-export ISORUN_TEST_DATABASE_URL
-ISORUN_TEST_DATABASE_URL="$(pg_url "$port" postgres)"
+pg_throwaway "$tmp"
 
 out="$("$ISORUN_BIN_DIR/isorun-create-load" --clients="$clients" --seconds="$seconds" "${args[@]}")"
 printf '%s\n' "$out"
 creates="$(sed -n 's/^creates_per_sec=//p' <<<"$out")"
 
 bin="$(pg_bindir)"
-pg_ensure_db "$port" pgbench >/dev/null
-"$bin/pgbench" -h 127.0.0.1 -p "$port" -U isorun -i -s 10 -q pgbench >/dev/null 2>&1
-tps="$("$bin/pgbench" -h 127.0.0.1 -p "$port" -U isorun -N -c "$clients" -j 2 -T "$seconds" pgbench 2>/dev/null |
+pg_ensure_db "$PG_PORT" pgbench >/dev/null
+"$bin/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U isorun -i -s 10 -q pgbench >/dev/null 2>&1
+tps="$("$bin/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U isorun -N -c "$clients" -j 2 -T "$seconds" pgbench 2>/dev/null |
   sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)"
 printf 'pgbench_tps=%.0f\n' "$tps"
 awk -v c="$creates" -v t="$tps" 'BEGIN { printf "ratio=%.3f\n", (t > 0 ? c / t : 0) }'

@@ -21,9 +21,5 @@ tmp="$(mktemp -d -t isorun-bench.XXXXXX)"
 chmod 0755 "$tmp"
 cleanup() { pg_stop; rm -rf "$tmp"; }
 trap cleanup EXIT
-pg_prepare "$tmp"
-port="$(pick_free_port)"
-pg_start "$port" "$tmp/postgres.log"
-export ISORUN_TEST_DATABASE_URL
-ISORUN_TEST_DATABASE_URL="$(pg_url "$port" postgres)"
+pg_throwaway "$tmp"
 "$ISORUN_BIN_DIR/isorun-scheduler-bench" "$@"

@@ -51,11 +51,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-pg_prepare "$tmp"
-port="$(pick_free_port)"
-pg_start "$port" "$tmp/postgres.log"
-export ISORUN_TEST_DATABASE_URL
-ISORUN_TEST_DATABASE_URL="$(pg_url "$port" postgres)"
+pg_throwaway "$tmp"
 
 # The test images are built once and shared with the test suites.
 export ISORUN_TEST_IMAGES_DIR="${ISORUN_TEST_IMAGES_DIR:-/tmp/isorun-test-images}"

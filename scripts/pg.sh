@@ -161,3 +161,14 @@ pg_stop() {
 pg_url() {
   printf 'postgresql://%s@127.0.0.1:%s/%s\n' "$PG_ROLE" "$1" "$2"
 }
+
+# pg_throwaway DIR: a fresh PostgreSQL with its data under DIR, on a free port (for benchmarks).
+# Sets PG_PORT and exports ISORUN_TEST_DATABASE_URL (its superuser URL). Stop it with pg_stop.
+pg_throwaway() {
+  local dir="$1"
+  pg_prepare "$dir"
+  PG_PORT="$(pick_free_port)"
+  pg_start "$PG_PORT" "$dir/postgres.log"
+  export ISORUN_TEST_DATABASE_URL
+  ISORUN_TEST_DATABASE_URL="$(pg_url "$PG_PORT" postgres)"
+}
