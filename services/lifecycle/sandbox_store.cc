@@ -287,7 +287,9 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
           "SELECT id, from_state, 'DESTROYING', 'IDLE_TIMEOUT' FROM s) SELECT ",
           Cols(false), " FROM s"));
   pool_.Prepare("lc_claim_stuck",
+                // The constant IN list lets the generic plan use sandboxes_unsettled.
                 absl::StrCat("WITH c AS (SELECT id FROM lifecycle.sandboxes WHERE state = $1 "
+                             "AND state IN ('PENDING', 'STARTING', 'DESTROYING') "
                              "AND updated_at < now() - $2 * interval '1 second' "
                              "ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
                              "UPDATE lifecycle.sandboxes s SET updated_at = now() FROM c "
