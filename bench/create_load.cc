@@ -72,6 +72,9 @@ int main(int argc, char** argv) {
   options.gateway = false;
   options.runners = absl::GetFlag(FLAGS_runners);
   options.runner_slots = 1'000'000;
+  // The services' own defaults for their background loops, not the quick ones tests use.
+  options.reaper_interval_ms = 500;
+  options.reconcile_interval_ms = 5000;
   std::unique_ptr<isorun::testing::Cluster> cluster;
   try {
     cluster = std::make_unique<isorun::testing::Cluster>(options);
