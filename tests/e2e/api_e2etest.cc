@@ -30,7 +30,12 @@ class Api : public ::testing::Test {
   static void SetUpTestSuite() {
     ClusterOptions options;
     options.runner_slots = 1000;
-    cluster_ = new Cluster(options);
+    // An exception here would make gtest skip the suite's tests, not fail them: keep it for SetUp.
+    try {
+      cluster_ = new Cluster(options);
+    } catch (const std::exception& e) {
+      setup_error_ = new std::string(e.what());
+    }
   }
   static void TearDownTestSuite() {
     delete cluster_;
@@ -39,6 +44,7 @@ class Api : public ::testing::Test {
 
   // A fresh tenant per test, so limits and usage never leak between tests.
   void SetUp() override {
+    ASSERT_EQ(setup_error_, nullptr) << "the cluster did not start: " << *setup_error_;
     static std::atomic<int> n{0};
     tenant_name_ = "t" + std::to_string(n++);
     tenant_ = cluster_->CreateTenant(tenant_name_, 5);
@@ -81,10 +87,12 @@ class Api : public ::testing::Test {
   }
 
   static Cluster* cluster_;
+  static std::string* setup_error_;
   std::string tenant_name_, tenant_, key_;
 };
 
 Cluster* Api::cluster_ = nullptr;
+std::string* Api::setup_error_ = nullptr;
 
 TEST_F(Api, CreateGetListTimeoutDelete) {
   auto created = Call("POST", "/v1/sandboxes",

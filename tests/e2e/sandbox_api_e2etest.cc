@@ -129,13 +129,18 @@ class SandboxApi : public ::testing::Test {
     if (!runner::testing::RuncUnavailableReason().empty()) return;
     auto registry = runner::testing::TestRegistryAddress();
     if (!registry.ok()) {
-      registry_error_ = new std::string(registry.status().ToString());
+      setup_error_ = new std::string(registry.status().ToString());
       return;
     }
     ClusterOptions options;
     options.runner_driver = "runc";
     options.registry = *registry;
-    cluster_ = new Cluster(options);
+    // An exception here would make gtest skip the suite's tests, not fail them: keep it for SetUp.
+    try {
+      cluster_ = new Cluster(options);
+    } catch (const std::exception& e) {
+      setup_error_ = new std::string(std::string("the cluster did not start: ") + e.what());
+    }
   }
   static void TearDownTestSuite() {
     delete cluster_;
@@ -144,7 +149,7 @@ class SandboxApi : public ::testing::Test {
 
   void SetUp() override {
     ISORUN_REQUIRE_RUNC();
-    ASSERT_EQ(registry_error_, nullptr) << *registry_error_;
+    ASSERT_EQ(setup_error_, nullptr) << *setup_error_;
     ASSERT_NE(cluster_, nullptr);
     static std::atomic<int> n{0};
     tenant_ = cluster_->CreateTenant("s" + std::to_string(n++), 5);
@@ -209,12 +214,12 @@ class SandboxApi : public ::testing::Test {
   }
 
   static Cluster* cluster_;
-  static std::string* registry_error_;
+  static std::string* setup_error_;
   std::string tenant_, key_;
 };
 
 Cluster* SandboxApi::cluster_ = nullptr;
-std::string* SandboxApi::registry_error_ = nullptr;
+std::string* SandboxApi::setup_error_ = nullptr;
 
 TEST_F(SandboxApi, ExecReturnsOutputExitCodeEnvCwdAndStdin) {
   std::string id = Create(R"(,"env":{"FROM_CREATE":"c1"})");

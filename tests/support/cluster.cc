@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <pqxx/pqxx>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -43,15 +44,44 @@ std::string Tail(const std::string& path, size_t bytes = 4000) {
 
 std::string Addr(int port) { return "127.0.0.1:" + std::to_string(port); }
 
-bool TcpOpen(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  ::close(fd);
-  return ok;
+// Whether process `pid` itself listens on TCP `port`: a listening socket for that port in
+// /proc/net/tcp or tcp6 (gRPC binds 127.0.0.1 as a v4-mapped IPv6 socket) whose inode is one of
+// the process's open files. A port that answers is not enough: between picking a free port and
+// binding it, another process may have taken it.
+bool ListensOn(pid_t pid, int port) {
+  std::set<std::string> inodes;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream tcp(table);
+    std::string line;
+    std::getline(tcp, line);  // header
+    while (std::getline(tcp, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state, queues, timer, retr, uid, timeout, inode;
+      fields >> slot >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >>
+          inode;
+      const size_t colon = local.rfind(':');
+      if (colon == std::string::npos || state != "0A") continue;
+      if (std::stoi(local.substr(colon + 1), nullptr, 16) == port) inodes.insert(inode);
+    }
+  }
+  if (inodes.empty()) return false;
+  const std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = ::opendir(fd_dir.c_str());
+  if (d == nullptr) return false;
+  bool found = false;
+  while (dirent* e = ::readdir(d)) {
+    char target[256];
+    ssize_t n = ::readlink((fd_dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    std::string t = target;  // socket:[INODE]
+    if (t.rfind("socket:[", 0) == 0 && inodes.count(t.substr(8, t.size() - 9)) > 0) {
+      found = true;
+      break;
+    }
+  }
+  ::closedir(d);
+  return found;
 }
 
 }  // namespace
@@ -83,18 +113,45 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   dir_ = tmpl;
   // runc sandboxes run as an unprivileged host uid that must traverse down to their bundles.
   if (options_.runner_driver == "runc") ::chmod(dir_.c_str(), 0711);
-  Define();
-  try {
-    for (const auto& name : order_) Start(name);
-  } catch (...) {
-    Shutdown();
-    throw;
+  for (int attempt = 1;; ++attempt) {
+    Define();
+    try {
+      for (const auto& name : order_) Start(name);
+      return;
+    } catch (const std::exception& e) {
+      StopProcesses();
+      // Ports are picked free here and bound later by the processes: on a busy machine (tests
+      // run in parallel) another process can take one in between. Start over on fresh ports.
+      const std::string why = e.what();
+      const bool port_taken = why.find("Address already in use") != std::string::npos ||
+                              why.find("binding to port") != std::string::npos;
+      if (port_taken && attempt < 4) {
+        processes_.clear();
+        order_.clear();
+        ports_.clear();
+        metrics_ports_.clear();
+        continue;
+      }
+      RemoveDir();
+      throw;
+    }
   }
 }
 
-Cluster::~Cluster() { Shutdown(); }
+Cluster::~Cluster() {
+  StopProcesses();
+  RemoveDir();
+}
 
-void Cluster::Shutdown() {
+void Cluster::RemoveDir() {
+  if (std::getenv("ISORUN_KEEP_CLUSTER_LOGS") == nullptr) {
+    std::string cmd = "rm -rf '" + dir_ + "'";
+    int ignored = std::system(cmd.c_str());
+    (void)ignored;
+  }
+}
+
+void Cluster::StopProcesses() {
   // Reverse order: the gateway first, quota last.
   for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
     Process& p = processes_[*it];
@@ -124,11 +181,6 @@ void Cluster::Shutdown() {
     for (int i = 1; i <= options_.runners; ++i) {
       RemoveRunnerContainers(runner_data_dir("runner-" + std::to_string(i)));
     }
-  }
-  if (std::getenv("ISORUN_KEEP_CLUSTER_LOGS") == nullptr) {
-    std::string cmd = "rm -rf '" + dir_ + "'";
-    int ignored = std::system(cmd.c_str());
-    (void)ignored;
   }
 }
 
@@ -312,7 +364,7 @@ void Cluster::WaitReady(const std::string& name, bool probe_port_first) {
       if (!Running(name)) fail("exited");
       try {
         auto r = HttpRequest("GET", gateway_url() + "/healthz");
-        if (r.status == 200) return;
+        if (r.status == 200 && ListensOn(processes_[name].pid, ports_.at(name))) return;
         last = r.body;
       } catch (const std::exception& e) {
         last = e.what();
@@ -322,14 +374,15 @@ void Cluster::WaitReady(const std::string& name, bool probe_port_first) {
     fail("did not become healthy in 30 s (/healthz: " + last + ")");
   }
   // ClusterOptions::probe_ports: plain connects until the port listens, then the gRPC checks.
-  while (probe_port_first && !TcpOpen(ports_.at(name))) {
+  while (probe_port_first && !ListensOn(processes_[name].pid, ports_.at(name))) {
     if (!Running(name)) fail("exited");
     if (std::chrono::steady_clock::now() > deadline) fail("did not listen in 30 s");
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   auto channel = MakeChannel(grpc_addr(name));
   while (!channel->WaitForConnected(std::chrono::system_clock::now() +
-                                    std::chrono::milliseconds(100))) {
+                                    std::chrono::milliseconds(100)) ||
+         !ListensOn(processes_[name].pid, ports_.at(name))) {
     if (!Running(name)) fail("exited");
     if (std::chrono::steady_clock::now() > deadline) fail("did not listen in 30 s");
   }

@@ -89,7 +89,9 @@ class Cluster {
   };
   void Define();
   // Stops every process (SIGTERM, then SIGKILL) and removes what they leave behind.
-  void Shutdown();
+  // Stops every process (and a runc runner's containers); keeps the folder with the logs.
+  void StopProcesses();
+  void RemoveDir();
   void WaitReady(const std::string& process, bool probe_port_first);
   // Deletes the containers of a runc runner's data dir and unmounts its sandboxes' overlays.
   static void RemoveRunnerContainers(const std::string& data_dir);
