@@ -28,6 +28,7 @@ namespace isorun::runner {
 namespace {
 
 using testing::RemoveScratchDir;
+using testing::HostPidsRunning;
 
 // Counts what reaches the registry.
 class CountingFetcher final : public ImageFetcher {
@@ -68,22 +69,6 @@ v1::ExecRequest Cmd(const std::string& cmd, int timeout_sec = 0) {
 std::string ReasonOf(const absl::Status& s) {
   auto d = ErrorDetailOf(s);
   return d ? d->reason() : "";
-}
-
-// Host pids whose command line is exactly `cmdline` (arguments joined by spaces).
-std::vector<int> HostPidsRunning(const std::string& cmdline) {
-  std::vector<int> out;
-  for (const auto& name : ListDir("/proc")) {
-    int pid = 0;
-    if (!absl::SimpleAtoi(name, &pid)) continue;
-    auto text = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
-    if (!text.ok() || text->empty()) continue;
-    std::string args = *text;
-    if (args.back() == '\0') args.pop_back();
-    std::replace(args.begin(), args.end(), '\0', ' ');
-    if (args == cmdline) out.push_back(pid);
-  }
-  return out;
 }
 
 // HostPidsRunning, polled for up to a second until there is one (a background job of an exec

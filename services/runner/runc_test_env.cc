@@ -12,11 +12,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -66,16 +68,6 @@ void StopRegistry() {
   if (!g_registry_dir.empty()) (void)RemoveTree(g_registry_dir);
 }
 
-bool TcpOpen(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  ::close(fd);
-  return ok;
-}
 
 absl::StatusOr<std::string> StartRegistry() {
   const std::string script = std::string(ISORUN_SOURCE_DIR) + "/scripts/registry.sh";
@@ -103,7 +95,7 @@ absl::StatusOr<std::string> StartRegistry() {
   g_registry_pid = pid;
   std::atexit(StopRegistry);
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (!TcpOpen(port)) {
+  while (!LoopbackPortOpen(port)) {
     if (::waitpid(pid, nullptr, WNOHANG) == pid) {
       g_registry_pid = 0;
       auto text = ReadFile(log);
@@ -160,6 +152,32 @@ void RemoveScratchDir(const std::string& dir) {
     ::umount2((dir + "/sandboxes/" + id + "/rootfs").c_str(), MNT_DETACH);
   }
   (void)RemoveTree(dir);
+}
+
+bool LoopbackPortOpen(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool open = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return open;
+}
+
+std::vector<int> HostPidsRunning(const std::string& cmdline) {
+  std::vector<int> out;
+  for (const auto& name : ListDir("/proc")) {
+    int pid = 0;
+    if (!absl::SimpleAtoi(name, &pid)) continue;
+    auto text = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
+    if (!text.ok() || text->empty()) continue;
+    std::string args = *text;
+    if (args.back() == '\0') args.pop_back();
+    std::replace(args.begin(), args.end(), '\0', ' ');
+    if (args == cmdline) out.push_back(pid);
+  }
+  return out;
 }
 
 int FreeLoopbackPort() {

@@ -4,6 +4,7 @@
 // the test images, and scratch directories that are cleaned up with their containers.
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -38,5 +39,11 @@ void RemoveScratchDir(const std::string& dir);
 
 // A TCP port on 127.0.0.1 that is free right now.
 int FreeLoopbackPort();
+
+// Whether something accepts connections on 127.0.0.1:`port`.
+bool LoopbackPortOpen(int port);
+
+// Host pids whose command line is exactly `cmdline` (arguments joined by spaces).
+std::vector<int> HostPidsRunning(const std::string& cmdline);
 
 }  // namespace isorun::runner::testing

@@ -30,20 +30,6 @@
 namespace isorun::runner {
 namespace {
 
-bool HostProcessRunning(const std::string& cmdline) {
-  for (const auto& name : ListDir("/proc")) {
-    int pid = 0;
-    if (!absl::SimpleAtoi(name, &pid)) continue;
-    auto text = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
-    if (!text.ok() || text->empty()) continue;
-    std::string args = *text;
-    if (args.back() == '\0') args.pop_back();
-    std::replace(args.begin(), args.end(), '\0', ' ');
-    if (args == cmdline) return true;
-  }
-  return false;
-}
-
 std::string ReasonOf(const grpc::Status& s) {
   auto d = ErrorDetailOf(FromGrpcStatus(s));
   return d ? d->reason() : "";
@@ -133,7 +119,7 @@ TEST_F(RunnerServiceTest, AClientThatGoesAwayKillsTheCommand) {
   EXPECT_EQ(chunk.stdout(), "ready\n");
   bool running = false;  // "ready" comes just before the shell starts the sleep
   for (int i = 0; i < 40 && !running; ++i) {
-    running = HostProcessRunning("sleep 109");
+    running = !testing::HostPidsRunning("sleep 109").empty();
     if (!running) absl::SleepFor(absl::Milliseconds(25));
   }
   EXPECT_TRUE(running);
@@ -144,7 +130,7 @@ TEST_F(RunnerServiceTest, AClientThatGoesAwayKillsTheCommand) {
   bool gone = false;
   for (int i = 0; i < 40 && !gone; ++i) {
     absl::SleepFor(absl::Milliseconds(50));
-    gone = !HostProcessRunning("sleep 109");
+    gone = testing::HostPidsRunning("sleep 109").empty();
   }
   EXPECT_TRUE(gone) << "the command outlived its client";
 }
@@ -189,17 +175,6 @@ TEST_F(RunnerServiceTest, ErrorsCarryTheirReasons) {
   v1::ExecResponse resp;
   EXPECT_EQ(stub_->Exec(&ctx, ExecReq("sbx_unknown", "true"), &resp).error_code(),
             grpc::StatusCode::NOT_FOUND);
-}
-
-bool TcpOpen(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool open = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  ::close(fd);
-  return open;
 }
 
 TEST_F(RunnerServiceTest, PullImagePreWarmsTheCache) {
@@ -265,7 +240,7 @@ class RunnerProcessTest : public ::testing::Test {
     // Wait for the port before making the channel: a channel that meets a refused connection
     // backs off (1 s and growing), which would dominate this test.
     const absl::Time t0 = absl::Now();
-    while (!TcpOpen(port_)) {
+    while (!testing::LoopbackPortOpen(port_)) {
       ASSERT_EQ(::waitpid(pid_, nullptr, WNOHANG), 0) << "runner exited: " << *ReadFile(log);
       ASSERT_LT(absl::Now() - t0, absl::Seconds(20)) << "runner did not listen: " << *ReadFile(log);
       absl::SleepFor(absl::Milliseconds(10));
