@@ -75,13 +75,8 @@ int main(int argc, char** argv) {
   // The services' own defaults for their background loops, not the quick ones tests use.
   options.reaper_interval_ms = 500;
   options.reconcile_interval_ms = 5000;
-  std::unique_ptr<isorun::testing::Cluster> cluster;
-  try {
-    cluster = std::make_unique<isorun::testing::Cluster>(options);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cannot start the cluster: %s\n", e.what());
-    return 1;
-  }
+  auto cluster = isorun::testing::Cluster::StartOrExplain(options);
+  if (!cluster) return 1;
   const std::string tenant = cluster->CreateTenant("bench", 1'000'000);
   std::vector<std::unique_ptr<isorun::v1::Sandboxes::Stub>> stubs;
   for (int i = 0; i < absl::GetFlag(FLAGS_channels); ++i) {

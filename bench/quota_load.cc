@@ -84,13 +84,8 @@ int main(int argc, char** argv) {
   isorun::testing::ClusterOptions options;
   options.gateway = false;
   options.runners = 0;
-  std::unique_ptr<isorun::testing::Cluster> cluster;
-  try {
-    cluster = std::make_unique<isorun::testing::Cluster>(options);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cannot start the cluster: %s\n", e.what());
-    return 1;
-  }
+  auto cluster = isorun::testing::Cluster::StartOrExplain(options);
+  if (!cluster) return 1;
   const int clients = absl::GetFlag(FLAGS_clients);
   const int seconds = absl::GetFlag(FLAGS_seconds);
   std::vector<std::string> spread;

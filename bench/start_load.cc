@@ -259,13 +259,8 @@ int main(int argc, char** argv) {
   // The breakdown starts sandboxes on the runner behind the lifecycle's back; its reconciler
   // would stop them as strays. Everything here is deleted explicitly (and leftovers counted).
   options.reconcile_interval_ms = 600'000;
-  std::unique_ptr<isorun::testing::Cluster> cluster;
-  try {
-    cluster = std::make_unique<isorun::testing::Cluster>(options);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cannot start the cluster: %s\n", e.what());
-    return 1;
-  }
+  auto cluster = isorun::testing::Cluster::StartOrExplain(options);
+  if (!cluster) return 1;
   const std::string tenant = cluster->CreateTenant("bench", 1000);
   cluster->db().Scalar(
       "UPDATE quota.limits SET creates_per_sec = 100000, requests_per_sec = 100000 "

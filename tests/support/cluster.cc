@@ -138,6 +138,15 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   }
 }
 
+std::unique_ptr<Cluster> Cluster::StartOrExplain(ClusterOptions options) {
+  try {
+    return std::make_unique<Cluster>(std::move(options));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cannot start the cluster: %s\n", e.what());
+    return nullptr;
+  }
+}
+
 Cluster::~Cluster() {
   StopProcesses();
   RemoveDir();

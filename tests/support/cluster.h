@@ -79,6 +79,10 @@ class Cluster {
 
   static std::string BinDir();
 
+  // A started cluster, or nullptr after saying on stderr why it did not start (for the load
+  // programs of `./isorun bench`, which exit with an error then).
+  static std::unique_ptr<Cluster> StartOrExplain(ClusterOptions options);
+
  private:
   struct Process {
     std::string binary;
