@@ -340,18 +340,7 @@ std::vector<RunnerStatus> Fleet::List() {
     const RunnerSlot& s = state_.slot(r);
     const RunnerRecord& rec = state_.record(r);
     RunnerStatus st;
-    st.view.id = rec.id;
-    st.view.name = rec.name;
-    st.view.address = rec.address;
-    st.view.region = rec.region;
-    st.view.capacity = s.capacity;
-    st.view.allocated = s.allocated();
-    st.view.images = rec.images;
-    st.view.sandbox_ids = rec.sandbox_ids;
-    st.view.image_cache_bytes = rec.image_cache_bytes;
-    st.view.image_cache_used_bytes = rec.image_cache_used_bytes;
-    st.view.last_heartbeat = s.last_heartbeat;
-    st.view.draining = s.draining;
+    st.view = state_.View(r);
     st.state = StateOf(r, now);
     st.reserved = s.reserved;
     const Tracking& t = TrackingOf(r);
@@ -409,15 +398,7 @@ absl::Status Fleet::Sync() {
         t.images_dirty = false;
       }
       if (t.capacity_dirty) {
-        RunnerView v;
-        v.name = rec.name;
-        v.address = rec.address;
-        v.region = rec.region;
-        v.capacity = s.capacity;
-        v.images = rec.images;
-        v.image_cache_bytes = rec.image_cache_bytes;
-        v.image_cache_used_bytes = rec.image_cache_used_bytes;
-        resized.push_back(std::move(v));
+        resized.push_back(state_.View(r));
         t.capacity_dirty = false;
       }
     }

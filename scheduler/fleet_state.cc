@@ -96,6 +96,25 @@ RunnerIndex FleetState::Upsert(const RunnerView& view) {
   return r;
 }
 
+RunnerView FleetState::View(RunnerIndex r) const {
+  const RunnerSlot& s = slots_[r];
+  const RunnerRecord& rec = records_[r];
+  RunnerView v;
+  v.id = rec.id;
+  v.name = rec.name;
+  v.address = rec.address;
+  v.region = rec.region;
+  v.capacity = s.capacity;
+  v.allocated = s.allocated();
+  v.images = rec.images;
+  v.sandbox_ids = rec.sandbox_ids;
+  v.image_cache_bytes = rec.image_cache_bytes;
+  v.image_cache_used_bytes = rec.image_cache_used_bytes;
+  v.last_heartbeat = s.last_heartbeat;
+  v.draining = s.draining;
+  return v;
+}
+
 ImageId FleetState::Intern(const CachedImage& image) {
   absl::string_view key = KeyOf(image);
   if (key.empty()) return kNoImage;

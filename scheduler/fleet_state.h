@@ -129,6 +129,8 @@ class FleetState {
   const RunnerSlot& slot(RunnerIndex r) const { return slots_[r]; }
   RunnerSlot& mutable_slot(RunnerIndex r) { return slots_[r]; }
   const RunnerRecord& record(RunnerIndex r) const { return records_[r]; }
+  // Runner `r` as a whole (the inverse of what Upsert takes in).
+  RunnerView View(RunnerIndex r) const;
   RunnerRecord& mutable_record(RunnerIndex r) { return records_[r]; }
 
   // Replaces the runner's cached images and updates the image index (only the images that came
