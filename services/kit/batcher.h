@@ -30,6 +30,9 @@ class Batcher {
  public:
   using BatchFn = std::function<std::vector<Out>(std::vector<In>&)>;
 
+  // One batch in flight (the default) makes the calls that arrive meanwhile the next, larger
+  // batch: for the lifecycle's statements and RPCs that measured both faster and cheaper than two
+  // smaller batches in flight.
   explicit Batcher(BatchFn fn, size_t max_batch = 64, int max_inflight = 1)
       : fn_(std::move(fn)),
         max_batch_(max_batch == 0 ? 1 : max_batch),

@@ -38,21 +38,15 @@ absl::Status Wrap(const grpc::Status& s, const char* who) {
 
 }  // namespace
 
-constexpr size_t kMaxBatch = 64;
-// One batch of a kind at a time: the calls that arrive meanwhile make the next batch larger, which
-// measured both faster and cheaper than two smaller batches in flight.
-constexpr int kMaxInflight = 1;
-
 GrpcBackends::GrpcBackends(std::shared_ptr<grpc::Channel> quota,
                            std::shared_ptr<grpc::Channel> scheduler, BackendDeadlines deadlines)
     : quota_(v1::Quotas::NewStub(quota)),
       scheduler_(v1::Scheduler::NewStub(scheduler)),
       deadlines_(deadlines),
-      admits_([this](auto& items) { return AdmitBatch(items); }, kMaxBatch, kMaxInflight),
-      releases_([this](auto& items) { return ReleaseBatch(items); }, kMaxBatch, kMaxInflight),
-      places_([this](auto& items) { return PlaceBatch(items); }, kMaxBatch, kMaxInflight),
-      placement_releases_([this](auto& items) { return ReleasePlacementBatch(items); }, kMaxBatch,
-                          kMaxInflight) {}
+      admits_([this](auto& items) { return AdmitBatch(items); }),
+      releases_([this](auto& items) { return ReleaseBatch(items); }),
+      places_([this](auto& items) { return PlaceBatch(items); }),
+      placement_releases_([this](auto& items) { return ReleasePlacementBatch(items); }) {}
 
 v1::Runner::Stub& GrpcBackends::RunnerAt(const std::string& address) {
   RunnerChannel* runner = nullptr;

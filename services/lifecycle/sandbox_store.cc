@@ -60,9 +60,9 @@ std::string BatchRows(int params) {
 // A guarded transition of a batch of sandboxes. $1 is the array of ids, $2.. arrays of per-row
 // text parameters, seen as r.p1, r.p2, ...; `set`, `guard` and `reason` are SQL over `s` (the row),
 // `prev` (its state before) and `r`. Rows are locked in id order, so concurrent batches cannot
-// deadlock; a row whose guard fails is not returned.
+// deadlock; a row whose guard fails is not in `s`. AddTransition appends what is selected.
 std::string TransitionSql(const std::string& to, const std::string& guard, const std::string& set,
-                          const std::string& reason, int params, bool full = false) {
+                          const std::string& reason, int params) {
   return absl::StrCat(
       BatchRows(params),
       "prev AS (SELECT s.id, s.state FROM lifecycle.sandboxes s WHERE s.id IN "
@@ -72,23 +72,21 @@ std::string TransitionSql(const std::string& to, const std::string& guard, const
       " FROM prev JOIN r ON r.id = prev.id WHERE s.id = prev.id AND ", guard,
       " RETURNING s.*, prev.state AS from_state, ", reason, " AS event_reason), "
       "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
-      "SELECT id, from_state, state, event_reason FROM s) SELECT ",
-      Cols(full), " FROM s");
+      "SELECT id, from_state, state, event_reason FROM s)");
 }
 
 // The same for a transition from one state only: the prior state is known, so the guard sits in
 // the UPDATE itself (Postgres re-checks it on a row that changed while it waited for the lock)
 // and no locking read comes first. Half the work of the general form on the hot path.
 std::string TransitionFromSql(const std::string& from, const std::string& to,
-                              const std::string& set, const std::string& reason, int params,
-                              bool full = false) {
+                              const std::string& set, const std::string& reason, int params) {
   return absl::StrCat(
       BatchRows(params),
       "s AS (UPDATE lifecycle.sandboxes s SET state = '", to, "', updated_at = now()",
       set.empty() ? "" : ", ", set, " FROM r WHERE s.id = r.id AND s.state = '", from,
       "' RETURNING s.*, ", reason, " AS event_reason), "
       "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
-      "SELECT id, '", from, "', state, event_reason FROM s) SELECT ", Cols(full), " FROM s");
+      "SELECT id, '", from, "', state, event_reason FROM s)");
 }
 
 std::string MapJson(const google::protobuf::Map<std::string, std::string>& map) {
@@ -152,12 +150,6 @@ Sandbox FromRow(const pqxx::row& row, Detail detail = Detail::kFull) {
   return sb;
 }
 
-// Inputs of one batched statement, and batches running at once per statement.
-constexpr size_t kMaxBatch = 64;
-// One batch of a kind at a time: the calls that arrive meanwhile make the next batch larger, which
-// measured both faster and cheaper than two smaller batches in flight.
-constexpr int kMaxInflight = 1;
-
 absl::Status NotFound(const std::string& id) {
   return Error(absl::StatusCode::kNotFound, "NOT_FOUND",
                absl::StrCat("sandbox ", id, " not found"));
@@ -210,7 +202,7 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
       TransitionFromSql("STARTING", "RUNNING",
                         "image_digest = r.p1, "
                         "expires_at = now() + s.timeout_sec * interval '1 second'",
-                        "NULL", 1, true),
+                        "NULL", 1),
       Durability::kSync, true);
   to_failed_ = &AddTransition(
       "lc_to_failed",
@@ -231,13 +223,12 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                                  Durability::kSync, false);
   to_hibernated_ = &AddTransition(
       "lc_to_hibernated",
-      TransitionFromSql("RUNNING", "HIBERNATED", "expires_at = NULL", "NULL", 0, true),
+      TransitionFromSql("RUNNING", "HIBERNATED", "expires_at = NULL", "NULL", 0),
       Durability::kSync, true);
   to_resumed_ = &AddTransition(
       "lc_to_resumed",
       TransitionFromSql("HIBERNATED", "RUNNING",
-                        "expires_at = now() + s.timeout_sec * interval '1 second'", "NULL", 0,
-                        true),
+                        "expires_at = now() + s.timeout_sec * interval '1 second'", "NULL", 0),
       Durability::kSync, true);
   to_lost_ = &AddTransition(
       "lc_to_lost",
@@ -247,7 +238,7 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                     "'RUNNER_LOST'", 1),
       Durability::kSync, false);
   inserts_ = std::make_unique<Batcher<InsertCall, absl::Status>>(
-      [this](std::vector<InsertCall>& calls) { return RunInserts(calls); }, kMaxBatch, kMaxInflight);
+      [this](std::vector<InsertCall>& calls) { return RunInserts(calls); });
   pool_.Prepare("lc_states_of",
                 "SELECT id, state, coalesce(runner_id, ''), "
                 "extract(epoch FROM now() - updated_at)::float8 FROM lifecycle.sandboxes "
@@ -460,12 +451,12 @@ absl::StatusOr<int> SandboxStore::CountInState(const std::string& tenant_id, San
 SandboxStore::TransitionBatcher& SandboxStore::AddTransition(const std::string& name,
                                                              const std::string& sql,
                                                              Durability durability, bool full) {
-  pool_.Prepare(name, sql);
+  // The sandboxes moved, with their JSON columns only for callers that read them.
+  pool_.Prepare(name, absl::StrCat(sql, " SELECT ", Cols(full), " FROM s"));
   transitions_.push_back(std::make_unique<TransitionBatcher>(
       [this, name, durability, full](std::vector<TransitionCall>& calls) {
         return RunTransitions(name, durability, full, calls);
-      },
-      kMaxBatch, kMaxInflight));
+      }));
   return *transitions_.back();
 }
 

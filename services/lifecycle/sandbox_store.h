@@ -116,7 +116,8 @@ class SandboxStore {
   };
   using TransitionResult = absl::StatusOr<std::optional<Sandbox>>;
   using TransitionBatcher = Batcher<TransitionCall, TransitionResult>;
-  // Concurrent transitions of one kind share a statement (see kit/batcher.h).
+  // Concurrent transitions of one kind share a statement (see kit/batcher.h). `sql` defines the
+  // moved rows as `s` (TransitionSql); `full`: callers read their JSON columns too.
   TransitionBatcher& AddTransition(const std::string& name, const std::string& sql,
                                    Durability durability, bool full);
   std::vector<TransitionResult> RunTransitions(const std::string& name, Durability durability,
