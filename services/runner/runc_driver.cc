@@ -30,6 +30,7 @@ namespace {
 constexpr char kMetaFile[] = "sandbox.meta";
 constexpr char kDefaultPath[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 constexpr absl::Duration kRuncTimeout = absl::Seconds(60);
+constexpr int kPauseAttempts = 5;
 
 absl::Status UnknownSandbox(const std::string& id) {
   return absl::NotFoundError(absl::StrCat("no sandbox ", id, " on this runner"));
@@ -436,8 +437,24 @@ absl::Status RuncDriver::Pause(const std::string& sandbox_id) {
     if (sb->state == State::kPaused) return absl::OkStatus();
     if (sb->state != State::kRunning) return UnknownSandbox(sandbox_id);
   }
-  auto paused = RunRunc(Runc({"pause", sandbox_id}));
-  if (!paused.ok()) return paused.status();
+  // With cgroup v1, the freezer can stay FREEZING while processes in the sandbox keep forking;
+  // runc then gives up ("unable to freeze") and thaws. The forks are short-lived, so a later try
+  // finds a quiet moment. Any other failure is final, and the sandbox is left running.
+  absl::StatusOr<std::string> paused;
+  for (int attempt = 1;; ++attempt) {
+    paused = RunRunc(Runc({"pause", sandbox_id}));
+    if (paused.ok() || attempt == kPauseAttempts ||
+        !absl::StrContains(paused.status().message(), "unable to freeze")) {
+      break;
+    }
+    LogWarn("pause: retrying", {{"sandbox", sandbox_id}, {"attempt", absl::StrCat(attempt)}});
+    absl::SleepFor(absl::Milliseconds(20 * attempt));
+  }
+  if (!paused.ok()) {
+    (void)RunRunc(Runc({"resume", sandbox_id}));
+    LogWarn("pause failed", {{"sandbox", sandbox_id}, {"error", paused.status().ToString()}});
+    return paused.status();
+  }
   absl::MutexLock lock(&mu_);
   sb->state = State::kPaused;
   return absl::OkStatus();

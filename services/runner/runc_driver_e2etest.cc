@@ -356,7 +356,8 @@ TEST_F(RuncDriverTest, HibernateFreezesProcessesAndResumeContinuesThem) {
   absl::SleepFor(absl::Milliseconds(400));
   const int before = read_count();
   EXPECT_GT(before, 0);
-  ASSERT_TRUE(driver_->Pause("sbx_h").ok());
+  absl::Status paused = driver_->Pause("sbx_h");
+  ASSERT_TRUE(paused.ok()) << paused;
   ASSERT_TRUE(driver_->Pause("sbx_h").ok()) << "idempotent";
   absl::SleepFor(absl::Milliseconds(200));
   const int frozen = read_count();
