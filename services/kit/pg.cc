@@ -27,12 +27,24 @@ std::unique_ptr<pqxx::connection> PgPool::Connect(Durability durability) {
     // Our statements are small and keyed (ids, arrays of ids): one generic plan per connection
     // serves them all. Left to choose, Postgres re-plans each execution whenever the custom plan
     // looks cheaper, and planning the CTE-shaped statements costs more than running them.
-    nt.exec0(durability == Durability::kAsync
-                 ? "SET plan_cache_mode TO force_generic_plan; SET synchronous_commit TO OFF"
-                 : "SET plan_cache_mode TO force_generic_plan");
+    // That plan is made once, often while a table is new and looks a few pages long, and kept:
+    // a sequential scan chosen then would read the whole table on every call as it grows. Every
+    // statement of ours is meant to go through an index, so sequential scans are off unless no
+    // index can serve a statement at all. Such a plan carries the huge cost that marks a disabled
+    // path, which would otherwise make Postgres compile it (JIT) for half a second.
+    const std::string settings =
+        "SET plan_cache_mode TO force_generic_plan; SET enable_seqscan TO off; SET jit TO off";
+    nt.exec0(durability == Durability::kAsync ? settings + "; SET synchronous_commit TO OFF"
+                                              : settings);
   }
   for (const auto& [name, sql] : statements_) conn->prepare(name, sql);
   return conn;
+}
+
+std::vector<std::string> PgPool::StatementNames() const {
+  std::vector<std::string> names;
+  for (const auto& [name, sql] : statements_) names.push_back(name);
+  return names;
 }
 
 std::unique_ptr<pqxx::connection> PgPool::OpenDedicated() {

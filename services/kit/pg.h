@@ -57,6 +57,8 @@ class PgPool {
   std::unique_ptr<pqxx::connection> OpenDedicated();
 
   const std::string& url() const { return url_; }
+  // The names of the registered statements (each connection prepares one when first used).
+  std::vector<std::string> StatementNames() const;
 
  private:
   // Connections are kept apart by their session's synchronous_commit, so choosing a durability

@@ -10,6 +10,8 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
 #include "quotas/quota_service.h"
 #include "quotas/quota_store.h"
 #include "scheduler/fleet.h"
@@ -232,6 +234,43 @@ TEST_F(LifecycleTest, CreateRunsAndDestroyReleasesEverything) {
   // Idempotent.
   EXPECT_TRUE(lifecycle_->Destroy(tenant_, sb->id()).ok());
   EXPECT_EQ(lifecycle_->Destroy(tenant_, "sbx_unknown").code(), absl::StatusCode::kNotFound);
+}
+
+// Each service connection keeps one plan per statement, made on its first use, typically while
+// the tables are new (as here). No statement on the paths every sandbox takes may then read a whole table:
+// it would cost more with every sandbox ever made.
+TEST_F(LifecycleTest, NoStatementScansAHotTable) {
+  const std::set<std::string> hot = {"sandboxes", "sandbox_events", "reservations", "usage",
+                                     "placements"};
+  std::vector<std::string> scans;
+  int explained = 0;
+  absl::Status explain = pool_->Execute([&](pqxx::nontransaction& tx) {
+                    for (const auto& name : pool_->StatementNames()) {
+                      tx.conn().prepare_now(name);
+                      const int params =
+                          tx.exec_params1("SELECT cardinality(parameter_types) FROM "
+                                          "pg_prepared_statements WHERE name = $1",
+                                          name)[0]
+                              .as<int>();
+                      std::vector<std::string> nulls(params, "NULL");
+                      std::string plan;
+                      for (const auto& line : tx.exec("EXPLAIN EXECUTE " + name +
+                                                      (nulls.empty() ? "" : "(" +
+                                                      absl::StrJoin(nulls, ", ") + ")"))) {
+                        absl::StrAppend(&plan, line[0].as<std::string>(), "\n");
+                      }
+                      ++explained;
+                      for (const auto& table : hot) {
+                        if (absl::StrContains(plan, "Seq Scan on " + table + " ")) {
+                          scans.push_back(name + " reads " + table + ":\n" + plan);
+                        }
+                      }
+                    }
+                    return absl::OkStatus();
+                  });
+  ASSERT_TRUE(explain.ok()) << explain;
+  EXPECT_GT(explained, 20);
+  EXPECT_TRUE(scans.empty()) << absl::StrJoin(scans, "\n");
 }
 
 TEST_F(LifecycleTest, ExactlyLimitWinsWhenFiftyCreatesRaceForFive) {

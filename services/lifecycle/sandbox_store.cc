@@ -65,11 +65,12 @@ std::string TransitionSql(const std::string& to, const std::string& guard, const
                           const std::string& reason, int params) {
   return absl::StrCat(
       BatchRows(params),
-      "prev AS (SELECT s.id, s.state FROM lifecycle.sandboxes s WHERE s.id IN "
-      "(SELECT id FROM r) ORDER BY s.id FOR UPDATE), "
+      "prev AS (SELECT s.id, s.state FROM lifecycle.sandboxes s WHERE s.id = ANY($1::text[]) "
+      "ORDER BY s.id FOR UPDATE), "
       "s AS (UPDATE lifecycle.sandboxes s SET state = '",
       to, "', updated_at = now()", set.empty() ? "" : ", ", set,
-      " FROM prev JOIN r ON r.id = prev.id WHERE s.id = prev.id AND ", guard,
+      " FROM prev JOIN r ON r.id = prev.id WHERE s.id = ANY($1::text[]) AND s.id = prev.id AND ",
+      guard,
       " RETURNING s.*, prev.state AS from_state, ", reason, " AS event_reason), "
       "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
       "SELECT id, from_state, state, event_reason FROM s)");
@@ -78,15 +79,20 @@ std::string TransitionSql(const std::string& to, const std::string& guard, const
 // The same for a transition from one state only: the prior state is known, so the guard sits in
 // the UPDATE itself (Postgres re-checks it on a row that changed while it waited for the lock)
 // and no locking read comes first. Half the work of the general form on the hot path.
-std::string TransitionFromSql(const std::string& from, const std::string& to,
-                              const std::string& set, const std::string& reason, int params) {
+// A transition from one state, with the guard in the UPDATE and no locking read first. The state
+// it moves from is the statement's last parameter (AddTransition's `fixed`), not a literal: a
+// literal state would let the plan read through a partial index on state, whose dead entries pile
+// up between vacuums, instead of the primary key.
+std::string TransitionFromSql(const std::string& to, const std::string& set,
+                              const std::string& reason, int params) {
+  const std::string from = absl::StrCat("$", params + 2, "::text");
   return absl::StrCat(
       BatchRows(params),
       "s AS (UPDATE lifecycle.sandboxes s SET state = '", to, "', updated_at = now()",
-      set.empty() ? "" : ", ", set, " FROM r WHERE s.id = r.id AND s.state = '", from,
-      "' RETURNING s.*, ", reason, " AS event_reason), "
+      set.empty() ? "" : ", ", set, " FROM r WHERE s.id = ANY($1::text[]) AND s.id = r.id AND ",
+      "s.state = ", from, " RETURNING s.*, ", reason, " AS event_reason), "
       "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
-      "SELECT id, '", from, "', state, event_reason FROM s)");
+      "SELECT id, ", from, ", state, event_reason FROM s)");
 }
 
 std::string MapJson(const google::protobuf::Map<std::string, std::string>& map) {
@@ -192,18 +198,18 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
   pool_.Prepare("lc_count_state",
                 "SELECT count(*) FROM lifecycle.sandboxes WHERE tenant_id = $1 AND state = $2");
   to_starting_ = &AddTransition("lc_to_starting",
-                                TransitionFromSql("PENDING", "STARTING",
+                                TransitionFromSql("STARTING",
                                                   "runner_id = r.p1, runner_address = r.p2",
                                                   "NULL", 2),
-                                Durability::kAsync, false);
+                                Durability::kAsync, false, {"PENDING"});
   // Durable: the client is told the sandbox runs right after this commit.
   to_running_ = &AddTransition(
       "lc_to_running",
-      TransitionFromSql("STARTING", "RUNNING",
+      TransitionFromSql("RUNNING",
                         "image_digest = r.p1, "
                         "expires_at = now() + s.timeout_sec * interval '1 second'",
                         "NULL", 1),
-      Durability::kSync, true);
+      Durability::kSync, true, {"STARTING"});
   to_failed_ = &AddTransition(
       "lc_to_failed",
       TransitionSql("FAILED", "prev.state IN ('PENDING', 'STARTING')",
@@ -217,19 +223,19 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                     "end_reason = r.p1, expires_at = NULL", "r.p1", 3),
       Durability::kAsync, false);
   to_destroyed_ = &AddTransition("lc_to_destroyed",
-                                 TransitionFromSql("DESTROYING", "DESTROYED",
+                                 TransitionFromSql("DESTROYED",
                                                    "ended_at = now(), expires_at = NULL",
                                                    "s.end_reason", 0),
-                                 Durability::kSync, false);
+                                 Durability::kSync, false, {"DESTROYING"});
   to_hibernated_ = &AddTransition(
       "lc_to_hibernated",
-      TransitionFromSql("RUNNING", "HIBERNATED", "expires_at = NULL", "NULL", 0),
-      Durability::kSync, true);
+      TransitionFromSql("HIBERNATED", "expires_at = NULL", "NULL", 0),
+      Durability::kSync, true, {"RUNNING"});
   to_resumed_ = &AddTransition(
       "lc_to_resumed",
-      TransitionFromSql("HIBERNATED", "RUNNING",
+      TransitionFromSql("RUNNING",
                         "expires_at = now() + s.timeout_sec * interval '1 second'", "NULL", 0),
-      Durability::kSync, true);
+      Durability::kSync, true, {"HIBERNATED"});
   to_lost_ = &AddTransition(
       "lc_to_lost",
       TransitionSql("LOST", "prev.state IN ('RUNNING', 'HIBERNATED')",
@@ -450,19 +456,20 @@ absl::StatusOr<int> SandboxStore::CountInState(const std::string& tenant_id, San
 
 SandboxStore::TransitionBatcher& SandboxStore::AddTransition(const std::string& name,
                                                              const std::string& sql,
-                                                             Durability durability, bool full) {
+                                                             Durability durability, bool full,
+                                                             std::vector<std::string> fixed) {
   // The sandboxes moved, with their JSON columns only for callers that read them.
   pool_.Prepare(name, absl::StrCat(sql, " SELECT ", Cols(full), " FROM s"));
   transitions_.push_back(std::make_unique<TransitionBatcher>(
-      [this, name, durability, full](std::vector<TransitionCall>& calls) {
-        return RunTransitions(name, durability, full, calls);
+      [this, name, durability, full, fixed = std::move(fixed)](std::vector<TransitionCall>& calls) {
+        return RunTransitions(name, fixed, durability, full, calls);
       }));
   return *transitions_.back();
 }
 
 std::vector<SandboxStore::TransitionResult> SandboxStore::RunTransitions(
-    const std::string& name, Durability durability, bool full,
-    std::vector<TransitionCall>& calls) {
+    const std::string& name, const std::vector<std::string>& fixed, Durability durability,
+    bool full, std::vector<TransitionCall>& calls) {
   std::vector<TransitionResult> out(calls.size(), std::optional<Sandbox>());
   // One statement moves a row at most once: a second call for the same sandbox in this batch
   // waits for the next round, and sees the row as the first call left it.
@@ -481,6 +488,7 @@ std::vector<SandboxStore::TransitionResult> SandboxStore::RunTransitions(
     }
     std::vector<std::string> arrays;
     for (const auto& c : cols) arrays.push_back(PgTextArray(c));
+    arrays.insert(arrays.end(), fixed.begin(), fixed.end());
     std::map<std::string, Sandbox> moved;
     absl::Status s = pool_.Execute(
         [&](pqxx::nontransaction& tx) {
@@ -498,7 +506,7 @@ std::vector<SandboxStore::TransitionResult> SandboxStore::RunTransitions(
       // One bad row fails the statement: run the round one by one so only it fails.
       for (size_t i : round) {
         std::vector<TransitionCall> one = {calls[i]};
-        out[i] = RunTransitions(name, durability, full, one)[0];
+        out[i] = RunTransitions(name, fixed, durability, full, one)[0];
       }
     } else {
       for (size_t i : round) {

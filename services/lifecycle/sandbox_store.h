@@ -117,11 +117,15 @@ class SandboxStore {
   using TransitionResult = absl::StatusOr<std::optional<Sandbox>>;
   using TransitionBatcher = Batcher<TransitionCall, TransitionResult>;
   // Concurrent transitions of one kind share a statement (see kit/batcher.h). `sql` defines the
-  // moved rows as `s` (TransitionSql); `full`: callers read their JSON columns too.
+  // moved rows as `s` (TransitionSql); `full`: callers read their JSON columns too; `fixed`: the
+  // values of the parameters that follow the row arrays (TransitionFromSql's state).
   TransitionBatcher& AddTransition(const std::string& name, const std::string& sql,
-                                   Durability durability, bool full);
-  std::vector<TransitionResult> RunTransitions(const std::string& name, Durability durability,
-                                               bool full, std::vector<TransitionCall>& calls);
+                                   Durability durability, bool full,
+                                   std::vector<std::string> fixed = {});
+  std::vector<TransitionResult> RunTransitions(const std::string& name,
+                                               const std::vector<std::string>& fixed,
+                                               Durability durability, bool full,
+                                               std::vector<TransitionCall>& calls);
 
   struct InsertCall {
     const v1::CreateSandboxRequest* request;
