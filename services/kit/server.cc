@@ -20,6 +20,10 @@ absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
   grpc::ResourceQuota quota("isorun");
   quota.SetMaxThreads(max_threads);
   builder.SetResourceQuota(quota);
+  // A sync server thread that finishes a call exits when more than MAX_POLLERS threads are
+  // waiting for calls (2 by default), and a new one is made when none is waiting: with calls that
+  // wait on other services, that is a thread made and destroyed per call. Idle threads are cheap.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, max_threads);
   builder.SetMaxReceiveMessageSize(64 << 20);
   builder.SetMaxSendMessageSize(64 << 20);
   out.server = builder.BuildAndStart();
