@@ -1,5 +1,6 @@
 #include "services/lifecycle/sandbox_store.h"
 
+#include <algorithm>
 #include <cctype>
 #include <map>
 #include <set>
@@ -84,13 +85,15 @@ std::string TransitionSql(const std::string& to, const std::string& guard, const
 // literal state would let the plan read through a partial index on state, whose dead entries pile
 // up between vacuums, instead of the primary key.
 std::string TransitionFromSql(const std::string& to, const std::string& set,
-                              const std::string& reason, int params) {
+                              const std::string& reason, int params,
+                              const std::string& guard = "") {
   const std::string from = absl::StrCat("$", params + 2, "::text");
   return absl::StrCat(
       BatchRows(params),
       "s AS (UPDATE lifecycle.sandboxes s SET state = '", to, "', updated_at = now()",
       set.empty() ? "" : ", ", set, " FROM r WHERE s.id = ANY($1::text[]) AND s.id = r.id AND ",
-      "s.state = ", from, " RETURNING s.*, ", reason, " AS event_reason), "
+      "s.state = ", from, guard.empty() ? "" : " AND ", guard, " RETURNING s.*, ", reason,
+      " AS event_reason), "
       "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
       "SELECT id, ", from, ", state, event_reason FROM s)");
 }
@@ -217,6 +220,12 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                     "end_message = r.p1",
                     "'START_FAILED'", 1),
       Durability::kSync, false);
+  // The common destroy, of a running sandbox, without the locking read of the general one.
+  running_to_destroying_ = &AddTransition(
+      "lc_running_to_destroying",
+      TransitionFromSql("DESTROYING", "end_reason = r.p1, expires_at = NULL", "r.p1", 2,
+                        "s.tenant_id = r.p2::uuid"),
+      Durability::kAsync, false, {"RUNNING"});
   to_destroying_ = &AddTransition(
       "lc_to_destroying",
       TransitionSql("DESTROYING", "prev.state = ANY(r.p2::text[]) AND s.tenant_id = r.p3::uuid",
@@ -541,6 +550,10 @@ absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToFailed(const std::string&
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::ToDestroying(
     const std::string& tenant_id, const std::string& id, const std::vector<SandboxState>& from,
     v1::EndReason reason) {
+  if (std::find(from.begin(), from.end(), v1::RUNNING) != from.end()) {
+    auto moved = running_to_destroying_->Call({id, {EndReasonName(reason), tenant_id}});
+    if (!moved.ok() || moved->has_value()) return moved;
+  }
   return to_destroying_->Call({id, {EndReasonName(reason), StateArray(from), tenant_id}});
 }
 

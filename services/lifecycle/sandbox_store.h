@@ -139,6 +139,7 @@ class SandboxStore {
   TransitionBatcher* to_starting_ = nullptr;
   TransitionBatcher* to_running_ = nullptr;
   TransitionBatcher* to_failed_ = nullptr;
+  TransitionBatcher* running_to_destroying_ = nullptr;
   TransitionBatcher* to_destroying_ = nullptr;
   TransitionBatcher* to_destroyed_ = nullptr;
   TransitionBatcher* to_hibernated_ = nullptr;
