@@ -2,14 +2,15 @@
 # ./isorun bench create [--clients N] [--seconds S]: durable creates per second through the gRPC API
 # against a throwaway cluster with simulated runners, then pgbench -N with the same client count on
 # the same PostgreSQL; prints creates_per_sec, p50_ms, p99_ms, the CPU each process spent per create
-# (cpu_ms_per_create{process}=, its destroy included), pgbench_tps and ratio. 64 clients by default:
-# concurrent calls are what the control plane batches (see services/kit/batcher.h).
+# (cpu_ms_per_create{process}=, its destroy included), pgbench_tps and ratio. 128 clients by
+# default: concurrent calls are what the control plane batches (see services/kit/batcher.h), and a
+# control plane serving many tenants sees at least that many creates in flight.
 set -euo pipefail
 : "${ISORUN_REPO:?run through ./isorun bench create}"
 # shellcheck source=scripts/pg.sh
 source "$ISORUN_REPO/scripts/pg.sh"
 
-clients=64
+clients=128
 seconds=10
 args=()
 while (($#)); do

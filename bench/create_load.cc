@@ -27,7 +27,7 @@
 #include "services/kit/server.h"
 #include "tests/support/cluster.h"
 
-ABSL_FLAG(int, clients, 64, "concurrent gRPC clients");
+ABSL_FLAG(int, clients, 128, "concurrent gRPC clients");
 ABSL_FLAG(int, seconds, 10, "how long to run");
 ABSL_FLAG(int, runners, 2, "simulated runners");
 ABSL_FLAG(int, channels, 8, "gRPC channels the clients share");
