@@ -8,6 +8,9 @@ _ISORUN_LIB_SH=1
 ISORUN_REPO="${ISORUN_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)}"
 ISORUN_BUILD_DIR="${ISORUN_BUILD_DIR:-$ISORUN_REPO/build}"
 ISORUN_BIN_DIR="${ISORUN_BIN_DIR:-$ISORUN_BUILD_DIR/bin}"
+# Absolute: tests run from the build folder, and services are started from other folders.
+ISORUN_BUILD_DIR="$(realpath -m -- "$ISORUN_BUILD_DIR")"
+ISORUN_BIN_DIR="$(realpath -m -- "$ISORUN_BIN_DIR")"
 
 log() { printf '[isorun %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 warn() { log "warning: $*"; }
