@@ -14,6 +14,9 @@ absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second server on a port in use would start and silently
+  // take part of its connections. A port in use is an error instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   GrpcServer out;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &out.port);
   for (grpc::Service* service : services) builder.RegisterService(service);

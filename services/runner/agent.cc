@@ -94,7 +94,8 @@ bool Agent::Register() {
   v1::RegisterRunnerResponse resp;
   grpc::Status s = stub_->RegisterRunner(&ctx, req, &resp);
   if (!s.ok()) {
-    LogWarn("registration failed", {{"error", s.error_message()}});
+    LogWarn("registration failed",
+            {{"code", std::to_string(s.error_code())}, {"error", s.error_message()}});
     return false;
   }
   runner_id_ = resp.runner_id();

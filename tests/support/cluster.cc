@@ -124,7 +124,8 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
       // run in parallel) another process can take one in between. Start over on fresh ports.
       const std::string why = e.what();
       const bool port_taken = why.find("Address already in use") != std::string::npos ||
-                              why.find("binding to port") != std::string::npos;
+                              why.find("binding to port") != std::string::npos ||
+                              why.find("cannot listen") != std::string::npos;
       if (port_taken && attempt < 4) {
         processes_.clear();
         order_.clear();
