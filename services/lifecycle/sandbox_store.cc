@@ -278,9 +278,11 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                              "s.state IN ('PENDING', 'STARTING', 'RUNNING', 'HIBERNATED') "
                              "RETURNING ",
                              kCols));
+  // The state is a parameter: with a literal 'RUNNING' the plan walks sandboxes_expiry (every
+  // running sandbox) instead of the primary key.
   pool_.Prepare("lc_touch",
                 "UPDATE lifecycle.sandboxes SET expires_at = now() + timeout_sec * "
-                "interval '1 second' WHERE id = $1 AND state = 'RUNNING'");
+                "interval '1 second' WHERE id = $1 AND state = $2::text");
   pool_.Prepare(
       "lc_claim_expired",
       absl::StrCat(
@@ -642,7 +644,7 @@ absl::StatusOr<std::optional<Sandbox>> SandboxStore::SetTimeout(const std::strin
 
 absl::Status SandboxStore::Touch(const std::string& id) {
   return pool_.Execute([&](pqxx::nontransaction& tx) {
-    tx.exec_prepared("lc_touch", id);
+    tx.exec_prepared("lc_touch", id, "RUNNING");
     return absl::OkStatus();
   });
 }
