@@ -79,11 +79,10 @@ std::string TransitionSql(const std::string& to, const std::string& guard, const
 
 // The same for a transition from one state only: the prior state is known, so the guard sits in
 // the UPDATE itself (Postgres re-checks it on a row that changed while it waited for the lock)
-// and no locking read comes first. Half the work of the general form on the hot path.
-// A transition from one state, with the guard in the UPDATE and no locking read first. The state
+// and no locking read comes first. Half the work of the general form on the hot path. The state
 // it moves from is the statement's last parameter (AddTransition's `fixed`), not a literal: a
 // literal state would let the plan read through a partial index on state, whose dead entries pile
-// up between vacuums, instead of the primary key.
+// up between vacuums, instead of the primary key. `guard`: more conditions on `s` and `r`.
 std::string TransitionFromSql(const std::string& to, const std::string& set,
                               const std::string& reason, int params,
                               const std::string& guard = "") {
