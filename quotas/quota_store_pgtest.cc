@@ -40,6 +40,18 @@ struct Tally {
   }
 };
 
+// Exactly `limit` of `tries` racing admissions won, the rest were refused, and the tenant's usage
+// and reservations say the same.
+void ExpectExactlyLimitWon(testing::TestDatabase& db, const Tally& tally,
+                           const std::string& tenant, int limit, int tries) {
+  EXPECT_EQ(tally.admitted, limit);
+  EXPECT_EQ(tally.refused, tries - limit);
+  EXPECT_EQ(tally.other, 0);
+  EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'"),
+            std::to_string(limit));
+  EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), std::to_string(limit));
+}
+
 TEST(QuotaStore, ExactlyLimitWinsWhenFiftyRaceForFive) {
   testing::TestDatabase db;
   PgPool pool(db.url(), 20, Durability::kAsync);
@@ -51,11 +63,7 @@ TEST(QuotaStore, ExactlyLimitWinsWhenFiftyRaceForFive) {
     threads.emplace_back([&, i] { tally.Add(store.Admit(tenant, "sbx_" + std::to_string(i))); });
   }
   for (auto& t : threads) t.join();
-  EXPECT_EQ(tally.admitted, 5);
-  EXPECT_EQ(tally.refused, 45);
-  EXPECT_EQ(tally.other, 0);
-  EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'"), "5");
-  EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), "5");
+  ExpectExactlyLimitWon(db, tally, tenant, 5, 50);
 }
 
 TEST(QuotaStore, BatchesRacingForOneTenantAdmitExactlyTheLimit) {
@@ -73,11 +81,7 @@ TEST(QuotaStore, BatchesRacingForOneTenantAdmitExactlyTheLimit) {
     });
   }
   for (auto& t : threads) t.join();
-  EXPECT_EQ(tally.admitted, 25);
-  EXPECT_EQ(tally.refused, 35);
-  EXPECT_EQ(tally.other, 0);
-  EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'"), "25");
-  EXPECT_EQ(db.Scalar("SELECT count(*) FROM quota.reservations"), "25");
+  ExpectExactlyLimitWon(db, tally, tenant, 25, 60);
 }
 
 TEST(QuotaStore, EachItemOfABatchGetsItsOwnOutcome) {
