@@ -17,6 +17,8 @@ ISORUN_DEB_PACKAGES=(
   runc skopeo umoci docker-registry busybox-static
   # the Helm chart's checks (node scripts; the helm binary is unzipped from an npm package)
   nodejs unzip
+  # the SDKs (sdk/typescript's npm packages come from its lock file; sdk/python)
+  python3
 )
 
 # Packages wanted only when their command is missing: Debian's npm conflicts with builds of

@@ -7,6 +7,7 @@
 #include "absl/time/clock.h"
 #include "services/gateway/bodies.h"
 #include "services/gateway/exec_stream.h"
+#include "services/gateway/openapi.h"
 #include "services/gateway/render.h"
 #include "services/gateway/strings.h"
 #include "services/kit/ids.h"
@@ -252,6 +253,12 @@ HttpResponse GatewayApi::Dispatch(const HttpRequest& request, const RouteMatch& 
     return r;
   }
   if (match.route == Route::kHealthz) return Healthz();
+  if (match.route == Route::kOpenApi) {
+    // Public: API gateways and code generators fetch the contract before they hold a key.
+    HttpResponse r = Json(200, std::string(OpenApiDocument()));
+    r.headers.emplace_back("Cache-Control", "public, max-age=300");
+    return r;
+  }
 
   auto principal =
       Authenticate(Credentials{request.Header("authorization"), request.Header("x-api-key")},
@@ -387,6 +394,7 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
       return Json(200, UsageJson(out));
     }
     case Route::kHealthz:
+    case Route::kOpenApi:
       break;
   }
   return ErrorResponse(absl::InternalError("unhandled route"));

@@ -12,6 +12,7 @@
 #include "services/gateway/health.h"
 #include "services/gateway/http_server.h"
 #include "services/gateway/json_value.h"
+#include "services/gateway/openapi.h"
 #include "services/gateway/rate_limit.h"
 #include "services/gateway/render.h"
 #include "services/gateway/test_http_client.h"
@@ -543,6 +544,16 @@ TEST_F(GatewayServerTest, Healthz) {
   EXPECT_EQ(e["reason"].string_value(), "UNHEALTHY");
   EXPECT_NE(e["message"].string_value().find("postgres: connection refused"), std::string::npos);
   EXPECT_EQ(e["message"].string_value().find("lifecycle"), std::string::npos);
+}
+
+TEST_F(GatewayServerTest, OpenApiIsServedWithoutAKey) {
+  HttpResult r = client_->Send("GET", "/v1/openapi.json");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("content-type"), "application/json");
+  EXPECT_EQ(r.body, OpenApiDocument());
+  EXPECT_TRUE(ParseJson(r.body, 64).ok());
+  EXPECT_EQ(client_->Send("POST", "/v1/openapi.json", "{}").status, 405);
+  EXPECT_EQ(lifecycle_.calls(), 0);
 }
 
 TEST_F(GatewayServerTest, BodyTooLargeIs413AndNothingIsDone) {

@@ -16,6 +16,7 @@ struct Entry {
 // Templates: "{id}" matches one non-empty segment.
 constexpr Entry kRoutes[] = {
     {"GET", "/healthz", Route::kHealthz},
+    {"GET", "/v1/openapi.json", Route::kOpenApi},
     {"POST", "/v1/sandboxes", Route::kCreateSandbox},
     {"GET", "/v1/sandboxes", Route::kListSandboxes},
     {"GET", "/v1/sandboxes/{id}", Route::kGetSandbox},

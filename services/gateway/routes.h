@@ -10,6 +10,7 @@ namespace isorun::gateway {
 
 enum class Route {
   kHealthz,
+  kOpenApi,
   kCreateSandbox,
   kListSandboxes,
   kGetSandbox,

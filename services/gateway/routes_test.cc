@@ -16,6 +16,7 @@ TEST(MatchRoute, EveryRoute) {
     const char* id;
   } cases[] = {
       {"GET", "/healthz", Route::kHealthz, "/healthz", ""},
+      {"GET", "/v1/openapi.json", Route::kOpenApi, "/v1/openapi.json", ""},
       {"POST", "/v1/sandboxes", Route::kCreateSandbox, "/v1/sandboxes", ""},
       {"GET", "/v1/sandboxes", Route::kListSandboxes, "/v1/sandboxes", ""},
       {"GET", "/v1/sandboxes/sbx_1", Route::kGetSandbox, "/v1/sandboxes/{id}", "sbx_1"},
