@@ -21,6 +21,22 @@ const JsonValue* Member(const JsonValue& object, std::string_view name) {
   return nullptr;
 }
 
+// `path_template` with each {name} replaced by `value`.
+std::string Fill(std::string_view path_template, std::string_view value) {
+  std::string out;
+  for (size_t i = 0; i < path_template.size(); ++i) {
+    if (path_template[i] == '{') {
+      size_t close = path_template.find('}', i);
+      if (close == std::string_view::npos) return out + std::string(path_template.substr(i));
+      out += value;
+      i = close;
+    } else {
+      out.push_back(path_template[i]);
+    }
+  }
+  return out;
+}
+
 TEST(OpenApi, TheEmbeddedDocumentIsTheSourceFile) {
   std::ifstream file(ISORUN_OPENAPI_JSON);
   std::stringstream source;
@@ -44,13 +60,11 @@ TEST(OpenApi, EveryDocumentedOperationIsARoute) {
       if (method == "parameters") continue;
       std::string upper;
       for (char c : method) upper.push_back(static_cast<char>(std::toupper(c)));
-      std::string concrete = path;
-      if (size_t at = concrete.find("{id}"); at != std::string::npos) {
-        concrete.replace(at, 4, "sbx_x");
-      }
-      RouteMatch match = MatchRoute(upper, concrete);
-      EXPECT_EQ(match.outcome, RouteMatch::Outcome::kMatched) << upper << " " << path;
-      EXPECT_EQ(match.path_template, path);
+      RouteMatch match = MatchRoute(upper, Fill(path, "x1"));
+      EXPECT_EQ(match.outcome, RouteMatch::Outcome::kMatched)
+          << upper << " " << path << " is documented but is not a route of the gateway";
+      // The gateway's templates name every parameter {id}; the document may name them better.
+      EXPECT_EQ(Fill(match.path_template, "{}"), Fill(path, "{}")) << path;
       ++operations;
     }
   }

@@ -1,4 +1,6 @@
 /** A sandbox: its fields as typed properties, and what can be done with it. */
+import { randomUUID } from 'node:crypto';
+
 import { type ClientChoice, clientFor, type Isorun } from './client.js';
 import { ConfigurationError } from './errors.js';
 import { execBody, type ExecOptions, ExecStream, type ExecStreamOptions } from './stream.js';
@@ -56,7 +58,7 @@ function parseTime(value: string | null | undefined): Date | null {
 }
 
 function randomKey(): string {
-  return `sdk-${globalThis.crypto.randomUUID()}`;
+  return `sdk-${randomUUID()}`; // node:crypto: Node 18 has no global crypto
 }
 
 export class Sandbox {
