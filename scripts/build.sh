@@ -13,6 +13,9 @@ build_all() {
   fi
   deps_install
   export CCACHE_BASEDIR="$ISORUN_REPO"
+  # Debug builds would otherwise hash the build folder's path into every key: a second checkout
+  # (a worktree, CI's fresh clone) would then miss the cache for every file.
+  export CCACHE_NOHASHDIR=1
   export CCACHE_DIR="${CCACHE_DIR:-${HOME:-/root}/.cache/ccache}"
   local b="$ISORUN_BUILD_DIR"
   if [[ ! -f "$b/build.ninja" ]]; then

