@@ -4,13 +4,17 @@
 // runs one command against it, then stops everything and removes what it made. The SDK suites
 // (node --test, python -m unittest) run under it from ctest.
 //
-//   isorun-run-with-cluster [--runners N] [--max-concurrent N] -- COMMAND [ARGS...]
+//   isorun-run-with-cluster [--runners N] [--max-concurrent N] [--sim-exit-code N]
+//                           -- COMMAND [ARGS...]
 //
 // The command gets ISORUN_API_URL, ISORUN_API_KEY (a key of tenant "sdk", made with isorunctl),
 // ISORUN_DATABASE_URL and ISORUN_BIN_DIR (for isorunctl), ISORUN_PUBLIC_URL, ISORUN_TEST_DRIVER
 // ("runc" or "sim") and, with "sim", ISORUN_TEST_SIM_REASON (why real sandboxes cannot run here).
 // The exit status is the command's (128 + N when a signal ended it); SIGINT and SIGTERM are
-// passed on to the command, and the cluster is stopped after it ends.
+// passed on to the command, and the cluster is stopped after it ends. With --sim-exit-code N, a
+// command that succeeded on simulated runners (so its exec tests skipped) exits N instead of 0:
+// ctest's SKIP_RETURN_CODE then reports the suite as skipped, with the reason, rather than as a
+// pass that hides what did not run.
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -37,8 +41,8 @@ void PassOn(int signal) {
 
 int Usage() {
   std::fprintf(stderr,
-               "usage: isorun-run-with-cluster [--runners N] [--max-concurrent N] -- COMMAND "
-               "[ARGS...]\n");
+               "usage: isorun-run-with-cluster [--runners N] [--max-concurrent N] "
+               "[--sim-exit-code N] -- COMMAND [ARGS...]\n");
   return 2;
 }
 
@@ -58,6 +62,7 @@ std::string LastKeyLine(const std::string& out) {
 int Run(int argc, char** argv) {
   int runners = 1;
   int max_concurrent = 50;
+  int sim_exit_code = 0;
   int i = 1;
   for (; i < argc; ++i) {
     std::string arg = argv[i];
@@ -69,6 +74,8 @@ int Run(int argc, char** argv) {
       runners = std::atoi(argv[++i]);
     } else if (arg == "--max-concurrent" && i + 1 < argc) {
       max_concurrent = std::atoi(argv[++i]);
+    } else if (arg == "--sim-exit-code" && i + 1 < argc) {
+      sim_exit_code = std::atoi(argv[++i]);
     } else {
       return Usage();
     }
@@ -151,6 +158,13 @@ int Run(int argc, char** argv) {
   while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
   }
   g_child = 0;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && !sim_reason.empty() && sim_exit_code != 0) {
+    std::fprintf(stderr,
+                 "isorun-run-with-cluster: the suite passed, but its exec tests were skipped: "
+                 "simulated runners (%s)\n",
+                 sim_reason.c_str());
+    return sim_exit_code;
+  }
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return 1;
