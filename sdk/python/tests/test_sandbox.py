@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import os
 import time
 import unittest
 import uuid
@@ -41,6 +41,11 @@ class SandboxTest(unittest.TestCase):
         self.assertEqual(ended.state, "DESTROYED")
         self.assertEqual(ended.end_reason, "DELETED")
         sandbox.destroy()  # idempotent
+
+    def test_default_client_from_the_environment(self) -> None:
+        sandbox = self.made.add(Sandbox.create(timeout_sec=60))
+        self.assertEqual(sandbox.client.api_url, os.environ["ISORUN_API_URL"])
+        self.assertIs(Sandbox.get(sandbox.id).client, sandbox.client)
 
     def test_idempotency_key(self) -> None:
         key = f"py-{uuid.uuid4()}"

@@ -12,4 +12,7 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
 fi
 npx --no-install tsc -p tsconfig.json
 npx --no-install tsc -p tsconfig.test.json
+# The README's examples must type-check against the SDK as it is.
+node scripts/readme-examples.mjs
+npx --no-install tsc -p tsconfig.readme.json
 echo "built $(pwd)/dist and .test-build"

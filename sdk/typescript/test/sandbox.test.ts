@@ -57,6 +57,14 @@ describe('lifecycle', () => {
     assert.deepEqual(JSON.parse(JSON.stringify(read)).id, sandbox.id);
   });
 
+  test('without a client, calls use a default one from ISORUN_API_KEY and ISORUN_API_URL', async () => {
+    const sandbox = await Sandbox.create({ timeoutSec: 60 });
+    made.push(sandbox);
+    assert.equal(sandbox.client.apiUrl, process.env['ISORUN_API_URL']);
+    assert.equal((await Sandbox.get(sandbox.id)).id, sandbox.id);
+    assert.equal(sandbox.client, (await Sandbox.get(sandbox.id)).client);
+  });
+
   test('create with an idempotency key answers the same sandbox twice', async () => {
     const key = `tour-${Date.now()}-${Math.random()}`;
     const a = await create({ idempotencyKey: key });
