@@ -65,26 +65,6 @@ bool IsSaneRequestId(std::string_view id) {
   return true;
 }
 
-// One NDJSON line of exec:stream.
-std::string ChunkLine(const v1::ExecChunk& chunk) {
-  JsonWriter w;
-  w.BeginObject();
-  switch (chunk.kind_case()) {
-    case v1::ExecChunk::kStdout:
-      w.Key("stdout").String(chunk.stdout());
-      break;
-    case v1::ExecChunk::kStderr:
-      w.Key("stderr").String(chunk.stderr());
-      break;
-    case v1::ExecChunk::kExitCode:
-      w.Key("exitCode").Int(chunk.exit_code());
-      break;
-    default:
-      return "";
-  }
-  w.EndObject();
-  return w.Take() + "\n";
-}
 
 }  // namespace
 
@@ -484,7 +464,7 @@ HttpResponse GatewayApi::ExecStream(const HttpRequest& request, const std::strin
     v1::ExecChunk chunk;
     bool client_gone = false;
     while (stream->call->Next(chunk)) {
-      std::string line = ChunkLine(chunk);
+      std::string line = ExecChunkLine(chunk);
       if (!line.empty() && !write(line)) {
         client_gone = true;  // API.md: a client that disconnects kills the command
         stream->call->Cancel();

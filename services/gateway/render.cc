@@ -108,6 +108,26 @@ std::string FormatDouble(double value) {
   return std::string(buf, ptr);
 }
 
+std::string ExecChunkLine(const v1::ExecChunk& chunk) {
+  JsonWriter w;
+  w.BeginObject();
+  switch (chunk.kind_case()) {
+    case v1::ExecChunk::kStdout:
+      w.Key("stdout").String(chunk.stdout());
+      break;
+    case v1::ExecChunk::kStderr:
+      w.Key("stderr").String(chunk.stderr());
+      break;
+    case v1::ExecChunk::kExitCode:
+      w.Key("exitCode").Int(chunk.exit_code());
+      break;
+    default:
+      return "";
+  }
+  w.EndObject();
+  return w.Take() + "\n";
+}
+
 std::string UsageJson(const v1::Usage& usage) {
   JsonWriter w;
   w.BeginObject();

@@ -23,6 +23,10 @@ std::string ListJson(const v1::ListSandboxesResponse& list);
 // {"exitCode", "stdout", "stderr", "durationMs"} (+ "stdoutTruncated"/"stderrTruncated" when
 // set). Output is text: invalid UTF-8 is replaced.
 std::string ExecJson(const v1::ExecResponse& exec);
+// One NDJSON line of exec:stream, with its newline: {"stdout": "..."}, {"stderr": "..."} or
+// {"exitCode": N}; empty for a chunk with none of them. Output is text: invalid UTF-8 is
+// replaced, so every line is valid JSON whatever the command printed.
+std::string ExecChunkLine(const v1::ExecChunk& chunk);
 // {"activeSandboxes", "hibernatedSandboxes", "limits": {...}}.
 std::string UsageJson(const v1::Usage& usage);
 

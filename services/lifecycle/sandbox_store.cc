@@ -12,6 +12,7 @@
 #include "google/protobuf/util/time_util.h"
 #include "services/kit/json.h"
 #include "services/kit/status.h"
+#include "services/lifecycle/page_token.h"
 
 namespace isorun::lifecycle {
 namespace {
@@ -414,15 +415,10 @@ absl::StatusOr<ListPage> SandboxStore::List(const ListQuery& q) {
   std::string after_time = "-infinity";
   std::string after_id;
   if (!q.page_token.empty()) {
-    std::string raw;
-    auto bar = std::string::npos;
-    if (absl::WebSafeBase64Unescape(q.page_token, &raw)) bar = raw.find('|');
-    if (bar == std::string::npos) {
-      return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
-                   "pageToken is not a token this API returned");
-    }
-    after_time = raw.substr(0, bar);
-    after_id = raw.substr(bar + 1);
+    auto cursor = DecodePageToken(q.page_token);
+    if (!cursor.ok()) return cursor.status();
+    after_time = std::move(cursor->created_at);
+    after_id = std::move(cursor->id);
   }
   JsonWriter meta;
   meta.BeginObject();
@@ -445,8 +441,8 @@ absl::StatusOr<ListPage> SandboxStore::List(const ListQuery& q) {
     }
     if (static_cast<int>(r.size()) > q.page_size) {
       const auto& last = r[q.page_size - 1];
-      page.next_page_token = absl::WebSafeBase64Escape(
-          absl::StrCat(last[17].as<std::string>(), "|", last[0].as<std::string>()));
+      page.next_page_token =
+          EncodePageToken({last[17].as<std::string>(), last[0].as<std::string>()});
     }
     return absl::OkStatus();
   });
