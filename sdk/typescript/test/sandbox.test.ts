@@ -57,6 +57,19 @@ describe('lifecycle', () => {
     assert.deepEqual(JSON.parse(JSON.stringify(read)).id, sandbox.id);
   });
 
+  test('create passes sizing, env and the network profile', async () => {
+    const sandbox = await create({
+      cpuMillis: 500,
+      memoryMb: 128,
+      env: { GREETING: 'from-create' },
+      network: { egress: 'none' },
+    });
+    assert.equal(sandbox.cpuMillis, 500);
+    assert.equal(sandbox.memoryMb, 128);
+    assert.equal(sandbox.network.egress, 'none');
+    if (!noExec) assert.equal((await sandbox.exec('echo $GREETING')).stdout, 'from-create\n');
+  });
+
   test('without a client, calls use a default one from ISORUN_API_KEY and ISORUN_API_URL', async () => {
     const sandbox = await Sandbox.create({ timeoutSec: 60 });
     made.push(sandbox);
