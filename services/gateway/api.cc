@@ -92,12 +92,14 @@ class GatewayApi::CallScope {
 GatewayApi::GatewayApi(Options options, KeyStore& keys,
                        const std::shared_ptr<grpc::Channel>& lifecycle,
                        std::vector<std::pair<std::string, HealthCheck>> health_checks,
-                       prometheus::Registry& registry, RateChecker* rates)
+                       prometheus::Registry& registry, RateChecker* rates,
+                       PgKeyAdmin* key_admin)
     : options_(std::move(options)),
       keys_(keys),
       lifecycle_(v1::Sandboxes::NewStub(lifecycle)),
       health_checks_(std::move(health_checks)),
       rates_(rates),
+      key_admin_(key_admin),
       requests_(prometheus::BuildCounter()
                     .Name("isorun_gateway_http_requests_total")
                     .Help("HTTP requests answered, by route template, method and status code.")
@@ -255,6 +257,13 @@ HttpResponse GatewayApi::Dispatch(const HttpRequest& request, const RouteMatch& 
     return r;
   }
   ctx.principal = *std::move(principal);
+  if (key_admin_ != nullptr) key_admin_->Touch(ctx.principal.key_id);
+  if (IsKeyAdminRoute(match.route) && !ctx.principal.is_admin()) {
+    return ErrorResponse(Error(absl::StatusCode::kPermissionDenied, "PERMISSION_DENIED",
+                               Cat("key ", ctx.principal.key_id, " has role \"",
+                                   ctx.principal.role,
+                                   "\"; only admin keys may manage API keys")));
+  }
 
   std::vector<std::pair<std::string, std::string>> rate_headers;
   if (rates_ != nullptr) {
@@ -373,11 +382,87 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
       if (!st.ok()) return ErrorResponse(st);
       return Json(200, UsageJson(out));
     }
+    case Route::kListKeys:
+    case Route::kCreateKey:
+    case Route::kRevokeKey:
+      return Keys(request, match, ctx);
     case Route::kHealthz:
     case Route::kOpenApi:
       break;
   }
   return ErrorResponse(absl::InternalError("unhandled route"));
+}
+
+namespace {
+
+void WriteKeyFields(JsonWriter& w, const KeyInfo& k) {
+  w.Key("keyId").String(k.key_id).Key("name").String(k.name).Key("role").String(k.role);
+  w.Key("region").String(k.region).Key("createdAt").String(k.created_at);
+  if (!k.last_used_at.empty()) w.Key("lastUsedAt").String(k.last_used_at);
+  if (!k.revoked_at.empty()) w.Key("revokedAt").String(k.revoked_at);
+}
+
+bool IsBase62(std::string_view s) {
+  for (char c : s) {
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))) {
+      return false;
+    }
+  }
+  return !s.empty() && s.size() <= 64;
+}
+
+}  // namespace
+
+HttpResponse GatewayApi::Keys(const HttpRequest& request, const RouteMatch& match, Context& ctx) {
+  if (key_admin_ == nullptr) {
+    return ErrorResponse(Error(absl::StatusCode::kUnimplemented, "UNIMPLEMENTED",
+                               "this gateway does not manage API keys"));
+  }
+  const std::string& tenant = ctx.principal.tenant_id;
+  switch (match.route) {
+    case Route::kListKeys: {
+      auto keys = key_admin_->List(tenant);
+      if (!keys.ok()) return ErrorResponse(keys.status());
+      JsonWriter w;
+      w.BeginObject().Key("keys").BeginArray();
+      for (const KeyInfo& k : *keys) {
+        w.BeginObject();
+        WriteKeyFields(w, k);
+        w.EndObject();
+      }
+      w.EndArray().EndObject();
+      return Json(200, w.Take());
+    }
+    case Route::kCreateKey: {
+      auto body = ParseCreateKeyBody(request.body);
+      if (!body.ok()) return ErrorResponse(body.status());
+      auto created = key_admin_->Create(tenant, body->name, body->role, options_.region);
+      if (!created.ok()) return ErrorResponse(created.status());
+      JsonWriter w;
+      w.BeginObject().Key("key").String(created->key);
+      WriteKeyFields(w, created->info);
+      w.EndObject();
+      HttpResponse r = Json(201, w.Take());
+      r.headers.emplace_back("Cache-Control", "no-store");
+      return r;
+    }
+    case Route::kRevokeKey: {
+      const std::string& key_id = match.sandbox_id;
+      if (!IsBase62(key_id)) {
+        return ErrorResponse(Error(absl::StatusCode::kNotFound, "NOT_FOUND",
+                                   Cat("no API key with id \"", Shorten(key_id, 64), "\"")));
+      }
+      if (absl::Status st = key_admin_->Revoke(tenant, key_id); !st.ok()) {
+        return ErrorResponse(st);
+      }
+      HttpResponse r;
+      r.status = 204;
+      r.content_type.clear();
+      return r;
+    }
+    default:
+      return ErrorResponse(absl::InternalError("not a key route"));
+  }
 }
 
 HttpResponse GatewayApi::Healthz() {

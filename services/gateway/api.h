@@ -27,6 +27,7 @@
 #include "prometheus/registry.h"
 #include "services/gateway/auth.h"
 #include "services/gateway/http_types.h"
+#include "services/gateway/key_admin.h"
 #include "services/gateway/rate_limit.h"
 #include "services/gateway/routes.h"
 
@@ -46,10 +47,11 @@ class GatewayApi {
   // One dependency check for /healthz: OK or why not.
   using HealthCheck = std::function<absl::Status(absl::Duration deadline)>;
 
-  // `rates` may be null: no rate limits.
+  // `rates` may be null: no rate limits. `key_admin` may be null: the key routes answer 501.
   GatewayApi(Options options, KeyStore& keys, const std::shared_ptr<grpc::Channel>& lifecycle,
              std::vector<std::pair<std::string, HealthCheck>> health_checks,
-             prometheus::Registry& registry, RateChecker* rates = nullptr);
+             prometheus::Registry& registry, RateChecker* rates = nullptr,
+             PgKeyAdmin* key_admin = nullptr);
   GatewayApi(const GatewayApi&) = delete;
   GatewayApi& operator=(const GatewayApi&) = delete;
 
@@ -72,6 +74,8 @@ class GatewayApi {
   HttpResponse Create(const HttpRequest& request, Context& ctx);
   HttpResponse List(std::string_view query, Context& ctx);
   HttpResponse ExecStream(const HttpRequest& request, const std::string& id, Context& ctx);
+  // GET, POST and DELETE /v1/keys (admin keys only; checked before).
+  HttpResponse Keys(const HttpRequest& request, const RouteMatch& match, Context& ctx);
 
   // Runs one unary lifecycle call with the request id, a deadline and shutdown cancellation.
   template <typename Req, typename Resp>
@@ -96,6 +100,7 @@ class GatewayApi {
   std::unique_ptr<v1::Sandboxes::Stub> lifecycle_;
   const std::vector<std::pair<std::string, HealthCheck>> health_checks_;
   RateChecker* const rates_;
+  PgKeyAdmin* const key_admin_;
 
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Histogram>& durations_;

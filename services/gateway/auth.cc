@@ -80,7 +80,7 @@ absl::StatusOr<Principal> Authenticate(const Credentials& credentials, std::stri
   if ((*stored)->revoked) {
     return Unauthenticated("KEY_REVOKED", Cat("the API key ", key->key_id, " has been revoked"));
   }
-  return Principal{(*stored)->tenant_id, key->key_id};
+  return Principal{(*stored)->tenant_id, key->key_id, (*stored)->role};
 }
 
 }  // namespace isorun::gateway

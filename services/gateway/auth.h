@@ -27,6 +27,8 @@ struct StoredKey {
   std::string region;
   std::string secret_hash;  // HashSecret(secret)
   bool revoked = false;
+  // "admin" (may also manage the tenant's keys) or "sandbox" (sandboxes only).
+  std::string role = "sandbox";
 };
 
 class KeyStore {
@@ -39,6 +41,8 @@ class KeyStore {
 struct Principal {
   std::string tenant_id;
   std::string key_id;  // safe to log
+  std::string role;    // as StoredKey::role
+  bool is_admin() const { return role == "admin"; }
 };
 
 // The credentials a request carries: header values, nullopt when the header is absent.

@@ -230,6 +230,40 @@ absl::StatusOr<int32_t> ParseSetTimeoutBody(std::string_view body) {
   return timeout;
 }
 
+absl::StatusOr<CreateKeyBody> ParseCreateKeyBody(std::string_view body) {
+  auto doc = ParseObjectBody(body);
+  if (!doc.ok()) return doc.status();
+  CreateKeyBody out;
+  bool has_name = false;
+  for (const auto& [key, value] : doc->members()) {
+    if (key == "name") {
+      auto name = ReadString(key, value);
+      if (!name.ok()) return name.status();
+      if (name->empty() || name->size() > 128) {
+        return Invalid("field \"name\" must be 1 to 128 bytes long");
+      }
+      for (unsigned char c : *name) {
+        if (c < 0x20 || c == 0x7f) return Invalid("field \"name\" must not contain control characters");
+      }
+      out.name = *std::move(name);
+      has_name = true;
+    } else if (key == "role") {
+      if (value.is_null()) continue;
+      auto role = ReadString(key, value);
+      if (!role.ok()) return role.status();
+      if (*role != "admin" && *role != "sandbox") {
+        return Invalid(Cat("field \"role\" must be \"admin\" or \"sandbox\", got \"", Shorten(*role),
+                           "\""));
+      }
+      out.role = *std::move(role);
+    } else {
+      return UnknownField(key);
+    }
+  }
+  if (!has_name) return Invalid("field \"name\" is required");
+  return out;
+}
+
 absl::Status ParseEmptyBody(std::string_view body) {
   if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return absl::OkStatus();
   auto doc = ParseObjectBody(body);

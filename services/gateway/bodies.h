@@ -30,6 +30,14 @@ absl::StatusOr<v1::ExecRequest> ParseExecBody(std::string_view body);
 // POST /v1/sandboxes/{id}/timeout: {"timeoutSec"} (required).
 absl::StatusOr<int32_t> ParseSetTimeoutBody(std::string_view body);
 
+// POST /v1/keys: {"name", "role"?}. name: 1-128 characters, no control characters; role "admin"
+// or "sandbox" (default "sandbox").
+struct CreateKeyBody {
+  std::string name;
+  std::string role = "sandbox";
+};
+absl::StatusOr<CreateKeyBody> ParseCreateKeyBody(std::string_view body);
+
 // Routes without a body (hibernate, resume): an empty body or `{}`.
 absl::Status ParseEmptyBody(std::string_view body);
 

@@ -65,11 +65,13 @@ int Run() {
   PgPool pool(database_url, absl::GetFlag(FLAGS_db_pool_size));
   // Registers its statement: before the pool's first query.
   PgKeyStore keys(pool);
+  PgKeyAdmin key_admin(pool);
   if (absl::Status st = RequireSchemaVersion(pool, LatestMigrationVersion()); !st.ok()) {
     std::fprintf(stderr, "isorun-gateway: %s\n", std::string(st.message()).c_str());
     return 1;
   }
   keys.Start();
+  key_admin.Start();
 
   Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
   auto lifecycle = MakeChannel(absl::GetFlag(FLAGS_lifecycle_addr));
@@ -98,7 +100,8 @@ int Run() {
   GatewayApi::Options api_options;
   api_options.region = region;
   api_options.max_body_bytes = static_cast<size_t>(max_body);
-  GatewayApi api(api_options, keys, lifecycle, std::move(checks), metrics.registry(), rates.get());
+  GatewayApi api(api_options, keys, lifecycle, std::move(checks), metrics.registry(), rates.get(),
+                 &key_admin);
 
   HttpServer::Options http_options;
   http_options.address = absl::GetFlag(FLAGS_http_addr);
@@ -127,6 +130,7 @@ int Run() {
     std::_Exit(0);
   }
   keys.Stop();
+  key_admin.Stop();
   LogInfo("stopped");
   return 0;
 }

@@ -33,7 +33,7 @@ PgKeyStore::PgKeyStore(PgPool& pool, Options options) : pool_(pool), options_(op
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw std::runtime_error("eventfd failed");
   pool_.Prepare(kFindKey,
-                "SELECT tenant_id::text, region, secret_hash, revoked_at IS NOT NULL "
+                "SELECT tenant_id::text, region, secret_hash, revoked_at IS NOT NULL, role "
                 "FROM accounts.api_keys WHERE key_id = $1");
 }
 
@@ -185,6 +185,7 @@ absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Read(const std::string& key
       key.region = r[0][1].as<std::string>();
       key.secret_hash = r[0][2].as<std::string>();
       key.revoked = r[0][3].as<bool>();
+      key.role = r[0][4].as<std::string>();
       found = std::move(key);
     }
     return absl::OkStatus();

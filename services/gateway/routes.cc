@@ -27,6 +27,9 @@ constexpr Entry kRoutes[] = {
     {"POST", "/v1/sandboxes/{id}/exec", Route::kExec},
     {"POST", "/v1/sandboxes/{id}/exec:stream", Route::kExecStream},
     {"GET", "/v1/usage", Route::kGetUsage},
+    {"GET", "/v1/keys", Route::kListKeys},
+    {"POST", "/v1/keys", Route::kCreateKey},
+    {"DELETE", "/v1/keys/{id}", Route::kRevokeKey},
 };
 
 std::vector<std::string_view> Segments(std::string_view path) {
@@ -74,6 +77,10 @@ RouteMatch MatchRoute(std::string_view method, std::string_view path) {
     match.allow += entry.method;
   }
   return match;
+}
+
+bool IsKeyAdminRoute(Route route) {
+  return route == Route::kListKeys || route == Route::kCreateKey || route == Route::kRevokeKey;
 }
 
 bool IsPlausibleSandboxId(std::string_view id) {

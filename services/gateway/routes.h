@@ -21,7 +21,13 @@ enum class Route {
   kExec,
   kExecStream,
   kGetUsage,
+  kListKeys,
+  kCreateKey,
+  kRevokeKey,
 };
+
+// Routes only admin keys may call (403 PERMISSION_DENIED for sandbox keys).
+bool IsKeyAdminRoute(Route route);
 
 struct RouteMatch {
   enum class Outcome { kMatched, kNotFound, kMethodNotAllowed };
@@ -29,7 +35,7 @@ struct RouteMatch {
   Route route = Route::kHealthz;
   // "/v1/sandboxes/{id}"; "other" when nothing matched (a bounded label for metrics).
   std::string_view path_template = "other";
-  // The {id} segment, as sent (not decoded).
+  // The {id} segment, as sent (not decoded): a sandbox id, or a key id on /v1/keys/{id}.
   std::string sandbox_id;
   // For kMethodNotAllowed: the methods the path accepts ("GET, DELETE").
   std::string allow;

@@ -423,14 +423,15 @@ std::string Cluster::CreateTenant(const std::string& name, int max_concurrent) {
       "SELECT tenant_id FROM l RETURNING tenant_id) SELECT tenant_id FROM u");
 }
 
-std::string Cluster::CreateKey(const std::string& tenant_id, const std::string& region) {
+std::string Cluster::CreateKey(const std::string& tenant_id, const std::string& region,
+                               const std::string& role) {
   ApiKey key = NewApiKey(region);
   pqxx::connection conn(db_.url());
   pqxx::work tx(conn);
   tx.exec_params(
-      "INSERT INTO accounts.api_keys (key_id, tenant_id, region, secret_hash) "
-      "VALUES ($1, $2, $3, $4)",
-      key.key_id, tenant_id, key.region, HashSecret(key.secret));
+      "INSERT INTO accounts.api_keys (key_id, tenant_id, region, secret_hash, role) "
+      "VALUES ($1, $2, $3, $4, $5)",
+      key.key_id, tenant_id, key.region, HashSecret(key.secret), role);
   tx.commit();
   return key.ToString();
 }

@@ -72,7 +72,9 @@ class Cluster {
 
   // Admin helpers (direct SQL, as isorunctl does).
   std::string CreateTenant(const std::string& name, int max_concurrent);
-  std::string CreateKey(const std::string& tenant_id, const std::string& region = "local");
+  // role: "sandbox" (sandboxes only) or "admin" (may manage the tenant's keys too).
+  std::string CreateKey(const std::string& tenant_id, const std::string& region = "local",
+                        const std::string& role = "sandbox");
 
   // Runs build/bin/isorunctl with this cluster's database; returns its exit code and output.
   int Isorunctl(const std::vector<std::string>& args, std::string* out = nullptr);

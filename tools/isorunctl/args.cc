@@ -37,7 +37,8 @@ const std::map<std::string, FlagKind, std::less<>>& KnownFlags() {
       {"creates-per-sec", FlagKind::kValue}, {"requests-per-sec", FlagKind::kValue},
       {"region", FlagKind::kValue},          {"tenant", FlagKind::kValue},
       {"state", FlagKind::kValue},           {"json", FlagKind::kBool},
-      {"status", FlagKind::kBool},
+      {"status", FlagKind::kBool},           {"role", FlagKind::kValue},
+      {"name", FlagKind::kValue},
   };
   return *flags;
 }

@@ -142,23 +142,27 @@ const std::vector<Command>& Commands() {
       {"keys",
        "create",
        {"TENANT"},
-       "[--region R]",
+       "[--region R] [--role admin|sandbox] [--name N]",
        "create an API key and print it",
        "Creates an API key for tenant TENANT and prints the whole key, alone, on stdout. This is\n"
        "the only time it is shown: only a hash of its secret is stored.\n\n"
-       "  --region R   the key's region, [a-z0-9-]+ (default: local)\n",
-       {"region"},
+       "  --region R   the key's region, [a-z0-9-]+ (default: local)\n"
+       "  --role R     admin (may also manage the tenant's keys through /v1/keys; the default\n"
+       "               here, so an operator's first key lets a tenant manage the rest) or sandbox\n"
+       "  --name N     a label shown in key lists (default: empty)\n",
+       {"region", "role", "name"},
        [](const Args& args, const std::vector<std::string>& params, const std::string& db,
           std::ostream& out) {
-         return CreateKey(db, params[0], args.Get("region").value_or("local"), out);
+         return CreateKey(db, params[0], args.Get("region").value_or("local"),
+                          args.Get("role").value_or("admin"), args.Get("name").value_or(""), out);
        }},
       {"keys",
        "list",
        {"TENANT"},
        "[--json]",
        "list a tenant's API keys",
-       "Prints KEY_ID REGION CREATED_AT REVOKED_AT for each key of TENANT, oldest first (never a\n"
-       "secret or its hash).\n\n"
+       "Prints KEY_ID REGION ROLE CREATED_AT REVOKED_AT NAME for each key of TENANT, oldest first\n"
+       "(never a secret or its hash).\n\n"
        "  --json   print {\"keys\": [...]} instead\n",
        {"json"},
        [](const Args& args, const std::vector<std::string>& params, const std::string& db,

@@ -241,20 +241,25 @@ absl::Status ListTenants(const std::string& database_url, Format format, std::os
 }
 
 absl::Status CreateKey(const std::string& database_url, const std::string& tenant,
-                       const std::string& region, std::ostream& out) {
+                       const std::string& region, const std::string& role,
+                       const std::string& name, std::ostream& out) {
   if (!IsValidRegion(region)) {
     return UsageError(
         absl::StrCat("invalid region '", region, "': use 1 to 63 characters of a-z, 0-9 and '-'"));
   }
+  if (role != "admin" && role != "sandbox") {
+    return UsageError(absl::StrCat("invalid role '", role, "': use admin or sandbox"));
+  }
+  if (name.size() > 128) return UsageError("the name must be at most 128 bytes long");
   return WithDb(database_url, [&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     std::string tenant_id;
     if (auto s = LookUpTenant(tx, tenant, &tenant_id); !s.ok()) return s;
     ApiKey key = NewApiKey(region);
     tx.exec_params(
-        "INSERT INTO accounts.api_keys (key_id, tenant_id, region, secret_hash) "
-        "VALUES ($1, $2, $3, $4)",
-        key.key_id, tenant_id, key.region, HashSecret(key.secret));
+        "INSERT INTO accounts.api_keys (key_id, tenant_id, region, secret_hash, role, name) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        key.key_id, tenant_id, key.region, HashSecret(key.secret), role, name);
     tx.commit();
     // The only time the secret exists outside the caller's hands: print it, keep nothing.
     out << key.ToString() << '\n';
@@ -270,7 +275,8 @@ absl::Status ListKeys(const std::string& database_url, const std::string& tenant
     if (auto s = LookUpTenant(tx, tenant, &tenant_id); !s.ok()) return s;
     auto rows = tx.exec_params(
         absl::StrCat("SELECT key_id, region, ", Ts("created_at"), ", ", Ts("revoked_at"),
-                     " FROM accounts.api_keys WHERE tenant_id = $1 ORDER BY created_at, key_id"),
+                     ", role, name FROM accounts.api_keys WHERE tenant_id = $1 "
+                     "ORDER BY created_at, key_id"),
         tenant_id);
     tx.commit();
     if (format == Format::kJson) {
@@ -282,15 +288,19 @@ absl::Status ListKeys(const std::string& database_url, const std::string& tenant
         JsonText(w, "region", row[1]);
         JsonText(w, "createdAt", row[2]);
         JsonText(w, "revokedAt", row[3]);
+        JsonText(w, "role", row[4]);
+        JsonText(w, "name", row[5]);
         w.EndObject();
       }
       w.EndArray().EndObject();
       out << w.str() << '\n';
       return absl::OkStatus();
     }
-    Table table({"KEY_ID", "REGION", "CREATED_AT", "REVOKED_AT"});
+    // NAME last: a name with spaces then cannot shift the other columns for scripts.
+    Table table({"KEY_ID", "REGION", "ROLE", "CREATED_AT", "REVOKED_AT", "NAME"});
     for (const auto& row : rows) {
-      table.AddRow({Text(row[0]), Text(row[1]), Text(row[2]), Text(row[3])});
+      table.AddRow({Text(row[0]), Text(row[1]), Text(row[4]), Text(row[2]), Text(row[3]),
+                    Text(row[5])});
     }
     table.Print(out);
     return absl::OkStatus();

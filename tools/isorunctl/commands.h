@@ -52,7 +52,8 @@ absl::Status ListTenants(const std::string& database_url, Format format, std::os
 // `keys create`: prints the new key, and nothing else, on one line. Only the secret's hash is
 // stored.
 absl::Status CreateKey(const std::string& database_url, const std::string& tenant,
-                       const std::string& region, std::ostream& out);
+                       const std::string& region, const std::string& role,
+                       const std::string& name, std::ostream& out);
 // `keys list`: KEY_ID REGION CREATED_AT REVOKED_AT, oldest first. Never the secret or its hash.
 absl::Status ListKeys(const std::string& database_url, const std::string& tenant, Format format,
                       std::ostream& out);

@@ -296,12 +296,14 @@ TEST_F(IsorunctlTest, KeysListShowsIdsAndRevocationNeverSecrets) {
   EXPECT_FALSE(Contains(listed, HashSecret(k1.secret)));
   auto rows = Rows(listed);
   ASSERT_EQ(rows.size(), 3u) << listed;
-  EXPECT_EQ(rows[0], (std::vector<std::string>{"KEY_ID", "REGION", "CREATED_AT", "REVOKED_AT"}));
+  EXPECT_EQ(rows[0], (std::vector<std::string>{"KEY_ID", "REGION", "ROLE", "CREATED_AT",
+                                               "REVOKED_AT", "NAME"}));
   EXPECT_EQ(rows[1][0], k1.key_id);
   EXPECT_EQ(rows[1][1], "local");
-  EXPECT_EQ(rows[1][2].size(), 20u) << "RFC 3339 UTC: " << rows[1][2];
-  EXPECT_EQ(rows[1][2].back(), 'Z');
-  EXPECT_EQ(rows[1][3], "-");
+  EXPECT_EQ(rows[1][2], "admin") << "isorunctl makes admin keys unless told otherwise";
+  EXPECT_EQ(rows[1][3].size(), 20u) << "RFC 3339 UTC: " << rows[1][3];
+  EXPECT_EQ(rows[1][3].back(), 'Z');
+  EXPECT_EQ(rows[1][4], "-");
   EXPECT_EQ(rows[2][0], k2.key_id);
   EXPECT_EQ(rows[2][1], "us-east");
 
@@ -314,6 +316,19 @@ TEST_F(IsorunctlTest, KeysListShowsIdsAndRevocationNeverSecrets) {
   ASSERT_EQ(keys.size(), 2);
   EXPECT_EQ(Field(keys[0].struct_value(), "keyId").string_value(), k1.key_id);
   EXPECT_TRUE(Field(keys[0].struct_value(), "revokedAt").has_null_value());
+}
+
+TEST_F(IsorunctlTest, KeysCreateTakesRoleAndName) {
+  Ok({"tenants", "create", "acme"});
+  std::string made = Ok({"keys", "create", "acme", "--role", "sandbox", "--name", "ci bot"});
+  auto key = *ParseApiKey(made.substr(0, made.size() - 1));
+  EXPECT_EQ(Q("SELECT role || '/' || name FROM accounts.api_keys WHERE key_id = '" + key.key_id +
+              "'"),
+            "sandbox/ci bot");
+  Result bad = Ctl({"keys", "create", "acme", "--role", "root"});
+  EXPECT_NE(bad.code, 0);
+  EXPECT_TRUE(Contains(bad.err, "invalid role 'root'")) << bad.err;
+  EXPECT_EQ(Q("SELECT count(*) FROM accounts.api_keys"), "1") << "a refused create adds no key";
 }
 
 TEST_F(IsorunctlTest, RevokeIsImmediateAndIdempotent) {
