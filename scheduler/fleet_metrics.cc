@@ -15,18 +15,24 @@ FleetMetrics::FleetMetrics(prometheus::Registry& registry)
                    .Name("isorun_scheduler_runners")
                    .Help("Runners by state (HEALTHY, UNHEALTHY, LOST, DRAINING)")
                    .Register(registry)),
-      free_cpu_(Single(registry, "isorun_scheduler_free_cpu_millis",
-                       "Free cpu millis on schedulable (healthy, not draining) runners")),
-      free_memory_(Single(registry, "isorun_scheduler_free_memory_mb",
-                          "Free memory MB on schedulable runners")),
+      free_cpu_(Single(registry, "isorun_scheduler_free_cpu_cores",
+                       "Free CPU (cores) on schedulable (healthy, not draining) runners")),
+      free_memory_(Single(registry, "isorun_scheduler_free_memory_bytes",
+                          "Free memory (bytes) on schedulable runners")),
       free_slots_(Single(registry, "isorun_scheduler_free_sandbox_slots",
                          "Free sandbox slots on schedulable runners")),
-      cap_cpu_(Single(registry, "isorun_scheduler_capacity_cpu_millis",
-                      "Cpu millis of schedulable runners")),
-      cap_memory_(Single(registry, "isorun_scheduler_capacity_memory_mb",
-                         "Memory MB of schedulable runners")),
+      cap_cpu_(Single(registry, "isorun_scheduler_capacity_cpu_cores",
+                      "CPU (cores) of schedulable runners")),
+      cap_memory_(Single(registry, "isorun_scheduler_capacity_memory_bytes",
+                         "Memory (bytes) of schedulable runners")),
       cap_slots_(Single(registry, "isorun_scheduler_capacity_sandbox_slots",
                         "Sandbox slots of schedulable runners")),
+      alloc_cpu_(Single(registry, "isorun_scheduler_allocated_cpu_cores",
+                        "CPU (cores) allocated to sandboxes on every runner")),
+      alloc_memory_(Single(registry, "isorun_scheduler_allocated_memory_bytes",
+                           "Memory (bytes) allocated to sandboxes on every runner")),
+      alloc_slots_(Single(registry, "isorun_scheduler_allocated_sandbox_slots",
+                          "Sandbox slots in use on every runner")),
       pulls_(prometheus::BuildCounter()
                  .Name("isorun_scheduler_prewarm_pulls_total")
                  .Help("Image pulls started ahead of demand, by outcome")
@@ -47,12 +53,18 @@ void FleetMetrics::Update(const FleetTotals& t) {
     auto it = by_state_.find(state);
     if (it != by_state_.end()) it->second->Set(static_cast<double>(n));
   }
-  free_cpu_.Set(static_cast<double>(t.schedulable_free.cpu_millis));
-  free_memory_.Set(static_cast<double>(t.schedulable_free.memory_mb));
+  // Base units (Prometheus naming): cores and bytes, from the fleet's millis and MiB.
+  auto cores = [](int64_t millis) { return static_cast<double>(millis) / 1000.0; };
+  auto bytes = [](int64_t mib) { return static_cast<double>(mib) * 1048576.0; };
+  free_cpu_.Set(cores(t.schedulable_free.cpu_millis));
+  free_memory_.Set(bytes(t.schedulable_free.memory_mb));
   free_slots_.Set(static_cast<double>(t.schedulable_free.sandboxes));
-  cap_cpu_.Set(static_cast<double>(t.schedulable_capacity.cpu_millis));
-  cap_memory_.Set(static_cast<double>(t.schedulable_capacity.memory_mb));
+  cap_cpu_.Set(cores(t.schedulable_capacity.cpu_millis));
+  cap_memory_.Set(bytes(t.schedulable_capacity.memory_mb));
   cap_slots_.Set(static_cast<double>(t.schedulable_capacity.sandboxes));
+  alloc_cpu_.Set(cores(t.allocated.cpu_millis));
+  alloc_memory_.Set(bytes(t.allocated.memory_mb));
+  alloc_slots_.Set(static_cast<double>(t.allocated.sandboxes));
   in_flight_.Set(static_cast<double>(t.pulls_in_flight));
   images_.Set(static_cast<double>(t.images));
 }

@@ -3,10 +3,12 @@
 // Fleet gauges and pre-warm counters for /metrics (the placement counters and latency histogram
 // live in SchedulerService):
 //   isorun_scheduler_runners{state}                   runners by state
-//   isorun_scheduler_free_cpu_millis                  free on schedulable runners
-//   isorun_scheduler_free_memory_mb                   (healthy, not draining)
+//   isorun_scheduler_free_cpu_cores                   free on schedulable runners
+//   isorun_scheduler_free_memory_bytes                (healthy, not draining)
 //   isorun_scheduler_free_sandbox_slots
-//   isorun_scheduler_capacity_{cpu_millis,memory_mb,sandbox_slots}   of schedulable runners
+//   isorun_scheduler_capacity_{cpu_cores,memory_bytes,sandbox_slots}   of schedulable runners
+//   isorun_scheduler_allocated_{cpu_cores,memory_bytes,sandbox_slots}  on every runner
+// Names carry base units (cores, bytes), as Prometheus and `promtool check metrics` want.
 //   isorun_scheduler_prewarm_pulls_total{outcome=ok|failed}
 //   isorun_scheduler_prewarm_pulls_in_flight
 //   isorun_scheduler_cached_images                    distinct images cached anywhere
@@ -37,6 +39,9 @@ class FleetMetrics {
   prometheus::Gauge& cap_cpu_;
   prometheus::Gauge& cap_memory_;
   prometheus::Gauge& cap_slots_;
+  prometheus::Gauge& alloc_cpu_;
+  prometheus::Gauge& alloc_memory_;
+  prometheus::Gauge& alloc_slots_;
   prometheus::Family<prometheus::Counter>& pulls_;
   prometheus::Counter& pulls_ok_;
   prometheus::Counter& pulls_failed_;

@@ -19,6 +19,9 @@ ISORUN_DEB_PACKAGES=(
   nodejs unzip
   # the SDKs (sdk/typescript's npm packages come from its lock file; sdk/python)
   python3
+  # metrics checks (promtool, and a real Prometheus scraping a test cluster) and the dashboard's
+  # browser tests (headless Chromium driven by playwright-core)
+  prometheus chromium
 )
 
 # Packages wanted only when their command is missing: Debian's npm conflicts with builds of

@@ -136,12 +136,16 @@ int main(int argc, char** argv) {
                               agent_options);
   agent.Start();
   // What the runner holds, refreshed every 2 s for dashboards.
-  auto& held = prometheus::BuildGauge()
-                   .Name("isorun_runner_held")
-                   .Help("Sandboxes and cached images this runner holds")
-                   .Register(metrics.registry());
-  auto& sandboxes_gauge = held.Add({{"what", "sandboxes"}});
-  auto& images_gauge = held.Add({{"what", "cached_images"}});
+  auto& sandboxes_gauge = prometheus::BuildGauge()
+                              .Name("isorun_runner_sandboxes")
+                              .Help("Sandboxes this runner holds")
+                              .Register(metrics.registry())
+                              .Add({});
+  auto& images_gauge = prometheus::BuildGauge()
+                           .Name("isorun_runner_cached_images")
+                           .Help("Images in this runner's cache")
+                           .Register(metrics.registry())
+                           .Add({});
   auto& image_bytes = prometheus::BuildGauge()
                           .Name("isorun_runner_image_cache_bytes")
                           .Help("Bytes of unpacked images in this runner's cache")
