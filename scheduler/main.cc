@@ -4,9 +4,12 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "scheduler/admin_http.h"
 #include "scheduler/capacity_json.h"
+#include "scheduler/capacity_history_store.h"
 #include "scheduler/fleet.h"
 #include "scheduler/fleet_metrics.h"
 #include "scheduler/prewarmer.h"
@@ -57,6 +60,11 @@ ABSL_FLAG(int, warm_candidates, 16,
           "runners sampled among those holding the image, when more than --scan_whole_below do");
 ABSL_FLAG(int, scan_whole_below, 32, "regions and holder lists this small are scanned whole");
 ABSL_FLAG(int, top_k, 3, "a placement picks at random among this many near-best runners");
+ABSL_FLAG(int, capacity_history_interval_sec, 10,
+          "how often a fleet snapshot goes into the capacity history; 0: none");
+ABSL_FLAG(int, capacity_history_raw_hours, 24,
+          "snapshots older than this are folded into 5-minute averages");
+ABSL_FLAG(int, capacity_history_retention_days, 30, "5-minute averages older than this go");
 ABSL_FLAG(bool, prewarm, true, "pull hot images onto runners ahead of demand");
 ABSL_FLAG(int, prewarm_interval_ms, 5000, "how often a pre-warm round runs");
 ABSL_FLAG(int, prewarm_window_sec, 60, "the sliding window of create demand per image");
@@ -120,9 +128,60 @@ isorun::scheduler::FleetOptions OptionsFromFlags() {
   return o;
 }
 
-AdminResponse ServeAdmin(isorun::scheduler::Fleet& fleet, const AdminRequest& req) {
-  if (req.method != "GET") return {405, "text/plain", "only GET\n"};
-  if (req.path == "/healthz") return {200, "text/plain", "ok\n"};
+// GET /capacity/history?from=UNIX&to=UNIX&step=SEC[&region=R]: the gateway checks the
+// parameters for its callers; here they are only parsed, and bounded.
+AdminResponse ServeHistory(isorun::scheduler::CapacityHistoryStore& history,
+                           const AdminRequest& req) {
+  auto number = [&](const char* name, int64_t* out) {
+    auto it = req.query.find(name);
+    return it != req.query.end() && absl::SimpleAtoi(it->second, out);
+  };
+  int64_t from = 0, to = 0, step = 0;
+  if (!number("from", &from) || !number("to", &to) || !number("step", &step) || step < 1 ||
+      to <= from || (to - from) / step > 20000) {
+    return {400, "text/plain",
+            "want from and to (unix seconds, from < to) and step (seconds), at most 20000 "
+            "steps\n"};
+  }
+  auto it = req.query.find("region");
+  std::string region = it == req.query.end() ? "" : it->second;
+  auto samples = history.Query(absl::FromUnixSeconds(from), absl::FromUnixSeconds(to),
+                               absl::Seconds(step), region);
+  if (!samples.ok()) return {503, "text/plain", std::string(samples.status().message()) + "\n"};
+  return {200, "application/json",
+          isorun::scheduler::HistoryJson(*samples, absl::FromUnixSeconds(from),
+                                         absl::FromUnixSeconds(to), absl::Seconds(step)) +
+              "\n"};
+}
+
+// The forecast from the last hour of history (see capacity_history.h for the method).
+std::string ForecastJsonNow(isorun::scheduler::CapacityHistoryStore& history) {
+  const absl::Time now = absl::Now();
+  isorun::scheduler::ForecastOptions options;
+  // Raw snapshots within the window; a step of one second keeps them as they are.
+  auto samples = history.Query(now - options.window, now + absl::Seconds(1), absl::Seconds(1));
+  if (!samples.ok()) return "null";
+  return isorun::scheduler::ForecastJson(isorun::scheduler::Forecast(*samples, now, options), now);
+}
+
+AdminResponse ServeAdmin(isorun::scheduler::Fleet& fleet,
+                         isorun::scheduler::CapacityHistoryStore& history,
+                         isorun::scheduler::SchedulerStore& store, const AdminRequest& req) {
+  if (req.path == "/healthz" && req.method == "GET") return {200, "text/plain", "ok\n"};
+  // POST /runners/NAME/drain and /undrain: as `isorunctl runners drain`, for the dashboard.
+  if (req.method == "POST" && absl::StartsWith(req.path, "/runners/")) {
+    std::vector<std::string> parts = absl::StrSplit(req.path.substr(9), '/');
+    if (parts.size() != 2 || (parts[1] != "drain" && parts[1] != "undrain") || parts[0].empty()) {
+      return {404, "text/plain", "not found: POST /runners/NAME/drain or /undrain\n"};
+    }
+    absl::Status st = store.SetDraining(parts[0], parts[1] == "drain");
+    if (absl::IsNotFound(st)) return {404, "text/plain", std::string(st.message()) + "\n"};
+    if (!st.ok()) return {503, "text/plain", std::string(st.message()) + "\n"};
+    (void)fleet.Sync();  // picks up the mark now rather than at the next sync
+    return {200, "application/json", "{}\n"};
+  }
+  if (req.method != "GET") return {405, "text/plain", "only GET (and POST /runners/...)\n"};
+  if (req.path == "/capacity/history") return ServeHistory(history, req);
   if (req.path != "/capacity") {
     return {404, "text/plain", "not found: try GET /capacity or /healthz\n"};
   }
@@ -137,8 +196,13 @@ AdminResponse ServeAdmin(isorun::scheduler::Fleet& fleet, const AdminRequest& re
   auto totals = fleet.Totals();
   std::vector<isorun::scheduler::RunnerStatus> runners;
   if (options.runners) runners = fleet.List();
-  return {200, "application/json",
-          isorun::scheduler::CapacityJson(runners, totals, absl::Now(), options) + "\n"};
+  std::string json = isorun::scheduler::CapacityJson(runners, totals, absl::Now(), options);
+  if (flag("forecast") == "1" || flag("forecast") == "true") {
+    // Appended as one more member of the top-level object.
+    json.pop_back();
+    json += ",\"forecast\":" + ForecastJsonNow(history) + "}";
+  }
+  return {200, "application/json", json + "\n"};
 }
 
 }  // namespace
@@ -159,6 +223,7 @@ int main(int argc, char** argv) {
   }
   isorun::PgPool pool(url, absl::GetFlag(FLAGS_db_connections));
   isorun::scheduler::SchedulerStore store(pool);
+  isorun::scheduler::CapacityHistoryStore history(pool);
   if (absl::Status s = isorun::RequireSchemaVersion(pool, isorun::LatestMigrationVersion());
       !s.ok()) {
     isorun::LogError("cannot start", {{"error", std::string(s.message())}});
@@ -184,7 +249,9 @@ int main(int argc, char** argv) {
   std::unique_ptr<isorun::scheduler::AdminHttpServer> admin;
   if (const std::string addr = absl::GetFlag(FLAGS_admin_http_addr); !addr.empty()) {
     auto started = isorun::scheduler::AdminHttpServer::Start(
-        addr, [&fleet](const AdminRequest& req) { return ServeAdmin(fleet, req); });
+        addr, [&fleet, &history, &store](const AdminRequest& req) {
+          return ServeAdmin(fleet, history, store, req);
+        });
     if (started.ok()) {
       admin = std::move(*started);
     } else {
@@ -218,12 +285,29 @@ int main(int argc, char** argv) {
                                          &fleet_metrics.pulls_ok(), &fleet_metrics.pulls_failed());
   if (options.prewarm.enabled) prewarmer.Start(options.prewarm.interval);
 
+  isorun::scheduler::CapacityRecorder::Options recorder_options;
+  recorder_options.interval = absl::Seconds(absl::GetFlag(FLAGS_capacity_history_interval_sec));
+  recorder_options.raw_retention = absl::Hours(absl::GetFlag(FLAGS_capacity_history_raw_hours));
+  recorder_options.downsampled_retention =
+      absl::Hours(24 * absl::GetFlag(FLAGS_capacity_history_retention_days));
+  isorun::scheduler::CapacityRecorder recorder(
+      history, [&fleet] { return fleet.List(); },
+      [&service, &fleet_metrics] {
+        return isorun::scheduler::CapacityCounters{
+            service.placements_warm(), service.placements_cold(), service.capacity_refusals(),
+            static_cast<int64_t>(fleet_metrics.pulls_ok().Value() +
+                                 fleet_metrics.pulls_failed().Value())};
+      },
+      recorder_options);
+  if (absl::GetFlag(FLAGS_capacity_history_interval_sec) > 0) recorder.Start();
+
   isorun::LogInfo("serving", {{"grpc_port", std::to_string(server->port)},
                               {"admin_port", std::to_string(admin ? admin->port() : 0)},
                               {"runners", std::to_string(fleet.List().size())}});
   int sig = isorun::WaitForShutdownSignal();
   isorun::LogInfo("shutting down", {{"signal", std::to_string(sig)}});
   prewarmer.Stop();
+  recorder.Stop();
   if (admin) admin->Stop();
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   stop.Notify();

@@ -18,6 +18,11 @@ class SchedulerService final
  public:
   SchedulerService(Fleet& fleet, prometheus::Registry& registry, int heartbeat_interval_ms);
 
+  // Placements since start, for the capacity history.
+  int64_t placements_warm() const { return static_cast<int64_t>(warm_.Value()); }
+  int64_t placements_cold() const { return static_cast<int64_t>(cold_.Value()); }
+  int64_t capacity_refusals() const { return static_cast<int64_t>(no_capacity_.Value()); }
+
   grpc::Status RegisterRunner(grpc::ServerContext*, const v1::RegisterRunnerRequest*,
                               v1::RegisterRunnerResponse*) override;
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*,

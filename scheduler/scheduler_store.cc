@@ -69,6 +69,10 @@ SchedulerStore::SchedulerStore(PgPool& pool) : pool_(pool) {
                 "UPDATE scheduler.runners r SET image_cache_used_bytes = x.used "
                 "FROM jsonb_to_recordset($1::jsonb) AS x(id text, used bigint) WHERE r.id = x.id");
   pool_.Prepare("sched_draining", "SELECT id FROM scheduler.runners WHERE draining");
+  pool_.Prepare("sched_drain_by_name",
+                "UPDATE scheduler.runners SET draining = $2 WHERE name = $1 RETURNING id");
+  pool_.Prepare("sched_drain_by_id",
+                "UPDATE scheduler.runners SET draining = $2 WHERE id = $1 RETURNING id");
   pool_.Prepare("sched_insert_placements",
                 "INSERT INTO scheduler.placements (sandbox_id, runner_id, cpu_millis, memory_mb, "
                 "image, warm) SELECT sandbox_id, runner_id, cpu::integer, mem::integer, image, "
@@ -142,6 +146,19 @@ absl::Status SchedulerStore::ReplaceImages(const std::vector<RunnerImages>& runn
         return absl::OkStatus();
       },
       Durability::kAsync);
+}
+
+absl::Status SchedulerStore::SetDraining(const std::string& name_or_id, bool draining) {
+  return pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    // A name wins over another runner's id, as in `isorunctl runners drain`.
+    if (!tx.exec_prepared("sched_drain_by_name", name_or_id, draining).empty()) {
+      return absl::OkStatus();
+    }
+    if (!tx.exec_prepared("sched_drain_by_id", name_or_id, draining).empty()) {
+      return absl::OkStatus();
+    }
+    return absl::NotFoundError(absl::StrCat("runner '", name_or_id, "' not found"));
+  });
 }
 
 absl::StatusOr<std::vector<std::string>> SchedulerStore::DrainingRunners() {

@@ -29,6 +29,9 @@ class SchedulerStore final : public FleetStore {
   absl::StatusOr<std::vector<bool>> DeletePlacements(
       const std::vector<std::string>& sandbox_ids) override;
   absl::StatusOr<FleetSnapshot> Load() override;
+  // Marks a runner (by name, else by id) draining or not; NOT_FOUND when there is none. The
+  // fleet picks the mark up at its next Sync.
+  absl::Status SetDraining(const std::string& name_or_id, bool draining);
 
  private:
   PgPool& pool_;

@@ -14,7 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/registry.sh"
 # (e.g. ISORUN_PORT_GATEWAY_HTTP=18080); PostgreSQL's with ISORUN_PG_PORT.
 declare -A CLUSTER_PORT_DEFAULTS=(
   [QUOTA]=7001 [QUOTA_METRICS]=9101
-  [SCHEDULER]=7002 [SCHEDULER_METRICS]=9102
+  [SCHEDULER]=7002 [SCHEDULER_METRICS]=9102 [SCHEDULER_ADMIN]=9202
   [LIFECYCLE]=7003 [LIFECYCLE_METRICS]=9103
   [RUNNER_1]=7101 [RUNNER_1_METRICS]=9111
   [RUNNER_2]=7102 [RUNNER_2_METRICS]=9112
@@ -42,7 +42,7 @@ cluster_port() {
 # Variables of this script that must not reach the services, whose flags also read ISORUN_<FLAG>.
 CLUSTER_PRIVATE_ENV=(ISORUN_DATA_DIR ISORUN_PG_PORT ISORUN_START_TIMEOUT ISORUN_BUILD_DIR ISORUN_BIN_DIR
   ISORUN_REPO ISORUN_SKIP_BUILD ISORUN_API_KEY ISORUN_API_URL ISORUN_PUBLIC_URL ISORUN_REGISTRY
-  ISORUN_RUNNER_DRIVER ISORUN_TEST_IMAGES_DIR ISORUN_FAT_IMAGE_MB)
+  ISORUN_RUNNER_DRIVER ISORUN_TEST_IMAGES_DIR ISORUN_FAT_IMAGE_MB ISORUN_ADMIN_TOKEN)
 
 CLUSTER_DATA=""
 CLUSTER_TICK_PID=""
@@ -143,6 +143,26 @@ cluster_ctl() {
   "$ISORUN_BIN_DIR/isorunctl" "$@" 2>>"$CLUSTER_DATA/logs/isorunctl.log"
 }
 
+# Creates an operator token if there is none in the data folder; prints it. Only its hash is in
+# the database, so the file is the one place it is kept (mode 0600, like dev.key).
+cluster_operator_token() {
+  local file="$CLUSTER_DATA/admin.token"
+  if [[ -s "$file" ]] && [[ "$(cat "$file")" =~ ^isro_[A-Za-z0-9]+_[A-Za-z0-9]+$ ]]; then
+    cat "$file"
+    return 0
+  fi
+  log "creating an operator token (ISORUN_ADMIN_TOKEN)"
+  local token
+  token="$(cluster_ctl operators create-token --name local-up)" || {
+    show_log_tail "$CLUSTER_DATA/logs/isorunctl.log" 20
+    die "isorunctl operators create-token failed"
+  }
+  token="$(tr -d '[:space:]' <<<"$token")"
+  (umask 077 && printf '%s\n' "$token" >"$file.tmp")
+  mv -f "$file.tmp" "$file"
+  printf '%s\n' "$token"
+}
+
 # Creates the dev tenant and its key if missing; prints the key.
 cluster_dev_tenant() {
   local keyfile="$CLUSTER_DATA/dev.key" tenants
@@ -219,13 +239,14 @@ cluster_up() {
 
   build_all
 
-  local q s l r1 r2 gh gp qm sm lm r1m r2m gm
+  local q s l r1 r2 gh gp qm sm lm r1m r2m gm sa
   q="$(cluster_port QUOTA)" s="$(cluster_port SCHEDULER)" l="$(cluster_port LIFECYCLE)"
+  sa="$(cluster_port SCHEDULER_ADMIN)"
   r1="$(cluster_port RUNNER_1)" r2="$(cluster_port RUNNER_2)"
   gh="$(cluster_port GATEWAY_HTTP)" gp="$(cluster_port GATEWAY_PUBLIC)"
   qm="$(cluster_port QUOTA_METRICS)" sm="$(cluster_port SCHEDULER_METRICS)" lm="$(cluster_port LIFECYCLE_METRICS)"
   r1m="$(cluster_port RUNNER_1_METRICS)" r2m="$(cluster_port RUNNER_2_METRICS)" gm="$(cluster_port GATEWAY_METRICS)"
-  cluster_require_free cluster "$q" "$s" "$l" "$r1" "$r2" "$gh" "$gp" "$qm" "$sm" "$lm" "$r1m" "$r2m" "$gm"
+  cluster_require_free cluster "$q" "$s" "$l" "$r1" "$r2" "$gh" "$gp" "$qm" "$sm" "$lm" "$r1m" "$r2m" "$gm" "$sa"
 
   # PostgreSQL
   pg_prepare "$CLUSTER_DATA"
@@ -241,14 +262,16 @@ cluster_up() {
     show_log_tail "$CLUSTER_DATA/logs/isorunctl.log" 30
     die "isorunctl migrate failed"
   }
-  local api_key
+  local api_key admin_token
   api_key="$(cluster_dev_tenant)"
+  admin_token="$(cluster_operator_token)"
 
   # Services, in dependency order; each must listen before the next starts.
   local h=127.0.0.1
   cluster_start quota isorun-quota --grpc_addr="$h:$q" --metrics_addr="$h:$qm"
   wait_for_tcp quota "$h" "$q" "${CLUSTER_PIDS[quota]}" "$CLUSTER_DATA/logs/quota.log"
-  cluster_start scheduler isorun-scheduler --grpc_addr="$h:$s" --metrics_addr="$h:$sm"
+  cluster_start scheduler isorun-scheduler --grpc_addr="$h:$s" --metrics_addr="$h:$sm" \
+    --admin_http_addr="$h:$sa"
   wait_for_tcp scheduler "$h" "$s" "${CLUSTER_PIDS[scheduler]}" "$CLUSTER_DATA/logs/scheduler.log"
   cluster_start lifecycle isorun-lifecycle --grpc_addr="$h:$l" --metrics_addr="$h:$lm" \
     --quota_addr="$h:$q" --scheduler_addr="$h:$s"
@@ -287,7 +310,8 @@ cluster_up() {
     wait_for_tcp "runner-$n" "$h" "$port" "${CLUSTER_PIDS[runner-$n]}" "$CLUSTER_DATA/logs/runner-$n.log"
   done
   cluster_start gateway isorun-gateway --http_addr="$h:$gh" --metrics_addr="$h:$gm" \
-    --lifecycle_addr="$h:$l" --quota_addr="$h:$q" --region=local
+    --lifecycle_addr="$h:$l" --quota_addr="$h:$q" --region=local \
+    --scheduler_admin_url="http://$h:$sa" --dashboard_dir="$ISORUN_BUILD_DIR/dashboard"
   wait_for_tcp gateway "$h" "$gh" "${CLUSTER_PIDS[gateway]}" "$CLUSTER_DATA/logs/gateway.log"
   wait_for_http gateway "http://$h:$gh/healthz" "${CLUSTER_PIDS[gateway]}" "$CLUSTER_DATA/logs/gateway.log"
 
@@ -300,6 +324,7 @@ ISORUN_API_KEY=$api_key
 ISORUN_PUBLIC_URL=http://$h:$gp
 ISORUN_DATABASE_URL=$ISORUN_DATABASE_URL
 ISORUN_REGISTRY=$CLUSTER_REGISTRY
+ISORUN_ADMIN_TOKEN=$admin_token
 ISORUN_GRPC_QUOTA=$h:$q
 ISORUN_GRPC_SCHEDULER=$h:$s
 ISORUN_GRPC_LIFECYCLE=$h:$l
@@ -321,6 +346,7 @@ ENV
 
   Isorun local cluster is ready.
     API          http://$h:$gh   (tenant dev, key in $rel/dev.key)
+    dashboard    http://$h:$gh/dashboard/   (operator token in $rel/admin.token)
     public URLs  http://$h:$gp
     PostgreSQL   $ISORUN_DATABASE_URL
     environment  source $rel/env

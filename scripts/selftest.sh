@@ -185,6 +185,7 @@ case "$1 ${2:-}" in
   "keys create") n=$(( $(cat "$s/keyn" 2>/dev/null || echo 0) + 1 )); echo "$n" >"$s/keyn"
                  echo "key$n local 2026-01-01T00:00:00Z -" >>"$s/keys"; echo "isr_local_key${n}_Secret0123456789abcdef" ;;
   "keys list") echo "KEY_ID REGION CREATED_AT REVOKED_AT"; cat "$s/keys" 2>/dev/null || true ;;
+  "operators create-token") echo "isro_tok1_Secret0123456789abcdefSecret0123456789abcdef" ;;
   "keys revoke") sed -i "s/^$3 \(.*\) -\$/$3 \1 2026-01-02T00:00:00Z/" "$s/keys"; echo "revoked key $3" ;;
   *) echo "fake isorunctl: $*" >&2; exit 2 ;;
 esac
@@ -195,7 +196,7 @@ export FAKE_STATE="$WORK/fakestate"
 export ISORUN_SKIP_BUILD=1 ISORUN_BIN_DIR="$FAKE" ISORUN_DATA_DIR="$WORK/updata" ISORUN_START_TIMEOUT=20
 ISORUN_PG_PORT="$(pick_free_port)"; export ISORUN_PG_PORT
 for k in QUOTA SCHEDULER LIFECYCLE RUNNER_1 RUNNER_2 GATEWAY_HTTP GATEWAY_PUBLIC GATEWAY_METRICS \
-  QUOTA_METRICS SCHEDULER_METRICS LIFECYCLE_METRICS RUNNER_1_METRICS RUNNER_2_METRICS; do
+  SCHEDULER_ADMIN QUOTA_METRICS SCHEDULER_METRICS LIFECYCLE_METRICS RUNNER_1_METRICS RUNNER_2_METRICS; do
   export "ISORUN_PORT_$k=$(pick_free_port)"
 done
 

@@ -2,6 +2,7 @@
 
 #include <exception>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -9,7 +10,9 @@
 #include "services/gateway/exec_stream.h"
 #include "services/gateway/openapi.h"
 #include "services/gateway/render.h"
+#include "services/gateway/static_files.h"
 #include "services/gateway/strings.h"
+#include "services/kit/api_key.h"
 #include "services/kit/ids.h"
 #include "services/kit/json.h"
 #include "services/kit/log.h"
@@ -38,6 +41,17 @@ HttpResponse Json(int status, std::string body) {
   r.status = status;
   r.body = std::move(body);
   return r;
+}
+
+// The reason of an error body this gateway rendered ("" if none).
+std::string ReasonOfErrorBody(std::string_view body) {
+  constexpr std::string_view kField = "\"reason\":\"";
+  size_t at = body.find(kField);
+  if (at == std::string_view::npos) return "UNKNOWN";
+  at += kField.size();
+  size_t end = body.find('"', at);
+  if (end == std::string_view::npos || end - at > 64) return "UNKNOWN";
+  return std::string(body.substr(at, end - at));
 }
 
 bool RouteHasId(Route route) {
@@ -148,10 +162,13 @@ HttpResponse GatewayApi::Handle(const HttpRequest& request) {
   std::string_view path = target.substr(0, q);
   std::string_view query = q == std::string_view::npos ? "" : target.substr(q + 1);
   RouteMatch match = MatchRoute(request.method, path);
+  const bool dashboard = IsDashboardPath(path);
+  if (dashboard) match.path_template = "/dashboard/*";
 
   HttpResponse response;
   try {
-    response = Dispatch(request, match, query, ctx);
+    response = dashboard ? ServeDashboard(options_.dashboard_dir, request.method, path)
+                         : Dispatch(request, match, query, ctx);
   } catch (const std::exception& e) {
     LogError("request failed with an exception",
              {{"request_id", ctx.request_id}, {"error", e.what()}});
@@ -176,9 +193,10 @@ HttpResponse GatewayApi::Handle(const HttpRequest& request) {
   } catch (const std::exception& e) {
     LogError("metrics update failed", {{"error", e.what()}});
   }
-  if (match.outcome == RouteMatch::Outcome::kMatched && match.route == Route::kHealthz &&
-      response.status == 200) {
-    return response;  // probes every few seconds: not worth a log line each
+  if ((match.outcome == RouteMatch::Outcome::kMatched && match.route == Route::kHealthz &&
+       response.status == 200) ||
+      (dashboard && response.status < 400)) {
+    return response;  // probes and static files: not worth a log line each
   }
   const LogLevel level = response.status >= 500 ? LogLevel::kWarn : LogLevel::kInfo;
   const std::string status = std::to_string(response.status);
@@ -241,6 +259,23 @@ HttpResponse GatewayApi::Dispatch(const HttpRequest& request, const RouteMatch& 
     r.headers.emplace_back("Cache-Control", "public, max-age=300");
     return r;
   }
+  if (IsOperatorRoute(match.route)) {
+    if (operators_ == nullptr) {
+      return ErrorResponse(Error(absl::StatusCode::kUnimplemented, "UNIMPLEMENTED",
+                                 "this gateway serves no operator routes"));
+    }
+    auto token = operators_->Verify(request.Header("authorization"));
+    if (!token.ok()) {
+      if (auto detail = ErrorDetailOf(token.status())) ctx.auth_failure = detail->reason();
+      HttpResponse r = ErrorResponse(token.status());
+      if (r.status == 401) r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"isorun-admin\"");
+      return r;
+    }
+    if (request.method == "POST" && !request.body.empty()) {
+      if (absl::Status st = ParseEmptyBody(request.body); !st.ok()) return ErrorResponse(st);
+    }
+    return Admin(match, query);
+  }
 
   auto principal =
       Authenticate(Credentials{request.Header("authorization"), request.Header("x-api-key")},
@@ -262,7 +297,7 @@ HttpResponse GatewayApi::Dispatch(const HttpRequest& request, const RouteMatch& 
     return ErrorResponse(Error(absl::StatusCode::kPermissionDenied, "PERMISSION_DENIED",
                                Cat("key ", ctx.principal.key_id, " has role \"",
                                    ctx.principal.role,
-                                   "\"; only admin keys may manage API keys")));
+                                   "\"; only admin keys may manage API keys and read the usage history")));
   }
 
   std::vector<std::pair<std::string, std::string>> rate_headers;
@@ -272,6 +307,10 @@ HttpResponse GatewayApi::Dispatch(const HttpRequest& request, const RouteMatch& 
     if (window.ok()) {
       rate_headers = RateLimitHeaders(*window);
     } else if (window.status().code() == absl::StatusCode::kResourceExhausted) {
+      if (usage_ != nullptr) {
+        auto detail = ErrorDetailOf(window.status());
+        usage_->RecordRefusal(ctx.principal.tenant_id, detail ? detail->reason() : "RATE_LIMIT");
+      }
       return ErrorResponse(window.status());
     } else {
       rate_check_failures_.Increment();
@@ -285,6 +324,14 @@ HttpResponse GatewayApi::Dispatch(const HttpRequest& request, const RouteMatch& 
   }
   HttpResponse response = Serve(request, match, query, ctx);
   for (auto& header : rate_headers) response.headers.push_back(std::move(header));
+  if (usage_ != nullptr) {
+    usage_->Seen(ctx.principal.tenant_id);
+    if (match.route == Route::kCreateSandbox && response.status == 201) {
+      usage_->RecordCreate(ctx.principal.tenant_id);
+    } else if (response.status == 429) {
+      usage_->RecordRefusal(ctx.principal.tenant_id, ReasonOfErrorBody(response.body));
+    }
+  }
   return response;
 }
 
@@ -386,6 +433,13 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
     case Route::kCreateKey:
     case Route::kRevokeKey:
       return Keys(request, match, ctx);
+    case Route::kUsageHistory:
+      return UsageHistory(query, ctx);
+    case Route::kAdminCapacity:
+    case Route::kAdminCapacityHistory:
+    case Route::kAdminDrain:
+    case Route::kAdminUndrain:
+      break;  // served before authentication by key
     case Route::kHealthz:
     case Route::kOpenApi:
       break;
@@ -412,6 +466,166 @@ bool IsBase62(std::string_view s) {
 }
 
 }  // namespace
+
+namespace {
+
+absl::Status BadQuery(std::string_view message) {
+  return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT", message);
+}
+
+// from, to (RFC 3339 or unix seconds; default the last hour) and step (seconds; default a
+// 120th of the span, at least 10), for the history routes. At most 10,000 steps.
+struct Range {
+  absl::Time from, to;
+  absl::Duration step;
+  std::string region;
+};
+
+absl::StatusOr<Range> ParseRange(std::string_view query, bool allow_region) {
+  auto params = ParseQueryString(query);
+  if (!params.ok()) return params.status();
+  Range r;
+  r.to = absl::Now();
+  r.from = r.to - absl::Hours(1);
+  int64_t step = 0;
+  bool has_from = false;
+  auto parse_time = [](const std::string& name, const std::string& v,
+                       absl::Time* out) -> absl::Status {
+    int64_t seconds = 0;
+    if (absl::SimpleAtoi(v, &seconds)) {
+      *out = absl::FromUnixSeconds(seconds);
+      return absl::OkStatus();
+    }
+    std::string err;
+    if (absl::ParseTime(absl::RFC3339_full, v, out, &err)) return absl::OkStatus();
+    return BadQuery(Cat("parameter \"", name, "\" must be an RFC 3339 time or unix seconds"));
+  };
+  for (const auto& [k, v] : *params) {
+    if (k == "from") {
+      if (absl::Status st = parse_time(k, v, &r.from); !st.ok()) return st;
+      has_from = true;
+    } else if (k == "to") {
+      if (absl::Status st = parse_time(k, v, &r.to); !st.ok()) return st;
+    } else if (k == "step") {
+      if (!absl::SimpleAtoi(v, &step) || step < 1 || step > 31 * 86400) {
+        return BadQuery("parameter \"step\" must be a whole number of seconds, 1 to 2678400");
+      }
+    } else if (k == "region" && allow_region) {
+      r.region = v;
+    } else {
+      return BadQuery(Cat("unknown parameter \"", k.substr(0, 40), "\""));
+    }
+  }
+  if (!has_from) r.from = r.to - absl::Hours(1);
+  if (r.to <= r.from) return BadQuery("\"from\" must be before \"to\"");
+  const int64_t span = absl::ToInt64Seconds(r.to - r.from);
+  if (step == 0) step = std::max<int64_t>(10, span / 120);
+  if (span / step > 10000) {
+    return BadQuery(Cat("from..to is ", span / step, " steps of ", step,
+                        " s; at most 10000: choose a larger step"));
+  }
+  r.step = absl::Seconds(step);
+  return r;
+}
+
+HttpResponse Passthrough(const absl::StatusOr<UpstreamResponse>& up) {
+  if (!up.ok()) return ErrorResponse(absl::UnavailableError(up.status().message()));
+  if (up->status == 404) {
+    return ErrorResponse(Error(absl::StatusCode::kNotFound, "NOT_FOUND",
+                               Cat("scheduler: ", up->body.substr(0, 200))));
+  }
+  if (up->status != 200) {
+    return ErrorResponse(absl::UnavailableError(
+        Cat("the scheduler answered ", up->status, ": ", up->body.substr(0, 200))));
+  }
+  HttpResponse r = Json(200, up->body);
+  r.headers.emplace_back("Cache-Control", "no-store");
+  return r;
+}
+
+}  // namespace
+
+HttpResponse GatewayApi::Admin(const RouteMatch& match, std::string_view query) {
+  if (scheduler_admin_ == nullptr) {
+    return ErrorResponse(absl::UnavailableError("this gateway has no scheduler admin address"));
+  }
+  switch (match.route) {
+    case Route::kAdminCapacity: {
+      if (!query.empty()) return ErrorResponse(BadQuery("this route takes no parameters"));
+      return Passthrough(scheduler_admin_->Call("GET", "/capacity?sandboxes=0&forecast=1"));
+    }
+    case Route::kAdminCapacityHistory: {
+      auto range = ParseRange(query, true);
+      if (!range.ok()) return ErrorResponse(range.status());
+      std::string target = Cat("/capacity/history?from=", absl::ToUnixSeconds(range->from),
+                               "&to=", absl::ToUnixSeconds(range->to),
+                               "&step=", absl::ToInt64Seconds(range->step));
+      if (!range->region.empty()) {
+        if (!IsValidRegion(range->region)) return ErrorResponse(BadQuery("invalid region"));
+        target += "&region=" + range->region;
+      }
+      return Passthrough(scheduler_admin_->Call("GET", target));
+    }
+    case Route::kAdminDrain:
+    case Route::kAdminUndrain: {
+      const std::string& runner = match.sandbox_id;
+      if (!IsPlausibleSandboxId(runner)) {
+        return ErrorResponse(Error(absl::StatusCode::kNotFound, "NOT_FOUND", "no such runner"));
+      }
+      auto up = scheduler_admin_->Call(
+          "POST", Cat("/runners/", runner, match.route == Route::kAdminDrain ? "/drain" : "/undrain"));
+      if (up.ok() && up->status == 200) {
+        HttpResponse r;
+        r.status = 204;
+        r.content_type.clear();
+        return r;
+      }
+      return Passthrough(up);
+    }
+    default:
+      return ErrorResponse(absl::InternalError("not an operator route"));
+  }
+}
+
+HttpResponse GatewayApi::UsageHistory(std::string_view query, Context& ctx) {
+  if (usage_ == nullptr) {
+    return ErrorResponse(Error(absl::StatusCode::kUnimplemented, "UNIMPLEMENTED",
+                               "this gateway records no usage history"));
+  }
+  auto range = ParseRange(query, false);
+  if (!range.ok()) return ErrorResponse(range.status());
+  auto points = usage_->Query(ctx.principal.tenant_id, range->from, range->to, range->step);
+  if (!points.ok()) return ErrorResponse(points.status());
+  JsonWriter w;
+  auto rfc = [](absl::Time t) {
+    return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
+  };
+  w.BeginObject();
+  w.Key("from").String(rfc(range->from)).Key("to").String(rfc(range->to));
+  w.Key("stepSec").Int(absl::ToInt64Seconds(range->step));
+  w.Key("points").BeginArray();
+  for (const auto& p : *points) {
+    auto get = [&](const std::string& m) {
+      auto it = p.values.find(m);
+      return it == p.values.end() ? int64_t{0} : it->second;
+    };
+    w.BeginObject().Key("time").String(rfc(p.at));
+    w.Key("activeMax").Int(get("active_max")).Key("hibernatedMax").Int(get("hibernated_max"));
+    w.Key("creates").Int(get("creates"));
+    w.Key("refused").BeginObject();
+    std::vector<std::pair<std::string, int64_t>> refused;
+    for (const auto& [m, v] : p.values) {
+      if (m.rfind("refused:", 0) == 0) refused.emplace_back(m.substr(8), v);
+    }
+    std::sort(refused.begin(), refused.end());
+    for (const auto& [reason, v] : refused) w.Key(reason).Int(v);
+    w.EndObject().EndObject();
+  }
+  w.EndArray().EndObject();
+  HttpResponse r = Json(200, w.Take());
+  r.headers.emplace_back("Cache-Control", "no-store");
+  return r;
+}
 
 HttpResponse GatewayApi::Keys(const HttpRequest& request, const RouteMatch& match, Context& ctx) {
   if (key_admin_ == nullptr) {

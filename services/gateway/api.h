@@ -26,6 +26,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "services/gateway/auth.h"
+#include "services/gateway/admin.h"
 #include "services/gateway/http_types.h"
 #include "services/gateway/key_admin.h"
 #include "services/gateway/rate_limit.h"
@@ -43,6 +44,8 @@ class GatewayApi {
     // Every other unary call; exec gets its command timeout plus this.
     absl::Duration call_deadline = absl::Seconds(60);
     absl::Duration health_deadline = absl::Seconds(2);
+    // The dashboard's build output, served at /dashboard/ (empty: none).
+    std::string dashboard_dir;
   };
   // One dependency check for /healthz: OK or why not.
   using HealthCheck = std::function<absl::Status(absl::Duration deadline)>;
@@ -54,6 +57,15 @@ class GatewayApi {
              PgKeyAdmin* key_admin = nullptr);
   GatewayApi(const GatewayApi&) = delete;
   GatewayApi& operator=(const GatewayApi&) = delete;
+
+  // Operator routes, the usage history and its recording; each may be null (the routes then
+  // answer 503 or 501). Call before serving.
+  void SetAdmin(PgOperatorTokens* operators, SchedulerAdminClient* scheduler,
+                TenantUsageRecorder* usage) {
+    operators_ = operators;
+    scheduler_admin_ = scheduler;
+    usage_ = usage;
+  }
 
   // Never throws: an unexpected exception becomes a 500 with the error body.
   HttpResponse Handle(const HttpRequest& request);
@@ -74,6 +86,10 @@ class GatewayApi {
   HttpResponse Create(const HttpRequest& request, Context& ctx);
   HttpResponse List(std::string_view query, Context& ctx);
   HttpResponse ExecStream(const HttpRequest& request, const std::string& id, Context& ctx);
+  // /v1/admin/*, with an operator token (checked before).
+  HttpResponse Admin(const RouteMatch& match, std::string_view query);
+  // GET /v1/usage/history (admin keys only; checked before).
+  HttpResponse UsageHistory(std::string_view query, Context& ctx);
   // GET, POST and DELETE /v1/keys (admin keys only; checked before).
   HttpResponse Keys(const HttpRequest& request, const RouteMatch& match, Context& ctx);
 
@@ -101,6 +117,9 @@ class GatewayApi {
   const std::vector<std::pair<std::string, HealthCheck>> health_checks_;
   RateChecker* const rates_;
   PgKeyAdmin* const key_admin_;
+  PgOperatorTokens* operators_ = nullptr;
+  SchedulerAdminClient* scheduler_admin_ = nullptr;
+  TenantUsageRecorder* usage_ = nullptr;
 
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Histogram>& durations_;

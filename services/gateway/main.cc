@@ -35,6 +35,13 @@ ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL (accounts schema: tenan
 ABSL_FLAG(int64_t, max_body_bytes, 1048576, "largest request body accepted (413 beyond)");
 ABSL_FLAG(int32_t, max_connections, 2000, "open HTTP connections beyond which new ones get 503");
 ABSL_FLAG(int32_t, db_pool_size, 8, "PostgreSQL connections for key lookups and health checks");
+ABSL_FLAG(std::string, scheduler_admin_url, "http://127.0.0.1:9202",
+          "the scheduler's admin listener (capacity view, history, drain) behind /v1/admin/*; "
+          "empty: the operator routes answer 503");
+ABSL_FLAG(absl::Duration, usage_history_sample_interval, absl::Minutes(1),
+          "how often tenants' active and hibernated counts are sampled for /v1/usage/history");
+ABSL_FLAG(std::string, dashboard_dir, "",
+          "folder of the web dashboard's build output, served at /dashboard/ (empty: none)");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "on SIGINT/SIGTERM, how long requests in flight may finish before they are cancelled");
 
@@ -66,6 +73,28 @@ int Run() {
   // Registers its statement: before the pool's first query.
   PgKeyStore keys(pool);
   PgKeyAdmin key_admin(pool);
+  PgOperatorTokens operators(pool);
+  auto usage_stub = v1::Sandboxes::NewStub(MakeChannel(absl::GetFlag(FLAGS_lifecycle_addr)));
+  TenantUsageRecorder usage(
+      pool,
+      [&usage_stub](const std::string& tenant)
+          -> absl::StatusOr<std::pair<int64_t, int64_t>> {
+        grpc::ClientContext call;
+        call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        v1::GetUsageRequest req;
+        req.set_tenant_id(tenant);
+        v1::Usage out;
+        grpc::Status st = usage_stub->GetUsage(&call, req, &out);
+        if (!st.ok()) return absl::UnavailableError(st.error_message());
+        return std::make_pair(int64_t{out.active_sandboxes()}, int64_t{out.hibernated_sandboxes()});
+      },
+      [] {
+        TenantUsageRecorder::Options o;
+        o.sample_interval = absl::GetFlag(FLAGS_usage_history_sample_interval);
+        o.flush_interval = std::min(o.flush_interval, o.sample_interval);
+        return o;
+      }());
+  SchedulerAdminClient scheduler_admin(absl::GetFlag(FLAGS_scheduler_admin_url));
   if (absl::Status st = RequireSchemaVersion(pool, LatestMigrationVersion()); !st.ok()) {
     std::fprintf(stderr, "isorun-gateway: %s\n", std::string(st.message()).c_str());
     return 1;
@@ -100,8 +129,11 @@ int Run() {
   GatewayApi::Options api_options;
   api_options.region = region;
   api_options.max_body_bytes = static_cast<size_t>(max_body);
+  api_options.dashboard_dir = absl::GetFlag(FLAGS_dashboard_dir);
   GatewayApi api(api_options, keys, lifecycle, std::move(checks), metrics.registry(), rates.get(),
                  &key_admin);
+  api.SetAdmin(&operators, &scheduler_admin, &usage);
+  usage.Start();
 
   HttpServer::Options http_options;
   http_options.address = absl::GetFlag(FLAGS_http_addr);
@@ -131,6 +163,7 @@ int Run() {
   }
   keys.Stop();
   key_admin.Stop();
+  usage.Stop();
   LogInfo("stopped");
   return 0;
 }

@@ -30,6 +30,11 @@ constexpr Entry kRoutes[] = {
     {"GET", "/v1/keys", Route::kListKeys},
     {"POST", "/v1/keys", Route::kCreateKey},
     {"DELETE", "/v1/keys/{id}", Route::kRevokeKey},
+    {"GET", "/v1/usage/history", Route::kUsageHistory},
+    {"GET", "/v1/admin/capacity", Route::kAdminCapacity},
+    {"GET", "/v1/admin/capacity/history", Route::kAdminCapacityHistory},
+    {"POST", "/v1/admin/runners/{id}/drain", Route::kAdminDrain},
+    {"POST", "/v1/admin/runners/{id}/undrain", Route::kAdminUndrain},
 };
 
 std::vector<std::string_view> Segments(std::string_view path) {
@@ -80,7 +85,13 @@ RouteMatch MatchRoute(std::string_view method, std::string_view path) {
 }
 
 bool IsKeyAdminRoute(Route route) {
-  return route == Route::kListKeys || route == Route::kCreateKey || route == Route::kRevokeKey;
+  return route == Route::kListKeys || route == Route::kCreateKey || route == Route::kRevokeKey ||
+         route == Route::kUsageHistory;
+}
+
+bool IsOperatorRoute(Route route) {
+  return route == Route::kAdminCapacity || route == Route::kAdminCapacityHistory ||
+         route == Route::kAdminDrain || route == Route::kAdminUndrain;
 }
 
 bool IsPlausibleSandboxId(std::string_view id) {

@@ -24,9 +24,18 @@ enum class Route {
   kListKeys,
   kCreateKey,
   kRevokeKey,
+  kUsageHistory,
+  kAdminCapacity,
+  kAdminCapacityHistory,
+  kAdminDrain,
+  kAdminUndrain,
 };
 
-// Routes only admin keys may call (403 PERMISSION_DENIED for sandbox keys).
+// Routes of operators: an operator token instead of an API key.
+bool IsOperatorRoute(Route route);
+
+// Routes only admin keys may call (403 PERMISSION_DENIED for sandbox keys): the key routes and
+// the tenant's usage history.
 bool IsKeyAdminRoute(Route route);
 
 struct RouteMatch {

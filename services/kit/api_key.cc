@@ -52,6 +52,23 @@ std::optional<ApiKey> ParseApiKey(std::string_view text) {
   return key;
 }
 
+OperatorToken NewOperatorToken() {
+  return OperatorToken{RandomBase62(kKeyIdBytes), RandomBase62(kSecretBytes)};
+}
+
+std::optional<OperatorToken> ParseOperatorToken(std::string_view text) {
+  if (text.substr(0, 5) != "isro_") return std::nullopt;
+  text.remove_prefix(5);
+  auto sep = text.find('_');
+  if (sep == std::string_view::npos) return std::nullopt;
+  OperatorToken token{std::string(text.substr(0, sep)), std::string(text.substr(sep + 1))};
+  if (!IsBase62(token.token_id) || !IsBase62(token.secret) ||
+      token.secret.size() < kMinSecretChars) {
+    return std::nullopt;
+  }
+  return token;
+}
+
 std::string HashSecret(std::string_view secret) { return Sha256Hex(secret); }
 
 bool SecretMatches(std::string_view secret, std::string_view stored_hash) {

@@ -32,4 +32,15 @@ std::string HashSecret(std::string_view secret);
 // Constant-time check of a presented secret against a stored hash.
 bool SecretMatches(std::string_view secret, std::string_view stored_hash);
 
+// Operator tokens (/v1/admin/*, the dashboard's operator view): `isro_<tokenId>_<secret>`, both
+// base62, the secret as strong as an API key's; stored as HashSecret(secret).
+struct OperatorToken {
+  std::string token_id;
+  std::string secret;
+
+  std::string ToString() const { return "isro_" + token_id + "_" + secret; }
+};
+OperatorToken NewOperatorToken();
+std::optional<OperatorToken> ParseOperatorToken(std::string_view text);
+
 }  // namespace isorun

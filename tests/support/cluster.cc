@@ -211,6 +211,24 @@ void Cluster::Define() {
                              dir_ + "/scheduler.log"};
   processes_["scheduler"].args.push_back("--database_url=" + db_.url());
   processes_["scheduler"].args.push_back("--heartbeat_interval_ms=200");
+  // The scheduler's admin listener: the one a test chose through the environment, else a free
+  // port (never the default 9202, which several clusters would share).
+  ports_["scheduler-admin"] = 0;
+  for (const std::string& e : options_.env) {
+    const std::string prefix = "ISORUN_ADMIN_HTTP_ADDR=";
+    if (e.rfind(prefix, 0) == 0 && e.rfind(':') != std::string::npos) {
+      ports_["scheduler-admin"] = std::stoi(e.substr(e.rfind(':') + 1));
+    }
+  }
+  if (ports_["scheduler-admin"] == 0) {
+    ports_["scheduler-admin"] = PickFreePort();
+    processes_["scheduler"].args.push_back("--admin_http_addr=" +
+                                           Addr(ports_["scheduler-admin"]));
+  }
+  if (options_.capacity_history_interval_sec > 0) {
+    processes_["scheduler"].args.push_back("--capacity_history_interval_sec=" +
+                                           std::to_string(options_.capacity_history_interval_sec));
+  }
   processes_["scheduler"].args.push_back("--lost_after_ms=" +
                                          std::to_string(options_.runner_lost_after_ms));
   order_.push_back("scheduler");
@@ -260,8 +278,15 @@ void Cluster::Define() {
         {"--http_addr=" + Addr(ports_["gateway"]),
          "--metrics_addr=" + Addr(metrics_ports_["gateway"]),
          "--lifecycle_addr=" + Addr(ports_["lifecycle"]), "--quota_addr=" + Addr(ports_["quota"]),
-         "--region=local", "--database_url=" + db_.url()},
+         "--region=local", "--database_url=" + db_.url(),
+         "--scheduler_admin_url=http://" + Addr(ports_["scheduler-admin"]),
+         "--dashboard_dir=" + options_.dashboard_dir},
         dir_ + "/gateway.log"};
+    if (options_.usage_sample_interval_ms > 0) {
+      processes_["gateway"].args.push_back(
+          "--usage_history_sample_interval=" + std::to_string(options_.usage_sample_interval_ms) +
+          "ms");
+    }
     order_.push_back("gateway");
   }
 }
@@ -434,6 +459,20 @@ std::string Cluster::CreateKey(const std::string& tenant_id, const std::string& 
       key.key_id, tenant_id, key.region, HashSecret(key.secret), role);
   tx.commit();
   return key.ToString();
+}
+
+std::string Cluster::CreateOperatorToken() {
+  OperatorToken token = NewOperatorToken();
+  pqxx::connection conn(db_.url());
+  pqxx::work tx(conn);
+  tx.exec_params("INSERT INTO accounts.operator_tokens (token_id, secret_hash) VALUES ($1, $2)",
+                 token.token_id, HashSecret(token.secret));
+  tx.commit();
+  return token.ToString();
+}
+
+std::string Cluster::scheduler_admin_url() const {
+  return "http://" + Addr(ports_.at("scheduler-admin"));
 }
 
 int Cluster::Isorunctl(const std::vector<std::string>& args, std::string* out) {

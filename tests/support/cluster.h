@@ -43,6 +43,12 @@ struct ClusterOptions {
   // it tries again, so this starts a cluster seconds sooner. Restarts (Start after Kill) never
   // probe.
   bool probe_ports = true;
+  // The gateway serves this folder at /dashboard/ (empty: none).
+  std::string dashboard_dir;
+  // The scheduler's capacity snapshots (0: the scheduler's default, 10 s).
+  int capacity_history_interval_sec = 0;
+  // How often the gateway samples tenants' usage for their history (0: its default, 1 min).
+  int usage_sample_interval_ms = 0;
   // Extra environment for every process (NAME=value).
   std::vector<std::string> env;
 };
@@ -75,6 +81,10 @@ class Cluster {
   // role: "sandbox" (sandboxes only) or "admin" (may manage the tenant's keys too).
   std::string CreateKey(const std::string& tenant_id, const std::string& region = "local",
                         const std::string& role = "sandbox");
+  // An operator token for /v1/admin/* (isro_<id>_<secret>).
+  std::string CreateOperatorToken();
+  // http://127.0.0.1:PORT of the scheduler's admin listener.
+  std::string scheduler_admin_url() const;
 
   // Runs build/bin/isorunctl with this cluster's database; returns its exit code and output.
   int Isorunctl(const std::vector<std::string>& args, std::string* out = nullptr);

@@ -75,6 +75,7 @@ const std::vector<Group>& Groups() {
       {"keys", "create, list and revoke a tenant's API keys"},
       {"sandboxes", "list sandboxes"},
       {"runners", "drain runners (no new placements) and undrain them"},
+      {"operators", "create operator tokens (the /v1/admin routes and the dashboard's fleet view)"},
   };
   return *groups;
 }
@@ -178,6 +179,18 @@ const std::vector<Command>& Commands() {
        {},
        [](const Args&, const std::vector<std::string>& params, const std::string& db,
           std::ostream& out) { return RevokeKey(db, params[0], out); }},
+      {"operators",
+       "create-token",
+       {},
+       "[--name N]",
+       "create an operator token and print it",
+       "Creates an operator token and prints it, alone, on stdout: the only time it is shown\n"
+       "(only a hash of its secret is stored). It is sent as `Authorization: Bearer <token>`\n"
+       "to the gateway's /v1/admin routes and signs in the dashboard's operator view.\n\n"
+       "  --name N   a label (default: empty)\n",
+       {"name"},
+       [](const Args& args, const std::vector<std::string>&, const std::string& db,
+          std::ostream& out) { return CreateOperatorToken(db, args.Get("name").value_or(""), out); }},
       {"sandboxes",
        "list",
        {},

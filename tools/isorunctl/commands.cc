@@ -267,6 +267,21 @@ absl::Status CreateKey(const std::string& database_url, const std::string& tenan
   });
 }
 
+absl::Status CreateOperatorToken(const std::string& database_url, const std::string& name,
+                                 std::ostream& out) {
+  if (name.size() > 128) return UsageError("the name must be at most 128 bytes long");
+  return WithDb(database_url, [&](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    OperatorToken token = NewOperatorToken();
+    tx.exec_params(
+        "INSERT INTO accounts.operator_tokens (token_id, name, secret_hash) VALUES ($1, $2, $3)",
+        token.token_id, name, HashSecret(token.secret));
+    tx.commit();
+    out << token.ToString() << '\n';
+    return absl::OkStatus();
+  });
+}
+
 absl::Status ListKeys(const std::string& database_url, const std::string& tenant, Format format,
                       std::ostream& out) {
   return WithDb(database_url, [&](pqxx::connection& conn) {

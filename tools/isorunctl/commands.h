@@ -55,6 +55,9 @@ absl::Status CreateKey(const std::string& database_url, const std::string& tenan
                        const std::string& region, const std::string& role,
                        const std::string& name, std::ostream& out);
 // `keys list`: KEY_ID REGION CREATED_AT REVOKED_AT, oldest first. Never the secret or its hash.
+absl::Status CreateOperatorToken(const std::string& database_url, const std::string& name,
+                                 std::ostream& out);
+
 absl::Status ListKeys(const std::string& database_url, const std::string& tenant, Format format,
                       std::ostream& out);
 // `keys revoke`: `key` is a key id or a whole key. Revoking a revoked key is not an error.
