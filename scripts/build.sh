@@ -28,4 +28,28 @@ build_all() {
   fi
   log "building $b"
   cmake --build "$b" -j2 || die "build failed"
+  build_dashboard
+}
+
+# The web dashboard (dashboard/): npm ci from its lock file, then type-check and bundle into
+# $ISORUN_BUILD_DIR/dashboard, which the gateway serves. Without node or the npm registry the
+# gateway serves no dashboard and the browser tests skip, saying so; nothing else depends on it.
+build_dashboard() {
+  local src="$ISORUN_REPO/dashboard" out="$ISORUN_BUILD_DIR/dashboard"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    warn "node or npm not found: the dashboard is not built"
+    return 0
+  fi
+  # npm ci only when the lock file changed since the last install.
+  local stamp="$src/node_modules/.isorun-lock"
+  if [[ ! -f "$stamp" ]] || ! cmp -s "$src/package-lock.json" "$stamp"; then
+    log "installing the dashboard's packages (npm ci)"
+    if ! (cd "$src" && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
+      warn "npm ci failed in dashboard/: the dashboard is not built"
+      return 0
+    fi
+    cp -f "$src/package-lock.json" "$stamp"
+  fi
+  (cd "$src" && npx --no-install tsc --noEmit -p . && node build.mjs "$out" >/dev/null) ||
+    die "the dashboard does not build (dashboard/: tsc and build.mjs)"
 }
