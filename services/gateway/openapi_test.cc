@@ -71,5 +71,25 @@ TEST(OpenApi, EveryDocumentedOperationIsARoute) {
   EXPECT_GE(operations, 12);
 }
 
+// And the other way round: a route added to the gateway must be added to the document.
+TEST(OpenApi, EveryRouteIsDocumented) {
+  auto doc = ParseJson(OpenApiDocument(), 64);
+  ASSERT_TRUE(doc.ok()) << doc.status();
+  const JsonValue* paths = Member(*doc, "paths");
+  ASSERT_NE(paths, nullptr);
+  for (const RouteTemplate& route : AllRouteTemplates()) {
+    bool documented = false;
+    for (const auto& [path, item] : paths->members()) {
+      if (Fill(path, "{}") != Fill(route.path_template, "{}")) continue;
+      std::string lower;
+      for (char c : route.method) lower.push_back(static_cast<char>(std::tolower(c)));
+      documented = Member(item, lower) != nullptr;
+    }
+    EXPECT_TRUE(documented) << route.method << " " << route.path_template
+                            << " is a route of the gateway but services/gateway/openapi.json does "
+                               "not describe it: add it there (paths, schemas, error answers)";
+  }
+}
+
 }  // namespace
 }  // namespace isorun::gateway

@@ -94,6 +94,12 @@ bool IsOperatorRoute(Route route) {
          route == Route::kAdminDrain || route == Route::kAdminUndrain;
 }
 
+std::vector<RouteTemplate> AllRouteTemplates() {
+  std::vector<RouteTemplate> out;
+  for (const Entry& entry : kRoutes) out.push_back({entry.method, entry.path_template});
+  return out;
+}
+
 bool IsPlausibleSandboxId(std::string_view id) {
   if (id.empty() || id.size() > 64) return false;
   for (char c : id) {

@@ -5,6 +5,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace isorun::gateway {
 
@@ -52,6 +53,14 @@ struct RouteMatch {
 
 // `path` excludes the query string.
 RouteMatch MatchRoute(std::string_view method, std::string_view path);
+
+// Every route of the table as method and template, in table order: the OpenAPI document must
+// describe each (openapi_test.cc).
+struct RouteTemplate {
+  std::string_view method;
+  std::string_view path_template;
+};
+std::vector<RouteTemplate> AllRouteTemplates();
 
 // Sandbox ids are "sbx_" plus base62; anything else outside [A-Za-z0-9_-] (or too long) cannot
 // name a sandbox, and is answered 404 without asking the lifecycle service.
