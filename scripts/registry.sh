@@ -187,7 +187,7 @@ registry_start() {
   fi
   if ! pid="$(registry_pid "$dir")"; then
     registry_write_config "$dir" "$port"
-    setsid docker-registry serve "$dir/config.yml" </dev/null >>"$dir/registry.log" 2>&1 &
+    setsid docker-registry serve "$dir/config.yml" </dev/null >>"$dir/registry.log" 2>&1 9>&- &
     pid=$!
     echo "$pid" >"$dir/registry.pid"
     wait_for_http docker-registry "http://127.0.0.1:$port/v2/" "$pid" "$dir/registry.log" 30
