@@ -138,6 +138,41 @@ cluster_cleanup() {
   exit "$rc"
 }
 
+# The local CA and one certificate per service identity (gateway, lifecycle, quota, scheduler,
+# runner, admin) in $DATA/tls, made once with openssl and reused while they verify against the CA.
+# Each names its identity as URI SAN isorun://<identity> and is valid for 127.0.0.1 and localhost.
+cluster_tls_certs() {
+  local dir="$CLUSTER_DATA/tls" id
+  mkdir -p "$dir"
+  chmod 0700 "$dir"
+  if [[ ! -s "$dir/ca.crt" || ! -s "$dir/ca.key" ]]; then
+    log "making a local CA for mutual TLS in $dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=isorun local CA" -keyout "$dir/ca.key" -out "$dir/ca.crt" >/dev/null 2>&1 ||
+      die "openssl could not make the CA"
+  fi
+  for id in gateway lifecycle quota scheduler runner admin; do
+    if [[ -s "$dir/$id.crt" && -s "$dir/$id.key" ]] &&
+       openssl verify -CAfile "$dir/ca.crt" "$dir/$id.crt" >/dev/null 2>&1; then
+      continue
+    fi
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,URI:isorun://%s\n' "$id" >"$dir/$id.ext"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$id" \
+      -keyout "$dir/$id.key" -out "$dir/$id.csr" >/dev/null 2>&1 &&
+      openssl x509 -req -in "$dir/$id.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days 825 -extfile "$dir/$id.ext" -out "$dir/$id.crt" >/dev/null 2>&1 ||
+      die "openssl could not make the certificate of $id"
+    rm -f "$dir/$id.csr" "$dir/$id.ext"
+  done
+  chmod 0600 "$dir"/*.key
+}
+
+# cluster_tls_args IDENTITY: the TLS flags of a service with that identity.
+cluster_tls_args() {
+  local dir="$CLUSTER_DATA/tls"
+  printf '%s\n' "--tls_cert_file=$dir/$1.crt" "--tls_key_file=$dir/$1.key" "--tls_ca_file=$dir/ca.crt"
+}
+
 # isorunctl with the cluster's database; its output goes to logs/isorunctl.log unless captured.
 cluster_ctl() {
   "$ISORUN_BIN_DIR/isorunctl" "$@" 2>>"$CLUSTER_DATA/logs/isorunctl.log"
@@ -266,15 +301,24 @@ cluster_up() {
   api_key="$(cluster_dev_tenant)"
   admin_token="$(cluster_operator_token)"
 
+  # Mutual TLS between the services (ISORUN_TLS=false in this environment turns it off).
+  cluster_tls_certs
+  local -a tls_quota tls_scheduler tls_lifecycle tls_runner tls_gateway
+  mapfile -t tls_quota < <(cluster_tls_args quota)
+  mapfile -t tls_scheduler < <(cluster_tls_args scheduler)
+  mapfile -t tls_lifecycle < <(cluster_tls_args lifecycle)
+  mapfile -t tls_runner < <(cluster_tls_args runner)
+  mapfile -t tls_gateway < <(cluster_tls_args gateway)
+
   # Services, in dependency order; each must listen before the next starts.
   local h=127.0.0.1
-  cluster_start quota isorun-quota --grpc_addr="$h:$q" --metrics_addr="$h:$qm"
+  cluster_start quota isorun-quota --grpc_addr="$h:$q" --metrics_addr="$h:$qm" "${tls_quota[@]}"
   wait_for_tcp quota "$h" "$q" "${CLUSTER_PIDS[quota]}" "$CLUSTER_DATA/logs/quota.log"
   cluster_start scheduler isorun-scheduler --grpc_addr="$h:$s" --metrics_addr="$h:$sm" \
-    --admin_http_addr="$h:$sa"
+    --admin_http_addr="$h:$sa" "${tls_scheduler[@]}"
   wait_for_tcp scheduler "$h" "$s" "${CLUSTER_PIDS[scheduler]}" "$CLUSTER_DATA/logs/scheduler.log"
   cluster_start lifecycle isorun-lifecycle --grpc_addr="$h:$l" --metrics_addr="$h:$lm" \
-    --quota_addr="$h:$q" --scheduler_addr="$h:$s"
+    --quota_addr="$h:$q" --scheduler_addr="$h:$s" "${tls_lifecycle[@]}"
   wait_for_tcp lifecycle "$h" "$l" "${CLUSTER_PIDS[lifecycle]}" "$CLUSTER_DATA/logs/lifecycle.log"
   # Real sandboxes need root and the image tools; otherwise the simulated driver.
   local driver="${ISORUN_RUNNER_DRIVER:-}"
@@ -303,7 +347,7 @@ cluster_up() {
     [[ "$driver" == runc ]] && data_args=(--data_dir="$(cluster_runner_dir "$n")")
     cluster_start "runner-$n" isorun-runner --grpc_addr="$h:$port" --metrics_addr="$h:$mport" \
       --scheduler_addr="$h:$s" --runner_name="runner-$n" --region=local \
-      "${driver_args[@]}" "${data_args[@]}"
+      "${driver_args[@]}" "${data_args[@]}" "${tls_runner[@]}"
   done
   for n in 1 2; do
     port="$(cluster_port "RUNNER_$n")"
@@ -311,7 +355,7 @@ cluster_up() {
   done
   cluster_start gateway isorun-gateway --http_addr="$h:$gh" --metrics_addr="$h:$gm" \
     --lifecycle_addr="$h:$l" --quota_addr="$h:$q" --region=local \
-    --scheduler_admin_url="http://$h:$sa" --dashboard_dir="$ISORUN_BUILD_DIR/dashboard"
+    --scheduler_admin_url="http://$h:$sa" --dashboard_dir="$ISORUN_BUILD_DIR/dashboard" "${tls_gateway[@]}"
   wait_for_tcp gateway "$h" "$gh" "${CLUSTER_PIDS[gateway]}" "$CLUSTER_DATA/logs/gateway.log"
   wait_for_http gateway "http://$h:$gh/healthz" "${CLUSTER_PIDS[gateway]}" "$CLUSTER_DATA/logs/gateway.log"
 
@@ -325,6 +369,7 @@ ISORUN_PUBLIC_URL=http://$h:$gp
 ISORUN_DATABASE_URL=$ISORUN_DATABASE_URL
 ISORUN_REGISTRY=$CLUSTER_REGISTRY
 ISORUN_ADMIN_TOKEN=$admin_token
+ISORUN_TLS_DIR=$CLUSTER_DATA/tls
 ISORUN_GRPC_QUOTA=$h:$q
 ISORUN_GRPC_SCHEDULER=$h:$s
 ISORUN_GRPC_LIFECYCLE=$h:$l

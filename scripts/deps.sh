@@ -22,6 +22,8 @@ ISORUN_DEB_PACKAGES=(
   # metrics checks (promtool, and a real Prometheus scraping a test cluster) and the dashboard's
   # browser tests (headless Chromium driven by playwright-core)
   prometheus chromium
+  # the local CA and the services' certificates of `./isorun up`
+  openssl
 )
 
 # Packages wanted only when their command is missing: Debian's npm conflicts with builds of

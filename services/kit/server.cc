@@ -4,7 +4,13 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "services/kit/tls.h"
+
+ABSL_FLAG(std::string, health_addr, "",
+          "host:port of a plain-text gRPC listener that serves grpc.health.v1 (and reflection) "
+          "alone, for probes that cannot present a client certificate when TLS is on; empty: none");
 
 namespace isorun {
 
@@ -13,12 +19,13 @@ absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
                                            int max_threads) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  if (absl::Status tls = LoadTls(); !tls.ok()) return tls;
   grpc::ServerBuilder builder;
   // gRPC sets SO_REUSEPORT by default: a second server on a port in use would start and silently
   // take part of its connections. A port in use is an error instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   GrpcServer out;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &out.port);
+  builder.AddListeningPort(address, GrpcServerCredentials(), &out.port);
   for (grpc::Service* service : services) builder.RegisterService(service);
   grpc::ResourceQuota quota("isorun");
   quota.SetMaxThreads(max_threads);
@@ -34,6 +41,21 @@ absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
     return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", address));
   }
   out.server->GetHealthCheckService()->SetServingStatus(true);
+  const std::string health_addr = absl::GetFlag(FLAGS_health_addr);
+  if (!health_addr.empty()) {
+    // A server of its own: the services above are not registered on it, so plain text reaches
+    // nothing but health (and the reflection plugin every server gets).
+    grpc::ServerBuilder health;
+    health.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    int health_port = 0;
+    health.AddListeningPort(health_addr, grpc::InsecureServerCredentials(), &health_port);
+    out.health_server = health.BuildAndStart();
+    if (!out.health_server || health_port == 0) {
+      out.server->Shutdown();
+      return absl::UnavailableError(absl::StrCat("cannot listen for gRPC health on ", health_addr));
+    }
+    out.health_server->GetHealthCheckService()->SetServingStatus(true);
+  }
   return out;
 }
 
@@ -82,7 +104,8 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
   // Our callers decide what to retry (creates compensate, idempotent calls are retried by their
   // loops); gRPC's own retry layer only added a per-call cost.
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  // Mutual TLS when the process has an identity (services/kit/tls.h), else plain text.
+  return grpc::CreateCustomChannel(address, GrpcChannelCredentials(), args);
 }
 
 }  // namespace isorun

@@ -18,10 +18,13 @@ namespace isorun {
 struct GrpcServer {
   std::unique_ptr<grpc::Server> server;
   int port = 0;  // the bound port (useful with port 0)
+  std::unique_ptr<grpc::Server> health_server;  // --health_addr's plain-text health listener
 };
 
 // Builds and starts a server on `address` ("host:port", port 0 picks one) serving `services`,
-// plus grpc.health.v1.Health (all SERVING) and server reflection.
+// plus grpc.health.v1.Health (all SERVING) and server reflection; with mutual TLS and per-method
+// identity checks when the process has a certificate (services/kit/tls.h), and a plain-text
+// health listener on --health_addr when set.
 absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
                                            const std::vector<grpc::Service*>& services,
                                            int max_threads = 64);
@@ -45,7 +48,8 @@ class Metrics {
 void BlockShutdownSignals();
 int WaitForShutdownSignal();
 
-// A client channel with sane defaults (keepalive, no proxies).
+// A client channel with sane defaults (keepalive, no proxies); mutual TLS when the process has a
+// certificate (services/kit/tls.h).
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address);
 
 }  // namespace isorun

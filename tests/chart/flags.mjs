@@ -23,7 +23,7 @@ export const MANAGED = {
   runner: ['grpc_addr', 'advertise_addr', 'metrics_addr', 'scheduler_addr', 'runner_name', 'region',
     'data_dir', 'registry'],
 };
-for (const m of Object.values(MANAGED)) m.push('tls_cert_file', 'tls_key_file', 'tls_ca_file');
+for (const m of Object.values(MANAGED)) m.push('tls', 'tls_cert_file', 'tls_key_file', 'tls_ca_file', 'health_addr');
 
 function schemaType(cppType) {
   if (/^(int|int32_t|int64_t|uint32_t|uint64_t|size_t)$/.test(cppType)) return { type: 'integer' };

@@ -131,6 +131,8 @@ podAntiAffinity:
   value: /etc/isorun/tls/tls.key
 - name: ISORUN_TLS_CA_FILE
   value: /etc/isorun/tls/ca.crt
+- name: ISORUN_HEALTH_ADDR
+  value: "0.0.0.0:{{ .root.Values.tls.internal.healthPort }}"
 {{- end }}
 {{- end -}}
 
@@ -158,4 +160,10 @@ imagePullSecrets:
   - name: {{ . }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* The port of native gRPC probes: the plain-text health listener when TLS is on (kubelets
+present no client certificate), else the gRPC port. (dict "root" $ "port" N) */}}
+{{- define "isorun.probePort" -}}
+{{- if .root.Values.tls.internal.enabled -}}{{ .root.Values.tls.internal.healthPort }}{{- else -}}{{ .port }}{{- end -}}
 {{- end -}}
