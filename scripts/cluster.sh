@@ -16,8 +16,8 @@ declare -A CLUSTER_PORT_DEFAULTS=(
   [QUOTA]=7001 [QUOTA_METRICS]=9101
   [SCHEDULER]=7002 [SCHEDULER_METRICS]=9102 [SCHEDULER_ADMIN]=9202
   [LIFECYCLE]=7003 [LIFECYCLE_METRICS]=9103
-  [RUNNER_1]=7101 [RUNNER_1_METRICS]=9111
-  [RUNNER_2]=7102 [RUNNER_2_METRICS]=9112
+  [RUNNER_1]=7101 [RUNNER_1_METRICS]=9111 [RUNNER_1_TUNNEL]=7111
+  [RUNNER_2]=7102 [RUNNER_2_METRICS]=9112 [RUNNER_2_TUNNEL]=7112
   [GATEWAY_HTTP]=8080 [GATEWAY_METRICS]=9100 [GATEWAY_PUBLIC]=8081
   [REGISTRY]=5050
 )
@@ -281,7 +281,10 @@ cluster_up() {
   gh="$(cluster_port GATEWAY_HTTP)" gp="$(cluster_port GATEWAY_PUBLIC)"
   qm="$(cluster_port QUOTA_METRICS)" sm="$(cluster_port SCHEDULER_METRICS)" lm="$(cluster_port LIFECYCLE_METRICS)"
   r1m="$(cluster_port RUNNER_1_METRICS)" r2m="$(cluster_port RUNNER_2_METRICS)" gm="$(cluster_port GATEWAY_METRICS)"
-  cluster_require_free cluster "$q" "$s" "$l" "$r1" "$r2" "$gh" "$gp" "$qm" "$sm" "$lm" "$r1m" "$r2m" "$gm" "$sa"
+  local r1t r2t
+  r1t="$(cluster_port RUNNER_1_TUNNEL)" r2t="$(cluster_port RUNNER_2_TUNNEL)"
+  cluster_require_free cluster "$q" "$s" "$l" "$r1" "$r2" "$gh" "$gp" "$qm" "$sm" "$lm" "$r1m" "$r2m" "$gm" "$sa" \
+    "$r1t" "$r2t"
 
   # PostgreSQL
   pg_prepare "$CLUSTER_DATA"
@@ -317,8 +320,14 @@ cluster_up() {
   cluster_start scheduler isorun-scheduler --grpc_addr="$h:$s" --metrics_addr="$h:$sm" \
     --admin_http_addr="$h:$sa" "${tls_scheduler[@]}"
   wait_for_tcp scheduler "$h" "$s" "${CLUSTER_PIDS[scheduler]}" "$CLUSTER_DATA/logs/scheduler.log"
+  # The gateway's public-URL proxy reaches sandbox ports through the runners' tunnel listeners,
+  # which accept only connections that present this secret (new for every start; given to the
+  # runners and the gateway in the environment, not on their command lines).
+  export ISORUN_TUNNEL_TOKEN
+  ISORUN_TUNNEL_TOKEN="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
   cluster_start lifecycle isorun-lifecycle --grpc_addr="$h:$l" --metrics_addr="$h:$lm" \
-    --quota_addr="$h:$q" --scheduler_addr="$h:$s" "${tls_lifecycle[@]}"
+    --quota_addr="$h:$q" --scheduler_addr="$h:$s" "${tls_lifecycle[@]}" \
+    --public_url_template="http://{port}-{publicId}.localhost:$gp"
   wait_for_tcp lifecycle "$h" "$l" "${CLUSTER_PIDS[lifecycle]}" "$CLUSTER_DATA/logs/lifecycle.log"
   # Real sandboxes need root and the image tools; otherwise the simulated driver.
   local driver="${ISORUN_RUNNER_DRIVER:-}"
@@ -340,13 +349,14 @@ cluster_up() {
       die "the image registry did not start (log: $CLUSTER_DATA/registry/registry.log)"
     driver_args=(--driver=runc --registry="$CLUSTER_REGISTRY")
   fi
-  local n port mport
+  local n port mport tport
   for n in 1 2; do
     port="$(cluster_port "RUNNER_$n")" mport="$(cluster_port "RUNNER_${n}_METRICS")"
+    tport="$(cluster_port "RUNNER_${n}_TUNNEL")"
     local -a data_args=()
     [[ "$driver" == runc ]] && data_args=(--data_dir="$(cluster_runner_dir "$n")")
     cluster_start "runner-$n" isorun-runner --grpc_addr="$h:$port" --metrics_addr="$h:$mport" \
-      --scheduler_addr="$h:$s" --runner_name="runner-$n" --region=local \
+      --scheduler_addr="$h:$s" --runner_name="runner-$n" --region=local --tunnel_addr="$h:$tport" \
       "${driver_args[@]}" "${data_args[@]}" "${tls_runner[@]}"
   done
   for n in 1 2; do
@@ -355,7 +365,8 @@ cluster_up() {
   done
   cluster_start gateway isorun-gateway --http_addr="$h:$gh" --metrics_addr="$h:$gm" \
     --lifecycle_addr="$h:$l" --quota_addr="$h:$q" --region=local \
-    --scheduler_admin_url="http://$h:$sa" --dashboard_dir="$ISORUN_BUILD_DIR/dashboard" "${tls_gateway[@]}"
+    --scheduler_admin_url="http://$h:$sa" --dashboard_dir="$ISORUN_BUILD_DIR/dashboard" "${tls_gateway[@]}" \
+    --public_addr="$h:$gp" --public_domain=localhost
   wait_for_tcp gateway "$h" "$gh" "${CLUSTER_PIDS[gateway]}" "$CLUSTER_DATA/logs/gateway.log"
   wait_for_http gateway "http://$h:$gh/healthz" "${CLUSTER_PIDS[gateway]}" "$CLUSTER_DATA/logs/gateway.log"
 

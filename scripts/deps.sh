@@ -24,6 +24,8 @@ ISORUN_DEB_PACKAGES=(
   prometheus chromium
   # the local CA and the services' certificates of `./isorun up`
   openssl
+  # bench proxy: the load generator and the reverse proxy it is compared with
+  wrk nginx
 )
 
 # Packages wanted only when their command is missing: Debian's npm conflicts with builds of

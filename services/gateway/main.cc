@@ -11,9 +11,11 @@
 #include "services/gateway/health.h"
 #include "services/gateway/http_server.h"
 #include "services/gateway/pg_key_store.h"
+#include "services/gateway/public_proxy.h"
 #include "services/gateway/rate_limit.h"
 #include "services/kit/api_key.h"
 #include "services/kit/flags.h"
+#include "services/kit/http_front.h"
 #include "services/kit/log.h"
 #include "services/kit/migrate.h"
 #include "services/kit/pg.h"
@@ -42,6 +44,22 @@ ABSL_FLAG(absl::Duration, usage_history_sample_interval, absl::Minutes(1),
           "how often tenants' active and hibernated counts are sampled for /v1/usage/history");
 ABSL_FLAG(std::string, dashboard_dir, "",
           "folder of the web dashboard's build output, served at /dashboard/ (empty: none)");
+ABSL_FLAG(
+    std::string, public_addr, "",
+    "host:port of the public-URL proxy (Host: <port>-<publicId>.<public_domain>); empty: none");
+ABSL_FLAG(std::string, public_domain, "localhost", "the domain of public URLs");
+ABSL_FLAG(std::string, tunnel_token, "",
+          "shared secret for the runners' tunnel listeners (ISORUN_TUNNEL_TOKEN; the runners get "
+          "the same); required with --public_addr");
+ABSL_FLAG(std::string, forwarded_proto, "http",
+          "X-Forwarded-Proto the proxy sends (https when a TLS terminator is in front)");
+ABSL_FLAG(int32_t, proxy_threads, 2, "I/O threads of the public-URL proxy");
+ABSL_FLAG(int32_t, proxy_max_connections, 20000,
+          "open proxy connections beyond which new ones are closed");
+ABSL_FLAG(int32_t, proxy_max_connections_per_sandbox, 1000,
+          "tunnels open to one sandbox at once through its public URLs (429 beyond)");
+ABSL_FLAG(absl::Duration, proxy_activity_interval, absl::Seconds(5),
+          "how often proxied activity is reported to the lifecycle (one call for all sandboxes)");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "on SIGINT/SIGTERM, how long requests in flight may finish before they are cancelled");
 
@@ -68,6 +86,8 @@ int Run() {
 
   // Before any thread starts, so that only WaitForShutdownSignal sees them.
   BlockShutdownSignals();
+  // Thousands of proxied connections (each a client socket and a tunnel) need more than 1,024.
+  http::RaiseOpenFileLimit();
 
   PgPool pool(database_url, absl::GetFlag(FLAGS_db_pool_size));
   // Registers its statement: before the pool's first query.
@@ -145,6 +165,36 @@ int Run() {
     std::fprintf(stderr, "isorun-gateway: %s\n", std::string(server.status().message()).c_str());
     return 1;
   }
+  std::unique_ptr<PublicProxy> proxy;
+  std::unique_ptr<http::FrontEnd> proxy_front;
+  if (const std::string public_addr = absl::GetFlag(FLAGS_public_addr); !public_addr.empty()) {
+    PublicProxyOptions proxy_options;
+    proxy_options.public_domain = absl::GetFlag(FLAGS_public_domain);
+    proxy_options.tunnel_token = absl::GetFlag(FLAGS_tunnel_token);
+    proxy_options.forwarded_proto = absl::GetFlag(FLAGS_forwarded_proto);
+    proxy_options.max_connections_per_sandbox =
+        absl::GetFlag(FLAGS_proxy_max_connections_per_sandbox);
+    proxy_options.touch_interval = absl::GetFlag(FLAGS_proxy_activity_interval);
+    if (proxy_options.tunnel_token.empty()) {
+      std::fprintf(stderr,
+                   "--tunnel_token (or ISORUN_TUNNEL_TOKEN) is required with --public_addr\n");
+      return 2;
+    }
+    proxy = std::make_unique<PublicProxy>(proxy_options, lifecycle, metrics.registry());
+    http::FrontEndOptions front;
+    front.address = public_addr;
+    front.threads = absl::GetFlag(FLAGS_proxy_threads);
+    front.max_connections = absl::GetFlag(FLAGS_proxy_max_connections);
+    auto started = http::FrontEnd::Start(front, proxy->Factory());
+    if (!started.ok()) {
+      std::fprintf(stderr, "isorun-gateway: %s\n", std::string(started.status().message()).c_str());
+      return 1;
+    }
+    proxy_front = std::move(*started);
+    LogInfo("public-URL proxy serving",
+            {{"address", absl::StrCat(public_addr, " (port ", proxy_front->port(), ")")},
+             {"domain", proxy_options.public_domain}});
+  }
   LogInfo("gateway serving",
           {{"http", absl::StrCat(http_options.address, " (port ", (*server)->port(), ")")},
            {"metrics", absl::GetFlag(FLAGS_metrics_addr)},
@@ -154,6 +204,9 @@ int Run() {
 
   int sig = WaitForShutdownSignal();
   LogInfo("shutting down", {{"signal", std::to_string(sig)}});
+  if (proxy_front) proxy_front->Stop();
+  proxy_front.reset();
+  proxy.reset();
   bool clean = (*server)->Stop(absl::GetFlag(FLAGS_shutdown_grace), [&api] { api.CancelCalls(); });
   if (!clean) {
     // A connection thread still runs a handler that uses `api`: do not destroy it under them.

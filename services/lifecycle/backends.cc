@@ -347,4 +347,26 @@ absl::StatusOr<std::vector<std::string>> GrpcBackends::RunnerSandboxes(const std
   return std::vector<std::string>(resp.sandbox_ids().begin(), resp.sandbox_ids().end());
 }
 
+absl::StatusOr<std::vector<int>> GrpcBackends::ListPorts(const std::string& address,
+                                                         const std::string& sandbox_id,
+                                                         absl::Duration deadline) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadline);
+  v1::ListPortsRequest req;
+  req.set_sandbox_id(sandbox_id);
+  v1::ListPortsResponse resp;
+  grpc::Status s = RunnerAt(address).ListPorts(&ctx, req, &resp);
+  if (!s.ok()) return Wrap(s, "runner");
+  return std::vector<int>(resp.ports().begin(), resp.ports().end());
+}
+
+absl::StatusOr<std::string> GrpcBackends::TunnelAddress(const std::string& address) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, absl::Seconds(2));
+  v1::GetRunnerInfoResponse resp;
+  grpc::Status s = RunnerAt(address).GetRunnerInfo(&ctx, v1::GetRunnerInfoRequest(), &resp);
+  if (!s.ok()) return Wrap(s, "runner");
+  return resp.tunnel_address();
+}
+
 }  // namespace isorun::lifecycle

@@ -52,6 +52,15 @@ class Backends {
       int older_than_sec, const std::string& page_token) = 0;
   virtual absl::StatusOr<v1::ListRunnersResponse> ListRunners() = 0;
   virtual absl::StatusOr<std::vector<std::string>> RunnerSandboxes(const std::string& address) = 0;
+  // Public URLs: the ports a sandbox listens on now, and where its runner's tunnel listens.
+  virtual absl::StatusOr<std::vector<int>> ListPorts(const std::string& address,
+                                                     const std::string& sandbox_id,
+                                                     absl::Duration deadline) {
+    return absl::UnimplementedError("no port listing");
+  }
+  virtual absl::StatusOr<std::string> TunnelAddress(const std::string& address) {
+    return absl::UnimplementedError("no tunnel");
+  }
 };
 
 struct BackendDeadlines {
@@ -88,6 +97,10 @@ class GrpcBackends final : public Backends {
       int older_than_sec, const std::string& page_token) override;
   absl::StatusOr<v1::ListRunnersResponse> ListRunners() override;
   absl::StatusOr<std::vector<std::string>> RunnerSandboxes(const std::string& address) override;
+  absl::StatusOr<std::vector<int>> ListPorts(const std::string& address,
+                                             const std::string& sandbox_id,
+                                             absl::Duration deadline) override;
+  absl::StatusOr<std::string> TunnelAddress(const std::string& address) override;
 
  private:
   v1::Runner::Stub& RunnerAt(const std::string& address);

@@ -6,6 +6,7 @@
 #include "absl/synchronization/notification.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "services/kit/ids.h"
 #include "services/kit/log.h"
@@ -178,6 +179,54 @@ absl::Status Lifecycle::Compensate(const Sandbox& sb, const std::string& runner_
 
 absl::StatusOr<Sandbox> Lifecycle::Get(const std::string& tenant_id, const std::string& id) {
   return store_.Get(tenant_id, id);
+}
+
+absl::StatusOr<Sandbox> Lifecycle::GetWithUrls(const std::string& tenant_id,
+                                               const std::string& id) {
+  auto sb = store_.Get(tenant_id, id);
+  if (!sb.ok() || sb->state() != v1::RUNNING || sb->runner_address().empty() ||
+      options_.public_url_template.empty()) {
+    return sb;
+  }
+  auto ports = backends_.ListPorts(sb->runner_address(), id, options_.ports_deadline);
+  if (!ports.ok()) return sb;  // the sandbox answers without `urls` rather than not at all
+  for (int port : *ports) {
+    (*sb->mutable_urls())[std::to_string(port)] = absl::StrReplaceAll(
+        options_.public_url_template,
+        {{"{port}", std::to_string(port)}, {"{publicId}", sb->public_id()}});
+  }
+  return sb;
+}
+
+absl::StatusOr<PublicTarget> Lifecycle::ResolvePublicId(const std::string& public_id) {
+  auto sb = store_.GetByPublicId(public_id);
+  if (!sb.ok()) return sb.status();
+  PublicTarget target;
+  const std::string runner = sb->runner_address();
+  target.sandbox = std::move(*sb);
+  if (runner.empty()) return target;
+  const absl::Time now = absl::Now();
+  {
+    absl::MutexLock lock(&tunnels_mu_);
+    auto it = tunnels_.find(runner);
+    if (it != tunnels_.end() && now - it->second.second < absl::Seconds(30)) {
+      target.tunnel_address = it->second.first;
+      return target;
+    }
+  }
+  auto tunnel = backends_.TunnelAddress(runner);
+  if (!tunnel.ok()) return tunnel.status();
+  {
+    absl::MutexLock lock(&tunnels_mu_);
+    tunnels_[runner] = {*tunnel, now};
+  }
+  target.tunnel_address = *tunnel;
+  return target;
+}
+
+absl::StatusOr<int> Lifecycle::TouchMany(const std::vector<std::string>& ids) {
+  if (ids.empty()) return 0;
+  return store_.TouchMany(ids);
 }
 
 absl::StatusOr<ListPage> Lifecycle::List(const ListQuery& query) {

@@ -13,7 +13,12 @@
 // Thread-safe: all state is in Postgres; methods may run concurrently.
 
 #include <functional>
+#include <map>
 #include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 #include "absl/status/statusor.h"
 #include "services/lifecycle/backends.h"
@@ -33,6 +38,17 @@ struct LifecycleOptions {
   int orphan_grace_sec = 30;
   // How long an idempotent retry waits for the first create to settle.
   absl::Duration idempotent_wait = absl::Minutes(2);
+  // The public URL of a sandbox port: "{port}" and "{publicId}" are replaced. Empty: GetSandbox
+  // leaves `urls` out.
+  std::string public_url_template;
+  // How long GetSandbox waits for the runner's port listing before answering without `urls`.
+  absl::Duration ports_deadline = absl::Milliseconds(300);
+};
+
+// What the public-URL proxy needs to reach a sandbox.
+struct PublicTarget {
+  Sandbox sandbox;
+  std::string tunnel_address;
 };
 
 struct LoopCounts {
@@ -50,6 +66,14 @@ class Lifecycle {
 
   absl::StatusOr<Sandbox> Create(const v1::CreateSandboxRequest& request);
   absl::StatusOr<Sandbox> Get(const std::string& tenant_id, const std::string& id);
+  // Get, plus `urls`: the ports a running sandbox listens on now with their public URLs (asked
+  // of its runner with a short deadline; left out when the runner does not answer in time).
+  absl::StatusOr<Sandbox> GetWithUrls(const std::string& tenant_id, const std::string& id);
+  // The public-URL proxy's lookup: the sandbox a public id names (any state) and its runner's
+  // tunnel address.
+  absl::StatusOr<PublicTarget> ResolvePublicId(const std::string& public_id);
+  // Proxied traffic: each running sandbox of `ids` gets deadline = now + timeoutSec.
+  absl::StatusOr<int> TouchMany(const std::vector<std::string>& ids);
   absl::StatusOr<ListPage> List(const ListQuery& query);
   // OK for an ended sandbox (idempotent). The slot is released before this returns OK.
   absl::Status Destroy(const std::string& tenant_id, const std::string& id);
@@ -93,6 +117,10 @@ class Lifecycle {
   SandboxStore& store_;
   Backends& backends_;
   const LifecycleOptions options_;
+  // Runner gRPC address -> its tunnel address, and when that was learned. A runner's tunnel
+  // address changes only when it restarts with other flags, so entries live a while.
+  absl::Mutex tunnels_mu_;
+  std::map<std::string, std::pair<std::string, absl::Time>> tunnels_ ABSL_GUARDED_BY(tunnels_mu_);
 };
 
 }  // namespace isorun::lifecycle

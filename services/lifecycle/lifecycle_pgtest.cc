@@ -438,6 +438,39 @@ TEST_F(LifecycleTest, SetTimeoutMovesTheDeadline) {
             "SANDBOX_NOT_RUNNING");
 }
 
+TEST_F(LifecycleTest, PublicIdsResolveAndProxiedTrafficMovesDeadlines) {
+  auto sb = lifecycle_->Create(Req());
+  ASSERT_TRUE(sb.ok()) << sb.status();
+  auto target = lifecycle_->ResolvePublicId(sb->public_id());
+  ASSERT_TRUE(target.ok()) << target.status();
+  EXPECT_EQ(target->sandbox.id(), sb->id());
+  EXPECT_EQ(target->sandbox.tenant_id(), tenant_);
+  EXPECT_EQ(target->sandbox.state(), v1::RUNNING);
+  EXPECT_FALSE(target->sandbox.runner_address().empty());
+  EXPECT_EQ(target->tunnel_address, "");  // this runner has no tunnel listener
+  EXPECT_EQ(lifecycle_->ResolvePublicId("0123456789abcdef0123456789abcdef").status().code(),
+            absl::StatusCode::kNotFound);
+
+  // Proxied traffic: one statement moves the deadlines of the running sandboxes named.
+  auto shortened = lifecycle_->SetTimeout(tenant_, sb->id(), 2);
+  ASSERT_TRUE(shortened.ok());
+  absl::SleepFor(absl::Milliseconds(1100));
+  auto touched = lifecycle_->TouchMany({sb->id(), "sbx_unknown"});
+  ASSERT_TRUE(touched.ok()) << touched.status();
+  EXPECT_EQ(*touched, 1);
+  auto after = lifecycle_->Get(tenant_, sb->id());
+  ASSERT_TRUE(after.ok());
+  EXPECT_GT(after->expires_at().seconds() * 1000 + after->expires_at().nanos() / 1000000,
+            shortened->expires_at().seconds() * 1000 + shortened->expires_at().nanos() / 1000000);
+
+  // Ended: resolved with its state (the proxy answers 404); touching it changes nothing.
+  ASSERT_TRUE(lifecycle_->Destroy(tenant_, sb->id()).ok());
+  target = lifecycle_->ResolvePublicId(sb->public_id());
+  ASSERT_TRUE(target.ok());
+  EXPECT_EQ(target->sandbox.state(), v1::DESTROYED);
+  EXPECT_EQ(*lifecycle_->TouchMany({sb->id()}), 0);
+}
+
 TEST_F(LifecycleTest, OtherTenantsSeeNotFound) {
   auto sb = lifecycle_->Create(Req());
   ASSERT_TRUE(sb.ok());

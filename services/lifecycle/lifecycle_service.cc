@@ -51,7 +51,7 @@ grpc::Status LifecycleService::CreateSandbox(grpc::ServerContext*,
 grpc::Status LifecycleService::GetSandbox(grpc::ServerContext*, const v1::GetSandboxRequest* req,
                                           v1::Sandbox* resp) {
   if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
-  return Reply(lifecycle_.Get(req->tenant_id(), req->id()), resp);
+  return Reply(lifecycle_.GetWithUrls(req->tenant_id(), req->id()), resp);
 }
 
 grpc::Status LifecycleService::ListSandboxes(grpc::ServerContext*,
@@ -123,6 +123,32 @@ grpc::Status LifecycleService::GetUsage(grpc::ServerContext*, const v1::GetUsage
   auto usage = lifecycle_.GetUsage(req->tenant_id());
   if (!usage.ok()) return ToGrpcStatus(usage.status());
   *resp = std::move(*usage);
+  return grpc::Status::OK;
+}
+
+grpc::Status PublicUrlsService::ResolvePublicId(grpc::ServerContext*,
+                                                const v1::ResolvePublicIdRequest* req,
+                                                v1::ResolvePublicIdResponse* resp) {
+  if (req->public_id().empty() || req->public_id().size() > 64) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "public_id is required");
+  }
+  auto target = lifecycle_.ResolvePublicId(req->public_id());
+  if (!target.ok()) return ToGrpcStatus(target.status());
+  *resp->mutable_sandbox() = std::move(target->sandbox);
+  resp->mutable_sandbox()->clear_env();
+  resp->set_tunnel_address(target->tunnel_address);
+  return grpc::Status::OK;
+}
+
+grpc::Status PublicUrlsService::TouchSandboxes(grpc::ServerContext*,
+                                               const v1::TouchSandboxesRequest* req,
+                                               v1::TouchSandboxesResponse* resp) {
+  if (req->sandbox_ids_size() > 100000) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "at most 100000 sandbox ids a call");
+  }
+  auto n = lifecycle_.TouchMany({req->sandbox_ids().begin(), req->sandbox_ids().end()});
+  if (!n.ok()) return ToGrpcStatus(n.status());
+  resp->set_touched(*n);
   return grpc::Status::OK;
 }
 

@@ -2,6 +2,7 @@
 
 // gRPC adapter of isorun.v1.Sandboxes over Lifecycle.
 
+#include "isorun/v1/public_urls.grpc.pb.h"
 #include "isorun/v1/sandboxes.grpc.pb.h"
 #include "prometheus/counter.h"
 #include "prometheus/histogram.h"
@@ -37,6 +38,19 @@ class LifecycleService final : public v1::Sandboxes::Service {
   Lifecycle& lifecycle_;
   prometheus::Family<prometheus::Counter>& creates_;
   prometheus::Histogram& create_latency_;
+};
+
+// gRPC adapter of isorun.v1.PublicUrls (the gateway's public-URL proxy) over Lifecycle.
+class PublicUrlsService final : public v1::PublicUrls::Service {
+ public:
+  explicit PublicUrlsService(Lifecycle& lifecycle) : lifecycle_(lifecycle) {}
+  grpc::Status ResolvePublicId(grpc::ServerContext*, const v1::ResolvePublicIdRequest*,
+                               v1::ResolvePublicIdResponse*) override;
+  grpc::Status TouchSandboxes(grpc::ServerContext*, const v1::TouchSandboxesRequest*,
+                              v1::TouchSandboxesResponse*) override;
+
+ private:
+  Lifecycle& lifecycle_;
 };
 
 }  // namespace isorun::lifecycle

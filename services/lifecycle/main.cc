@@ -31,6 +31,9 @@ ABSL_FLAG(int, reconcile_interval_ms, 5000, "how often the reconciler runs");
 ABSL_FLAG(int, stuck_after_sec, 120,
           "PENDING/STARTING sandboxes older than this are abandoned creates and get repaired");
 ABSL_FLAG(int, destroy_retry_after_sec, 10, "DESTROYING sandboxes older than this are retried");
+ABSL_FLAG(std::string, public_url_template, "http://{port}-{publicId}.localhost:8081",
+          "public URL of a sandbox port in the sandbox object's `urls`: {port} and {publicId} are "
+          "replaced (match the gateway's --public_domain and the proxy's address); empty: no urls");
 ABSL_FLAG(int, orphan_grace_sec, 30,
           "slots, placements and containers whose sandbox is gone are repaired once this old");
 
@@ -71,6 +74,7 @@ int main(int argc, char** argv) {
   options.stuck_after_sec = absl::GetFlag(FLAGS_stuck_after_sec);
   options.destroy_retry_after_sec = absl::GetFlag(FLAGS_destroy_retry_after_sec);
   options.orphan_grace_sec = absl::GetFlag(FLAGS_orphan_grace_sec);
+  options.public_url_template = absl::GetFlag(FLAGS_public_url_template);
   isorun::lifecycle::Lifecycle lifecycle(store, backends, options);
 
   isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
@@ -86,7 +90,8 @@ int main(int argc, char** argv) {
   auto& orphan_containers = loop_family.Add({{"action", "orphan_container_stopped"}});
   auto& lost = loop_family.Add({{"action", "marked_lost"}});
   isorun::lifecycle::LifecycleService service(lifecycle, metrics.registry());
-  auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service},
+  isorun::lifecycle::PublicUrlsService public_urls(lifecycle);
+  auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service, &public_urls},
                                         absl::GetFlag(FLAGS_grpc_max_threads));
   if (!server.ok()) {
     isorun::LogError("cannot start", {{"error", std::string(server.status().message())}});

@@ -193,6 +193,8 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                                        "AND s.tenant_id = $2"));
   pool_.Prepare("lc_get_any",
                 absl::StrCat("SELECT ", kCols, " FROM lifecycle.sandboxes s WHERE s.id = $1"));
+  pool_.Prepare("lc_get_by_public_id",
+                absl::StrCat("SELECT ", kCols, " FROM lifecycle.sandboxes s WHERE s.public_id = $1"));
   pool_.Prepare("lc_list", absl::StrCat("SELECT ", kCols,
                                         " FROM lifecycle.sandboxes s WHERE s.tenant_id = $1 "
                                         "AND s.state = ANY($2::text[]) AND s.metadata @> $3::jsonb "
@@ -283,6 +285,9 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
   pool_.Prepare("lc_touch",
                 "UPDATE lifecycle.sandboxes SET expires_at = now() + timeout_sec * "
                 "interval '1 second' WHERE id = $1 AND state = $2::text");
+  pool_.Prepare("lc_touch_many",
+                "UPDATE lifecycle.sandboxes SET expires_at = now() + timeout_sec * "
+                "interval '1 second' WHERE id = ANY($1::text[]) AND state = $2::text");
   pool_.Prepare(
       "lc_claim_expired",
       absl::StrCat(
@@ -404,6 +409,20 @@ absl::StatusOr<Sandbox> SandboxStore::GetAny(const std::string& id) {
   absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
     auto r = tx.exec_prepared("lc_get_any", id);
     if (r.empty()) return NotFound(id);
+    sb = FromRow(r[0]);
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return sb;
+}
+
+absl::StatusOr<Sandbox> SandboxStore::GetByPublicId(const std::string& public_id) {
+  Sandbox sb;
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+    auto r = tx.exec_prepared("lc_get_by_public_id", public_id);
+    if (r.empty()) {
+      return Error(absl::StatusCode::kNotFound, "NOT_FOUND", "no sandbox has this public id");
+    }
     sb = FromRow(r[0]);
     return absl::OkStatus();
   });
@@ -642,6 +661,17 @@ absl::Status SandboxStore::Touch(const std::string& id) {
     tx.exec_prepared("lc_touch", id, "RUNNING");
     return absl::OkStatus();
   });
+}
+
+absl::StatusOr<int> SandboxStore::TouchMany(const std::vector<std::string>& ids) {
+  int n = 0;
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
+    auto r = tx.exec_prepared("lc_touch_many", PgTextArray(ids), "RUNNING");
+    n = static_cast<int>(r.affected_rows());
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return n;
 }
 
 absl::StatusOr<std::vector<Sandbox>> SandboxStore::ClaimExpired(int limit) {

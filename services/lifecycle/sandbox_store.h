@@ -56,6 +56,8 @@ class SandboxStore {
   absl::StatusOr<Sandbox> Get(const std::string& tenant_id, const std::string& id);
   // Without the tenant check: for internal loops (reaper, reconciler).
   absl::StatusOr<Sandbox> GetAny(const std::string& id);
+  // By public id (the public-URL proxy), any state; NOT_FOUND when unknown.
+  absl::StatusOr<Sandbox> GetByPublicId(const std::string& public_id);
   absl::StatusOr<ListPage> List(const ListQuery& query);
   absl::StatusOr<int> CountInState(const std::string& tenant_id, SandboxState state);
 
@@ -99,6 +101,8 @@ class SandboxStore {
                                                     const std::string& id, int timeout_sec);
   // Activity: a running sandbox's deadline becomes now + its timeout.
   absl::Status Touch(const std::string& id);
+  // The same for many sandboxes in one statement; returns how many running rows moved.
+  absl::StatusOr<int> TouchMany(const std::vector<std::string>& ids);
 
   // Moves up to `limit` running sandboxes whose deadline passed to DESTROYING (reason
   // IDLE_TIMEOUT), skipping rows another replica holds. Returns them.

@@ -48,6 +48,10 @@ class Driver {
   virtual absl::StatusOr<CachedImageInfo> Pull(const std::string& image) {
     return absl::UnimplementedError("this runner driver does not pull images ahead of demand");
   }
+  // A process in the sandbox's network namespace (its init) while the sandbox runs or is paused;
+  // 0 when there is none (unknown sandbox, or a driver without processes). The public-URL
+  // tunnel and the port listing enter that namespace.
+  virtual int NetnsPid(const std::string& sandbox_id) { return 0; }
   // Runs `/bin/sh -c cmd` to completion: timeout_sec 0 means 30 s; at the timeout the command
   // and everything it started are killed and the answer is DEADLINE_EXCEEDED (EXEC_TIMEOUT).
   // FAILED_PRECONDITION (SANDBOX_NOT_RUNNING) on a paused sandbox.

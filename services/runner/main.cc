@@ -9,6 +9,7 @@
 #include "prometheus/gauge.h"
 #include "absl/strings/str_cat.h"
 #include "services/kit/flags.h"
+#include "services/kit/http_front.h"
 #include "services/kit/log.h"
 #include "services/kit/server.h"
 #include "services/runner/agent.h"
@@ -16,6 +17,7 @@
 #include "services/runner/runner_service.h"
 #include "services/runner/sim_driver.h"
 #include "services/runner/skopeo_fetcher.h"
+#include "services/runner/tunnel.h"
 
 ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:7101", "host:port of the gRPC listener");
 ABSL_FLAG(std::string, advertise_addr, "",
@@ -51,6 +53,14 @@ ABSL_FLAG(std::string, sandbox_init, "",
 ABSL_FLAG(bool, stop_sandboxes_on_exit, false,
           "stop every sandbox when the runner exits; by default they keep running and a restarted "
           "runner re-attaches them");
+ABSL_FLAG(std::string, tunnel_addr, "",
+          "host:port of the public-URL tunnel listener (the gateway's way into sandbox ports); "
+          "empty: none. Requires --tunnel_token");
+ABSL_FLAG(std::string, tunnel_advertise_addr, "",
+          "host:port the gateway uses to reach the tunnel; empty: --tunnel_addr with the bound port");
+ABSL_FLAG(std::string, tunnel_token, "",
+          "shared secret the gateway presents on every tunnel connection (at least 16 characters; "
+          "ISORUN_TUNNEL_TOKEN)");
 ABSL_FLAG(int, sandbox_uid_base, 100000,
           "runc driver: host uid (and gid) that root in a sandbox maps to; 65536 ids from there");
 
@@ -71,6 +81,8 @@ int main(int argc, char** argv) {
   isorun::ParseFlags(argc, argv, "isorun-runner: runs sandboxes (gRPC isorun.v1.Runner)");
   isorun::SetLogService("runner");
   isorun::BlockShutdownSignals();
+  // Each proxied connection holds two sockets here (the gateway's and the sandbox's).
+  isorun::http::RaiseOpenFileLimit();
   std::unique_ptr<isorun::runner::ImageFetcher> fetcher;
   std::unique_ptr<isorun::runner::Driver> driver;
   const std::string driver_name = absl::GetFlag(FLAGS_driver);
@@ -111,7 +123,26 @@ int main(int argc, char** argv) {
     return 2;
   }
   isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
-  isorun::runner::RunnerService service(*driver);
+  std::unique_ptr<isorun::runner::TunnelServer> tunnel;
+  std::string tunnel_advertise;
+  if (const std::string tunnel_addr = absl::GetFlag(FLAGS_tunnel_addr); !tunnel_addr.empty()) {
+    isorun::runner::TunnelOptions tunnel_options;
+    tunnel_options.address = tunnel_addr;
+    tunnel_options.token = absl::GetFlag(FLAGS_tunnel_token);
+    auto started = isorun::runner::TunnelServer::Start(
+        tunnel_options, [d = driver.get()](const std::string& id) { return d->NetnsPid(id); });
+    if (!started.ok()) {
+      isorun::LogError("cannot start the tunnel", {{"error", started.status().ToString()}});
+      return 1;
+    }
+    tunnel = std::move(*started);
+    tunnel_advertise = absl::GetFlag(FLAGS_tunnel_advertise_addr);
+    if (tunnel_advertise.empty()) {
+      tunnel_advertise =
+          absl::StrCat(tunnel_addr.substr(0, tunnel_addr.rfind(':')), ":", tunnel->port());
+    }
+  }
+  isorun::runner::RunnerService service(*driver, tunnel_advertise);
   const std::string grpc_addr = absl::GetFlag(FLAGS_grpc_addr);
   auto server = isorun::StartGrpcServer(grpc_addr, {&service});
   if (!server.ok()) {
@@ -164,12 +195,14 @@ int main(int argc, char** argv) {
   });
   isorun::LogInfo("serving", {{"grpc_port", std::to_string(server->port)},
                               {"advertise", advertise},
+                              {"tunnel", tunnel_advertise},
                               {"driver", driver_name}});
   int sig = isorun::WaitForShutdownSignal();
   stop_gauges.Notify();
   gauges.join();
   isorun::LogInfo("shutting down", {{"signal", std::to_string(sig)}});
   agent.Stop();
+  if (tunnel) tunnel->Stop();
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (absl::GetFlag(FLAGS_stop_sandboxes_on_exit)) {
     for (const auto& id : driver->Sandboxes()) {

@@ -548,6 +548,14 @@ int RuncDriver::InitPid(const std::string& sandbox_id) {
   return it == sandboxes_.end() ? 0 : it->second->init_pid;
 }
 
+int RuncDriver::NetnsPid(const std::string& sandbox_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = sandboxes_.find(sandbox_id);
+  if (it == sandboxes_.end()) return 0;
+  if (it->second->state != State::kRunning && it->second->state != State::kPaused) return 0;
+  return it->second->init_pid;
+}
+
 absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
                                         const v1::ExecRequest& request, absl::Duration timeout,
                                         const std::function<bool(int, std::string_view)>& on_output,

@@ -70,6 +70,7 @@ class RuncDriver final : public Driver {
   ImageCache& image_cache() { return cache_; }
   // Host pid of a sandbox's PID 1, 0 if unknown (tests check ownership and namespaces with it).
   int InitPid(const std::string& sandbox_id);
+  int NetnsPid(const std::string& sandbox_id) override;
 
  private:
   enum class State { kNew, kRunning, kPaused, kGone };

@@ -1,6 +1,7 @@
 #include "services/runner/runner_service.h"
 
 #include "services/kit/status.h"
+#include "services/runner/ports.h"
 
 namespace isorun::runner {
 
@@ -79,6 +80,25 @@ grpc::Status RunnerService::PullImage(grpc::ServerContext*, const v1::PullImageR
   resp->set_size_bytes(info->size_bytes);
   for (const auto& ref : info->refs) resp->add_refs(ref);
   resp->set_already_cached(cached);
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::ListPorts(grpc::ServerContext*, const v1::ListPortsRequest* req,
+                                      v1::ListPortsResponse* resp) {
+  const int pid = driver_.NetnsPid(req->sandbox_id());
+  if (pid <= 0) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        "no running sandbox " + req->sandbox_id() + " on this runner");
+  }
+  auto ports = ListeningPorts(pid);
+  if (!ports.ok()) return ToGrpcStatus(ports.status());
+  for (int p : *ports) resp->add_ports(p);
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::GetRunnerInfo(grpc::ServerContext*, const v1::GetRunnerInfoRequest*,
+                                          v1::GetRunnerInfoResponse* resp) {
+  resp->set_tunnel_address(tunnel_address_);
   return grpc::Status::OK;
 }
 

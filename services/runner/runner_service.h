@@ -9,7 +9,9 @@ namespace isorun::runner {
 
 class RunnerService final : public v1::Runner::Service {
  public:
-  explicit RunnerService(Driver& driver) : driver_(driver) {}
+  // `tunnel_address`: where this runner's tunnel listener is reached (GetRunnerInfo); empty: none.
+  explicit RunnerService(Driver& driver, std::string tunnel_address = "")
+      : driver_(driver), tunnel_address_(std::move(tunnel_address)) {}
 
   grpc::Status StartSandbox(grpc::ServerContext*, const v1::StartSandboxRequest*,
                             v1::StartSandboxResponse*) override;
@@ -28,9 +30,14 @@ class RunnerService final : public v1::Runner::Service {
                           grpc::ServerWriter<v1::ExecChunk>*) override;
   grpc::Status PullImage(grpc::ServerContext*, const v1::PullImageRequest*,
                          v1::PullImageResponse*) override;
+  grpc::Status ListPorts(grpc::ServerContext*, const v1::ListPortsRequest*,
+                         v1::ListPortsResponse*) override;
+  grpc::Status GetRunnerInfo(grpc::ServerContext*, const v1::GetRunnerInfoRequest*,
+                             v1::GetRunnerInfoResponse*) override;
 
  private:
   Driver& driver_;
+  const std::string tunnel_address_;
 };
 
 }  // namespace isorun::runner

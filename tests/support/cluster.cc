@@ -24,6 +24,7 @@
 
 #include "isorun/v1/scheduler.grpc.pb.h"
 #include "services/kit/api_key.h"
+#include "services/kit/ids.h"
 #include "services/kit/server.h"
 #include "tests/support/http_client.h"
 
@@ -199,6 +200,8 @@ void Cluster::Define() {
     ports_[name] = PickFreePort();
     metrics_ports_[name] = PickFreePort();
   }
+  ports_["proxy"] = PickFreePort();
+  if (tunnel_token_.empty()) tunnel_token_ = RandomHex(24);
   const std::string bin = BinDir();
   auto common = [&](const std::string& name) {
     return std::vector<std::string>{"--grpc_addr=" + Addr(ports_[name]),
@@ -240,7 +243,9 @@ void Cluster::Define() {
         "--reconcile_interval_ms=" + std::to_string(options_.reconcile_interval_ms),
         "--stuck_after_sec=" + std::to_string(options_.stuck_after_sec),
         "--destroy_retry_after_sec=" + std::to_string(options_.destroy_retry_after_sec),
-        "--orphan_grace_sec=" + std::to_string(options_.orphan_grace_sec)}) {
+        "--orphan_grace_sec=" + std::to_string(options_.orphan_grace_sec),
+        "--public_url_template=http://{port}-{publicId}.localhost:" +
+            std::to_string(ports_["proxy"])}) {
     lifecycle.push_back(a);
   }
   processes_["lifecycle"] = {bin + "/isorun-lifecycle", lifecycle, dir_ + "/lifecycle.log"};
@@ -249,7 +254,10 @@ void Cluster::Define() {
     std::string name = "runner-" + std::to_string(i);
     ports_[name] = PickFreePort();
     metrics_ports_[name] = PickFreePort();
+    ports_["tunnel-" + name] = PickFreePort();
     auto args = common(name);
+    args.push_back("--tunnel_addr=" + Addr(ports_["tunnel-" + name]));
+    args.push_back("--tunnel_token=" + tunnel_token_);
     if (options_.runner_driver == "runc") {
       args.push_back("--data_dir=" + runner_data_dir(name));
       args.push_back("--registry=" + options_.registry);
@@ -280,7 +288,11 @@ void Cluster::Define() {
          "--lifecycle_addr=" + Addr(ports_["lifecycle"]), "--quota_addr=" + Addr(ports_["quota"]),
          "--region=local", "--database_url=" + db_.url(),
          "--scheduler_admin_url=http://" + Addr(ports_["scheduler-admin"]),
-         "--dashboard_dir=" + options_.dashboard_dir},
+         "--dashboard_dir=" + options_.dashboard_dir, "--public_addr=" + Addr(ports_["proxy"]),
+         "--public_domain=localhost", "--tunnel_token=" + tunnel_token_,
+         "--proxy_max_connections_per_sandbox=" +
+             std::to_string(options_.proxy_max_connections_per_sandbox),
+         "--proxy_activity_interval=" + std::to_string(options_.proxy_activity_interval_ms) + "ms"},
         dir_ + "/gateway.log"};
     if (options_.usage_sample_interval_ms > 0) {
       processes_["gateway"].args.push_back(
@@ -292,6 +304,10 @@ void Cluster::Define() {
 }
 
 std::string Cluster::gateway_url() const { return "http://" + Addr(ports_.at("gateway")); }
+
+std::string Cluster::tunnel_addr(const std::string& runner) const {
+  return Addr(ports_.at("tunnel-" + runner));
+}
 
 std::string Cluster::grpc_addr(const std::string& process) const {
   return Addr(ports_.at(process));

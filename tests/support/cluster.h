@@ -38,6 +38,9 @@ struct ClusterOptions {
   int orphan_grace_sec = 30;
   int runner_lost_after_ms = 60000;
   bool gateway = true;
+  // The gateway's public-URL proxy (on proxy_port(), domain `localhost`) and the runners' tunnels.
+  int proxy_max_connections_per_sandbox = 1000;
+  int proxy_activity_interval_ms = 1000;
   // Wait for each process's first start with plain TCP connects to its port before the gRPC
   // checks: a fresh gRPC channel that finds nothing listening yet waits about a second before
   // it tries again, so this starts a cluster seconds sooner. Restarts (Start after Kill) never
@@ -64,6 +67,11 @@ class Cluster {
   const TestDatabase& db() const { return db_; }
   std::string gateway_url() const;  // http://127.0.0.1:PORT
   int gateway_port() const { return ports_.at("gateway"); }
+  // The public-URL proxy: Host "<port>-<publicId>.localhost" on 127.0.0.1:proxy_port().
+  int proxy_port() const { return ports_.at("proxy"); }
+  // host:port of a runner's tunnel listener, and the token it requires.
+  std::string tunnel_addr(const std::string& runner) const;
+  const std::string& tunnel_token() const { return tunnel_token_; }
   std::string grpc_addr(const std::string& process) const;  // quota, scheduler, lifecycle, runner-N
   std::string metrics_url(const std::string& process) const;
   // runc runners: the runner's --data_dir (images/, sandboxes/<id>/, runc/ = its runc --root).
@@ -75,6 +83,7 @@ class Cluster {
   void Kill(const std::string& process, int signal);
   void Start(const std::string& process);
   bool Running(const std::string& process);
+  pid_t pid(const std::string& process) const { return processes_.at(process).pid; }
 
   // Admin helpers (direct SQL, as isorunctl does).
   std::string CreateTenant(const std::string& name, int max_concurrent);
@@ -119,6 +128,7 @@ class Cluster {
   std::map<std::string, int> metrics_ports_;
   std::map<std::string, Process> processes_;
   std::vector<std::string> order_;
+  std::string tunnel_token_;
 };
 
 // Picks a loopback TCP port that is free now.

@@ -1,0 +1,824 @@
+#include "services/gateway/public_proxy.h"
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/read.hpp>
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "services/gateway/render.h"
+#include "services/kit/byte_relay.h"
+#include "services/kit/log.h"
+#include "services/kit/status.h"
+
+namespace isorun::gateway {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+using ResponseParser = bhttp::response_parser<bhttp::buffer_body>;
+
+constexpr size_t kPiece = 32 * 1024;
+
+absl::string_view Sv(beast::string_view s) { return absl::string_view(s.data(), s.size()); }
+constexpr size_t kMaxUpstreamHead = 64 * 1024;
+
+std::chrono::steady_clock::duration Chrono(absl::Duration d) {
+  return absl::ToChronoNanoseconds(d);
+}
+
+bool IsHex(absl::string_view s) {
+  for (char c : s) {
+    if (!absl::ascii_isxdigit(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+// Hop-by-hop headers (RFC 9110 7.6.1) and the framing headers the proxy sets itself.
+bool HopByHop(absl::string_view name) {
+  static const char* kNames[] = {
+      "connection", "keep-alive",     "proxy-connection", "transfer-encoding",  "te", "trailer",
+      "upgrade",    "content-length", "expect",           "proxy-authorization"};
+  for (const char* n : kNames) {
+    if (absl::EqualsIgnoreCase(name, n)) return true;
+  }
+  return false;
+}
+
+std::string HtmlEscape(absl::string_view s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
+// One client connection: relays each request to a tunnel into the sandbox its Host names, and
+// keeps that tunnel for the next request to the same sandbox port. Runs on the connection's
+// strand only. Callbacks hold the connection (which owns this session) alive; each exchange has
+// a generation, so callbacks of an exchange that was given up do nothing.
+class ProxySession : public http::ConnectionHandler {
+ public:
+  explicit ProxySession(PublicProxy& proxy) : proxy_(proxy) {}
+  ~ProxySession() override {
+    EndExchange();
+    ReleaseUpstream();
+  }
+
+  void OnRequest(std::shared_ptr<http::Connection> c) override {
+    c_ = c.get();
+    ++gen_;
+    request_done_ = response_done_ = false;
+    exchange_open_ = true;
+    proxy_.requests_total().Increment();
+    const auto& req = c_->request();
+    host_ = std::string(Sv(req[bhttp::field::host]));
+    if (!ParsePublicHost(host_, proxy_.options().public_domain, &port_, &public_id_)) {
+      return Fail(Error(absl::StatusCode::kNotFound, "NOT_FOUND",
+                        absl::StrCat("no sandbox answers at host \"", host_,
+                                     "\": public URLs look like <port>-<publicId>.",
+                                     proxy_.options().public_domain)));
+    }
+    const uint64_t gen = gen_;
+    proxy_.Resolve(public_id_, [c, this, gen](PublicProxy::Resolved r) {
+      c->Post([c, this, gen, r = std::move(r)]() mutable {
+        if (gen == gen_) OnResolved(std::move(r));
+      });
+    });
+  }
+
+ private:
+  std::shared_ptr<http::Connection> Self() { return c_->shared_from_this(); }
+
+  void OnResolved(PublicProxy::Resolved r) {
+    if (!r.ok()) {
+      if (r.status().code() == absl::StatusCode::kNotFound) return NotFound();
+      return Fail(Error(absl::StatusCode::kUnavailable, "UNAVAILABLE",
+                        "the control plane cannot look up this sandbox now; retry shortly"));
+    }
+    const v1::Sandbox& sb = r->sandbox();
+    switch (sb.state()) {
+      case v1::RUNNING:
+        return Proceed(sb.id(), r->tunnel_address());
+      case v1::HIBERNATED: {
+        const uint64_t gen = gen_;
+        auto c = Self();
+        std::string tunnel = r->tunnel_address();
+        proxy_.Resume(sb, [c, this, gen, tunnel](absl::StatusOr<v1::Sandbox> resumed) {
+          c->Post([c, this, gen, tunnel, resumed = std::move(resumed)] {
+            if (gen != gen_) return;
+            proxy_.Forget(public_id_);
+            if (!resumed.ok()) {
+              if (resumed.status().code() == absl::StatusCode::kNotFound) return NotFound();
+              return Fail(resumed.status());
+            }
+            if (resumed->state() != v1::RUNNING) return NotFound();
+            Proceed(resumed->id(), tunnel);
+          });
+        });
+        return;
+      }
+      case v1::PENDING:
+      case v1::STARTING:
+        return Fail(Error(absl::StatusCode::kUnavailable, "SANDBOX_STARTING",
+                          "the sandbox is still starting; retry shortly"));
+      default:
+        return NotFound();
+    }
+  }
+
+  void NotFound() {
+    Fail(Error(absl::StatusCode::kNotFound, "NOT_FOUND",
+               absl::StrCat("no running sandbox has the public id ", public_id_,
+                            " (unknown, or it has ended)")));
+  }
+
+  void Proceed(const std::string& sandbox_id, const std::string& tunnel) {
+    sandbox_id_ = sandbox_id;
+    tunnel_ = tunnel;
+    if (up_ && up_sandbox_ == sandbox_id && up_port_ == port_ && up_->socket().is_open()) {
+      reused_ = true;
+      BeginExchange(sandbox_id);
+      return SendHead();
+    }
+    reused_ = false;
+    ReleaseUpstream();
+    if (tunnel.empty()) {
+      return Fail(Error(absl::StatusCode::kUnavailable, "UNAVAILABLE",
+                        "the sandbox's runner has no public-URL tunnel"));
+    }
+    if (!proxy_.AcquireSlot(sandbox_id)) {
+      return Fail(
+          Error(absl::StatusCode::kResourceExhausted, "CONNECTION_LIMIT",
+                absl::StrCat("the sandbox has ", proxy_.options().max_connections_per_sandbox,
+                             " open connections through its public URLs, the most "
+                             "allowed; close some or retry later"),
+                proxy_.options().max_connections_per_sandbox,
+                proxy_.options().max_connections_per_sandbox, 1));
+    }
+    slot_sandbox_ = sandbox_id;
+    BeginExchange(sandbox_id);
+    std::string host;
+    int port = 0;
+    beast::error_code ec;
+    asio::ip::address ip;
+    if (http::SplitHostPort(tunnel, &host, &port)) {
+      ip = asio::ip::make_address(host == "localhost" ? "127.0.0.1" : host, ec);
+    }
+    if (port == 0 || ec) {
+      return Fail(Error(absl::StatusCode::kUnavailable, "UNAVAILABLE",
+                        "the sandbox's runner advertises an unusable tunnel address"));
+    }
+    up_ = std::make_unique<beast::tcp_stream>(c_->executor());
+    up_buf_ = std::make_unique<beast::flat_buffer>(kMaxUpstreamHead);
+    up_sandbox_ = sandbox_id;
+    up_port_ = port_;
+    up_->expires_after(Chrono(proxy_.options().tunnel_timeout));
+    const uint64_t gen = gen_;
+    up_->async_connect(
+        tcp::endpoint(ip, static_cast<uint16_t>(port)),
+        asio::bind_executor(c_->executor(), [c = Self(), this, gen](beast::error_code ec) {
+          if (gen != gen_) return;
+          if (ec) return TunnelFailed("cannot reach the sandbox's runner");
+          beast::error_code ignored;
+          up_->socket().set_option(tcp::no_delay(true), ignored);
+          SendPreamble();
+        }));
+  }
+
+  void SendPreamble() {
+    auto line = std::make_shared<std::string>(absl::StrCat(
+        "ISORUN-TUNNEL/1 ", proxy_.options().tunnel_token, " ", up_sandbox_, " ", port_, "\n"));
+    const uint64_t gen = gen_;
+    asio::async_write(
+        *up_, asio::buffer(*line),
+        asio::bind_executor(c_->executor(), [c = Self(), this, gen, line](beast::error_code ec,
+                                                                          size_t) {
+          if (gen != gen_) return;
+          if (ec) return TunnelFailed("the sandbox's runner closed the tunnel");
+          // A string adapter: asio copies a flat_buffer it is given.
+          asio::async_read_until(
+              *up_, asio::dynamic_buffer(answer_, 256), '\n',
+              asio::bind_executor(c_->executor(), [c, this, gen](beast::error_code ec, size_t n) {
+                if (gen != gen_) return;
+                if (ec) return TunnelFailed("the sandbox's runner did not answer");
+                OnTunnelAnswer(n);
+              }));
+        }));
+  }
+
+  void OnTunnelAnswer(size_t n) {
+    std::string line = answer_.substr(0, n - 1);
+    if (answer_.size() > n) {  // the server spoke first: its bytes go to the response parser
+      const size_t rest = answer_.size() - n;
+      auto b = up_buf_->prepare(rest);
+      std::memcpy(b.data(), answer_.data() + n, rest);
+      up_buf_->commit(rest);
+    }
+    answer_.clear();
+    if (line == "OK") return SendHead();
+    ReleaseUpstream();
+    if (line == "ERR NO_SANDBOX") {
+      proxy_.Forget(public_id_);
+      return NotFound();
+    }
+    if (absl::StartsWith(line, "ERR REFUSED")) {
+      return Fail(Error(absl::StatusCode::kUnavailable, "PORT_NOT_LISTENING",
+                        absl::StrCat("the sandbox is running, but nothing listens on port ", port_,
+                                     " in it; start a server on that port (any address, "
+                                     "127.0.0.1 included) and retry")),
+                  502);
+    }
+    if (line == "ERR AUTH") {
+      LogError("the runner refused the gateway's tunnel token: check --tunnel_token on both");
+    }
+    Fail(Error(absl::StatusCode::kUnavailable, "UNAVAILABLE",
+               "the sandbox's runner refused the tunnel"),
+         502);
+  }
+
+  void TunnelFailed(const std::string& why) {
+    ReleaseUpstream();
+    Fail(Error(absl::StatusCode::kUnavailable, "UNAVAILABLE", why), 502);
+  }
+
+  // The request head as the sandbox's server gets it: hop-by-hop headers replaced, framing set
+  // from what the parser saw, X-Forwarded-* added.
+  void SendHead() {
+    const auto& req = c_->request();
+    upgrade_ = c_->parser().upgrade();
+    std::string head;
+    head.reserve(512);
+    absl::StrAppend(&head, Sv(req.method_string()), " ", Sv(req.target()), " HTTP/1.1\r\n");
+    std::string forwarded_for;
+    bool expect_continue = false;
+    for (const auto& f : req) {
+      absl::string_view name = Sv(f.name_string());
+      if (absl::EqualsIgnoreCase(name, "x-forwarded-for")) {
+        forwarded_for = std::string(Sv(f.value()));
+        continue;
+      }
+      if (absl::EqualsIgnoreCase(name, "x-forwarded-proto") ||
+          absl::EqualsIgnoreCase(name, "x-forwarded-host")) {
+        continue;
+      }
+      if (absl::EqualsIgnoreCase(name, "expect")) {
+        expect_continue = absl::EqualsIgnoreCase(Sv(f.value()), "100-continue");
+        continue;
+      }
+      if (HopByHop(name)) continue;
+      absl::StrAppend(&head, name, ": ", Sv(f.value()), "\r\n");
+    }
+    absl::StrAppend(&head, "X-Forwarded-For: ",
+                    forwarded_for.empty() ? c_->remote_ip()
+                                          : absl::StrCat(forwarded_for, ", ", c_->remote_ip()),
+                    "\r\n");
+    absl::StrAppend(&head, "X-Forwarded-Proto: ", proxy_.options().forwarded_proto, "\r\n");
+    absl::StrAppend(&head, "X-Forwarded-Host: ", host_, "\r\n");
+    if (upgrade_) {
+      absl::StrAppend(&head, "Connection: upgrade\r\nUpgrade: ", Sv(req[bhttp::field::upgrade]),
+                      "\r\n");
+    }
+    request_chunked_ = c_->parser().chunked();
+    if (request_chunked_) {
+      head += "Transfer-Encoding: chunked\r\n";
+    } else if (c_->parser().content_length()) {
+      absl::StrAppend(&head, "Content-Length: ", *c_->parser().content_length(), "\r\n");
+    }
+    head += "\r\n";
+    auto msg = std::make_shared<std::string>(std::move(head));
+    const uint64_t gen = gen_;
+    up_->expires_after(Chrono(c_->options().write_timeout));
+    asio::async_write(
+        *up_, asio::buffer(*msg),
+        asio::bind_executor(c_->executor(), [c = Self(), this, gen, msg, expect_continue](
+                                                beast::error_code ec, size_t) {
+          if (gen != gen_) return;
+          if (ec) return TunnelFailed("the tunnel to the sandbox broke");
+          ReadResponseHead();
+          if (c_->parser().is_done()) {
+            request_done_ = true;
+            return;
+          }
+          if (expect_continue) return SendContinue();
+          PumpRequest();
+        }));
+  }
+
+  void SendContinue() {
+    static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+    const uint64_t gen = gen_;
+    c_->stream().expires_after(Chrono(c_->options().write_timeout));
+    asio::async_write(
+        c_->stream(), asio::buffer(kContinue),
+        asio::bind_executor(c_->executor(), [c = Self(), this, gen](beast::error_code ec, size_t) {
+          if (gen != gen_) return;
+          if (ec) return Abort();
+          PumpRequest();
+        }));
+  }
+
+  // Client -> sandbox: one piece at a time; the next read starts when the piece is written.
+  void PumpRequest() {
+    if (!req_piece_) req_piece_.reset(new char[kPiece]);
+    auto& body = c_->parser().get().body();
+    body.data = req_piece_.get();
+    body.size = kPiece;
+    const uint64_t gen = gen_;
+    c_->stream().expires_after(Chrono(c_->options().body_timeout));
+    bhttp::async_read_some(
+        c_->stream(), c_->buffer(), c_->parser(),
+        asio::bind_executor(c_->executor(), [c = Self(), this, gen](beast::error_code ec, size_t) {
+          if (gen != gen_) return;
+          if (ec == bhttp::error::need_buffer) ec = {};
+          if (ec) return Abort();
+          const size_t n = kPiece - c_->parser().get().body().size;
+          const bool last = c_->parser().is_done();
+          WritePiece(*up_, req_piece_.get(), n, request_chunked_, last, [this, last] {
+            if (!last) return PumpRequest();
+            request_done_ = true;
+            req_piece_.reset();
+            MaybeFinish();
+          });
+        }));
+  }
+
+  // Writes `n` bytes of a body, framed as a chunk when `chunked` (and the last chunk after the
+  // final piece), then runs `next`; any error ends the exchange.
+  void WritePiece(beast::tcp_stream& to, const char* data, size_t n, bool chunked, bool last,
+                  std::function<void()> next) {
+    auto frame = std::make_shared<std::pair<std::string, std::string>>();
+    std::vector<asio::const_buffer> bufs;
+    if (chunked && n > 0) {
+      frame->first = absl::StrCat(absl::Hex(n), "\r\n");
+      bufs.push_back(asio::buffer(frame->first));
+    }
+    if (n > 0) bufs.push_back(asio::buffer(data, n));
+    if (chunked && n > 0) frame->second = "\r\n";
+    if (chunked && last) frame->second += "0\r\n\r\n";
+    if (!frame->second.empty()) bufs.push_back(asio::buffer(frame->second));
+    if (bufs.empty()) return next();
+    const uint64_t gen = gen_;
+    to.expires_after(Chrono(c_->options().write_timeout));
+    asio::async_write(
+        to, bufs,
+        asio::bind_executor(c_->executor(), [c = Self(), this, gen, frame, next = std::move(next)](
+                                                beast::error_code ec, size_t) {
+          if (gen != gen_) return;
+          if (ec) return Abort();
+          next();
+        }));
+  }
+
+  void ReadResponseHead() {
+    resp_ = std::make_unique<ResponseParser>();
+    resp_->header_limit(static_cast<uint32_t>(kMaxUpstreamHead));
+    resp_->body_limit(std::numeric_limits<uint64_t>::max());
+    if (c_->request().method() == bhttp::verb::head) resp_->skip(true);
+    const uint64_t gen = gen_;
+    up_->expires_after(Chrono(proxy_.options().response_timeout));
+    bhttp::async_read_header(
+        *up_, *up_buf_, *resp_,
+        asio::bind_executor(c_->executor(), [c = Self(), this, gen](beast::error_code ec, size_t) {
+          if (gen != gen_) return;
+          if (ec && reused_ && request_done_ && ec != beast::error::timeout) {
+            // A kept-alive tunnel the server closed meanwhile: one more try on a new one (the
+            // request had no body, so it can be sent again).
+            ReleaseUpstream();
+            EndExchange();
+            return Proceed(sandbox_id_, tunnel_);
+          }
+          if (ec) {
+            ReleaseUpstream();
+            if (ec == beast::error::timeout) {
+              return Fail(Error(absl::StatusCode::kDeadlineExceeded, "UPSTREAM_TIMEOUT",
+                                absl::StrCat("the server on port ", port_,
+                                             " in the sandbox did not answer in time")),
+                          504);
+            }
+            return Fail(Error(absl::StatusCode::kUnavailable, "BAD_UPSTREAM_RESPONSE",
+                              absl::StrCat("the server on port ", port_,
+                                           " in the sandbox closed the connection or answered "
+                                           "something other than HTTP/1.x")),
+                        502);
+          }
+          OnResponseHead();
+        }));
+  }
+
+  void OnResponseHead() {
+    const auto& res = resp_->get();
+    const unsigned code = res.result_int();
+    const bool switching = code == 101 && upgrade_;
+    std::string head = absl::StrCat("HTTP/1.1 ", code, " ", Sv(res.reason()), "\r\n");
+    for (const auto& f : res) {
+      if (HopByHop(Sv(f.name_string()))) continue;
+      absl::StrAppend(&head, Sv(f.name_string()), ": ", Sv(f.value()), "\r\n");
+    }
+    const bool client_11 = c_->request().version() >= 11;
+    interim_ = code >= 100 && code < 200 && !switching;
+    response_chunked_ = false;
+    close_after_ = false;
+    if (switching) {
+      absl::StrAppend(&head, "Connection: upgrade\r\nUpgrade: ", Sv(res[bhttp::field::upgrade]),
+                      "\r\n");
+    } else if (!interim_) {
+      const bool no_body = resp_->is_done() || c_->request().method() == bhttp::verb::head ||
+                           code == 204 || code == 304;
+      if (no_body) {
+        // Framing headers of a HEAD answer describe the GET's body: passed on, no body follows.
+        if (resp_->content_length()) {
+          absl::StrAppend(&head, "Content-Length: ", *resp_->content_length(), "\r\n");
+        } else if (resp_->chunked()) {
+          head += "Transfer-Encoding: chunked\r\n";
+        }
+      } else if (resp_->content_length() && !resp_->chunked()) {
+        absl::StrAppend(&head, "Content-Length: ", *resp_->content_length(), "\r\n");
+      } else {
+        if (client_11) {
+          head += "Transfer-Encoding: chunked\r\n";
+          response_chunked_ = true;
+        } else {
+          close_after_ = true;  // an HTTP/1.0 client learns the end by the close
+        }
+      }
+      const bool keep = c_->request().keep_alive() && !close_after_ && !upgrade_;
+      head += keep ? (client_11 ? "" : "Connection: keep-alive\r\n") : "Connection: close\r\n";
+      client_keep_ = keep;
+      upstream_keep_ = resp_->keep_alive();
+    }
+    head += "\r\n";
+    auto msg = std::make_shared<std::string>(std::move(head));
+    const uint64_t gen = gen_;
+    c_->stream().expires_after(Chrono(c_->options().write_timeout));
+    asio::async_write(c_->stream(), asio::buffer(*msg),
+                      asio::bind_executor(c_->executor(), [c = Self(), this, gen, msg, switching](
+                                                              beast::error_code ec, size_t) {
+                        if (gen != gen_) return;
+                        if (ec) return Abort();
+                        if (switching) return StartRelay();
+                        if (interim_) return ReadResponseHead();
+                        PumpResponse();
+                      }));
+  }
+
+  // Sandbox -> client, as PumpRequest the other way.
+  void PumpResponse() {
+    if (resp_->is_done()) {
+      return WritePiece(c_->stream(), nullptr, 0, response_chunked_, true, [this] {
+        response_done_ = true;
+        MaybeFinish();
+      });
+    }
+    if (!resp_piece_) resp_piece_.reset(new char[kPiece]);
+    auto& body = resp_->get().body();
+    body.data = resp_piece_.get();
+    body.size = kPiece;
+    const uint64_t gen = gen_;
+    up_->expires_after(Chrono(proxy_.options().response_timeout));
+    bhttp::async_read_some(
+        *up_, *up_buf_, *resp_,
+        asio::bind_executor(c_->executor(), [c = Self(), this, gen](beast::error_code ec, size_t) {
+          if (gen != gen_) return;
+          if (ec == bhttp::error::need_buffer) ec = {};
+          if (ec) return Abort();  // the client sees a cut response: the server's doing
+          const size_t n = kPiece - resp_->get().body().size;
+          const bool last = resp_->is_done();
+          WritePiece(c_->stream(), resp_piece_.get(), n, response_chunked_, last, [this, last] {
+            if (!last) return PumpResponse();
+            response_done_ = true;
+            resp_piece_.reset();
+            MaybeFinish();
+          });
+        }));
+  }
+
+  void StartRelay() {
+    // The exchange (and its activity count) stays open for as long as the relay runs.
+    ++gen_;  // nothing of the HTTP exchange may run any more
+    auto c = Self();
+    auto up = std::shared_ptr<beast::tcp_stream>(std::move(up_));
+    auto up_buf = std::shared_ptr<beast::flat_buffer>(std::move(up_buf_));
+    http::RelayBothWays(c_->stream(), c_->buffer(), *up, *up_buf, c_->executor(),
+                        [c, up, up_buf, this] {
+                          EndExchange();
+                          ReleaseUpstream();
+                          c_->Close();
+                        });
+  }
+
+  void MaybeFinish() {
+    if (!response_done_) return;
+    if (!request_done_) {
+      // The server answered before the whole body came: the rest of it cannot be told apart from
+      // a next request, so this connection ends here (as nginx does).
+      ReleaseUpstream();
+      EndExchange();
+      ++gen_;
+      return c_->Close();
+    }
+    EndExchange();
+    if (!upstream_keep_) ReleaseUpstream();
+    ++gen_;
+    resp_.reset();
+    c_->Finish(client_keep_);
+  }
+
+  void BeginExchange(const std::string& sandbox_id) {
+    proxy_.Touch(sandbox_id);
+    proxy_.BeginLong(sandbox_id);
+    long_sandbox_ = sandbox_id;
+  }
+
+  void EndExchange() {
+    if (!long_sandbox_.empty()) proxy_.EndLong(long_sandbox_);
+    long_sandbox_.clear();
+    exchange_open_ = false;
+  }
+
+  void ReleaseUpstream() {
+    if (up_) {
+      beast::error_code ignored;
+      up_->socket().close(ignored);
+      up_.reset();
+    }
+    up_buf_.reset();
+    answer_.clear();
+    up_sandbox_.clear();
+    up_port_ = 0;
+    if (!slot_sandbox_.empty()) proxy_.ReleaseSlot(slot_sandbox_);
+    slot_sandbox_.clear();
+  }
+
+  void Abort() {
+    ++gen_;
+    EndExchange();
+    ReleaseUpstream();
+    c_->Close();
+  }
+
+  // An answer of the proxy itself: API.md's error body, or an HTML page for browsers.
+  void Fail(const absl::Status& status, int http_status = 0) {
+    ErrorReply e = RenderError(status, http_status);
+    proxy_.errors_total(e.http_status).Increment();
+    http::StringResponse r{static_cast<bhttp::status>(e.http_status), 11};
+    const bool html = absl::StrContains(Sv(c_->request()[bhttp::field::accept]), "text/html");
+    if (html) {
+      r.set(bhttp::field::content_type, "text/html; charset=utf-8");
+      r.body() = absl::StrCat("<!doctype html><html><head><meta charset=\"utf-8\"><title>",
+                              e.http_status, " ", HtmlEscape(e.reason), "</title></head><body><h1>",
+                              e.http_status, " ", HtmlEscape(e.reason), "</h1><p>",
+                              HtmlEscape(status.message()), "</p></body></html>\n");
+    } else {
+      r.set(bhttp::field::content_type, "application/json");
+      r.body() = e.body;
+    }
+    r.set(bhttp::field::cache_control, "no-store");
+    for (const auto& [name, value] : e.headers) r.set(name, value);
+    EndExchange();
+    ++gen_;
+    // A body left unread ends the connection (Reply/Finish see the parser is not done).
+    c_->Reply(std::move(r));
+  }
+
+  PublicProxy& proxy_;
+  http::Connection* c_ = nullptr;
+  uint64_t gen_ = 0;
+  std::string host_;
+  std::string public_id_;
+  int port_ = 0;
+  bool exchange_open_ = false;
+  bool request_done_ = false;
+  bool response_done_ = false;
+  bool request_chunked_ = false;
+  bool response_chunked_ = false;
+  bool upgrade_ = false;
+  bool interim_ = false;
+  bool close_after_ = false;
+  bool client_keep_ = true;
+  bool upstream_keep_ = true;
+  std::unique_ptr<beast::tcp_stream> up_;
+  std::unique_ptr<beast::flat_buffer> up_buf_;
+  std::string up_sandbox_;
+  int up_port_ = 0;
+  bool reused_ = false;
+  std::string sandbox_id_;
+  std::string tunnel_;
+  std::string answer_;  // the tunnel's answer line
+  std::string slot_sandbox_;
+  std::string long_sandbox_;
+  std::unique_ptr<ResponseParser> resp_;
+  std::unique_ptr<char[]> req_piece_;
+  std::unique_ptr<char[]> resp_piece_;
+};
+
+}  // namespace
+
+bool ParsePublicHost(absl::string_view host, absl::string_view domain, int* port,
+                     std::string* public_id) {
+  // Drop a port (IPv6 literals are no public URLs).
+  if (size_t colon = host.rfind(':'); colon != absl::string_view::npos)
+    host = host.substr(0, colon);
+  if (!host.empty() && host.back() == '.') host.remove_suffix(1);
+  if (host.size() <= domain.size() + 1) return false;
+  absl::string_view suffix = host.substr(host.size() - domain.size());
+  if (!absl::EqualsIgnoreCase(suffix, domain) || host[host.size() - domain.size() - 1] != '.') {
+    return false;
+  }
+  absl::string_view label = host.substr(0, host.size() - domain.size() - 1);
+  size_t dash = label.find('-');
+  if (dash == absl::string_view::npos || dash == 0 || dash > 5) return false;
+  absl::string_view port_text = label.substr(0, dash);
+  absl::string_view id = label.substr(dash + 1);
+  int p = 0;
+  for (char c : port_text) {
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) return false;
+  }
+  if (!absl::SimpleAtoi(port_text, &p) || p < 1 || p > 65535) return false;
+  if (id.size() != 32 || !IsHex(id)) return false;
+  *port = p;
+  *public_id = absl::AsciiStrToLower(id);
+  return true;
+}
+
+PublicProxy::PublicProxy(PublicProxyOptions options, std::shared_ptr<grpc::Channel> lifecycle,
+                         prometheus::Registry& registry)
+    : options_(std::move(options)),
+      urls_(v1::PublicUrls::NewStub(lifecycle)),
+      sandboxes_(v1::Sandboxes::NewStub(lifecycle)),
+      answers_(prometheus::BuildCounter()
+                   .Name("isorun_gateway_proxy_errors_total")
+                   .Help("Answers the public-URL proxy made itself, by HTTP status")
+                   .Register(registry)) {
+  requests_ = &prometheus::BuildCounter()
+                   .Name("isorun_gateway_proxy_requests_total")
+                   .Help("Requests received by the public-URL proxy")
+                   .Register(registry)
+                   .Add({});
+  touches_ = &prometheus::BuildCounter()
+                  .Name("isorun_gateway_proxy_activity_flushes_total")
+                  .Help("Sandboxes reported active to the lifecycle by the proxy")
+                  .Register(registry)
+                  .Add({});
+  flusher_ = std::thread([this] { FlushLoop(); });
+}
+
+PublicProxy::~PublicProxy() {
+  stop_.Notify();
+  flusher_.join();
+  FlushActivity();
+}
+
+prometheus::Counter& PublicProxy::errors_total(int status) {
+  return answers_.Add({{"status", std::to_string(status)}});
+}
+
+http::HandlerFactory PublicProxy::Factory() {
+  return [this] { return std::make_unique<ProxySession>(*this); };
+}
+
+void PublicProxy::Resolve(const std::string& public_id, std::function<void(Resolved)> done) {
+  const absl::Time now = absl::Now();
+  {
+    absl::MutexLock lock(&cache_mu_);
+    auto it = cache_.find(public_id);
+    if (it != cache_.end() && it->second.expires > now) {
+      Resolved copy = it->second.value;
+      done(std::move(copy));
+      return;
+    }
+  }
+  struct Call {
+    grpc::ClientContext ctx;
+    v1::ResolvePublicIdRequest req;
+    v1::ResolvePublicIdResponse resp;
+  };
+  auto call = std::make_shared<Call>();
+  call->req.set_public_id(public_id);
+  call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  urls_->async()->ResolvePublicId(
+      &call->ctx, &call->req, &call->resp,
+      [this, call, public_id, done = std::move(done)](grpc::Status s) {
+        Resolved r = s.ok() ? Resolved(call->resp) : Resolved(FromGrpcStatus(s));
+        const bool cacheable = s.ok() || s.error_code() == grpc::StatusCode::NOT_FOUND;
+        if (cacheable) {
+          absl::MutexLock lock(&cache_mu_);
+          // A flood of made-up ids must not grow the cache without bound.
+          if (cache_.size() > 100000) cache_.clear();
+          cache_[public_id] = CacheEntry{r, absl::Now() + options_.resolve_ttl};
+        }
+        done(std::move(r));
+      });
+}
+
+void PublicProxy::Forget(const std::string& public_id) {
+  absl::MutexLock lock(&cache_mu_);
+  cache_.erase(public_id);
+}
+
+void PublicProxy::Resume(const v1::Sandbox& sandbox,
+                         std::function<void(absl::StatusOr<v1::Sandbox>)> done) {
+  struct Call {
+    grpc::ClientContext ctx;
+    v1::ResumeSandboxRequest req;
+    v1::Sandbox resp;
+  };
+  auto call = std::make_shared<Call>();
+  call->req.set_tenant_id(sandbox.tenant_id());
+  call->req.set_id(sandbox.id());
+  call->ctx.set_deadline(std::chrono::system_clock::now() +
+                         absl::ToChronoNanoseconds(options_.resume_deadline));
+  sandboxes_->async()->ResumeSandbox(&call->ctx, &call->req, &call->resp,
+                                     [call, done = std::move(done)](grpc::Status s) {
+                                       if (!s.ok()) return done(FromGrpcStatus(s));
+                                       done(call->resp);
+                                     });
+}
+
+bool PublicProxy::AcquireSlot(const std::string& sandbox_id) {
+  absl::MutexLock lock(&slots_mu_);
+  int& n = slots_[sandbox_id];
+  if (n >= options_.max_connections_per_sandbox) {
+    if (n == 0) slots_.erase(sandbox_id);
+    return false;
+  }
+  ++n;
+  return true;
+}
+
+void PublicProxy::ReleaseSlot(const std::string& sandbox_id) {
+  absl::MutexLock lock(&slots_mu_);
+  auto it = slots_.find(sandbox_id);
+  if (it == slots_.end()) return;
+  if (--it->second <= 0) slots_.erase(it);
+}
+
+void PublicProxy::Touch(const std::string& sandbox_id) {
+  absl::MutexLock lock(&touch_mu_);
+  touched_.insert(sandbox_id);
+}
+
+void PublicProxy::BeginLong(const std::string& sandbox_id) {
+  absl::MutexLock lock(&touch_mu_);
+  ++long_[sandbox_id];
+}
+
+void PublicProxy::EndLong(const std::string& sandbox_id) {
+  absl::MutexLock lock(&touch_mu_);
+  auto it = long_.find(sandbox_id);
+  if (it == long_.end()) return;
+  touched_.insert(sandbox_id);  // its end is activity too
+  if (--it->second <= 0) long_.erase(it);
+}
+
+void PublicProxy::FlushActivity() {
+  v1::TouchSandboxesRequest req;
+  {
+    absl::MutexLock lock(&touch_mu_);
+    for (const auto& [id, n] : long_) touched_.insert(id);
+    for (const auto& id : touched_) req.add_sandbox_ids(id);
+    touched_.clear();
+  }
+  if (req.sandbox_ids_size() == 0) return;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::TouchSandboxesResponse resp;
+  grpc::Status s = urls_->TouchSandboxes(&ctx, req, &resp);
+  if (!s.ok()) {
+    LogWarn("cannot report proxied activity", {{"error", s.error_message()}});
+    absl::MutexLock lock(&touch_mu_);  // try again next time
+    for (const auto& id : req.sandbox_ids()) touched_.insert(id);
+    return;
+  }
+  touches_->Increment(req.sandbox_ids_size());
+}
+
+void PublicProxy::FlushLoop() {
+  while (!stop_.WaitForNotificationWithTimeout(options_.touch_interval)) FlushActivity();
+}
+
+}  // namespace isorun::gateway

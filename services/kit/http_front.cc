@@ -1,0 +1,382 @@
+#include "services/kit/http_front.h"
+
+#include <sys/resource.h>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+#include <limits>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "services/kit/json.h"
+
+namespace isorun::http {
+namespace {
+
+std::chrono::steady_clock::duration Chrono(absl::Duration d) {
+  return absl::ToChronoNanoseconds(d);
+}
+
+// What an idle connection keeps of its read buffer: enough for a typical head, so 10,000 idle
+// connections cost a few tens of MB, not max_buffer_bytes each.
+constexpr size_t kIdleBufferBytes = 4096;
+constexpr size_t kFirstRead = 1024;
+
+}  // namespace
+
+const char* CodeForStatus(int status) {
+  switch (status) {
+    case 400:
+      return "INVALID_ARGUMENT";
+    case 401:
+      return "UNAUTHENTICATED";
+    case 403:
+      return "PERMISSION_DENIED";
+    case 404:
+      return "NOT_FOUND";
+    case 408:
+      return "DEADLINE_EXCEEDED";
+    case 409:
+      return "FAILED_PRECONDITION";
+    case 413:
+      return "INVALID_ARGUMENT";
+    case 429:
+      return "RESOURCE_EXHAUSTED";
+    case 431:
+      return "INVALID_ARGUMENT";
+    case 499:
+      return "CANCELLED";
+    case 501:
+      return "UNIMPLEMENTED";
+    case 502:
+      return "UNAVAILABLE";
+    case 503:
+      return "UNAVAILABLE";
+    case 504:
+      return "DEADLINE_EXCEEDED";
+    default:
+      return status >= 500 ? "INTERNAL" : "INVALID_ARGUMENT";
+  }
+}
+
+std::string ErrorJson(int status, const std::string& reason, const std::string& message) {
+  JsonWriter w;
+  w.BeginObject().Key("error").BeginObject();
+  w.Key("status").Int(status).Key("code").String(CodeForStatus(status));
+  w.Key("reason").String(reason).Key("message").String(message);
+  w.EndObject().EndObject();
+  return w.Take();
+}
+
+StringResponse ErrorResponse(int status, const std::string& reason, const std::string& message,
+                             unsigned version) {
+  StringResponse r{static_cast<bhttp::status>(status), version};
+  r.set(bhttp::field::content_type, "application/json");
+  r.set(bhttp::field::cache_control, "no-store");
+  r.body() = ErrorJson(status, reason, message);
+  r.prepare_payload();
+  return r;
+}
+
+Connection::Connection(tcp::socket socket, const FrontEndOptions& options,
+                       std::unique_ptr<ConnectionHandler> handler, std::atomic<int>* open_count)
+    : strand_(*socket.get_executor().target<asio::strand<asio::io_context::executor_type>>()),
+      stream_(std::move(socket)),
+      buffer_(options.max_buffer_bytes),
+      deadline_(strand_),
+      options_(options),
+      handler_(std::move(handler)),
+      open_count_(open_count) {
+  beast::error_code ec;
+  auto ep = stream_.socket().remote_endpoint(ec);
+  if (!ec) remote_ip_ = ep.address().to_string();
+  stream_.socket().set_option(tcp::no_delay(true), ec);
+}
+
+Connection::~Connection() { open_count_->fetch_sub(1); }
+
+void Connection::Start() {
+  asio::dispatch(strand_, [self = shared_from_this()] { self->ReadHead(); });
+}
+
+void Connection::Post(std::function<void()> fn) { asio::post(strand_, std::move(fn)); }
+
+void Connection::ReadHead() {
+  if (closed_) return;
+  parser_ = std::make_unique<RequestParser>();
+  parser_->header_limit(static_cast<uint32_t>(options_.max_head_bytes));
+  parser_->body_limit(std::numeric_limits<uint64_t>::max());  // handlers bound what they buffer
+  // (not boost::none: Beast 1.74 compares a Content-Length with an empty optional as "over")
+  if (buffer_.size() == 0 && buffer_.capacity() > kIdleBufferBytes) buffer_.shrink_to_fit();
+  if (buffer_.size() > 0) {  // a pipelined request is already here
+    OnFirstByte({}, 0);
+    return;
+  }
+  stream_.expires_after(Chrono(options_.idle_timeout));
+  stream_.async_read_some(
+      buffer_.prepare(kFirstRead),
+      [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnFirstByte(ec, n); });
+}
+
+void Connection::OnFirstByte(beast::error_code ec, size_t n) {
+  if (ec) {  // idle timeout, or the client went away between requests: nothing to answer
+    Close();
+    return;
+  }
+  buffer_.commit(n);
+  stream_.expires_never();
+  ArmDeadline(options_.head_timeout);
+  bhttp::async_read_header(
+      stream_, buffer_, *parser_,
+      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnHead(ec); });
+}
+
+void Connection::ArmDeadline(absl::Duration d) {
+  timed_out_ = false;
+  deadline_.expires_after(Chrono(d));
+  deadline_.async_wait([self = shared_from_this()](beast::error_code ec) {
+    if (ec) return;  // disarmed
+    self->timed_out_ = true;
+    beast::error_code ignored;
+    self->stream_.socket().cancel(ignored);
+  });
+}
+
+void Connection::DisarmDeadline() { deadline_.cancel(); }
+
+void Connection::OnHead(beast::error_code ec) {
+  DisarmDeadline();
+  if (timed_out_) ec = beast::error::timeout;
+  if (ec == bhttp::error::header_limit || ec == bhttp::error::buffer_overflow) {
+    Fail(431, "HEADERS_TOO_LARGE",
+         absl::StrCat("the request head is larger than ", options_.max_head_bytes, " bytes"));
+    return;
+  }
+  if (ec == beast::error::timeout) {
+    Fail(408, "REQUEST_TIMEOUT", "the request head did not arrive in time");
+    return;
+  }
+  if (ec && ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category() &&
+      ec != bhttp::error::end_of_stream && ec != bhttp::error::partial_message) {
+    Fail(400, "MALFORMED_REQUEST", absl::StrCat("malformed request: ", ec.message()));
+    return;
+  }
+  if (ec) {
+    Close();
+    return;
+  }
+  stream_.expires_never();
+  handler_->OnRequest(shared_from_this());
+}
+
+void Connection::ReadBody(size_t limit, std::function<void(beast::error_code, std::string)> done) {
+  if (parser_->content_length() && *parser_->content_length() > limit) {
+    Fail(413, "BODY_TOO_LARGE", absl::StrCat("the body is larger than ", limit, " bytes"));
+    done(bhttp::error::body_limit, "");
+    return;
+  }
+  auto body = std::make_shared<std::string>();
+  if (parser_->get()[bhttp::field::expect] == "100-continue" && !parser_->is_done()) {
+    static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+    stream_.expires_after(Chrono(options_.write_timeout));
+    asio::async_write(stream_, asio::buffer(kContinue),
+                      [self = shared_from_this(), limit, body, done = std::move(done)](
+                          beast::error_code ec, size_t) mutable {
+                        if (ec) {
+                          self->Close();
+                          done(ec, "");
+                          return;
+                        }
+                        self->ReadBodySome(limit, body, std::move(done));
+                      });
+    return;
+  }
+  ReadBodySome(limit, body, std::move(done));
+}
+
+void Connection::ReadBodySome(size_t limit, std::shared_ptr<std::string> body,
+                              std::function<void(beast::error_code, std::string)> done) {
+  if (parser_->is_done()) {
+    done({}, std::move(*body));
+    return;
+  }
+  if (body->size() > limit) {
+    Fail(413, "BODY_TOO_LARGE", absl::StrCat("the body is larger than ", limit, " bytes"));
+    done(bhttp::error::body_limit, "");
+    return;
+  }
+  constexpr size_t kPiece = 16 * 1024;
+  const size_t old = body->size();
+  body->resize(old + kPiece);
+  parser_->get().body().data = body->data() + old;
+  parser_->get().body().size = kPiece;
+  ArmDeadline(options_.body_timeout);
+  bhttp::async_read_some(
+      stream_, buffer_, *parser_,
+      [self = shared_from_this(), limit, body, old, done = std::move(done)](beast::error_code ec,
+                                                                            size_t) mutable {
+        self->DisarmDeadline();
+        if (self->timed_out_) ec = beast::error::timeout;
+        body->resize(old + kPiece - self->parser_->get().body().size);
+        if (ec == bhttp::error::need_buffer) ec = {};
+        if (ec == beast::error::timeout) {
+          self->Fail(408, "REQUEST_TIMEOUT", "the request body did not arrive in time");
+          done(ec, "");
+          return;
+        }
+        if (ec == bhttp::error::buffer_overflow) {
+          self->Fail(400, "MALFORMED_REQUEST", "a chunk line or the trailers are too long");
+          done(ec, "");
+          return;
+        }
+        if (ec && ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category() &&
+            ec != bhttp::error::end_of_stream && ec != bhttp::error::partial_message) {
+          self->Fail(400, "MALFORMED_REQUEST", absl::StrCat("malformed body: ", ec.message()));
+          done(ec, "");
+          return;
+        }
+        if (ec) {
+          self->Close();
+          done(ec, "");
+          return;
+        }
+        self->ReadBodySome(limit, body, std::move(done));
+      });
+}
+
+void Connection::Reply(StringResponse response) {
+  const bool keep = response.keep_alive() && parser_->get().keep_alive() && parser_->is_done();
+  response.keep_alive(keep);
+  response.prepare_payload();
+  auto msg = std::make_shared<StringResponse>(std::move(response));
+  stream_.expires_after(Chrono(options_.write_timeout));
+  bhttp::async_write(stream_, *msg,
+                     [self = shared_from_this(), msg, keep](beast::error_code ec, size_t) {
+                       if (ec) {
+                         self->Close();
+                         return;
+                       }
+                       self->Finish(keep);
+                     });
+}
+
+void Connection::Finish(bool keep_alive) {
+  // A body the handler left unread would be taken for the next request: close instead.
+  if (!keep_alive || !parser_->is_done()) {
+    Close();
+    return;
+  }
+  ReadHead();
+}
+
+void Connection::Close() {
+  if (closed_) return;
+  closed_ = true;
+  deadline_.cancel();
+  beast::error_code ec;
+  stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+  stream_.close();
+}
+
+void Connection::Fail(int status, const std::string& reason, const std::string& message) {
+  if (closed_) return;
+  auto msg = std::make_shared<StringResponse>(ErrorResponse(status, reason, message));
+  msg->keep_alive(false);
+  stream_.expires_after(Chrono(options_.write_timeout));
+  bhttp::async_write(stream_, *msg, [self = shared_from_this(), msg](beast::error_code, size_t) {
+    self->Close();
+  });
+}
+
+FrontEnd::FrontEnd(FrontEndOptions options, HandlerFactory factory)
+    : options_(std::move(options)), factory_(std::move(factory)), acceptor_(ioc_) {}
+
+absl::StatusOr<std::unique_ptr<FrontEnd>> FrontEnd::Start(FrontEndOptions options,
+                                                          HandlerFactory factory) {
+  std::string host;
+  int port = 0;
+  if (!SplitHostPort(options.address, &host, &port)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad listen address \"", options.address, "\": want host:port"));
+  }
+  std::unique_ptr<FrontEnd> fe(new FrontEnd(std::move(options), std::move(factory)));
+  beast::error_code ec;
+  auto ip = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("bad listen host \"", host, "\""));
+  tcp::endpoint ep(ip, static_cast<uint16_t>(port));
+  fe->acceptor_.open(ep.protocol(), ec);
+  if (!ec) fe->acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) fe->acceptor_.bind(ep, ec);
+  if (!ec) fe->acceptor_.listen(4096, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", fe->options_.address, ": ", ec.message()));
+  }
+  fe->port_ = fe->acceptor_.local_endpoint().port();
+  fe->Accept();
+  const int threads = std::max(1, fe->options_.threads);
+  for (int i = 0; i < threads; ++i) {
+    fe->threads_.emplace_back([ioc = &fe->ioc_] { ioc->run(); });
+  }
+  return fe;
+}
+
+void FrontEnd::Accept() {
+  auto strand = asio::make_strand(ioc_);
+  acceptor_.async_accept(strand, [this](beast::error_code ec, tcp::socket socket) {
+    if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
+    if (!ec) {
+      if (open_.fetch_add(1) >= options_.max_connections) {
+        open_.fetch_sub(1);
+        beast::error_code ignored;
+        socket.close(ignored);
+      } else {
+        std::make_shared<Connection>(std::move(socket), options_, factory_(), &open_)->Start();
+      }
+    }
+    // Out of descriptors (EMFILE) and the like: keep accepting; the next try may succeed.
+    Accept();
+  });
+}
+
+void FrontEnd::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  asio::post(acceptor_.get_executor(), [this] {
+    beast::error_code ec;
+    acceptor_.close(ec);
+  });
+  ioc_.stop();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+}
+
+FrontEnd::~FrontEnd() { Stop(); }
+
+long RaiseOpenFileLimit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return -1;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &rl);
+    (void)::getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  return static_cast<long>(rl.rlim_cur);
+}
+
+bool SplitHostPort(const std::string& address, std::string* host, int* port) {
+  size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return false;
+  int p = 0;
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &p) || p < 0 || p > 65535) return false;
+  std::string h = address.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  *host = h;
+  *port = p;
+  return true;
+}
+
+}  // namespace isorun::http

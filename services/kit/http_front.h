@@ -1,0 +1,180 @@
+#pragma once
+
+// One event-driven HTTP/1.1 front end (Boost.Beast's async API) for every HTTP listener of the
+// control plane: the public-URL proxy now; the public API and the scheduler's admin routes are
+// meant to move onto it. A few I/O threads drive every connection; each connection is a small
+// state machine on its own strand, so no thread is held by an idle, slow or streaming client.
+//
+// What the front end guarantees before a handler sees anything:
+// - Every read is bounded. The request head must fit in `max_head_bytes` (431 beyond); the read
+//   buffer never grows past `max_buffer_bytes`, which bounds a chunk-size line with its
+//   extensions and the trailers too (400 beyond); `ReadBody` bounds a buffered body (413).
+// - Every read and write has a deadline: `idle_timeout` for the next request on a kept-alive
+//   connection (closed quietly), `head_timeout` from the first byte of a head to its end (408),
+//   `body_timeout` for each read of a body and `write_timeout` for each write.
+// - At most `max_connections` connections; beyond it new ones are closed at once.
+//
+// A handler gets a connection once per request head (OnRequest) and owns it until it calls
+// Finish() or Reply(), which read the next head when the connection stays open. Handlers that
+// stream (the proxy) use stream(), buffer() and parser() directly; every callback of theirs
+// must run on the connection's strand (bind to executor()). Work that blocks (Postgres, a
+// unary gRPC call) runs elsewhere and comes back through Post().
+
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace isorun::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+
+using RequestParser = bhttp::request_parser<bhttp::buffer_body>;
+using StringResponse = bhttp::response<bhttp::string_body>;
+
+struct FrontEndOptions {
+  std::string address = "127.0.0.1:0";  // "host:port"; port 0 picks one
+  int threads = 2;
+  size_t max_head_bytes = size_t{16} * 1024;
+  // The most a connection buffers of what it read and has not handed on (head, chunk lines,
+  // trailers, pieces of a body). Also what an idle connection may keep allocated at most.
+  size_t max_buffer_bytes = size_t{64} * 1024;
+  int max_connections = 20000;
+  absl::Duration idle_timeout = absl::Seconds(75);
+  absl::Duration head_timeout = absl::Seconds(15);
+  absl::Duration body_timeout = absl::Seconds(60);
+  absl::Duration write_timeout = absl::Seconds(60);
+};
+
+class Connection;
+
+// Per-connection state of a handler (the proxy keeps its upstream here). Created when a
+// connection is accepted, destroyed when it closes; every call comes on the connection's strand.
+class ConnectionHandler {
+ public:
+  virtual ~ConnectionHandler() = default;
+  // A request head was read (the body, if any, is still on the wire). The handler answers and
+  // then calls Finish/Reply, or Close.
+  virtual void OnRequest(std::shared_ptr<Connection> connection) = 0;
+};
+
+using HandlerFactory = std::function<std::unique_ptr<ConnectionHandler>()>;
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(tcp::socket socket, const FrontEndOptions& options,
+             std::unique_ptr<ConnectionHandler> handler, std::atomic<int>* open_count);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  void Start();
+
+  // The request being handled: head read, body (if any) not yet.
+  RequestParser& parser() { return *parser_; }
+  const bhttp::request<bhttp::buffer_body>& request() const { return parser_->get(); }
+  beast::tcp_stream& stream() { return stream_; }
+  beast::flat_buffer& buffer() { return buffer_; }
+  asio::strand<asio::io_context::executor_type>& executor() { return strand_; }
+  const std::string& remote_ip() const { return remote_ip_; }
+  const FrontEndOptions& options() const { return options_; }
+
+  // Reads the whole body (at most `limit` bytes: 413 and closed beyond it, without reading it).
+  void ReadBody(size_t limit, std::function<void(beast::error_code, std::string)> done);
+  // Writes `response` (Content-Length set here), then reads the next request when the request and
+  // the response both allow keep-alive; closes otherwise.
+  void Reply(StringResponse response);
+  // The handler wrote its answer itself: read the next request, or close.
+  void Finish(bool keep_alive);
+  void Close();
+  // Runs `fn` on this connection's strand (from any thread).
+  void Post(std::function<void()> fn);
+
+ private:
+  void ReadHead();
+  void OnFirstByte(beast::error_code ec, size_t n);
+  void OnHead(beast::error_code ec);
+  void ReadBodySome(size_t limit, std::shared_ptr<std::string> body,
+                    std::function<void(beast::error_code, std::string)> done);
+  // An answer the front end makes itself (400/408/413/431), then close.
+  void Fail(int status, const std::string& reason, const std::string& message);
+  // A read deadline that leaves the socket open (Beast's stream timeouts close it), so the
+  // client still gets its 408: on expiry the pending read is cancelled and timed_out_ set.
+  void ArmDeadline(absl::Duration d);
+  void DisarmDeadline();
+
+  asio::strand<asio::io_context::executor_type> strand_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::unique_ptr<RequestParser> parser_;
+  asio::steady_timer deadline_;
+  bool timed_out_ = false;
+  const FrontEndOptions& options_;
+  std::unique_ptr<ConnectionHandler> handler_;
+  std::atomic<int>* open_count_;
+  std::string remote_ip_;
+  bool closed_ = false;
+};
+
+// An API error body of API.md: {"error": {"status", "code", "reason", "message"}}.
+std::string ErrorJson(int status, const std::string& reason, const std::string& message);
+// The gRPC code name API.md pairs with an HTTP status (404 -> NOT_FOUND, ...).
+const char* CodeForStatus(int status);
+StringResponse ErrorResponse(int status, const std::string& reason, const std::string& message,
+                             unsigned version = 11);
+
+class FrontEnd {
+ public:
+  static absl::StatusOr<std::unique_ptr<FrontEnd>> Start(FrontEndOptions options,
+                                                         HandlerFactory factory);
+  ~FrontEnd();
+  FrontEnd(const FrontEnd&) = delete;
+  FrontEnd& operator=(const FrontEnd&) = delete;
+
+  int port() const { return port_; }
+  int open_connections() const { return open_.load(); }
+  asio::io_context& io_context() { return ioc_; }
+  // Stops accepting and ends every connection.
+  void Stop();
+
+ private:
+  FrontEnd(FrontEndOptions options, HandlerFactory factory);
+  void Accept();
+
+  // Connections refer to the options, the factory and the counter: declared before the
+  // io_context, so they outlive the handlers it destroys.
+  FrontEndOptions options_;
+  HandlerFactory factory_;
+  std::atomic<int> open_{0};
+  asio::io_context ioc_;
+  tcp::acceptor acceptor_;
+  std::vector<std::thread> threads_;
+  int port_ = 0;
+  bool stopped_ = false;
+};
+
+// Raises the soft limit of open files to the hard limit (10,000 connections need more than the
+// usual 1,024). Returns the new soft limit.
+long RaiseOpenFileLimit();
+
+// host:port split; port 0 when absent or invalid.
+bool SplitHostPort(const std::string& address, std::string* host, int* port);
+
+}  // namespace isorun::http
