@@ -242,7 +242,7 @@ check "dev.key mode 600" test "$(stat -c %a "$ISORUN_DATA_DIR/dev.key" 2>/dev/nu
 check "env metrics URL form" grep -qx "ISORUN_METRICS_QUOTA=http://127.0.0.1:$ISORUN_PORT_QUOTA_METRICS/metrics" "$envf"
 check "database URL" grep -qx "ISORUN_DATABASE_URL=postgresql://isorun@127.0.0.1:$ISORUN_PG_PORT/isorun" "$envf"
 check "tenant dev created with --max-concurrent 10" grep -q 'tenants create dev --max-concurrent 10' "$FAKE_STATE/ctl.calls"
-check "runner-2 flags" grep -q -- " --grpc_addr=127.0.0.1:$ISORUN_PORT_RUNNER_2 --metrics_addr=127.0.0.1:$ISORUN_PORT_RUNNER_2_METRICS --scheduler_addr=127.0.0.1:$ISORUN_PORT_SCHEDULER --runner_name=runner-2 --driver=sim --region=local$" "$FAKE_STATE/argv.runner-2"
+check "runner-2 flags" grep -q -- " --grpc_addr=127.0.0.1:$ISORUN_PORT_RUNNER_2 --metrics_addr=127.0.0.1:$ISORUN_PORT_RUNNER_2_METRICS --scheduler_addr=127.0.0.1:$ISORUN_PORT_SCHEDULER --runner_name=runner-2 --region=local --tunnel_addr=127.0.0.1:$ISORUN_PORT_RUNNER_2_TUNNEL --driver=sim$" "$FAKE_STATE/argv.runner-2"
 check "services get ISORUN_DATABASE_URL" grep -qx "DB=postgresql://isorun@127.0.0.1:$ISORUN_PG_PORT/isorun" "$FAKE_STATE/argv.isorun-gateway"
 check "services do not get ISORUN_DATA_DIR" grep -qx "DATA_DIR=" "$FAKE_STATE/argv.isorun-gateway"
 check "ctl reads the env file" bash -c "'$REPO/isorun' ctl tenants list | grep -q '^dev '"

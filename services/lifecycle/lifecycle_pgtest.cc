@@ -92,6 +92,13 @@ class FaultyBackends final : public Backends {
   absl::StatusOr<std::vector<std::string>> RunnerSandboxes(const std::string& a) override {
     return real_.RunnerSandboxes(a);
   }
+  absl::StatusOr<std::vector<int>> ListPorts(const std::string& a, const std::string& id,
+                                             absl::Duration deadline) override {
+    return real_.ListPorts(a, id, deadline);
+  }
+  absl::StatusOr<std::string> TunnelAddress(const std::string& a) override {
+    return real_.TunnelAddress(a);
+  }
 
  private:
   Backends& real_;
