@@ -195,6 +195,10 @@ class Proxy : public ::testing::Test {
        "echo \"for=$HTTP_X_FORWARDED_FOR proto=$HTTP_X_FORWARDED_PROTO "
        "host=$HTTP_X_FORWARDED_HOST\"\\n'"
        " > fwd && chmod +x stream hold sum fwd && httpd -p 127.0.0.1:8000 -h /www");
+    // httpd daemonizes: wait until it listens, so no test races its start.
+    ASSERT_TRUE(testing::Eventually(
+        [&] { return absl::StrContains(Sh(id, "netstat -ltn"), "127.0.0.1:8000"); },
+        absl::Seconds(10)));
   }
 
   static std::string HostFor(int port, const std::string& public_id) {
