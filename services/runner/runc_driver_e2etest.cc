@@ -261,10 +261,11 @@ TEST_F(RuncDriverTest, TimeoutKillsTheWholeGroupWithExecTimeout) {
   const absl::Time t1 = absl::Now();
   // (What it writes in the moment after the shell exits may come along; the rest is dropped.)
   EXPECT_TRUE(absl::StrContains(
-      Sh("sbx_to", "(while :; do echo tick; sleep 0.1; done) & echo started"), "started\n"));
+      Sh("sbx_to", "(while :; do echo tick; sleep 0.117; done) & echo started"), "started\n"));
   EXPECT_LT(absl::Now() - t1, absl::Seconds(1));
   absl::SleepFor(absl::Milliseconds(500));
-  EXPECT_EQ(WaitForHostPids("sleep 0.1").size(), 1u) << "the background writer died";
+  // (0.117: a marker no other test's process on this host carries.)
+  EXPECT_EQ(WaitForHostPids("sleep 0.117").size(), 1u) << "the background writer died";
 }
 
 TEST_F(RuncDriverTest, DefaultTimeoutApplies) {
