@@ -7,6 +7,8 @@
 namespace isorun::runner {
 namespace {
 
+constexpr size_t kMaxRef = 512;
+
 bool IsLowerAlnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
 
 // One path component of a repository: [a-z0-9]+ separated by '.', '_', '__' or '-'+.
@@ -83,7 +85,7 @@ std::string ImageRef::PullReference(const std::string& resolved_digest) const {
 
 absl::StatusOr<ImageRef> ParseImageRef(std::string_view ref, std::string_view default_registry) {
   if (ref.empty()) return Invalid(ref, "empty");
-  if (ref.size() > 512) return Invalid(ref, "longer than 512 characters");
+  if (ref.size() > kMaxRef) return Invalid(ref, "longer than 512 characters");
   ImageRef out;
   std::string_view rest = ref;
   if (auto at = rest.find('@'); at != std::string_view::npos) {
@@ -131,6 +133,9 @@ absl::StatusOr<ImageRef> ParseImageRef(std::string_view ref, std::string_view de
     }
     out.registry = std::string(default_registry);
   }
+  // The limit holds for the reference as resolved too: what is pulled and stored is the full
+  // reference, which must parse again (found by the image_ref fuzz target).
+  if (out.ToString().size() > kMaxRef) return Invalid(ref, "longer than 512 characters");
   return out;
 }
 

@@ -71,6 +71,15 @@ TEST(ImageRef, UnqualifiedWithoutDefaultRegistryIsAPreconditionFailure) {
   EXPECT_TRUE(ParseImageRef("host:1/busybox:1.36", "").ok());
 }
 
+TEST(ImageRef, TheLengthLimitHoldsForTheResolvedReferenceToo) {
+  // 500 characters pass alone, but not once the default registry is put in front.
+  const std::string name = std::string(496, 'a') + ":1.0";
+  ASSERT_EQ(name.size(), 500u);
+  EXPECT_TRUE(ParseImageRef(name, "r:1").ok());
+  auto r = ParseImageRef(name, "127.0.0.1:5000");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+}
+
 TEST(ImageRef, Sha256Digest) {
   EXPECT_TRUE(IsSha256Digest(kDigest));
   EXPECT_FALSE(IsSha256Digest("sha256:" + std::string(64, 'A')));
