@@ -439,6 +439,12 @@ TEST_F(Proxy, PerSandboxConnectionCapIs429) {
     ASSERT_GE(fd, 0);
     ASSERT_TRUE(SendAll(fd, absl::StrCat("GET /cgi-bin/hold HTTP/1.1\r\nHost: ",
                                          HostFor(8000, sb.public_id), "\r\n\r\n")));
+    // One at a time, each until its answer has begun (the CGI script runs and holds): busybox
+    // httpd listens with a backlog of 9, and a burst of 20 connects could leave some waiting
+    // for SYN retries past the test's patience.
+    std::string head;
+    ASSERT_TRUE(ReadUntil(fd, head, "\r\n\r\n")) << i << ": " << head;
+    ASSERT_TRUE(absl::StartsWith(head, "HTTP/1.1 200")) << i << ": " << head;
     held.push_back(fd);
   }
   HttpResponse r;
