@@ -168,6 +168,9 @@ grpc::Status QuotaService::GetUsage(grpc::ServerContext*, const v1::GetUsageRequ
   resp->mutable_limits()->set_max_concurrent(usage->limits.max_concurrent);
   resp->mutable_limits()->set_creates_per_sec(usage->limits.creates_per_sec);
   resp->mutable_limits()->set_requests_per_sec(usage->limits.requests_per_sec);
+  resp->mutable_limits()->set_max_concurrent_execs(usage->limits.max_concurrent_execs);
+  resp->mutable_limits()->set_max_hibernated(usage->limits.max_hibernated);
+  resp->mutable_limits()->set_hibernation_retention_sec(usage->limits.hibernation_retention_sec);
   return grpc::Status::OK;
 }
 

@@ -36,7 +36,8 @@ QuotaStore::QuotaStore(PgPool& pool) : pool_(pool) {
                 "ORDER BY sandbox_id LIMIT $3");
   pool_.Prepare("quota_usage",
                 "SELECT coalesce(u.active, 0), l.max_concurrent, l.creates_per_sec, "
-                "l.requests_per_sec FROM quota.limits l "
+                "l.requests_per_sec, l.max_concurrent_execs, l.max_hibernated, "
+                "l.hibernation_retention_sec FROM quota.limits l "
                 "LEFT JOIN quota.usage u ON u.tenant_id = l.tenant_id WHERE l.tenant_id = $1");
   pool_.Prepare("quota_release_many",
                 "WITH r AS (DELETE FROM quota.reservations WHERE sandbox_id = ANY($1::text[]) "
@@ -141,6 +142,9 @@ absl::StatusOr<UsageInfo> QuotaStore::GetUsage(const std::string& tenant_id) {
     info.limits.max_concurrent = r[0][1].as<int>();
     info.limits.creates_per_sec = r[0][2].as<double>();
     info.limits.requests_per_sec = r[0][3].as<double>();
+    info.limits.max_concurrent_execs = r[0][4].as<int>();
+    info.limits.max_hibernated = r[0][5].as<int>();
+    info.limits.hibernation_retention_sec = r[0][6].as<int>();
     return absl::OkStatus();
   });
   if (!status.ok()) return status;

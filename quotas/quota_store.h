@@ -24,6 +24,9 @@ struct TenantLimits {
   int max_concurrent = 0;
   double creates_per_sec = 0;
   double requests_per_sec = 0;
+  int max_concurrent_execs = 0;
+  int max_hibernated = 0;
+  int hibernation_retention_sec = 0;
 };
 
 struct AdmitResult {

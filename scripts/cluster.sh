@@ -325,9 +325,11 @@ cluster_up() {
   # runners and the gateway in the environment, not on their command lines).
   export ISORUN_TUNNEL_TOKEN
   ISORUN_TUNNEL_TOKEN="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+  # Registries images may come from: by default the local one this `up` serves.
+  local registries="${ISORUN_REGISTRIES:-$h:$(cluster_port REGISTRY)}"
   cluster_start lifecycle isorun-lifecycle --grpc_addr="$h:$l" --metrics_addr="$h:$lm" \
     --quota_addr="$h:$q" --scheduler_addr="$h:$s" "${tls_lifecycle[@]}" \
-    --public_url_template="http://{port}-{publicId}.localhost:$gp"
+    --public_url_template="http://{port}-{publicId}.localhost:$gp" --registries="$registries"
   wait_for_tcp lifecycle "$h" "$l" "${CLUSTER_PIDS[lifecycle]}" "$CLUSTER_DATA/logs/lifecycle.log"
   # Real sandboxes need root and the image tools; otherwise the simulated driver.
   local driver="${ISORUN_RUNNER_DRIVER:-}"
@@ -347,7 +349,9 @@ cluster_up() {
     log "starting the image registry (builds the test images on first use)"
     CLUSTER_REGISTRY="$(registry_start "$CLUSTER_DATA/registry" "$(cluster_port REGISTRY)")" ||
       die "the image registry did not start (log: $CLUSTER_DATA/registry/registry.log)"
-    driver_args=(--driver=runc --registry="$CLUSTER_REGISTRY")
+    # The local registry serves plain HTTP: the only one reached without TLS verification.
+    driver_args=(--driver=runc --registry="$CLUSTER_REGISTRY" --registries="$registries"
+                 --insecure_registries="$CLUSTER_REGISTRY")
   fi
   local n port mport tport
   for n in 1 2; do

@@ -26,6 +26,8 @@ ISORUN_DEB_PACKAGES=(
   openssl
   # bench proxy: the load generator and the reverse proxy it is compared with
   wrk nginx
+  # sandboxes' writable layers: ext4 filesystems on loop devices (mkfs.ext4)
+  e2fsprogs
 )
 
 # Packages wanted only when their command is missing: Debian's npm conflicts with builds of

@@ -170,6 +170,8 @@ absl::StatusOr<v1::CreateSandboxRequest> ParseCreateBody(std::string_view body) 
       st = OptionalPositiveInt(key, value, [&](int32_t n) { req.set_cpu_millis(n); });
     } else if (key == "memoryMb") {
       st = OptionalPositiveInt(key, value, [&](int32_t n) { req.set_memory_mb(n); });
+    } else if (key == "diskMb") {
+      st = OptionalPositiveInt(key, value, [&](int32_t n) { req.set_disk_mb(n); });
     } else if (key == "env") {
       st = ReadStringMap(key, value, req.mutable_env());
     } else if (key == "metadata") {

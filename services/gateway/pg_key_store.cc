@@ -85,15 +85,30 @@ int PgKeyStore::listener_backend_pid() const {
   return listener_pid_;
 }
 
-void PgKeyStore::Evict(const std::string& key_id) {
+bool PgKeyStore::IsNegativeCached(const std::string& key_id) const {
   absl::MutexLock lock(&mu_);
-  cache_.erase(key_id);
+  return negative_.contains(key_id);
+}
+
+void PgKeyStore::Evict(const std::string& payload) {
+  absl::MutexLock lock(&mu_);
+  // "+ID": a new key (migration 0013). Only an "unknown" entry of that id can be wrong now; a
+  // lookup reading Postgres meanwhile must not cache "unknown" either.
+  if (!payload.empty() && payload[0] == '+') {
+    negative_.erase(payload.substr(1));
+    ++negative_epoch_;
+    return;
+  }
+  cache_.erase(payload);
+  negative_.erase(payload);
   ++epoch_;
+  ++negative_epoch_;
 }
 
 void PgKeyStore::SetListening(bool up, int fd, int pid) {
   absl::MutexLock lock(&mu_);
   cache_.clear();
+  negative_.clear();
   ++epoch_;
   listening_ = up;
   listener_fd_ = up ? fd : -1;
@@ -134,12 +149,27 @@ bool PgKeyStore::AwaitBarrier() {
 absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Find(const std::string& key_id) {
   int fd;
   uint64_t epoch;
+  uint64_t negative_epoch;
   bool listening;
   {
     absl::MutexLock lock(&mu_);
     fd = listener_fd_;
     epoch = epoch_;
+    negative_epoch = negative_epoch_;
     listening = listening_;
+  }
+  if (listening) {
+    // An unknown key id seen lately: no query. No barrier either: a key id nobody could know
+    // before its key existed is never here (the INSERT's notification evicts it regardless).
+    absl::MutexLock lock(&mu_);
+    auto it = negative_.find(key_id);
+    if (it != negative_.end()) {
+      if (listening_ && absl::Now() < it->second) {
+        ++negative_hits_;
+        return std::optional<StoredKey>();
+      }
+      negative_.erase(it);
+    }
   }
   bool cache_usable = false;
   if (listening) {
@@ -164,7 +194,15 @@ absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Find(const std::string& key
   }
   ++misses_;
   auto read = Read(key_id);
-  if (!read.ok() || !read->has_value()) return read;
+  if (!read.ok()) return read;
+  if (!read->has_value()) {
+    absl::MutexLock lock(&mu_);
+    if (listening_ && negative_epoch_ == negative_epoch && options_.max_negative > 0) {
+      if (negative_.size() >= options_.max_negative) negative_.clear();
+      negative_[key_id] = absl::Now() + options_.negative_ttl;
+    }
+    return read;
+  }
   absl::MutexLock lock(&mu_);
   // Cache only what no eviction raced with, and only while evictions can reach us.
   if (listening_ && epoch_ == epoch) {

@@ -3,8 +3,11 @@
 // The API key store on accounts.api_keys, with a cache that revocation empties at once.
 //
 // Cache rules (correctness first):
-// - Only keys that exist are cached (revoked ones included); "unknown" is never cached, because
-//   new keys are INSERTs, which do not notify.
+// - Keys that exist are cached (revoked ones included). Unknown key ids are cached too, briefly
+//   (`negative_ttl`) and in a bounded table (`max_negative`), so a client repeating a forged or
+//   deleted key costs a hash lookup, not a Postgres query, per request. INSERTs notify as well
+//   (migration 0013), which evicts a negative entry; a key id is random, so it is never looked
+//   up before its key exists unless someone guessed it.
 // - A background thread holds a dedicated connection that LISTENs on `isorun_api_keys` (the
 //   migration's trigger NOTIFYs the key id on every UPDATE and DELETE) and evicts that key.
 // - The cache is served only while that connection is listening. When it is down or
@@ -46,6 +49,10 @@ class PgKeyStore final : public KeyStore {
     // Defence in depth: an entry is re-read after this long even without a notification.
     absl::Duration entry_ttl = absl::Minutes(5);
     size_t max_entries = 100000;
+    // Unknown key ids: how long one is remembered, and how many at most (a full table is
+    // emptied, so a flood of distinct forged ids cannot grow memory).
+    absl::Duration negative_ttl = absl::Seconds(10);
+    size_t max_negative = 100000;
     // How often an idle listener connection is checked with a query.
     absl::Duration listener_ping = absl::Seconds(10);
     absl::Duration reconnect_max_backoff = absl::Seconds(2);
@@ -80,6 +87,9 @@ class PgKeyStore final : public KeyStore {
   uint64_t cache_hits() const { return hits_.load(); }
   uint64_t cache_misses() const { return misses_.load(); }
   uint64_t barriers() const { return barriers_.load(); }
+  // Lookups answered "unknown" from the negative cache.
+  uint64_t negative_hits() const { return negative_hits_.load(); }
+  bool IsNegativeCached(const std::string& key_id) const;
 
  private:
   struct Entry {
@@ -89,7 +99,8 @@ class PgKeyStore final : public KeyStore {
   class Receiver;
 
   void ListenLoop();
-  void Evict(const std::string& key_id);
+  // A notification's payload: a key id (changed or deleted) or "+" and a new key's id.
+  void Evict(const std::string& payload);
   // Empties the cache and marks the listener as up or down.
   void SetListening(bool up, int fd, int pid);
   // Whether a notification may be waiting to be applied.
@@ -105,7 +116,9 @@ class PgKeyStore final : public KeyStore {
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, Entry> cache_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, absl::Time> negative_ ABSL_GUARDED_BY(mu_);  // -> expiry
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t negative_epoch_ ABSL_GUARDED_BY(mu_) = 0;  // also moved by new keys
   bool listening_ ABSL_GUARDED_BY(mu_) = false;
   int listener_fd_ ABSL_GUARDED_BY(mu_) = -1;
   int listener_pid_ ABSL_GUARDED_BY(mu_) = 0;
@@ -120,6 +133,7 @@ class PgKeyStore final : public KeyStore {
   std::atomic<uint64_t> hits_{0};
   std::atomic<uint64_t> misses_{0};
   std::atomic<uint64_t> barriers_{0};
+  std::atomic<uint64_t> negative_hits_{0};
   // Wakes the listener thread from poll() (barrier requests, Stop).
   int wake_fd_ = -1;
   std::thread thread_;

@@ -78,18 +78,59 @@ TEST_F(PgKeyStoreTest, LooksUpKeysAndCachesThemWhileListening) {
   EXPECT_EQ(store_->cache_hits(), hits + 10);
 }
 
-TEST_F(PgKeyStoreTest, UnknownKeysAreNeverCached) {
+TEST_F(PgKeyStoreTest, AFloodOfAForgedKeyQueriesPostgresOnce) {
+  store_->Start();
+  ASSERT_TRUE(store_->WaitUntilListening(absl::Seconds(5)));
+  ApiKey forged = NewApiKey("local");
+  const uint64_t queries = store_->cache_misses();
+  for (int i = 0; i < 1000; ++i) EXPECT_FALSE(Find(forged).has_value());
+  // One query for the first lookup; the other 999 from the negative cache.
+  EXPECT_EQ(store_->cache_misses(), queries + 1);
+  EXPECT_EQ(store_->negative_hits(), 999u);
+  EXPECT_TRUE(store_->IsNegativeCached(forged.key_id));
+}
+
+TEST_F(PgKeyStoreTest, TheNegativeCacheIsBoundedAndShort) {
+  PgKeyStore::Options options;
+  options.max_negative = 10;
+  options.negative_ttl = absl::Milliseconds(200);
+  store_ = std::make_unique<PgKeyStore>(*pool_, options);
+  store_->Start();
+  ASSERT_TRUE(store_->WaitUntilListening(absl::Seconds(5)));
+  std::vector<ApiKey> forged;
+  for (int i = 0; i < 25; ++i) {
+    forged.push_back(NewApiKey("local"));
+    EXPECT_FALSE(Find(forged.back()).has_value());
+  }
+  int cached = 0;
+  for (const auto& k : forged) cached += store_->IsNegativeCached(k.key_id) ? 1 : 0;
+  EXPECT_LE(cached, 10);
+  // Past its time an entry is looked up again.
+  const uint64_t queries = store_->cache_misses();
+  absl::SleepFor(absl::Milliseconds(250));
+  EXPECT_FALSE(Find(forged.back()).has_value());
+  EXPECT_EQ(store_->cache_misses(), queries + 1);
+}
+
+TEST_F(PgKeyStoreTest, AKeyCreatedAfterItsIdWasSeenUnknownIsFound) {
   store_->Start();
   ASSERT_TRUE(store_->WaitUntilListening(absl::Seconds(5)));
   ApiKey key = NewApiKey("local");
   EXPECT_FALSE(Find(key).has_value());
-  EXPECT_FALSE(store_->IsCached(key.key_id));
-  // A key created right after (an INSERT: no notification) is found at once.
+  EXPECT_TRUE(store_->IsNegativeCached(key.key_id));
+  // The INSERT notifies, which evicts the negative entry.
   db_->Scalar("INSERT INTO accounts.api_keys (key_id, tenant_id, region, secret_hash) VALUES ('" +
               key.key_id + "', '" + tenant_ + "', 'local', '" + HashSecret(key.secret) + "')");
+  ASSERT_TRUE(Eventually([&] { return !store_->IsNegativeCached(key.key_id); }));
   auto found = Find(key);
   ASSERT_TRUE(found.has_value());
   EXPECT_EQ(found->tenant_id, tenant_);
+}
+
+TEST_F(PgKeyStoreTest, WithoutTheListenerUnknownKeysAreNotCached) {
+  ApiKey key = NewApiKey("local");
+  EXPECT_FALSE(Find(key).has_value());
+  EXPECT_FALSE(store_->IsNegativeCached(key.key_id));
 }
 
 TEST_F(PgKeyStoreTest, RevokedKeysAreReportedAndCached) {

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "services/gateway/rate_limit.h"
 #include "services/gateway/strings.h"
+#include "services/kit/log.h"
 #include "services/kit/status.h"
 
 namespace isorun::gateway {
@@ -43,6 +44,7 @@ void WriteSandbox(JsonWriter& w, const v1::Sandbox& s) {
   w.Key("imageDigest").String(s.image_digest());
   w.Key("cpuMillis").Int(s.cpu_millis());
   w.Key("memoryMb").Int(s.memory_mb());
+  if (s.disk_mb() > 0) w.Key("diskMb").Int(s.disk_mb());
   w.Key("timeoutSec").Int(s.timeout_sec());
   w.Key("createdAt");
   WriteTime(w, s.created_at(), s.has_created_at());
@@ -137,6 +139,9 @@ std::string UsageJson(const v1::Usage& usage) {
   w.Key("maxConcurrent").Int(usage.limits().max_concurrent());
   w.Key("createsPerSec").Raw(FormatDouble(usage.limits().creates_per_sec()));
   w.Key("requestsPerSec").Raw(FormatDouble(usage.limits().requests_per_sec()));
+  w.Key("maxHibernated").Int(usage.limits().max_hibernated());
+  w.Key("maxConcurrentExecs").Int(usage.limits().max_concurrent_execs());
+  w.Key("hibernationRetentionSec").Int(usage.limits().hibernation_retention_sec());
   w.EndObject();
   w.EndObject();
   return w.Take();
@@ -151,6 +156,30 @@ ErrorReply RenderError(const absl::Status& status, int http_status) {
   reply.reason = detail && !detail->reason().empty() ? detail->reason() : DefaultReason(code);
   std::string message(status.message());
   if (message.empty()) message = std::string(CodeName(code));
+  // A server-side failure that carries no reason of ours is somebody else's text (a SQL error, a
+  // gRPC transport message with peer addresses, a tool's output): never shown to clients.
+  const std::string original = message;
+  if (!(detail && !detail->reason().empty())) {
+    switch (code) {
+      case absl::StatusCode::kInternal:
+      case absl::StatusCode::kUnknown:
+      case absl::StatusCode::kDataLoss:
+        message = "internal error; it has been logged, retry later";
+        break;
+      case absl::StatusCode::kUnavailable:
+        message = "a service is unavailable; retry later";
+        break;
+      case absl::StatusCode::kDeadlineExceeded:
+        message = "the request took too long; retry later";
+        break;
+      default:
+        break;
+    }
+    if (message != original) {
+      LogWarn("internal error (not shown to the client)",
+              {{"code", std::string(CodeName(code))}, {"error", original}});
+    }
+  }
 
   JsonWriter w;
   w.BeginObject().Key("error").BeginObject();

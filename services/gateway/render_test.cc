@@ -115,9 +115,36 @@ TEST(UsageJson, Shape) {
   usage.mutable_limits()->set_max_concurrent(10);
   usage.mutable_limits()->set_creates_per_sec(2);
   usage.mutable_limits()->set_requests_per_sec(0.5);
+  usage.mutable_limits()->set_max_hibernated(10);
+  usage.mutable_limits()->set_max_concurrent_execs(32);
+  usage.mutable_limits()->set_hibernation_retention_sec(604800);
   EXPECT_EQ(UsageJson(usage),
             R"({"activeSandboxes":3,"hibernatedSandboxes":1,)"
-            R"("limits":{"maxConcurrent":10,"createsPerSec":2,"requestsPerSec":0.5}})");
+            R"("limits":{"maxConcurrent":10,"createsPerSec":2,"requestsPerSec":0.5,)"
+            R"("maxHibernated":10,"maxConcurrentExecs":32,"hibernationRetentionSec":604800}})");
+}
+
+TEST(RenderError, InternalTextNeverReachesTheClient) {
+  const absl::Status leaks[] = {
+      absl::UnavailableError("failed to connect to all addresses; last error: UNKNOWN: "
+                             "ipv4:127.0.0.1:7003: Failed to connect to remote host"),
+      absl::InternalError("ERROR:  relation \"lifecycle.sandboxes\" does not exist at "
+                          "character 15 (SELECT id FROM lifecycle.sandboxes)"),
+      absl::UnknownError("time=\"2026\" level=fatal msg=\"dial tcp 10.0.0.1:443\""),
+      absl::DeadlineExceededError("Deadline Exceeded: peer ipv6:[::1]:7101"),
+  };
+  for (const auto& status : leaks) {
+    ErrorReply r = RenderError(status);
+    for (const char* secret :
+         {"127.0.0.1", "ipv4", "ipv6", "SELECT", "relation", "10.0.0.1", "msg=", "7003"}) {
+      EXPECT_EQ(r.body.find(secret), std::string::npos) << r.body;
+    }
+    EXPECT_NE(r.body.find("retry later"), std::string::npos) << r.body;
+  }
+  // Our own reasons keep their messages.
+  ErrorReply r = RenderError(Error(absl::StatusCode::kUnavailable, "IMAGE_PULL_FAILED",
+                                   "cannot pull image busybox:9 from its registry; retry later"));
+  EXPECT_NE(r.body.find("busybox:9"), std::string::npos) << r.body;
 }
 
 TEST(RenderError, BodyShapeForAPlainStatus) {

@@ -9,6 +9,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "services/kit/ids.h"
+#include "services/kit/image_policy.h"
 #include "services/kit/log.h"
 #include "services/kit/status.h"
 #include "services/lifecycle/validate.h"
@@ -32,11 +33,38 @@ void Keep(absl::Status& first, absl::Status next) {
 }  // namespace
 
 Lifecycle::Lifecycle(SandboxStore& store, Backends& backends, LifecycleOptions options)
-    : store_(store), backends_(backends), options_(std::move(options)) {}
+    : store_(store),
+      backends_(backends),
+      options_(std::move(options)),
+      execs_(options_.max_execs_per_sandbox) {}
+
+absl::StatusOr<v1::Limits> Lifecycle::LimitsOf(const std::string& tenant_id) {
+  const absl::Time now = absl::Now();
+  {
+    absl::MutexLock lock(&limits_mu_);
+    auto it = limits_.find(tenant_id);
+    if (it != limits_.end() && now - it->second.fetched < options_.limits_ttl) {
+      return it->second.limits;
+    }
+  }
+  auto usage = backends_.GetUsage(tenant_id);
+  if (!usage.ok()) return usage.status();
+  absl::MutexLock lock(&limits_mu_);
+  if (limits_.size() > 100000) limits_.clear();  // bounded: an entry is cheap to fetch again
+  limits_[tenant_id] = CachedLimits{usage->limits(), now};
+  return usage->limits();
+}
 
 absl::StatusOr<Sandbox> Lifecycle::Create(const v1::CreateSandboxRequest& request) {
   auto normalized = NormalizeCreate(request);
   if (!normalized.ok()) return normalized.status();
+  // Before any quota or placement work: a registry off the operator's list is never contacted.
+  if (!ImageRegistryAllowed(normalized->image(), options_.registries)) {
+    return Error(absl::StatusCode::kInvalidArgument, "IMAGE_REGISTRY_NOT_ALLOWED",
+                 absl::StrCat("image '", normalized->image(),
+                              "' names a registry this cluster does not pull from; use an "
+                              "image of an allowed registry (or an unqualified name)"));
+  }
   // A retry loop only for idempotent creates whose first attempt vanished (it was refused and
   // its row removed) while this one waited for it.
   for (int attempt = 0; attempt < 3; ++attempt) {
@@ -67,6 +95,20 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
     return settled;
   }
   if (!inserted.ok()) return inserted;
+  // Retries of this create in this process wait for it on creating_cv_ (WaitSettled).
+  {
+    absl::MutexLock lock(&creating_mu_);
+    creating_.insert(id);
+  }
+  struct Settled {
+    Lifecycle* self;
+    std::string id;
+    ~Settled() {
+      absl::MutexLock lock(&self->creating_mu_);
+      self->creating_.erase(id);
+      self->creating_cv_.SignalAll();
+    }
+  } settled_guard{this, id};
 
   Sandbox pending;
   pending.set_id(id);
@@ -117,12 +159,23 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
   start.set_image(req.image());
   start.set_cpu_millis(req.cpu_millis());
   start.set_memory_mb(req.memory_mb());
+  start.set_disk_mb(req.disk_mb());
   *start.mutable_env() = req.env();
   *start.mutable_network() = req.network();
   auto started = backends_.Start(placement->runner_address(), start);
   if (!started.ok()) {
     absl::Status undo = Compensate(**starting, placement->runner_address());
-    std::string message = absl::StrCat("sandbox failed to start: ", started.status().message());
+    // The runner's reasons (IMAGE_NOT_FOUND, ...) come with messages of ours; anything else is
+    // the runner's or runc's own text, which stays in the logs.
+    auto runner_detail = ErrorDetailOf(started.status());
+    const bool ours = runner_detail && !runner_detail->reason().empty();
+    std::string message =
+        ours ? absl::StrCat("sandbox failed to start: ", started.status().message())
+             : "sandbox failed to start on its runner";
+    if (!ours) {
+      LogWarn("sandbox failed to start", {{"sandbox", id},
+                                          {"error", std::string(started.status().message())}});
+    }
     if (undo.ok()) {
       auto failed = store_.ToFailed(id, message);
       if (!failed.ok()) undo = failed.status();
@@ -132,11 +185,12 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
               {{"sandbox", id}, {"error", std::string(undo.message())}});
     }
     // The runner's reason (IMAGE_NOT_FOUND, say) stays; only the message gains context.
-    if (auto detail = ErrorDetailOf(started.status())) {
-      return Error(started.status().code(), detail->reason(), message, detail->limit(),
-                   detail->current(), detail->retry_after_sec());
+    if (ours) {
+      return Error(started.status().code(), runner_detail->reason(), message,
+                   runner_detail->limit(), runner_detail->current(),
+                   runner_detail->retry_after_sec());
     }
-    return absl::Status(started.status().code(), message);
+    return Error(started.status().code(), "START_FAILED", message);
   }
 
   // 4. RUNNING, durably. The guard fails only if the sandbox was destroyed meanwhile.
@@ -155,17 +209,30 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
 
 absl::StatusOr<Sandbox> Lifecycle::WaitSettled(const std::string& tenant_id,
                                                const std::string& id) {
-  absl::Time deadline = absl::Now() + options_.idempotent_wait;
+  const absl::Time deadline = absl::Now() + options_.idempotent_wait;
+  absl::Duration pause = absl::Milliseconds(20);
   while (true) {
+    {
+      // The first create runs in this process: wait for it to end, without asking Postgres.
+      absl::MutexLock lock(&creating_mu_);
+      auto done = [this, &id]() ABSL_SHARED_LOCKS_REQUIRED(creating_mu_) {
+        return creating_.count(id) == 0;
+      };
+      while (!done() && absl::Now() < deadline) {
+        creating_cv_.WaitWithDeadline(&creating_mu_, deadline);
+      }
+    }
     auto sb = store_.Get(tenant_id, id);
     if (!sb.ok()) return sb.status();
     if (sb->state() != v1::PENDING && sb->state() != v1::STARTING) return sb;
     if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("the first create with this Idempotency-Key (sandbox ", id,
-                       ") has not finished yet; retry later"));
+      return Error(absl::StatusCode::kDeadlineExceeded, "IDEMPOTENT_CREATE_PENDING",
+                   absl::StrCat("the first create with this Idempotency-Key (sandbox ", id,
+                                ") has not finished yet; retry later"));
     }
-    absl::SleepFor(absl::Milliseconds(20));
+    // Another replica runs the first create: look again, less and less often.
+    absl::SleepFor(pause);
+    pause = std::min(pause * 2, absl::Milliseconds(500));
   }
 }
 
@@ -291,48 +358,68 @@ absl::StatusOr<Sandbox> Lifecycle::SetTimeout(const std::string& tenant_id, cons
 }
 
 absl::StatusOr<Sandbox> Lifecycle::Hibernate(const std::string& tenant_id, const std::string& id) {
-  auto sb = store_.Get(tenant_id, id);
-  if (!sb.ok()) return sb.status();
-  if (sb->state() == v1::HIBERNATED) return sb;
-  if (sb->state() != v1::RUNNING) return NotRunning(*sb);
-  if (absl::Status s = backends_.Pause(sb->runner_address(), id); !s.ok()) return s;
-  auto moved = store_.ToHibernated(id);
-  if (!moved.ok()) return moved.status();
-  if (!moved->has_value()) {
-    auto now = store_.Get(tenant_id, id);
-    if (!now.ok()) return now.status();
-    if (now->state() == v1::HIBERNATED) return now;
-    return NotRunning(*now);
-  }
-  // Hibernated sandboxes do not count against the concurrent limit.
-  if (absl::Status s = backends_.Release(tenant_id, id); !s.ok()) {
-    LogWarn("slot release after hibernate failed; the reconciler will repair usage",
-            {{"sandbox", id}, {"error", std::string(s.message())}});
-  }
-  return **moved;
+  auto limits = LimitsOf(tenant_id);
+  if (!limits.ok()) return limits.status();
+  Sandbox result;
+  // Everything under the row's lock (sandbox_store.h, Locked): a resume racing with this waits
+  // for it, and sees the slot already released.
+  absl::Status s = store_.WithLocked(tenant_id, id, [&](const Sandbox& sb,
+                                                        SandboxStore::Locked& locked) {
+    if (sb.state() == v1::HIBERNATED) {
+      result = sb;
+      return absl::OkStatus();
+    }
+    if (sb.state() != v1::RUNNING) return NotRunning(sb);
+    auto hibernated = locked.CountHibernated();
+    if (!hibernated.ok()) return hibernated.status();
+    if (*hibernated >= limits->max_hibernated()) {
+      return Error(absl::StatusCode::kResourceExhausted, "HIBERNATED_SANDBOX_LIMIT",
+                   absl::StrCat("tenant has ", *hibernated, " of ", limits->max_hibernated(),
+                                " hibernated sandboxes; destroy or resume one first"),
+                   limits->max_hibernated(), *hibernated, 60);
+    }
+    if (absl::Status s = backends_.Pause(sb.runner_address(), id); !s.ok()) return s;
+    // Hibernated sandboxes do not count against the concurrent limit. Released before the
+    // commit, so a resume (which waits for the row) admits afresh.
+    if (absl::Status s = backends_.Release(tenant_id, id); !s.ok()) {
+      (void)backends_.Unpause(sb.runner_address(), id);
+      return s;
+    }
+    auto moved = locked.Hibernate(limits->hibernation_retention_sec() > 0
+                                      ? limits->hibernation_retention_sec()
+                                      : 7 * 24 * 3600);
+    if (!moved.ok()) return moved.status();
+    if (!moved->has_value()) return absl::AbortedError("sandbox changed state while locked");
+    result = **moved;
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return result;
 }
 
 absl::StatusOr<Sandbox> Lifecycle::Resume(const std::string& tenant_id, const std::string& id) {
-  auto sb = store_.Get(tenant_id, id);
-  if (!sb.ok()) return sb.status();
-  if (sb->state() == v1::RUNNING) return sb;
-  if (sb->state() != v1::HIBERNATED) return NotRunning(*sb);
-  // Resume is admitted like a create: it can get 429.
-  if (absl::Status s = backends_.Admit(tenant_id, id); !s.ok()) return s;
-  if (absl::Status s = backends_.Unpause(sb->runner_address(), id); !s.ok()) {
-    (void)backends_.Release(tenant_id, id);
-    return s;
-  }
-  auto moved = store_.ToRunningFromHibernated(id);
-  if (!moved.ok()) return moved.status();
-  if (!moved->has_value()) {
-    auto now = store_.Get(tenant_id, id);
-    if (!now.ok()) return now.status();
-    if (now->state() == v1::RUNNING) return now;
-    (void)backends_.Release(tenant_id, id);
-    return NotRunning(*now);
-  }
-  return **moved;
+  Sandbox result;
+  absl::Status s = store_.WithLocked(tenant_id, id, [&](const Sandbox& sb,
+                                                        SandboxStore::Locked& locked) {
+    if (sb.state() == v1::RUNNING) {
+      result = sb;
+      return absl::OkStatus();
+    }
+    if (sb.state() != v1::HIBERNATED) return NotRunning(sb);
+    // Resume is admitted like a create: it can get 429.
+    if (absl::Status s = backends_.Admit(tenant_id, id); !s.ok()) return s;
+    if (absl::Status s = backends_.Unpause(sb.runner_address(), id); !s.ok()) {
+      (void)backends_.Release(tenant_id, id);
+      return s;
+    }
+    auto moved = locked.Resume();
+    if (!moved.ok()) return moved.status();
+    if (!moved->has_value()) return absl::AbortedError("sandbox changed state while locked");
+    result = **moved;
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return result;
 }
 
 absl::StatusOr<Sandbox> Lifecycle::SandboxForExec(const v1::ExecRequest& request) {
@@ -341,6 +428,14 @@ absl::StatusOr<Sandbox> Lifecycle::SandboxForExec(const v1::ExecRequest& request
   if (sb->state() != v1::RUNNING) return NotRunning(*sb);
   if (request.cmd().empty()) {
     return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT", "cmd is required");
+  }
+  if (!request.cwd().empty() && request.cwd().front() != '/') {
+    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
+                 "cwd must be an absolute path");
+  }
+  if (PathUnderProc(request.cwd())) {
+    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
+                 "cwd must not be /proc or below it");
   }
   if (request.timeout_sec() < 0 || request.timeout_sec() > kMaxTimeoutSec) {
     return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
@@ -352,7 +447,13 @@ absl::StatusOr<Sandbox> Lifecycle::SandboxForExec(const v1::ExecRequest& request
 absl::StatusOr<v1::ExecResponse> Lifecycle::Exec(const v1::ExecRequest& request) {
   auto sb = SandboxForExec(request);
   if (!sb.ok()) return sb.status();
-  // Running a command is activity: the idle deadline moves before and after it.
+  auto limits = LimitsOf(request.tenant_id());
+  if (!limits.ok()) return limits.status();
+  auto ticket = execs_.Begin(request.tenant_id(), request.id(), limits->max_concurrent_execs(),
+                             sb->timeout_sec());
+  if (!ticket.ok()) return ticket.status();
+  // Running a command is activity: the idle deadline moves before it, while it runs
+  // (TouchActiveExecs) and after it.
   (void)store_.Touch(request.id());
   v1::ExecRequest exec = request;
   if (exec.timeout_sec() == 0) exec.set_timeout_sec(30);
@@ -367,17 +468,16 @@ absl::Status Lifecycle::ExecStream(const v1::ExecRequest& request,
                                    const std::function<void()>& on_start) {
   auto sb = SandboxForExec(request);
   if (!sb.ok()) return sb.status();
+  auto limits = LimitsOf(request.tenant_id());
+  if (!limits.ok()) return limits.status();
+  // A running command is activity: TouchActiveExecs pushes the deadline forward while it runs.
+  auto ticket = execs_.Begin(request.tenant_id(), request.id(), limits->max_concurrent_execs(),
+                             sb->timeout_sec());
+  if (!ticket.ok()) return ticket.status();
   (void)store_.Touch(request.id());
   on_start();
-  // A running command is activity: push the deadline forward while it runs.
-  absl::Notification done;
-  std::thread keepalive([&] {
-    while (!done.WaitForNotificationWithTimeout(absl::Seconds(5))) (void)store_.Touch(request.id());
-  });
   absl::Status s =
       backends_.ExecStream(sb->runner_address(), request.id(), request, on_chunk, cancelled);
-  done.Notify();
-  keepalive.join();
   (void)store_.Touch(request.id());
   return s;
 }
@@ -391,7 +491,20 @@ absl::StatusOr<v1::Usage> Lifecycle::GetUsage(const std::string& tenant_id) {
   return usage;
 }
 
+void Lifecycle::TouchActiveExecs() {
+  for (const auto& id : execs_.DueForTouch(absl::Now())) (void)store_.Touch(id);
+}
+
 absl::StatusOr<int> Lifecycle::ReapOnce(int limit) {
+  auto kept = store_.ClaimRetentionExpired(limit);
+  if (!kept.ok()) return kept.status();
+  for (const auto& sb : *kept) {
+    LogInfo("hibernation retention expired", {{"sandbox", sb.id()}, {"tenant", sb.tenant_id()}});
+    if (absl::Status s = FinishDestroy(sb); !s.ok()) {
+      LogWarn("destroy after hibernation expiry incomplete; will retry",
+              {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
+    }
+  }
   auto expired = store_.ClaimExpired(limit);
   if (!expired.ok()) return expired.status();
   for (const auto& sb : *expired) {
@@ -401,7 +514,7 @@ absl::StatusOr<int> Lifecycle::ReapOnce(int limit) {
               {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
     }
   }
-  return static_cast<int>(expired->size());
+  return static_cast<int>(expired->size() + kept->size());
 }
 
 absl::StatusOr<LoopCounts> Lifecycle::ReconcileOnce(int limit) {

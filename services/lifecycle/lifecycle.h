@@ -14,14 +14,15 @@
 
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-
-#include "absl/status/statusor.h"
 #include "services/lifecycle/backends.h"
+#include "services/lifecycle/exec_tracker.h"
 #include "services/lifecycle/sandbox_store.h"
 
 namespace isorun::lifecycle {
@@ -36,8 +37,16 @@ struct LifecycleOptions {
   // Reservations and placements whose sandbox is gone, and sandboxes a runner no longer has, are
   // repaired once they are at least this old (younger ones may belong to a create in flight).
   int orphan_grace_sec = 30;
+  // Registry hosts (lowercase host:port) images may name; unqualified names (the configured
+  // registry) are always allowed. See kit/image_policy.h.
+  std::vector<std::string> registries;
   // How long an idempotent retry waits for the first create to settle.
   absl::Duration idempotent_wait = absl::Minutes(2);
+  // Most exec and exec:stream calls running at once in one sandbox (the tenant's own cap,
+  // maxConcurrentExecs, comes from its quota limits).
+  int max_execs_per_sandbox = 16;
+  // How long a tenant's limits (from the quota service) are reused.
+  absl::Duration limits_ttl = absl::Seconds(2);
   // The public URL of a sandbox port: "{port}" and "{publicId}" are replaced. Empty: GetSandbox
   // leaves `urls` out.
   std::string public_url_template;
@@ -91,8 +100,12 @@ class Lifecycle {
                           const std::function<void()>& on_start = [] {});
   absl::StatusOr<v1::Usage> GetUsage(const std::string& tenant_id);
 
-  // One pass of the idle reaper: destroys running sandboxes whose deadline passed.
+  // One pass of the idle reaper: destroys running sandboxes whose deadline passed, and
+  // hibernated ones kept past their tenant's retention (HIBERNATION_EXPIRED).
   absl::StatusOr<int> ReapOnce(int limit = 100);
+  // Moves the deadline of sandboxes with exec calls running here, so that a command longer than
+  // the sandbox's timeoutSec is never reaped mid-run. Call about every 250 ms.
+  void TouchActiveExecs();
   // One pass of the reconciler: finishes interrupted destroys and abandoned creates; releases
   // slots and placements whose sandbox is gone; stops containers no live sandbox owns; marks LOST
   // the sandboxes of lost runners and those a runner no longer has. Every repair is idempotent,
@@ -114,6 +127,9 @@ class Lifecycle {
   // LOST, then its slot and placement released.
   void MarkLost(const Sandbox& sb, const std::string& why, LoopCounts& counts);
 
+  // The tenant's limits from the quota service, reused for options_.limits_ttl.
+  absl::StatusOr<v1::Limits> LimitsOf(const std::string& tenant_id);
+
   SandboxStore& store_;
   Backends& backends_;
   const LifecycleOptions options_;
@@ -121,6 +137,18 @@ class Lifecycle {
   // address changes only when it restarts with other flags, so entries live a while.
   absl::Mutex tunnels_mu_;
   std::map<std::string, std::pair<std::string, absl::Time>> tunnels_ ABSL_GUARDED_BY(tunnels_mu_);
+  ExecTracker execs_;
+  absl::Mutex limits_mu_;
+  struct CachedLimits {
+    v1::Limits limits;
+    absl::Time fetched;
+  };
+  std::map<std::string, CachedLimits> limits_ ABSL_GUARDED_BY(limits_mu_);
+  // Creates running in this process, by sandbox id: an idempotent retry of one waits on the
+  // condition variable instead of polling Postgres.
+  absl::Mutex creating_mu_;
+  absl::CondVar creating_cv_;
+  std::set<std::string> creating_ ABSL_GUARDED_BY(creating_mu_);
 };
 
 }  // namespace isorun::lifecycle

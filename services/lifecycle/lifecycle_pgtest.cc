@@ -12,6 +12,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "quotas/quota_service.h"
 #include "quotas/quota_store.h"
 #include "scheduler/fleet.h"
@@ -41,8 +42,12 @@ class FaultyBackends final : public Backends {
     if (fail_admit_after && s.ok()) return absl::UnavailableError("injected: admit reply lost");
     return s;
   }
+  // Runs before each Release and Unpause (the steps a hibernate and a resume can race on).
+  std::function<void()> before_release, before_unpause;
+
   absl::Status Release(const std::string& t, const std::string& id) override {
     if (fail_release) return absl::UnavailableError("injected: quota down");
+    if (before_release) before_release();
     return real_.Release(t, id);
   }
   absl::StatusOr<v1::Usage> GetUsage(const std::string& t) override { return real_.GetUsage(t); }
@@ -69,6 +74,7 @@ class FaultyBackends final : public Backends {
     return real_.Pause(a, id);
   }
   absl::Status Unpause(const std::string& a, const std::string& id) override {
+    if (before_unpause) before_unpause();
     return real_.Unpause(a, id);
   }
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& a, const std::string& id,
@@ -528,6 +534,126 @@ TEST_F(LifecycleTest, HibernatedSandboxesDoNotCountAndResumeIsAdmitted) {
   EXPECT_EQ(ReasonOf(lifecycle_->Exec(exec).status()), "SANDBOX_NOT_RUNNING");
   // Destroying a hibernated sandbox works and holds nothing.
   ASSERT_TRUE(lifecycle_->Destroy(tenant_, a->id()).ok());
+  ExpectNothingHeld();
+}
+
+// The slot accounting a hibernate/resume race must keep: a RUNNING sandbox holds a slot, a
+// HIBERNATED one none, and usage equals the reservations.
+void ExpectSlotMatchesState(const std::string& tenant, const std::string& id,
+                            SandboxState state, testing::TestDatabase& db) {
+  const std::string held =
+      db.Scalar("SELECT count(*) FROM quota.reservations WHERE sandbox_id = '" + id + "'");
+  EXPECT_EQ(held, state == v1::RUNNING ? "1" : "0") << v1::SandboxState_Name(state);
+  EXPECT_EQ(db.Scalar("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant + "'"),
+            db.Scalar("SELECT count(*) FROM quota.reservations WHERE tenant_id = '" + tenant +
+                      "'"));
+}
+
+TEST_F(LifecycleTest, HibernateAndResumeRacingNeverLeaveARunningSandboxWithoutASlot) {
+  auto a = lifecycle_->Create(Req());
+  ASSERT_TRUE(a.ok()) << a.status();
+  for (int round = 0; round < 6; ++round) {
+    // A resume arrives while the hibernate is between its pause and its slot release: the
+    // resume must wait for the hibernate, not admit on the slot the hibernate is about to free.
+    absl::Notification hibernate_releasing;
+    std::atomic<bool> resume_done{false};
+    faulty_->before_release = [&] {
+      if (hibernate_releasing.HasBeenNotified()) return;
+      hibernate_releasing.Notify();
+      // Give the resume every chance to run to its end first (it cannot while the hibernate
+      // holds the sandbox).
+      for (int i = 0; i < 50 && !resume_done; ++i) absl::SleepFor(absl::Milliseconds(10));
+    };
+    std::thread resume([&] {
+      hibernate_releasing.WaitForNotification();
+      (void)lifecycle_->Resume(tenant_, a->id());
+      resume_done = true;
+    });
+    auto h = lifecycle_->Hibernate(tenant_, a->id());
+    ASSERT_TRUE(h.ok()) << h.status();
+    resume.join();
+    faulty_->before_release = nullptr;
+    auto now = lifecycle_->Get(tenant_, a->id());
+    ASSERT_TRUE(now.ok());
+    // The resume came second: the sandbox runs, and holds its slot.
+    EXPECT_EQ(now->state(), v1::RUNNING) << "round " << round;
+    EXPECT_EQ(driver_->IsPaused(a->id()), false);
+    ExpectSlotMatchesState(tenant_, a->id(), now->state(), db_);
+
+    // The other order: a hibernate arrives while a resume is between its admission and its
+    // unpause.
+    ASSERT_TRUE(lifecycle_->Hibernate(tenant_, a->id()).ok());
+    absl::Notification resume_unpausing;
+    std::atomic<bool> hibernate_done{false};
+    faulty_->before_unpause = [&] {
+      if (resume_unpausing.HasBeenNotified()) return;
+      resume_unpausing.Notify();
+      for (int i = 0; i < 50 && !hibernate_done; ++i) absl::SleepFor(absl::Milliseconds(10));
+    };
+    std::thread hibernate([&] {
+      resume_unpausing.WaitForNotification();
+      (void)lifecycle_->Hibernate(tenant_, a->id());
+      hibernate_done = true;
+    });
+    auto r = lifecycle_->Resume(tenant_, a->id());
+    ASSERT_TRUE(r.ok()) << r.status();
+    hibernate.join();
+    faulty_->before_unpause = nullptr;
+    now = lifecycle_->Get(tenant_, a->id());
+    ASSERT_TRUE(now.ok());
+    EXPECT_EQ(now->state(), v1::HIBERNATED) << "round " << round;
+    EXPECT_TRUE(driver_->IsPaused(a->id()));
+    ExpectSlotMatchesState(tenant_, a->id(), now->state(), db_);
+    ASSERT_TRUE(lifecycle_->Resume(tenant_, a->id()).ok());
+    ExpectSlotMatchesState(tenant_, a->id(), v1::RUNNING, db_);
+  }
+  ASSERT_TRUE(lifecycle_->Destroy(tenant_, a->id()).ok());
+  ExpectNothingHeld();
+}
+
+TEST_F(LifecycleTest, HibernatedCapAndRetentionHold) {
+  db_.Scalar("UPDATE quota.limits SET max_hibernated = 2, hibernation_retention_sec = 1 "
+             "WHERE tenant_id = '" + tenant_ + "'");
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto sb = lifecycle_->Create(Req());
+    ASSERT_TRUE(sb.ok()) << sb.status();
+    ids.push_back(sb->id());
+  }
+  ASSERT_TRUE(lifecycle_->Hibernate(tenant_, ids[0]).ok());
+  ASSERT_TRUE(lifecycle_->Hibernate(tenant_, ids[1]).ok());
+  auto third = lifecycle_->Hibernate(tenant_, ids[2]);
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
+  EXPECT_EQ(ReasonOf(third.status()), "HIBERNATED_SANDBOX_LIMIT");
+  auto detail = ErrorDetailOf(third.status());
+  ASSERT_TRUE(detail.has_value());
+  EXPECT_EQ(detail->limit(), 2);
+  EXPECT_EQ(detail->current(), 2);
+  // Refused before anything changed: still running, unpaused, holding its slot.
+  EXPECT_EQ(lifecycle_->Get(tenant_, ids[2])->state(), v1::RUNNING);
+  EXPECT_FALSE(driver_->IsPaused(ids[2]));
+  EXPECT_EQ(Usage(tenant_), "1");
+  auto usage = lifecycle_->GetUsage(tenant_);
+  ASSERT_TRUE(usage.ok());
+  EXPECT_EQ(usage->limits().max_hibernated(), 2);
+  EXPECT_EQ(usage->limits().max_concurrent_execs(), 32);
+  EXPECT_EQ(usage->limits().hibernation_retention_sec(), 1);
+
+  // Past the retention the reaper destroys them: HIBERNATION_EXPIRED, nothing held.
+  absl::SleepFor(absl::Milliseconds(1200));
+  auto reaped = lifecycle_->ReapOnce();
+  ASSERT_TRUE(reaped.ok()) << reaped.status();
+  EXPECT_EQ(*reaped, 2);
+  for (int i = 0; i < 2; ++i) {
+    auto sb = lifecycle_->Get(tenant_, ids[i]);
+    ASSERT_TRUE(sb.ok());
+    EXPECT_EQ(sb->state(), v1::DESTROYED);
+    EXPECT_EQ(sb->end_reason(), v1::HIBERNATION_EXPIRED);
+  }
+  EXPECT_EQ(lifecycle_->Get(tenant_, ids[2])->state(), v1::RUNNING);
+  // The cap has room again.
+  EXPECT_TRUE(lifecycle_->Hibernate(tenant_, ids[2]).ok());
+  ASSERT_TRUE(lifecycle_->Destroy(tenant_, ids[2]).ok());
   ExpectNothingHeld();
 }
 

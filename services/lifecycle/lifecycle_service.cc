@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "services/kit/call_thread.h"
 #include "services/kit/status.h"
 
 namespace isorun::lifecycle {
@@ -98,23 +99,29 @@ grpc::Status LifecycleService::ResumeSandbox(grpc::ServerContext*,
   return Reply(lifecycle_.Resume(req->tenant_id(), req->id()), resp);
 }
 
-grpc::Status LifecycleService::Exec(grpc::ServerContext*, const v1::ExecRequest* req,
-                                    v1::ExecResponse* resp) {
-  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
-  auto result = lifecycle_.Exec(*req);
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  *resp = std::move(*result);
-  return grpc::Status::OK;
+grpc::ServerUnaryReactor* LifecycleService::Exec(grpc::CallbackServerContext* ctx,
+                                                 const v1::ExecRequest* req,
+                                                 v1::ExecResponse* resp) {
+  return RunUnaryOnThread(ctx, [this, req, resp] {
+    if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+    auto result = lifecycle_.Exec(*req);
+    if (!result.ok()) return ToGrpcStatus(result.status());
+    *resp = std::move(*result);
+    return grpc::Status::OK;
+  });
 }
 
-grpc::Status LifecycleService::ExecStream(grpc::ServerContext* ctx, const v1::ExecRequest* req,
-                                          grpc::ServerWriter<v1::ExecChunk>* writer) {
-  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
-  return ToGrpcStatus(lifecycle_.ExecStream(
-      *req, [&](const v1::ExecChunk& chunk) { return writer->Write(chunk); },
-      [ctx] { return ctx->IsCancelled(); },
-      // Headers go out as soon as the command is accepted, so clients see the stream begin.
-      [writer] { writer->SendInitialMetadata(); }));
+grpc::ServerWriteReactor<v1::ExecChunk>* LifecycleService::ExecStream(
+    grpc::CallbackServerContext*, const v1::ExecRequest* req) {
+  using Reactor = ThreadWriteReactor<v1::ExecChunk>;
+  return Reactor::Start([this, req](Reactor::Stream& stream) {
+    if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+    return ToGrpcStatus(lifecycle_.ExecStream(
+        *req, [&stream](const v1::ExecChunk& chunk) { return stream.Write(chunk); },
+        [&stream] { return stream.Cancelled(); },
+        // Headers go out as soon as the command is accepted, so clients see the stream begin.
+        [&stream] { stream.SendHeaders(); }));
+  });
 }
 
 grpc::Status LifecycleService::GetUsage(grpc::ServerContext*, const v1::GetUsageRequest* req,

@@ -11,7 +11,13 @@
 
 namespace isorun::lifecycle {
 
-class LifecycleService final : public v1::Sandboxes::Service {
+// Exec and ExecStream run on the callback API, each call on a thread of its own for as long as
+// its command runs (kit/call_thread.h): long commands never hold threads of the pool the other
+// methods share.
+using LifecycleServiceBase = v1::Sandboxes::WithCallbackMethod_Exec<
+    v1::Sandboxes::WithCallbackMethod_ExecStream<v1::Sandboxes::Service>>;
+
+class LifecycleService final : public LifecycleServiceBase {
  public:
   LifecycleService(Lifecycle& lifecycle, prometheus::Registry& registry);
 
@@ -29,9 +35,10 @@ class LifecycleService final : public v1::Sandboxes::Service {
                                 v1::Sandbox*) override;
   grpc::Status ResumeSandbox(grpc::ServerContext*, const v1::ResumeSandboxRequest*,
                              v1::Sandbox*) override;
-  grpc::Status Exec(grpc::ServerContext*, const v1::ExecRequest*, v1::ExecResponse*) override;
-  grpc::Status ExecStream(grpc::ServerContext*, const v1::ExecRequest*,
-                          grpc::ServerWriter<v1::ExecChunk>*) override;
+  grpc::ServerUnaryReactor* Exec(grpc::CallbackServerContext*, const v1::ExecRequest*,
+                                 v1::ExecResponse*) override;
+  grpc::ServerWriteReactor<v1::ExecChunk>* ExecStream(grpc::CallbackServerContext*,
+                                                      const v1::ExecRequest*) override;
   grpc::Status GetUsage(grpc::ServerContext*, const v1::GetUsageRequest*, v1::Usage*) override;
 
  private:

@@ -7,6 +7,7 @@
 #include "absl/flags/flag.h"
 #include "absl/synchronization/notification.h"
 #include "services/kit/flags.h"
+#include "services/kit/image_policy.h"
 #include "services/kit/log.h"
 #include "services/kit/migrate.h"
 #include "services/kit/pg.h"
@@ -26,6 +27,13 @@ ABSL_FLAG(int, grpc_max_threads, 256,
 ABSL_FLAG(std::string, quota_addr, "127.0.0.1:7001", "host:port of the quota service");
 ABSL_FLAG(std::string, scheduler_addr, "127.0.0.1:7002", "host:port of the scheduler");
 ABSL_FLAG(std::string, region, "local", "region whose runners this lifecycle places on");
+ABSL_FLAG(std::string, registries, "",
+          "registry hosts (host:port, comma-separated) images may name; unqualified names go to "
+          "the runners' configured registry and are always allowed. Any other host is refused "
+          "at create with IMAGE_REGISTRY_NOT_ALLOWED");
+ABSL_FLAG(int, max_execs_per_sandbox, 16,
+          "most exec and exec:stream calls running at once in one sandbox (beyond it: 429 "
+          "EXEC_LIMIT); the per-tenant cap is the tenant's maxConcurrentExecs limit");
 ABSL_FLAG(int, reaper_interval_ms, 500, "how often the idle reaper looks for expired sandboxes");
 ABSL_FLAG(int, reconcile_interval_ms, 5000, "how often the reconciler runs");
 ABSL_FLAG(int, stuck_after_sec, 120,
@@ -71,6 +79,8 @@ int main(int argc, char** argv) {
                                            deadlines);
   isorun::lifecycle::LifecycleOptions options;
   options.region = absl::GetFlag(FLAGS_region);
+  options.registries = isorun::ParseRegistryList(absl::GetFlag(FLAGS_registries));
+  options.max_execs_per_sandbox = absl::GetFlag(FLAGS_max_execs_per_sandbox);
   options.stuck_after_sec = absl::GetFlag(FLAGS_stuck_after_sec);
   options.destroy_retry_after_sec = absl::GetFlag(FLAGS_destroy_retry_after_sec);
   options.orphan_grace_sec = absl::GetFlag(FLAGS_orphan_grace_sec);
@@ -111,6 +121,9 @@ int main(int argc, char** argv) {
       if (*n < 100 || stop.HasBeenNotified()) return;
     }
   });
+  // Running commands keep their sandboxes active, whatever their timeoutSec.
+  std::thread exec_activity =
+      Loop(stop, absl::Milliseconds(250), [&] { lifecycle.TouchActiveExecs(); });
   std::thread reconciler =
       Loop(stop, absl::Milliseconds(absl::GetFlag(FLAGS_reconcile_interval_ms)), [&] {
         auto counts = lifecycle.ReconcileOnce();
@@ -134,6 +147,7 @@ int main(int argc, char** argv) {
   stop.Notify();
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   reaper.join();
+  exec_activity.join();
   reconciler.join();
   return 0;
 }

@@ -32,7 +32,7 @@ std::string Cols(bool with_json) {
       "(extract(epoch FROM s.created_at) * 1000000)::bigint, "
       "(extract(epoch FROM s.expires_at) * 1000000)::bigint, "
       "(extract(epoch FROM s.ended_at) * 1000000)::bigint, coalesce(s.end_reason, ''), "
-      "coalesce(s.end_message, ''), s.created_at::text");
+      "coalesce(s.end_message, ''), s.created_at::text, s.disk_mb");
 }
 const std::string kCols = Cols(true);
 
@@ -156,6 +156,7 @@ Sandbox FromRow(const pqxx::row& row, Detail detail = Detail::kFull) {
   v1::EndReason_Parse(row[15].as<std::string>(), &reason);
   sb.set_end_reason(reason);
   sb.set_end_message(row[16].as<std::string>());
+  sb.set_disk_mb(row[18].as<int>());
   return sb;
 }
 
@@ -180,12 +181,12 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                 "AND key = $2 AND created_at >= now() - interval '24 hours'");
   pool_.Prepare("lc_insert",
                 "WITH s AS (INSERT INTO lifecycle.sandboxes (id, tenant_id, state, image, "
-                "cpu_millis, memory_mb, timeout_sec, env, metadata, network, public_id) "
+                "cpu_millis, memory_mb, timeout_sec, env, metadata, network, public_id, disk_mb) "
                 "SELECT id, tenant::uuid, 'PENDING', image, cpu::integer, mem::integer, "
-                "timeout::integer, env::jsonb, meta::jsonb, net::jsonb, public_id FROM "
-                "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
-                "$7::text[], $8::text[], $9::text[], $10::text[]) "
-                "AS r(id, tenant, image, cpu, mem, timeout, env, meta, net, public_id) "
+                "timeout::integer, env::jsonb, meta::jsonb, net::jsonb, public_id, disk::integer "
+                "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
+                "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) "
+                "AS r(id, tenant, image, cpu, mem, timeout, env, meta, net, public_id, disk) "
                 "RETURNING id) INSERT INTO lifecycle.sandbox_events (sandbox_id, to_state) "
                 "SELECT id, 'PENDING' FROM s");
   pool_.Prepare("lc_get", absl::StrCat("SELECT ", kCols,
@@ -299,6 +300,40 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
           "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
           "SELECT id, from_state, 'DESTROYING', 'IDLE_TIMEOUT' FROM s) SELECT ",
           Cols(false), " FROM s"));
+  pool_.Prepare(
+      "lc_claim_retention",
+      absl::StrCat(
+          "WITH c AS (SELECT id, state FROM lifecycle.sandboxes WHERE state = 'HIBERNATED' "
+          "AND retain_until <= now() ORDER BY retain_until LIMIT $1 FOR UPDATE SKIP LOCKED), "
+          "s AS (UPDATE lifecycle.sandboxes s SET state = 'DESTROYING', "
+          "end_reason = 'HIBERNATION_EXPIRED', retain_until = NULL, updated_at = now() FROM c "
+          "WHERE s.id = c.id RETURNING s.*, c.state AS from_state), "
+          "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
+          "SELECT id, from_state, 'DESTROYING', 'HIBERNATION_EXPIRED' FROM s) SELECT ",
+          Cols(false), " FROM s"));
+  pool_.Prepare("lc_lock", absl::StrCat("SELECT ", kCols,
+                                        " FROM lifecycle.sandboxes s WHERE s.id = $1 "
+                                        "AND s.tenant_id = $2 FOR UPDATE"));
+  // Keyed by tenant in a space of its own (the first key), held to the commit.
+  pool_.Prepare("lc_lock_tenant_hibernated",
+                "SELECT pg_advisory_xact_lock(4242, hashtext($1::text))");
+  pool_.Prepare(
+      "lc_hibernate_locked",
+      absl::StrCat("WITH s AS (UPDATE lifecycle.sandboxes s SET state = 'HIBERNATED', "
+                   "expires_at = NULL, retain_until = now() + $2::integer * interval '1 second', "
+                   "updated_at = now() WHERE s.id = $1 AND s.state = $3::text RETURNING s.*), "
+                   "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state) "
+                   "SELECT id, 'RUNNING', 'HIBERNATED' FROM s) SELECT ",
+                   kCols, " FROM s"));
+  pool_.Prepare(
+      "lc_resume_locked",
+      absl::StrCat("WITH s AS (UPDATE lifecycle.sandboxes s SET state = 'RUNNING', "
+                   "expires_at = now() + s.timeout_sec * interval '1 second', "
+                   "retain_until = NULL, updated_at = now() WHERE s.id = $1 "
+                   "AND s.state = $2::text RETURNING s.*), "
+                   "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state) "
+                   "SELECT id, 'HIBERNATED', 'RUNNING' FROM s) SELECT ",
+                   kCols, " FROM s"));
   pool_.Prepare("lc_claim_stuck",
                 // The constant IN list lets the generic plan use sandboxes_unsettled.
                 absl::StrCat("WITH c AS (SELECT id FROM lifecycle.sandboxes WHERE state = $1 "
@@ -312,11 +347,11 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
 
 namespace {
 
-// The ten array parameters of lc_insert.
+// The eleven array parameters of lc_insert.
 std::vector<std::string> InsertArrays(const std::vector<const v1::CreateSandboxRequest*>& requests,
                                       const std::vector<std::string>& ids,
                                       const std::vector<std::string>& public_ids) {
-  std::vector<std::vector<std::string>> cols(10);
+  std::vector<std::vector<std::string>> cols(11);
   for (size_t i = 0; i < requests.size(); ++i) {
     const v1::CreateSandboxRequest& r = *requests[i];
     cols[0].push_back(ids[i]);
@@ -329,6 +364,7 @@ std::vector<std::string> InsertArrays(const std::vector<const v1::CreateSandboxR
     cols[7].push_back(MapJson(r.metadata()));
     cols[8].push_back(NetworkJson(r.network()));
     cols[9].push_back(public_ids[i]);
+    cols[10].push_back(std::to_string(r.disk_mb() > 0 ? r.disk_mb() : 2048));
   }
   std::vector<std::string> arrays;
   for (const auto& c : cols) arrays.push_back(PgTextArray(c));
@@ -685,6 +721,49 @@ absl::StatusOr<std::vector<Sandbox>> SandboxStore::ClaimExpired(int limit) {
   });
   if (!s.ok()) return s;
   return out;
+}
+
+absl::StatusOr<std::vector<Sandbox>> SandboxStore::ClaimRetentionExpired(int limit) {
+  std::vector<Sandbox> out;
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
+    out.clear();
+    for (const auto& row : tx.exec_prepared("lc_claim_retention", limit)) {
+      out.push_back(FromRow(row, Detail::kCore));
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::Status SandboxStore::WithLocked(
+    const std::string& tenant_id, const std::string& id,
+    const std::function<absl::Status(const Sandbox&, Locked&)>& fn) {
+  return pool_.Transact(
+      [&](pqxx::work& tx) -> absl::Status {
+        auto rows = tx.exec_prepared("lc_lock", id, tenant_id);
+        if (rows.empty()) return NotFound(id);
+        Locked locked(tx, tenant_id, id);
+        return fn(FromRow(rows[0]), locked);
+      },
+      Durability::kSync);
+}
+
+absl::StatusOr<int> SandboxStore::Locked::CountHibernated() {
+  tx_.exec_prepared("lc_lock_tenant_hibernated", tenant_id_);
+  return tx_.exec_prepared("lc_count_state", tenant_id_, "HIBERNATED")[0][0].as<int>();
+}
+
+absl::StatusOr<std::optional<Sandbox>> SandboxStore::Locked::Hibernate(int retention_sec) {
+  auto rows = tx_.exec_prepared("lc_hibernate_locked", id_, retention_sec, "RUNNING");
+  if (rows.empty()) return std::optional<Sandbox>();
+  return std::optional<Sandbox>(FromRow(rows[0]));
+}
+
+absl::StatusOr<std::optional<Sandbox>> SandboxStore::Locked::Resume() {
+  auto rows = tx_.exec_prepared("lc_resume_locked", id_, "HIBERNATED");
+  if (rows.empty()) return std::optional<Sandbox>();
+  return std::optional<Sandbox>(FromRow(rows[0]));
 }
 
 absl::StatusOr<std::vector<Sandbox>> SandboxStore::ClaimStuck(SandboxState state,

@@ -7,6 +7,7 @@
 // Concurrent calls of the hot steps (insert, every transition) are batched: one statement moves
 // many sandboxes, each still guarded by its own expected state.
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -103,6 +104,37 @@ class SandboxStore {
   absl::Status Touch(const std::string& id);
   // The same for many sandboxes in one statement; returns how many running rows moved.
   absl::StatusOr<int> TouchMany(const std::vector<std::string>& ids);
+
+  // Hibernate and resume of one sandbox, serialized with each other and with every other
+  // transition by the row's lock, held from the first read to the commit (the runner and quota
+  // calls in between included): a hibernate and a resume racing on one sandbox take turns, so a
+  // slot is never released after a resume took it, nor released twice.
+  class Locked {
+   public:
+    // The tenant's hibernated sandboxes, counted under a per-tenant lock held to the commit
+    // (hibernates of one tenant take turns, so the cap is exact).
+    absl::StatusOr<int> CountHibernated();
+    // RUNNING -> HIBERNATED, kept until now + retention_sec. nullopt if it was not RUNNING.
+    absl::StatusOr<std::optional<Sandbox>> Hibernate(int retention_sec);
+    // HIBERNATED -> RUNNING, deadline now + timeoutSec. nullopt if it was not HIBERNATED.
+    absl::StatusOr<std::optional<Sandbox>> Resume();
+
+   private:
+    friend class SandboxStore;
+    Locked(pqxx::work& tx, std::string tenant_id, std::string id)
+        : tx_(tx), tenant_id_(std::move(tenant_id)), id_(std::move(id)) {}
+    pqxx::work& tx_;
+    std::string tenant_id_, id_;
+  };
+  // Locks sandbox `id` of `tenant_id` and runs `fn` with it; commits (durably) when `fn` returns
+  // OK, rolls back otherwise. NOT_FOUND for an unknown id or another tenant's. `fn` may run
+  // again when the transaction is retried, so what it does must be idempotent.
+  absl::Status WithLocked(const std::string& tenant_id, const std::string& id,
+                          const std::function<absl::Status(const Sandbox&, Locked&)>& fn);
+
+  // Moves up to `limit` hibernated sandboxes kept past their retention to DESTROYING (reason
+  // HIBERNATION_EXPIRED), skipping rows another replica holds. Returns them.
+  absl::StatusOr<std::vector<Sandbox>> ClaimRetentionExpired(int limit);
 
   // Moves up to `limit` running sandboxes whose deadline passed to DESTROYING (reason
   // IDLE_TIMEOUT), skipping rows another replica holds. Returns them.

@@ -153,6 +153,11 @@ absl::StatusOr<v1::CreateSandboxRequest> NormalizeCreate(const v1::CreateSandbox
     return Invalid(absl::StrCat("memoryMb must be from ", kMinMemoryMb, " to ", kMaxMemoryMb,
                                 ", got ", out.memory_mb()));
   }
+  if (out.disk_mb() == 0) out.set_disk_mb(kDefaultDiskMb);
+  if (out.disk_mb() < kMinDiskMb || out.disk_mb() > kMaxDiskMb) {
+    return Invalid(absl::StrCat("diskMb must be from ", kMinDiskMb, " to ", kMaxDiskMb, ", got ",
+                                out.disk_mb()));
+  }
   if (absl::Status s = CheckMap(out.env(), "env", true); !s.ok()) return s;
   if (absl::Status s = CheckMap(out.metadata(), "metadata", false); !s.ok()) return s;
   v1::NetworkPolicy* net = out.mutable_network();

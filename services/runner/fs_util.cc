@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 
@@ -21,8 +22,13 @@ absl::Status Errno(const std::string& what, const std::string& path) {
 thread_local int64_t g_usage = 0;
 thread_local dev_t g_root_dev = 0;
 
+// Files with several links are counted once (an image's busybox has hundreds of names).
+thread_local std::set<ino_t>* g_linked = nullptr;
+
 int AddUsage(const char*, const struct stat* st, int, struct FTW*) {
-  if (st->st_dev == g_root_dev) g_usage += static_cast<int64_t>(st->st_blocks) * 512;
+  if (st->st_dev != g_root_dev) return 0;
+  if (st->st_nlink > 1 && !S_ISDIR(st->st_mode) && !g_linked->insert(st->st_ino).second) return 0;
+  g_usage += static_cast<int64_t>(st->st_blocks) * 512;
   return 0;
 }
 
@@ -79,7 +85,10 @@ int64_t DiskUsage(const std::string& path) {
   if (::lstat(path.c_str(), &st) != 0) return 0;
   g_root_dev = st.st_dev;
   g_usage = 0;
+  std::set<ino_t> linked;
+  g_linked = &linked;
   ::nftw(path.c_str(), AddUsage, 32, FTW_PHYS | FTW_MOUNT);
+  g_linked = nullptr;
   return g_usage;
 }
 

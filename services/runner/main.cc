@@ -8,8 +8,10 @@
 #include "absl/synchronization/notification.h"
 #include "prometheus/gauge.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/ascii.h"
 #include "services/kit/flags.h"
 #include "services/kit/http_front.h"
+#include "services/kit/image_policy.h"
 #include "services/kit/log.h"
 #include "services/kit/server.h"
 #include "services/runner/agent.h"
@@ -40,8 +42,18 @@ ABSL_FLAG(std::string, data_dir, "/var/lib/isorun/runner",
           "runc driver: image cache, sandbox bundles and runc state (kept across restarts)");
 ABSL_FLAG(std::string, registry, "",
           "runc driver: host:port of the registry for unqualified image names (busybox:1.36)");
-ABSL_FLAG(bool, registry_tls_verify, false,
-          "runc driver: require HTTPS with verified certificates from registries");
+ABSL_FLAG(std::string, registries, "",
+          "runc driver: registry hosts (host:port, comma-separated) images may come from; "
+          "--registry is always allowed. Any other host is refused before anything is fetched");
+ABSL_FLAG(std::string, insecure_registries, "",
+          "runc driver: registries (host:port, comma-separated) reached without TLS "
+          "verification, e.g. a local test registry on plain HTTP; all others must present a "
+          "verified certificate");
+ABSL_FLAG(int64_t, max_image_bytes, int64_t{4} << 30,
+          "runc driver: most bytes an image may take, compressed and unpacked, checked while it "
+          "is pulled; 0: no cap");
+ABSL_FLAG(int, default_disk_mb, 2048,
+          "runc driver: size of a sandbox's writable layer when the request gives none");
 ABSL_FLAG(int64_t, image_cache_bytes, int64_t{20} << 30,
           "runc driver: disk budget of unpacked images; least recently used unused ones go first");
 ABSL_FLAG(int, pids_limit, 512, "runc driver: most processes (and threads) in one sandbox");
@@ -61,6 +73,9 @@ ABSL_FLAG(std::string, tunnel_advertise_addr, "",
 ABSL_FLAG(std::string, tunnel_token, "",
           "shared secret the gateway presents on every tunnel connection (at least 16 characters; "
           "ISORUN_TUNNEL_TOKEN)");
+ABSL_FLAG(int, grpc_max_threads, 64,
+          "threads of the pool that serves start, stop, pause and the other short calls; exec "
+          "and exec:stream calls each run on a thread of their own, outside it");
 ABSL_FLAG(int, sandbox_uid_base, 100000,
           "runc driver: host uid (and gid) that root in a sandbox maps to; 65536 ids from there");
 
@@ -97,12 +112,16 @@ int main(int argc, char** argv) {
     isorun::runner::SkopeoOptions fetch;
     fetch.skopeo_path = absl::GetFlag(FLAGS_skopeo_path);
     fetch.umoci_path = absl::GetFlag(FLAGS_umoci_path);
-    fetch.tls_verify = absl::GetFlag(FLAGS_registry_tls_verify);
+    fetch.insecure_registries = isorun::ParseRegistryList(absl::GetFlag(FLAGS_insecure_registries));
+    fetch.max_image_bytes = absl::GetFlag(FLAGS_max_image_bytes);
     fetch.uid_base = uid_base;
     fetcher = std::make_unique<isorun::runner::SkopeoFetcher>(fetch);
     isorun::runner::RuncOptions options;
     options.data_dir = absl::GetFlag(FLAGS_data_dir);
     options.registry = absl::GetFlag(FLAGS_registry);
+    options.registries = isorun::ParseRegistryList(absl::GetFlag(FLAGS_registries));
+    if (!options.registry.empty()) options.registries.push_back(absl::AsciiStrToLower(options.registry));
+    options.default_disk_mb = absl::GetFlag(FLAGS_default_disk_mb);
     options.image_cache_bytes = absl::GetFlag(FLAGS_image_cache_bytes);
     options.pids_limit = absl::GetFlag(FLAGS_pids_limit);
     options.runc_path = absl::GetFlag(FLAGS_runc_path);
@@ -144,7 +163,8 @@ int main(int argc, char** argv) {
   }
   isorun::runner::RunnerService service(*driver, tunnel_advertise);
   const std::string grpc_addr = absl::GetFlag(FLAGS_grpc_addr);
-  auto server = isorun::StartGrpcServer(grpc_addr, {&service});
+  auto server =
+      isorun::StartGrpcServer(grpc_addr, {&service}, absl::GetFlag(FLAGS_grpc_max_threads));
   if (!server.ok()) {
     isorun::LogError("cannot start", {{"error", std::string(server.status().message())}});
     return 1;

@@ -4,6 +4,7 @@
 #include <map>
 
 #include "services/kit/json.h"
+#include "services/runner/seccomp_profile.h"
 
 namespace isorun::runner {
 
@@ -147,6 +148,7 @@ std::string RuncConfigJson(const ContainerSpec& spec) {
                   "/sys/firmware"});
   w.Key("readonlyPaths");
   StringArray(w, {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"});
+  if (spec.seccomp) w.Key("seccomp").Raw(SeccompProfileJson());
   w.EndObject();  // linux
 
   w.EndObject();

@@ -7,7 +7,8 @@
 // namespaces; root inside maps to host uid/gid `host_id` (the image is unpacked owned by that
 // range); no new privileges; a small capability set that only has meaning inside the user
 // namespace; /proc and /sys with the usual masked and read-only paths; cgroup limits on cpu
-// (quota per 100 ms period), memory (and memory+swap: no swap use) and the number of processes.
+// (quota per 100 ms period), memory (and memory+swap: no swap use) and the number of processes;
+// a default-deny syscall filter (seccomp_profile.h) on every process.
 
 #include <cstdint>
 #include <string>
@@ -29,6 +30,7 @@ struct ContainerSpec {
   int memory_mb = 0;         // 0: no memory limit
   bool limit_swap = true;    // also set memory+swap (needs swap accounting)
   int pids_limit = 0;        // 0: no limit
+  bool seccomp = true;       // the syscall filter of seccomp_profile.h
 };
 
 // Where the init binary appears inside the sandbox.

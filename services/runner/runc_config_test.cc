@@ -4,6 +4,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
 
 namespace isorun::runner {
@@ -153,6 +154,86 @@ TEST(RuncConfig, StringsAreEscaped) {
   spec.env = {"Q=\"quoted\"\n\\"};
   Struct c = Parse(RuncConfigJson(spec));
   EXPECT_EQ(Strings(At(c, {"process", "env"})), (std::set<std::string>{"Q=\"quoted\"\n\\"}));
+}
+
+TEST(RuncConfig, SeccompDeniesByDefaultAndNeverAllowsTheDangerousCalls) {
+  Struct c = Parse(RuncConfigJson(Spec()));
+  const Struct& seccomp = At(c, {"linux", "seccomp"}).struct_value();
+  EXPECT_EQ(At(seccomp, {"defaultAction"}).string_value(), "SCMP_ACT_ERRNO");
+  EXPECT_EQ(At(seccomp, {"defaultErrnoRet"}).number_value(), 1);  // EPERM
+  std::set<std::string> unconditional;
+  std::map<std::string, int> conditional;
+  for (const auto& rule : At(seccomp, {"syscalls"}).list_value().values()) {
+    const Struct& r = rule.struct_value();
+    for (const auto& name : Strings(At(r, {"names"}))) {
+      if (At(r, {"action"}).string_value() != "SCMP_ACT_ALLOW") continue;
+      if (r.fields().count("args") > 0) {
+        ++conditional[name];
+      } else {
+        unconditional.insert(name);
+      }
+    }
+  }
+  for (const char* denied : {"mount",
+                             "umount2",
+                             "pivot_root",
+                             "setns",
+                             "bpf",
+                             "keyctl",
+                             "add_key",
+                             "request_key",
+                             "userfaultfd",
+                             "perf_event_open",
+                             "kexec_load",
+                             "kexec_file_load",
+                             "init_module",
+                             "finit_module",
+                             "delete_module",
+                             "io_uring_setup",
+                             "io_uring_enter",
+                             "io_uring_register",
+                             "open_by_handle_at",
+                             "fsopen",
+                             "move_mount",
+                             "reboot",
+                             "swapon",
+                             "clone3"}) {
+    EXPECT_EQ(unconditional.count(denied), 0u) << denied;
+    EXPECT_EQ(conditional.count(denied), 0u) << denied;
+  }
+  // Only with arguments checked.
+  for (const char* checked : {"clone", "unshare", "personality"}) {
+    EXPECT_EQ(unconditional.count(checked), 0u) << checked;
+    EXPECT_GT(conditional[checked], 0) << checked;
+  }
+  for (const char* everyday : {"read", "write", "openat", "execve", "mmap", "futex", "socket",
+                               "wait4", "exit_group", "rt_sigaction", "pipe", "pipe2"}) {
+    EXPECT_EQ(unconditional.count(everyday), 1u) << everyday;
+  }
+  // clone3 answers ENOSYS so the C library falls back to clone, whose flags are checked.
+  bool clone3_enosys = false;
+  for (const auto& rule : At(seccomp, {"syscalls"}).list_value().values()) {
+    const Struct& r = rule.struct_value();
+    if (Strings(At(r, {"names"})).count("clone3") > 0) {
+      clone3_enosys = At(r, {"action"}).string_value() == "SCMP_ACT_ERRNO" &&
+                      At(r, {"errnoRet"}).number_value() == 38;
+    }
+  }
+  EXPECT_TRUE(clone3_enosys);
+  // The clone and unshare masks cover every namespace flag.
+  for (const auto& rule : At(seccomp, {"syscalls"}).list_value().values()) {
+    const Struct& r = rule.struct_value();
+    auto names = Strings(At(r, {"names"}));
+    if (names.count("clone") == 0 && names.count("unshare") == 0) continue;
+    const Struct& arg = At(r, {"args"}).list_value().values(0).struct_value();
+    EXPECT_EQ(At(arg, {"op"}).string_value(), "SCMP_CMP_MASKED_EQ");
+    const auto mask = static_cast<uint64_t>(At(arg, {"value"}).number_value());
+    for (uint64_t flag : {0x00020000u, 0x02000000u, 0x04000000u, 0x08000000u, 0x10000000u,
+                          0x20000000u, 0x40000000u}) {
+      EXPECT_NE(mask & flag, 0u) << *names.begin() << " flag " << flag;
+    }
+    EXPECT_EQ(At(arg, {"valueTwo"}).number_value(), 0);
+  }
 }
 
 TEST(MergeEnv, LaterListsOverrideByKey) {

@@ -17,9 +17,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "services/kit/ids.h"
+#include "services/kit/image_policy.h"
 #include "services/kit/log.h"
 #include "services/kit/status.h"
 #include "services/runner/cgroups.h"
+#include "services/runner/disk_layer.h"
 #include "services/runner/fs_util.h"
 #include "services/runner/process.h"
 #include "services/runner/runc_config.h"
@@ -31,9 +33,16 @@ constexpr char kMetaFile[] = "sandbox.meta";
 constexpr char kDefaultPath[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 constexpr absl::Duration kRuncTimeout = absl::Seconds(60);
 constexpr int kPauseAttempts = 5;
+// What the exec wrapper prints on runc's stderr when the request's cwd cannot be entered.
+constexpr char kCwdFailed[] = "isorun-exec: cannot enter cwd";
 
 absl::Status UnknownSandbox(const std::string& id) {
   return absl::NotFoundError(absl::StrCat("no sandbox ", id, " on this runner"));
+}
+
+absl::Status RegistryNotAllowed(const std::string& image) {
+  return Error(absl::StatusCode::kInvalidArgument, "IMAGE_REGISTRY_NOT_ALLOWED",
+               absl::StrCat("image ", image, " names a registry this cluster does not pull from"));
 }
 
 absl::Status Hibernated(const std::string& id) {
@@ -248,6 +257,7 @@ absl::Status RuncDriver::Teardown(const std::string& id) {
   if (::umount2(rootfs.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT) {
     return absl::InternalError(absl::StrCat("cannot unmount ", rootfs, ": ", std::strerror(errno)));
   }
+  if (absl::Status s = UnmountDiskLayer(absl::StrCat(dir, "/layer")); !s.ok()) return s;
   return RemoveTree(dir);
 }
 
@@ -289,6 +299,9 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
       return absl::InvalidArgumentError(absl::StrCat("invalid env variable name \"", k, "\""));
     }
   }
+  if (!ImageRegistryAllowed(request.image(), options_.registries)) {
+    return RegistryNotAllowed(request.image());
+  }
   const absl::Time t0 = absl::Now();
   auto lease = cache_.Acquire(request.image(), id);
   if (!lease.ok()) return lease.status();
@@ -301,22 +314,36 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
     cache_.Release(lease->digest, id);
     return status;
   };
+  if (PathUnderProc(lease->config.cwd)) {
+    return fail(Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
+                      "the image's working directory is under /proc, which is not allowed"));
+  }
   if (PathExists(dir)) {  // remains of an earlier attempt with this id
     if (absl::Status s = Teardown(id); !s.ok()) return fail(s);
   }
-  for (const char* sub : {"", "/upper", "/work", "/rootfs"}) {
+  for (const char* sub : {"", "/layer", "/rootfs"}) {
     if (absl::Status s = MakeDirs(dir + sub, 0711); !s.ok()) return fail(s);
+  }
+  // The writable layer is a filesystem of diskMb of its own (disk_layer.h).
+  const int disk_mb = request.disk_mb() > 0 ? request.disk_mb() : options_.default_disk_mb;
+  const std::string layer = dir + "/layer";
+  if (absl::Status s = MountDiskLayer(dir + "/disk.img", layer, disk_mb, options_.uid_base);
+      !s.ok()) {
+    return fail(s);
+  }
+  for (const char* sub : {"/upper", "/work"}) {
+    if (absl::Status s = MakeDirs(layer + sub, 0711); !s.ok()) return fail(s);
   }
   // The writable layer belongs to the sandbox's root; the merged root shows the upper dir's owner
   // and mode.
-  const std::string upper = dir + "/upper";
+  const std::string upper = layer + "/upper";
   if (::chown(upper.c_str(), options_.uid_base, options_.uid_base) != 0 ||
       ::chmod(upper.c_str(), 0755) != 0) {
     return fail(absl::InternalError(absl::StrCat("cannot chown ", upper)));
   }
   const std::string rootfs = dir + "/rootfs";
   const std::string overlay =
-      absl::StrCat("lowerdir=", lease->rootfs, ",upperdir=", upper, ",workdir=", dir, "/work");
+      absl::StrCat("lowerdir=", lease->rootfs, ",upperdir=", upper, ",workdir=", layer, "/work");
   if (::mount("overlay", rootfs.c_str(), "overlay", MS_NOSUID | MS_NODEV, overlay.c_str()) != 0) {
     return fail(absl::InternalError(
         absl::StrCat("cannot mount the sandbox's overlay on ", rootfs, ": ", std::strerror(errno),
@@ -527,6 +554,7 @@ void RuncDriver::ReapVanished() {
 }
 
 absl::StatusOr<CachedImageInfo> RuncDriver::Pull(const std::string& image) {
+  if (!ImageRegistryAllowed(image, options_.registries)) return RegistryNotAllowed(image);
   return cache_.Prefetch(image);
 }
 
@@ -581,6 +609,10 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
       (request.cwd().front() != '/' || request.cwd().find('\0') != std::string::npos)) {
     return absl::InvalidArgumentError("cwd must be an absolute path");
   }
+  if (PathUnderProc(request.cwd())) {
+    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
+                 "cwd must not be /proc or below it");
+  }
   for (const auto& [k, v] : request.env()) {
     if (!ValidEnvKey(k) || v.find('\0') != std::string::npos) {
       return absl::InvalidArgumentError(absl::StrCat("invalid env variable name \"", k, "\""));
@@ -604,13 +636,20 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
   const std::string pid_file =
       have_cgroup ? "" : absl::StrCat(SandboxDir(sandbox_id), "/exec-", tag, ".pid");
   if (!pid_file.empty()) args.insert(args.end(), {"--pid-file", pid_file});
-  if (!request.cwd().empty()) args.insert(args.end(), {"--cwd", request.cwd()});
+  // The working directory is entered by the wrapper, inside the sandbox, after runc has
+  // finished and the syscall filter is on: runc itself never chdirs where the request says (its
+  // working-directory escapes used a path resolved while it still held host file descriptors).
+  // runc starts the wrapper in "/" for a request with a cwd, in the image's directory otherwise.
+  if (!request.cwd().empty()) args.insert(args.end(), {"--cwd", "/"});
   for (const auto& [k, v] : request.env()) {
     args.insert(args.end(), {"--env", absl::StrCat(k, "=", v)});
   }
-  args.insert(args.end(),
-              {sandbox_id, "/bin/sh", "-c", "/bin/sh -c \"$1\" <&3 >&4 2>&5 3<&- 4>&- 5>&-",
-               "isorun-exec", request.cmd()});
+  args.insert(
+      args.end(),
+      {sandbox_id, "/bin/sh", "-c",
+       absl::StrCat("if [ -n \"$2\" ]; then cd -- \"$2\" 2>/dev/null || { echo '", kCwdFailed,
+                    "' >&2; exit 1; }; fi; ", "/bin/sh -c \"$1\" <&3 >&4 2>&5 3<&- 4>&- 5>&-"),
+       "isorun-exec", request.cmd(), request.cwd()});
 
   const int64_t oom_before = OomKills(cgroups["memory"]);
   const int64_t pids_before = PidsLimitHits(cgroups["pids"]);
@@ -678,6 +717,11 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
   }
   if (result->cancelled && !fork_bomb) {
     return absl::CancelledError("the client went away: the command was killed");
+  }
+  if (!fork_bomb && result->exit_code == 1 &&
+      absl::StrContains(result->launcher_output, kCwdFailed)) {
+    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
+                 absl::StrCat("cwd ", request.cwd(), " is not a directory in the sandbox"));
   }
   // runc says why it could not start the command ("exec failed: ...") on its own stderr.
   const std::string why = RuncMessage(result->launcher_output);

@@ -8,7 +8,9 @@
 // On disk, under `data_dir`:
 //   images/<digest hex>/...        the image cache (image_cache.h)
 //   sandboxes/<id>/config.json     the runc bundle: config, rootfs (overlay mount point),
-//                   upper/ work/   the writable layer, sandbox.meta (image and digest)
+//                   disk.img       the writable layer's filesystem (diskMb, disk_layer.h),
+//                   layer/         mounted here, with the overlay's upper/ and work/,
+//                   sandbox.meta   image and digest
 //   runc/                          runc's own state (--root), so `runc list` shows only ours
 // Sandboxes survive a runner restart: Create() re-attaches the containers still running or paused
 // and removes the remains of the others, so Sandboxes() reports exactly what runs.
@@ -19,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -30,6 +33,10 @@ namespace isorun::runner {
 struct RuncOptions {
   std::string data_dir;
   std::string registry;  // for unqualified image names
+  // Registry hosts images may come from (lowercase host:port); anything else is refused with
+  // IMAGE_REGISTRY_NOT_ALLOWED before the cache or the network is touched.
+  std::vector<std::string> registries;
+  int default_disk_mb = 2048;  // the writable layer of a request without disk_mb
   int64_t image_cache_bytes = int64_t{20} << 30;
   int pids_limit = 512;
   std::string runc_path = "runc";

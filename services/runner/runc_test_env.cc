@@ -46,7 +46,8 @@ std::string ComputeReason() {
     fs = ReadFile("/proc/filesystems");
     if (!fs.ok() || !absl::StrContains(*fs, "overlay")) return "no overlayfs";
   }
-  for (const char* tool : {"runc", "skopeo", "umoci", "docker-registry"}) {
+  if (!PathExists("/dev/loop-control")) return "no loop devices (/dev/loop-control)";
+  for (const char* tool : {"runc", "skopeo", "umoci", "docker-registry", "mkfs.ext4"}) {
     if (!OnPath(tool)) return absl::StrCat(tool, " is not installed");
   }
   auto ldd = RunCaptured({"/bin/sh", "-c", "test -x /bin/busybox && ! ldd /bin/busybox"},
@@ -150,6 +151,7 @@ void RemoveScratchDir(const std::string& dir) {
   }
   for (const auto& id : ListDir(dir + "/sandboxes")) {
     ::umount2((dir + "/sandboxes/" + id + "/rootfs").c_str(), MNT_DETACH);
+    ::umount2((dir + "/sandboxes/" + id + "/layer").c_str(), MNT_DETACH);
   }
   (void)RemoveTree(dir);
 }

@@ -11,7 +11,7 @@
 namespace isorun::runner::testing {
 
 // Why real sandboxes cannot run here ("" when they can): root, user namespaces, overlayfs,
-// runc, skopeo, umoci, docker-registry, busybox-static.
+// runc, skopeo, umoci, docker-registry, busybox-static, loop devices and mkfs.ext4.
 const std::string& RuncUnavailableReason();
 
 // Skips the current test, saying why, on hosts that cannot run real sandboxes.

@@ -1,5 +1,6 @@
 #include "services/runner/runner_service.h"
 
+#include "services/kit/call_thread.h"
 #include "services/kit/status.h"
 #include "services/runner/ports.h"
 
@@ -43,25 +44,31 @@ grpc::Status RunnerService::ListSandboxes(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status RunnerService::Exec(grpc::ServerContext*, const v1::RunnerExecRequest* req,
-                                 v1::ExecResponse* resp) {
-  auto result = driver_.Exec(req->sandbox_id(), req->exec());
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  *resp = std::move(*result);
-  return grpc::Status::OK;
+grpc::ServerUnaryReactor* RunnerService::Exec(grpc::CallbackServerContext* ctx,
+                                              const v1::RunnerExecRequest* req,
+                                              v1::ExecResponse* resp) {
+  return RunUnaryOnThread(ctx, [this, req, resp] {
+    auto result = driver_.Exec(req->sandbox_id(), req->exec());
+    if (!result.ok()) return ToGrpcStatus(result.status());
+    *resp = std::move(*result);
+    return grpc::Status::OK;
+  });
 }
 
-grpc::Status RunnerService::ExecStream(grpc::ServerContext* ctx, const v1::RunnerExecRequest* req,
-                                       grpc::ServerWriter<v1::ExecChunk>* writer) {
-  auto code = driver_.ExecStream(
-      req->sandbox_id(), req->exec(),
-      [writer](const v1::ExecChunk& chunk) { return writer->Write(chunk); },
-      [ctx] { return ctx->IsCancelled(); });
-  if (!code.ok()) return ToGrpcStatus(code.status());
-  v1::ExecChunk last;
-  last.set_exit_code(*code);
-  writer->Write(last);
-  return grpc::Status::OK;
+grpc::ServerWriteReactor<v1::ExecChunk>* RunnerService::ExecStream(
+    grpc::CallbackServerContext*, const v1::RunnerExecRequest* req) {
+  using Reactor = ThreadWriteReactor<v1::ExecChunk>;
+  return Reactor::Start([this, req](Reactor::Stream& stream) {
+    auto code = driver_.ExecStream(
+        req->sandbox_id(), req->exec(),
+        [&stream](const v1::ExecChunk& chunk) { return stream.Write(chunk); },
+        [&stream] { return stream.Cancelled(); });
+    if (!code.ok()) return ToGrpcStatus(code.status());
+    v1::ExecChunk last;
+    last.set_exit_code(*code);
+    stream.Write(last);
+    return grpc::Status::OK;
+  });
 }
 
 grpc::Status RunnerService::PullImage(grpc::ServerContext*, const v1::PullImageRequest* req,

@@ -7,7 +7,13 @@
 
 namespace isorun::runner {
 
-class RunnerService final : public v1::Runner::Service {
+// Exec and ExecStream run on the callback API, each call on a thread of its own for as long as
+// its command runs (kit/call_thread.h): long commands never take threads from the pool the other
+// methods share, so one tenant's commands cannot hold up another tenant's.
+using RunnerServiceBase = v1::Runner::WithCallbackMethod_Exec<
+    v1::Runner::WithCallbackMethod_ExecStream<v1::Runner::Service>>;
+
+class RunnerService final : public RunnerServiceBase {
  public:
   // `tunnel_address`: where this runner's tunnel listener is reached (GetRunnerInfo); empty: none.
   explicit RunnerService(Driver& driver, std::string tunnel_address = "")
@@ -23,11 +29,12 @@ class RunnerService final : public v1::Runner::Service {
                               v1::UnpauseSandboxResponse*) override;
   grpc::Status ListSandboxes(grpc::ServerContext*, const v1::ListRunnerSandboxesRequest*,
                              v1::ListRunnerSandboxesResponse*) override;
-  grpc::Status Exec(grpc::ServerContext*, const v1::RunnerExecRequest*, v1::ExecResponse*) override;
+  grpc::ServerUnaryReactor* Exec(grpc::CallbackServerContext*, const v1::RunnerExecRequest*,
+                                 v1::ExecResponse*) override;
   // Output chunks as they arrive, then one chunk with the exit code. A client that goes away
   // (cancels) kills the command.
-  grpc::Status ExecStream(grpc::ServerContext*, const v1::RunnerExecRequest*,
-                          grpc::ServerWriter<v1::ExecChunk>*) override;
+  grpc::ServerWriteReactor<v1::ExecChunk>* ExecStream(grpc::CallbackServerContext*,
+                                                      const v1::RunnerExecRequest*) override;
   grpc::Status PullImage(grpc::ServerContext*, const v1::PullImageRequest*,
                          v1::PullImageResponse*) override;
   grpc::Status ListPorts(grpc::ServerContext*, const v1::ListPortsRequest*,

@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "services/kit/log.h"
 #include "services/kit/status.h"
 #include "services/runner/fs_util.h"
 #include "services/runner/process.h"
@@ -25,28 +26,36 @@ std::string LastLine(const std::string& text) {
   return t;
 }
 
+// The image as clients see it in errors: repository and tag or digest, without the registry's
+// host (an unqualified name's registry is the operator's business).
+std::string Shown(const ImageRef& ref) {
+  std::string out = ref.repository;
+  if (!ref.tag.empty()) absl::StrAppend(&out, ":", ref.tag);
+  if (!ref.digest.empty()) absl::StrAppend(&out, "@", ref.digest);
+  return out;
+}
+
 }  // namespace
 
 absl::Status SkopeoError(const std::string& image, const std::string& registry,
                          const std::string& stderr_text) {
   const std::string lower = absl::AsciiStrToLower(stderr_text);
+  LogWarn("image pull failed", {{"image", image}, {"error", LastLine(stderr_text)}});
   for (const char* marker :
        {"manifest unknown", "name unknown", "not found", "404", "repository name not known"}) {
     if (absl::StrContains(lower, marker)) {
       return Error(absl::StatusCode::kNotFound, "IMAGE_NOT_FOUND",
-                   absl::StrCat("image ", image, " not found in registry ", registry));
+                   absl::StrCat("image ", image, " not found in its registry"));
     }
   }
-  for (const char* marker : {"connection refused", "no such host", "i/o timeout",
-                             "network is unreachable", "connection reset", "timeout"}) {
-    if (absl::StrContains(lower, marker)) {
-      return Error(absl::StatusCode::kUnavailable, "REGISTRY_UNAVAILABLE",
-                   absl::StrCat("cannot reach registry ", registry, " to pull image ", image, ": ",
-                                LastLine(stderr_text)));
-    }
-  }
-  return absl::UnavailableError(
-      absl::StrCat("cannot pull image ", image, ": ", LastLine(stderr_text)));
+  return Error(absl::StatusCode::kUnavailable, "IMAGE_PULL_FAILED",
+               absl::StrCat("cannot pull image ", image, " from its registry; retry later"));
+}
+
+absl::Status ImageTooLarge(const std::string& image, int64_t max_bytes) {
+  return Error(absl::StatusCode::kInvalidArgument, "IMAGE_TOO_LARGE",
+               absl::StrCat("image ", image, " is larger than this runner accepts (",
+                            max_bytes >> 20, " MiB, compressed or unpacked)"));
 }
 
 absl::StatusOr<ImageConfig> ImageConfigFromRuntimeSpec(const std::string& config_json) {
@@ -75,21 +84,62 @@ absl::StatusOr<ImageConfig> ImageConfigFromRuntimeSpec(const std::string& config
 
 absl::StatusOr<std::string> SkopeoFetcher::Resolve(const ImageRef& ref) {
   auto run = RunCaptured({options_.skopeo_path, "inspect", "--no-tags",
-                          absl::StrCat("--tls-verify=", options_.tls_verify ? "true" : "false"),
+                          absl::StrCat("--tls-verify=", TlsVerify(ref) ? "true" : "false"),
                           "--format", "{{.Digest}}", absl::StrCat("docker://", ref.ToString())},
                          options_.resolve_timeout);
   if (!run.ok()) return run.status();
   if (run->timed_out) {
-    return absl::UnavailableError(
-        absl::StrCat("registry ", ref.registry, " did not answer for ", ref.ToString()));
+    LogWarn("image lookup timed out", {{"image", ref.ToString()}});
+    return Error(absl::StatusCode::kUnavailable, "IMAGE_PULL_FAILED",
+                 absl::StrCat("the registry did not answer for image ", Shown(ref)));
   }
-  if (run->exit_code != 0) return SkopeoError(ref.ToString(), ref.registry, run->err);
+  if (run->exit_code != 0) return SkopeoError(Shown(ref), ref.registry, run->err);
   std::string digest(absl::StripAsciiWhitespace(run->out));
   if (!IsSha256Digest(digest)) {
-    return absl::UnavailableError(absl::StrCat("registry ", ref.registry, " gave ", ref.ToString(),
-                                               " an unusable digest: ", digest));
+    LogWarn("registry gave an unusable digest", {{"image", ref.ToString()}, {"digest", digest}});
+    return Error(absl::StatusCode::kUnavailable, "IMAGE_PULL_FAILED",
+                 absl::StrCat("the registry gave image ", Shown(ref), " an unusable digest"));
   }
   return digest;
+}
+
+bool SkopeoFetcher::TlsVerify(const ImageRef& ref) const {
+  const std::string host = absl::AsciiStrToLower(ref.registry);
+  for (const auto& insecure : options_.insecure_registries) {
+    if (insecure == host) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<CapturedOutput> SkopeoFetcher::RunWatched(const std::vector<std::string>& argv,
+                                                         absl::Time deadline,
+                                                         const std::string& watch,
+                                                         bool* too_large) const {
+  CapturedOutput out;
+  ProcessOptions po;
+  po.argv = argv;
+  po.deadline = deadline;
+  po.on_output = [&](int fd, std::string_view data) {
+    std::string& dst = fd == 1 ? out.out : out.err;
+    if (dst.size() < 65536) dst.append(data.data(), std::min<size_t>(data.size(), 65536));
+    return true;
+  };
+  absl::Time next_check = absl::InfinitePast();
+  po.cancelled = [&] {
+    if (options_.max_image_bytes <= 0 || watch.empty()) return false;
+    // A walk of the tree costs a little: a few times a second is early enough.
+    const absl::Time now = absl::Now();
+    if (now < next_check) return false;
+    next_check = now + absl::Milliseconds(100);
+    if (DiskUsage(watch) <= options_.max_image_bytes) return false;
+    *too_large = true;
+    return true;
+  };
+  auto run = RunProcess(po);
+  if (!run.ok()) return run.status();
+  out.exit_code = run->exit_code;
+  out.timed_out = run->timed_out;
+  return out;
 }
 
 absl::StatusOr<ImageConfig> SkopeoFetcher::Fetch(const ImageRef& ref, const std::string& digest,
@@ -97,27 +147,32 @@ absl::StatusOr<ImageConfig> SkopeoFetcher::Fetch(const ImageRef& ref, const std:
   const std::string layout = absl::StrCat(dir, "/layout");
   const std::string bundle = absl::StrCat(dir, "/bundle");
   const absl::Time deadline = absl::Now() + options_.pull_timeout;
+  bool too_large = false;
   // By digest: what is unpacked is exactly what was resolved, even if the tag moves meanwhile.
-  auto copy =
-      RunCaptured({options_.skopeo_path, "copy", "-q",
-                   absl::StrCat("--src-tls-verify=", options_.tls_verify ? "true" : "false"),
-                   absl::StrCat("docker://", ref.PullReference(digest)),
-                   absl::StrCat("oci:", layout, ":image")},
-                  options_.pull_timeout);
+  auto copy = RunWatched({options_.skopeo_path, "copy", "-q",
+                          absl::StrCat("--src-tls-verify=", TlsVerify(ref) ? "true" : "false"),
+                          absl::StrCat("docker://", ref.PullReference(digest)),
+                          absl::StrCat("oci:", layout, ":image")},
+                         deadline, layout, &too_large);
   if (!copy.ok()) return copy.status();
+  if (too_large) return ImageTooLarge(Shown(ref), options_.max_image_bytes);
   if (copy->timed_out) {
-    return absl::UnavailableError(absl::StrCat("pulling ", ref.ToString(), " took longer than ",
-                                               absl::FormatDuration(options_.pull_timeout)));
+    LogWarn("image pull timed out", {{"image", ref.ToString()}});
+    return Error(absl::StatusCode::kUnavailable, "IMAGE_PULL_FAILED",
+                 absl::StrCat("pulling image ", Shown(ref), " took longer than ",
+                              absl::FormatDuration(options_.pull_timeout)));
   }
-  if (copy->exit_code != 0) return SkopeoError(ref.ToString(), ref.registry, copy->err);
+  if (copy->exit_code != 0) return SkopeoError(Shown(ref), ref.registry, copy->err);
   const std::string idmap = absl::StrCat("0:", options_.uid_base, ":", options_.id_count);
-  auto unpack = RunCaptured({options_.umoci_path, "unpack", "--uid-map", idmap, "--gid-map", idmap,
-                             "--image", absl::StrCat(layout, ":image"), bundle},
-                            deadline - absl::Now());
+  auto unpack = RunWatched({options_.umoci_path, "unpack", "--uid-map", idmap, "--gid-map", idmap,
+                            "--image", absl::StrCat(layout, ":image"), bundle},
+                           deadline, bundle, &too_large);
   if (!unpack.ok()) return unpack.status();
+  if (too_large) return ImageTooLarge(Shown(ref), options_.max_image_bytes);
   if (unpack->exit_code != 0 || unpack->timed_out) {
-    return absl::InternalError(
-        absl::StrCat("cannot unpack image ", ref.ToString(), ": ", LastLine(unpack->err)));
+    LogWarn("image unpack failed", {{"image", ref.ToString()}, {"error", LastLine(unpack->err)}});
+    return Error(absl::StatusCode::kUnavailable, "IMAGE_PULL_FAILED",
+                 absl::StrCat("cannot unpack image ", Shown(ref)));
   }
   auto spec = ReadFile(absl::StrCat(bundle, "/config.json"));
   if (!spec.ok()) return spec.status();

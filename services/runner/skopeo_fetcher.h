@@ -7,16 +7,23 @@
 // `uid_base`). The layout is deleted afterwards: only the unpacked tree is kept.
 
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "services/runner/image_cache.h"
+#include "services/runner/process.h"
 
 namespace isorun::runner {
 
 struct SkopeoOptions {
   std::string skopeo_path = "skopeo";
   std::string umoci_path = "umoci";
-  bool tls_verify = false;  // the local registry serves plain HTTP on loopback
+  // Registries (host:port) reached without TLS verification: plain HTTP or self-signed (a
+  // local test registry). Every other registry must present a verified certificate.
+  std::vector<std::string> insecure_registries;
+  // Most bytes an image may take, compressed (the downloaded layout) and unpacked (the root
+  // filesystem), each checked while it is written; 0: no cap.
+  int64_t max_image_bytes = 0;
   uint32_t uid_base = 100000;
   uint32_t id_count = 65536;
   absl::Duration resolve_timeout = absl::Seconds(30);
@@ -31,12 +38,20 @@ class SkopeoFetcher final : public ImageFetcher {
                                     const std::string& dir) override;
 
  private:
+  bool TlsVerify(const ImageRef& ref) const;
+  // Runs a tool of the pull; when `watch` is set, stops it as soon as that directory holds more
+  // than max_image_bytes (an image that expands without bound is stopped early).
+  absl::StatusOr<CapturedOutput> RunWatched(const std::vector<std::string>& argv,
+                                            absl::Time deadline, const std::string& watch,
+                                            bool* too_large) const;
+
   const SkopeoOptions options_;
 };
 
-// Maps a failed skopeo run to a status naming the image: NOT_FOUND (reason IMAGE_NOT_FOUND)
-// when the registry has no such repository, tag or digest; UNAVAILABLE (REGISTRY_UNAVAILABLE)
-// when the registry cannot be reached.
+// Maps a failed skopeo run to a status naming the image, with a short fixed message (the tool's
+// own output may name hosts, addresses and files of the runner; it goes to the runner's log):
+// NOT_FOUND (reason IMAGE_NOT_FOUND) when the registry has no such repository, tag or digest;
+// UNAVAILABLE (IMAGE_PULL_FAILED) for anything else.
 absl::Status SkopeoError(const std::string& image, const std::string& registry,
                          const std::string& stderr_text);
 

@@ -248,6 +248,9 @@ void Cluster::Define() {
             std::to_string(ports_["proxy"])}) {
     lifecycle.push_back(a);
   }
+  // The test registry is the configured one: qualified names of it are allowed too.
+  if (!options_.registry.empty()) lifecycle.push_back("--registries=" + options_.registry);
+  for (const auto& a : options_.lifecycle_args) lifecycle.push_back(a);
   processes_["lifecycle"] = {bin + "/isorun-lifecycle", lifecycle, dir_ + "/lifecycle.log"};
   order_.push_back("lifecycle");
   for (int i = 1; i <= options_.runners; ++i) {
@@ -261,6 +264,8 @@ void Cluster::Define() {
     if (options_.runner_driver == "runc") {
       args.push_back("--data_dir=" + runner_data_dir(name));
       args.push_back("--registry=" + options_.registry);
+      // The test registry serves plain HTTP on loopback.
+      args.push_back("--insecure_registries=" + options_.registry);
       if (options_.runner_image_cache_bytes > 0) {
         args.push_back("--image_cache_bytes=" + std::to_string(options_.runner_image_cache_bytes));
       }
@@ -275,6 +280,7 @@ void Cluster::Define() {
           "--sim_fail_images_containing=" + options_.sim_fail_images_containing}) {
       args.push_back(a);
     }
+    for (const auto& a : options_.runner_args) args.push_back(a);
     processes_[name] = {bin + "/isorun-runner", args, dir_ + "/" + name + ".log"};
     order_.push_back(name);
   }
@@ -299,6 +305,7 @@ void Cluster::Define() {
           "--usage_history_sample_interval=" + std::to_string(options_.usage_sample_interval_ms) +
           "ms");
     }
+    for (const auto& a : options_.gateway_args) processes_["gateway"].args.push_back(a);
     order_.push_back("gateway");
   }
 }
@@ -346,6 +353,7 @@ void Cluster::RemoveRunnerContainers(const std::string& data_dir) {
       std::string name = e->d_name;
       if (name == "." || name == "..") continue;
       ::umount2((sandboxes + "/" + name + "/rootfs").c_str(), MNT_DETACH);
+      ::umount2((sandboxes + "/" + name + "/layer").c_str(), MNT_DETACH);
     }
     ::closedir(d);
   }

@@ -54,6 +54,10 @@ struct ClusterOptions {
   int usage_sample_interval_ms = 0;
   // Extra environment for every process (NAME=value).
   std::vector<std::string> env;
+  // Extra flags of the lifecycle, every runner and the gateway.
+  std::vector<std::string> lifecycle_args;
+  std::vector<std::string> runner_args;
+  std::vector<std::string> gateway_args;
 };
 
 class Cluster {

@@ -39,6 +39,8 @@ const std::map<std::string, FlagKind, std::less<>>& KnownFlags() {
       {"state", FlagKind::kValue},           {"json", FlagKind::kBool},
       {"status", FlagKind::kBool},           {"role", FlagKind::kValue},
       {"name", FlagKind::kValue},
+      {"max-concurrent-execs", FlagKind::kValue}, {"max-hibernated", FlagKind::kValue},
+      {"hibernation-retention-sec", FlagKind::kValue},
   };
   return *flags;
 }

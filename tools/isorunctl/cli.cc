@@ -4,6 +4,7 @@
 #include <functional>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "tools/isorunctl/args.h"
@@ -47,7 +48,11 @@ constexpr char kGlobalFlags[] =
 constexpr char kLimitFlags[] =
     "  --max-concurrent N     concurrent (non-hibernated) sandboxes, an integer 0..100000\n"
     "  --creates-per-sec R    sandbox creates per second (rate limit), a number > 0\n"
-    "  --requests-per-sec R   API requests per second (rate limit), a number > 0\n";
+    "  --requests-per-sec R   API requests per second (rate limit), a number > 0\n"
+    "  --max-concurrent-execs N  exec and exec:stream calls running at once, 0..100000\n"
+    "  --max-hibernated N     hibernated sandboxes kept at once, 0..100000\n"
+    "  --hibernation-retention-sec S  how long a hibernated sandbox is kept before it is\n"
+    "                         destroyed (HIBERNATION_EXPIRED), 1..31622400\n";
 
 Format FormatOf(const Args& args) { return args.Has("json") ? Format::kJson : Format::kTable; }
 
@@ -64,6 +69,18 @@ absl::StatusOr<LimitsUpdate> LimitsOf(const Args& args) {
       if (!rate.ok()) return rate.status();
       (std::string_view(flag) == "creates-per-sec" ? limits.creates_per_sec
                                                    : limits.requests_per_sec) = *rate;
+    }
+  }
+  for (const char* flag : {"max-concurrent-execs", "max-hibernated", "hibernation-retention-sec"}) {
+    if (auto v = args.Get(flag)) {
+      int n = 0;
+      if (!absl::SimpleAtoi(*v, &n)) {
+        return UsageError(absl::StrCat("--", flag, " must be an integer, got '", *v, "'"));
+      }
+      const std::string_view f(flag);
+      (f == "max-concurrent-execs" ? limits.max_concurrent_execs
+       : f == "max-hibernated"     ? limits.max_hibernated
+                                   : limits.hibernation_retention_sec) = n;
     }
   }
   return limits;
@@ -99,7 +116,8 @@ const std::vector<Command>& Commands() {
       {"tenants",
        "create",
        {"NAME"},
-       "[--max-concurrent N] [--creates-per-sec R] [--requests-per-sec R]",
+       "[--max-concurrent N] [--creates-per-sec R] [--requests-per-sec R] "
+       "[--max-concurrent-execs N] [--max-hibernated N] [--hibernation-retention-sec S]",
        "create a tenant with its quota limits",
        absl::StrCat("Creates tenant NAME with its quota limits and usage in one transaction and "
                     "prints its id.\n\n"
@@ -107,8 +125,10 @@ const std::vector<Command>& Commands() {
                     "letter or digit\n",
                     kLimitFlags,
                     "\nDefaults: --max-concurrent 10, --creates-per-sec 5, "
-                    "--requests-per-sec 50.\n"),
-       {"max-concurrent", "creates-per-sec", "requests-per-sec"},
+                    "--requests-per-sec 50, --max-concurrent-execs 32, --max-hibernated 10, "
+                    "--hibernation-retention-sec 604800 (7 days).\n"),
+       {"max-concurrent", "creates-per-sec", "requests-per-sec", "max-concurrent-execs",
+        "max-hibernated", "hibernation-retention-sec"},
        [](const Args& args, const std::vector<std::string>& params, const std::string& db,
           std::ostream& out) {
          auto limits = LimitsOf(args);
@@ -118,11 +138,13 @@ const std::vector<Command>& Commands() {
       {"tenants",
        "set-limits",
        {"NAME"},
-       "[--max-concurrent N] [--creates-per-sec R] [--requests-per-sec R]",
+       "[--max-concurrent N] [--creates-per-sec R] [--requests-per-sec R] "
+       "[--max-concurrent-execs N] [--max-hibernated N] [--hibernation-retention-sec S]",
        "change a tenant's quota limits",
        absl::StrCat("Changes only the limits given (at least one) and prints the new limits.\n\n",
                     kLimitFlags),
-       {"max-concurrent", "creates-per-sec", "requests-per-sec"},
+       {"max-concurrent", "creates-per-sec", "requests-per-sec", "max-concurrent-execs",
+        "max-hibernated", "hibernation-retention-sec"},
        [](const Args& args, const std::vector<std::string>& params, const std::string& db,
           std::ostream& out) {
          auto limits = LimitsOf(args);

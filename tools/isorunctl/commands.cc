@@ -87,7 +87,20 @@ absl::Status ValidateLimits(const LimitsUpdate& limits) {
     return absl::OkStatus();
   };
   if (auto s = check_rate("creates-per-sec", limits.creates_per_sec); !s.ok()) return s;
-  return check_rate("requests-per-sec", limits.requests_per_sec);
+  if (auto s = check_rate("requests-per-sec", limits.requests_per_sec); !s.ok()) return s;
+  auto check_count = [](const char* flag, const std::optional<int>& n, int min, int max) {
+    if (n.has_value() && (*n < min || *n > max)) {
+      return UsageError(absl::StrCat("--", flag, " must be an integer ", min, "..", max));
+    }
+    return absl::OkStatus();
+  };
+  if (auto s = check_count("max-concurrent-execs", limits.max_concurrent_execs, 0, 100000);
+      !s.ok()) {
+    return s;
+  }
+  if (auto s = check_count("max-hibernated", limits.max_hibernated, 0, 100000); !s.ok()) return s;
+  return check_count("hibernation-retention-sec", limits.hibernation_retention_sec, 1,
+                     366 * 24 * 3600);
 }
 
 absl::Status TenantNotFound(const std::string& name) {
@@ -148,11 +161,15 @@ absl::Status CreateTenant(const std::string& database_url, const std::string& na
     }
     std::string id = r[0][0].c_str();
     tx.exec_params(
-        "INSERT INTO quota.limits (tenant_id, max_concurrent, creates_per_sec, requests_per_sec) "
-        "VALUES ($1, $2, $3, $4)",
+        "INSERT INTO quota.limits (tenant_id, max_concurrent, creates_per_sec, requests_per_sec, "
+        "    max_concurrent_execs, max_hibernated, hibernation_retention_sec) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
         id, limits.max_concurrent.value_or(kDefaultMaxConcurrent),
         limits.creates_per_sec.value_or(kDefaultCreatesPerSec),
-        limits.requests_per_sec.value_or(kDefaultRequestsPerSec));
+        limits.requests_per_sec.value_or(kDefaultRequestsPerSec),
+        limits.max_concurrent_execs.value_or(kDefaultMaxConcurrentExecs),
+        limits.max_hibernated.value_or(kDefaultMaxHibernated),
+        limits.hibernation_retention_sec.value_or(kDefaultHibernationRetentionSec));
     tx.exec_params("INSERT INTO quota.usage (tenant_id, active) VALUES ($1, 0)", id);
     tx.commit();
     out << id << '\n';
@@ -165,7 +182,8 @@ absl::Status SetTenantLimits(const std::string& database_url, const std::string&
   if (limits.empty()) {
     return UsageError(
         "nothing to change: give at least one of --max-concurrent, --creates-per-sec, "
-        "--requests-per-sec");
+        "--requests-per-sec, --max-concurrent-execs, --max-hibernated, "
+        "--hibernation-retention-sec");
   }
   if (auto s = ValidateLimits(limits); !s.ok()) return s;
   return WithDb(database_url, [&](pqxx::connection& conn) {
@@ -175,23 +193,32 @@ absl::Status SetTenantLimits(const std::string& database_url, const std::string&
     // A tenant made by other means may lack its quota rows: create them with the defaults.
     auto r = tx.exec_params(
         "INSERT INTO quota.limits AS l (tenant_id, max_concurrent, creates_per_sec, "
-        "    requests_per_sec) "
+        "    requests_per_sec, max_concurrent_execs, max_hibernated, hibernation_retention_sec) "
         "VALUES ($1, coalesce($2::integer, $5::integer), coalesce($3::float8, $6::float8), "
-        "    coalesce($4::float8, $7::float8)) "
+        "    coalesce($4::float8, $7::float8), coalesce($8::integer, $11::integer), "
+        "    coalesce($9::integer, $12::integer), coalesce($10::integer, $13::integer)) "
         "ON CONFLICT (tenant_id) DO UPDATE SET "
         "  max_concurrent = coalesce($2::integer, l.max_concurrent), "
         "  creates_per_sec = coalesce($3::float8, l.creates_per_sec), "
         "  requests_per_sec = coalesce($4::float8, l.requests_per_sec), "
+        "  max_concurrent_execs = coalesce($8::integer, l.max_concurrent_execs), "
+        "  max_hibernated = coalesce($9::integer, l.max_hibernated), "
+        "  hibernation_retention_sec = coalesce($10::integer, l.hibernation_retention_sec), "
         "  updated_at = now() "
-        "RETURNING max_concurrent, creates_per_sec, requests_per_sec",
+        "RETURNING max_concurrent, creates_per_sec, requests_per_sec, max_concurrent_execs, "
+        "  max_hibernated, hibernation_retention_sec",
         id, limits.max_concurrent, limits.creates_per_sec, limits.requests_per_sec,
-        kDefaultMaxConcurrent, kDefaultCreatesPerSec, kDefaultRequestsPerSec);
+        kDefaultMaxConcurrent, kDefaultCreatesPerSec, kDefaultRequestsPerSec,
+        limits.max_concurrent_execs, limits.max_hibernated, limits.hibernation_retention_sec,
+        kDefaultMaxConcurrentExecs, kDefaultMaxHibernated, kDefaultHibernationRetentionSec);
     tx.exec_params(
         "INSERT INTO quota.usage (tenant_id, active) VALUES ($1, 0) ON CONFLICT DO NOTHING", id);
     tx.commit();
     out << "tenant " << name << ": max_concurrent=" << r[0][0].as<int>()
         << " creates_per_sec=" << FormatNumber(r[0][1].as<double>())
-        << " requests_per_sec=" << FormatNumber(r[0][2].as<double>()) << '\n';
+        << " requests_per_sec=" << FormatNumber(r[0][2].as<double>())
+        << " max_concurrent_execs=" << r[0][3].as<int>() << " max_hibernated=" << r[0][4].as<int>()
+        << " hibernation_retention_sec=" << r[0][5].as<int>() << '\n';
     return absl::OkStatus();
   });
 }

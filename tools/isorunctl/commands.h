@@ -22,15 +22,22 @@ enum class Format { kTable, kJson };
 inline constexpr int kDefaultMaxConcurrent = 10;
 inline constexpr double kDefaultCreatesPerSec = 5;
 inline constexpr double kDefaultRequestsPerSec = 50;
+inline constexpr int kDefaultMaxConcurrentExecs = 32;
+inline constexpr int kDefaultMaxHibernated = 10;
+inline constexpr int kDefaultHibernationRetentionSec = 7 * 24 * 3600;
 
 struct LimitsUpdate {
   std::optional<int> max_concurrent;
   std::optional<double> creates_per_sec;
   std::optional<double> requests_per_sec;
+  std::optional<int> max_concurrent_execs;
+  std::optional<int> max_hibernated;
+  std::optional<int> hibernation_retention_sec;
 
   bool empty() const {
     return !max_concurrent.has_value() && !creates_per_sec.has_value() &&
-           !requests_per_sec.has_value();
+           !requests_per_sec.has_value() && !max_concurrent_execs.has_value() &&
+           !max_hibernated.has_value() && !hibernation_retention_sec.has_value();
   }
 };
 
