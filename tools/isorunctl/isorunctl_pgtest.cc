@@ -140,9 +140,19 @@ TEST_F(IsorunctlTest, AnEmptyListIsJustTheHeader) {
 TEST_F(IsorunctlTest, SetLimitsChangesOnlyTheFlagsGiven) {
   Ok({"tenants", "create", "acme", "--requests-per-sec", "70"});
   EXPECT_EQ(Ok({"tenants", "set-limits", "acme", "--max-concurrent", "25"}),
-            "tenant acme: max_concurrent=25 creates_per_sec=5 requests_per_sec=70\n");
+            "tenant acme: max_concurrent=25 creates_per_sec=5 requests_per_sec=70"
+            " max_concurrent_execs=32 max_hibernated=10 hibernation_retention_sec=604800\n");
   EXPECT_EQ(Ok({"tenants", "set-limits", "acme", "--creates-per-sec=2.5"}),
-            "tenant acme: max_concurrent=25 creates_per_sec=2.5 requests_per_sec=70\n");
+            "tenant acme: max_concurrent=25 creates_per_sec=2.5 requests_per_sec=70"
+            " max_concurrent_execs=32 max_hibernated=10 hibernation_retention_sec=604800\n");
+  EXPECT_EQ(Ok({"tenants", "set-limits", "acme", "--max-concurrent-execs", "4",
+                "--max-hibernated", "0", "--hibernation-retention-sec", "60"}),
+            "tenant acme: max_concurrent=25 creates_per_sec=2.5 requests_per_sec=70"
+            " max_concurrent_execs=4 max_hibernated=0 hibernation_retention_sec=60\n");
+  Result bad = Ctl({"tenants", "set-limits", "acme", "--hibernation-retention-sec", "0"});
+  EXPECT_EQ(bad.code, kExitUsage) << bad.err;
+  bad = Ctl({"tenants", "set-limits", "acme", "--max-concurrent-execs", "x"});
+  EXPECT_EQ(bad.code, kExitUsage) << bad.err;
   auto rows = Rows(Ok({"tenants", "list"}));
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[1][2], "25");
@@ -161,7 +171,8 @@ TEST_F(IsorunctlTest, SetLimitsChangesOnlyTheFlagsGiven) {
 TEST_F(IsorunctlTest, SetLimitsRepairsATenantWithoutQuotaRows) {
   Q("INSERT INTO accounts.tenants (name) VALUES ('bare')");
   EXPECT_EQ(Ok({"tenants", "set-limits", "bare", "--max-concurrent", "2"}),
-            "tenant bare: max_concurrent=2 creates_per_sec=5 requests_per_sec=50\n");
+            "tenant bare: max_concurrent=2 creates_per_sec=5 requests_per_sec=50"
+            " max_concurrent_execs=32 max_hibernated=10 hibernation_retention_sec=604800\n");
   EXPECT_EQ(CountAll(), "1/1/1");
 }
 
