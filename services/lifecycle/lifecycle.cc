@@ -48,7 +48,21 @@ absl::StatusOr<v1::Limits> Lifecycle::LimitsOf(const std::string& tenant_id) {
     }
   }
   auto usage = backends_.GetUsage(tenant_id);
-  if (!usage.ok()) return usage.status();
+  if (!usage.ok()) {
+    if (usage.status().code() == absl::StatusCode::kNotFound) return usage.status();
+    // The quota service cannot answer: exec and hibernate keep working with the last limits
+    // known, or the defaults (admission itself never fails open; this only sizes the caps).
+    LogWarn("tenant limits unavailable; using the last known or the defaults",
+            {{"tenant", tenant_id}, {"error", std::string(usage.status().message())}});
+    absl::MutexLock lock(&limits_mu_);
+    auto it = limits_.find(tenant_id);
+    if (it != limits_.end()) return it->second.limits;
+    v1::Limits defaults;
+    defaults.set_max_concurrent_execs(32);
+    defaults.set_max_hibernated(10);
+    defaults.set_hibernation_retention_sec(7 * 24 * 3600);
+    return defaults;
+  }
   absl::MutexLock lock(&limits_mu_);
   if (limits_.size() > 100000) limits_.clear();  // bounded: an entry is cheap to fetch again
   limits_[tenant_id] = CachedLimits{usage->limits(), now};

@@ -129,6 +129,10 @@ absl::StatusOr<std::unique_ptr<RuncDriver>> RuncDriver::Create(RuncOptions optio
     return absl::InvalidArgumentError("--data_dir must be an absolute path");
   }
   while (options.data_dir.size() > 1 && options.data_dir.back() == '/') options.data_dir.pop_back();
+  // The configured registry (of unqualified names) is allowed under its own name too.
+  if (!options.registry.empty()) {
+    options.registries.push_back(absl::AsciiStrToLower(options.registry));
+  }
   auto version = RunCaptured({options.runc_path, "--version"}, absl::Seconds(10));
   if (!version.ok() || version->exit_code != 0) {
     return absl::FailedPreconditionError(

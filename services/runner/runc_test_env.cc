@@ -121,6 +121,14 @@ const std::string& RuncUnavailableReason() {
   return *reason;
 }
 
+SkopeoOptions TestSkopeoOptions() {
+  SkopeoOptions options;
+  if (!RuncUnavailableReason().empty()) return options;
+  auto registry = TestRegistryAddress();
+  if (registry.ok()) options.insecure_registries = {*registry};
+  return options;
+}
+
 std::string SandboxInitPath() { return ISORUN_SANDBOX_INIT; }
 
 absl::StatusOr<std::string> TestRegistryAddress() {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "services/runner/skopeo_fetcher.h"
 
 namespace isorun::runner::testing {
 
@@ -26,6 +27,10 @@ const std::string& RuncUnavailableReason();
 // once into $ISORUN_TEST_IMAGES_DIR, default /tmp/isorun-test-images); killed when the process
 // exits, even by a crash (PR_SET_PDEATHSIG).
 absl::StatusOr<std::string> TestRegistryAddress();
+
+// Fetcher options for this process's registry: it serves plain HTTP, so it is the one registry
+// reached without TLS verification.
+SkopeoOptions TestSkopeoOptions();
 
 // The static sandbox init built beside the tests.
 std::string SandboxInitPath();

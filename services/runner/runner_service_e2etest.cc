@@ -82,7 +82,7 @@ class RunnerServiceTest : public ::testing::Test {
   }
 
   std::string dir_;
-  SkopeoFetcher fetcher_{SkopeoOptions{}};
+  SkopeoFetcher fetcher_{testing::TestSkopeoOptions()};
   std::unique_ptr<RuncDriver> driver_;
   std::unique_ptr<RunnerService> service_;
   GrpcServer server_;
@@ -222,6 +222,7 @@ class RunnerProcessTest : public ::testing::Test {
         "--driver=runc",
         "--data_dir=" + dir_,
         "--registry=" + registry_,
+        "--insecure_registries=" + registry_,
         absl::StrCat("--grpc_addr=127.0.0.1:", port_),
         "--metrics_addr=",
         absl::StrCat("--scheduler_addr=127.0.0.1:", testing::FreeLoopbackPort())};
