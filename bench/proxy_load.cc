@@ -42,7 +42,10 @@
 
 ABSL_FLAG(std::string, registry, "", "host:port of the registry holding busybox:1.36");
 ABSL_FLAG(std::string, server, "", "the isorun-sandbox-http-server binary to copy in");
-ABSL_FLAG(int, seconds, 10, "duration of each wrk run");
+ABSL_FLAG(int, seconds, 10, "duration of each wrk run (each of the three ways runs --rounds times)");
+ABSL_FLAG(int, rounds, 2,
+          "rounds of the three runs; odd rounds go proxy, direct, nginx and even ones the other "
+          "way, so a change in the machine's load during the run favours none of them");
 ABSL_FLAG(int, connections, 32, "wrk connections (keep-alive)");
 ABSL_FLAG(int, threads, 2, "wrk threads");
 ABSL_FLAG(int, new_ports, 10, "first requests to new ports to time");
@@ -90,7 +93,23 @@ double WrkMs(const std::string& v) {
 struct WrkResult {
   double rps = 0, p50_ms = 0, p99_ms = 0;
   long errors = 0;
+  // Adds one run of `of` (the mean over them).
+  void Add(const WrkResult& r, int of) {
+    rps += r.rps / of;
+    p50_ms += r.p50_ms / of;
+    p99_ms += r.p99_ms / of;
+    errors += r.errors;
+  }
 };
+
+// The machine's load average over 1 minute: the benchmark shares its CPUs with whatever runs.
+std::string LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  std::string one;
+  in >> one;
+  if (one.empty()) Die("cannot read /proc/loadavg");
+  return one;
+}
 
 WrkResult Wrk(const std::string& prefix, const std::string& url, const std::string& host) {
   std::string cmd =
@@ -233,11 +252,25 @@ int main(int argc, char** argv) {
   if (!listening(8090)) Die("nginx did not start: " + Run("cat " + ndir + "/error.log"));
 
   const pid_t gateway = cluster->pid("gateway");
-  // Warm-up, then the three runs.
+  const std::string load_before = LoadAverage();
+  // Warm-up, then the rounds. Each way's figures are the mean over its rounds.
   (void)Wrk("", proxy_url, host);
-  WrkResult proxy = Wrk("", proxy_url, host);
-  WrkResult direct = Wrk(netns, "http://127.0.0.1:8080/", "");
-  WrkResult nginx = Wrk(netns, "http://127.0.0.1:8090/", "");
+  WrkResult proxy, direct, nginx;
+  const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
+  for (int round = 0; round < rounds; ++round) {
+    auto run_proxy = [&] { proxy.Add(Wrk("", proxy_url, host), rounds); };
+    auto run_direct = [&] { direct.Add(Wrk(netns, "http://127.0.0.1:8080/", ""), rounds); };
+    auto run_nginx = [&] { nginx.Add(Wrk(netns, "http://127.0.0.1:8090/", ""), rounds); };
+    if (round % 2 == 0) {
+      run_proxy();
+      run_direct();
+      run_nginx();
+    } else {
+      run_nginx();
+      run_direct();
+      run_proxy();
+    }
+  }
   Run("kill $(cat " + ndir + "/nginx.pid) 2>/dev/null; sleep 0.5; rm -rf '" + ndir + "'");
 
   // 1 GiB through the proxy, read as fast as this client can.
@@ -262,6 +295,7 @@ int main(int argc, char** argv) {
   const double download_s = Ms(t0, Clock::now()) / 1000;
   ::close(fd);
   const long peak_kib = StatusKib(gateway, "VmHWM:");
+  if (peak_kib <= 0) Die("cannot read the gateway's peak RSS");
 
   // Time to first byte on a port the proxy has not seen: the server listens already; the
   // request needs a new tunnel (the public id's lookup may be cached).
@@ -285,8 +319,10 @@ int main(int argc, char** argv) {
   if (proxy.errors + direct.errors + nginx.errors > 0) {
     std::printf("errors=%ld\n", proxy.errors + direct.errors + nginx.errors);
   }
-  std::printf("connections=%d\nseconds=%d\n", absl::GetFlag(FLAGS_connections),
-              absl::GetFlag(FLAGS_seconds));
+  std::printf("connections=%d\nseconds=%d\nrounds=%d\n", absl::GetFlag(FLAGS_connections),
+              absl::GetFlag(FLAGS_seconds), rounds);
+  std::printf("load_avg_1m_before=%s\nload_avg_1m_after=%s\n", load_before.c_str(),
+              LoadAverage().c_str());
   std::printf("proxy_rps=%.0f\ndirect_rps=%.0f\nnginx_rps=%.0f\n", proxy.rps, direct.rps,
               nginx.rps);
   std::printf("proxy_ratio=%.2f\nproxy_vs_nginx=%.2f\n", proxy.rps / direct.rps,

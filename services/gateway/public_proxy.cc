@@ -5,6 +5,10 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/read.hpp>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <limits>
 
@@ -26,8 +30,12 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using tcp = asio::ip::tcp;
 using ResponseParser = bhttp::response_parser<bhttp::buffer_body>;
+using http::Stream;
 
-constexpr size_t kPiece = 32 * 1024;
+// Bodies move a piece at a time per direction; the piece exists only while a body moves.
+constexpr size_t kPiece = 64 * 1024;
+// What a kept tunnel's read buffer keeps between requests (a typical response head).
+constexpr size_t kUpstreamIdleBuffer = 4096;
 
 absl::string_view Sv(beast::string_view s) { return absl::string_view(s.data(), s.size()); }
 constexpr size_t kMaxUpstreamHead = 64 * 1024;
@@ -103,10 +111,27 @@ class ProxySession : public http::ConnectionHandler {
                                      "\": public URLs look like <port>-<publicId>.",
                                      proxy_.options().public_domain)));
     }
+    // A kept-alive client asks the same sandbox again and again: its last answer serves until
+    // the cache's TTL ends, with no lookup and no lock on the way.
+    const absl::Time now = absl::Now();
+    if (have_resolved_ && public_id_ == resolved_id_ && now < resolved_until_) {
+      return OnResolved(resolved_);
+    }
+    if (proxy_.Cached(public_id_, now, &resolved_, &resolved_until_)) {
+      have_resolved_ = true;
+      resolved_id_ = public_id_;
+      return OnResolved(resolved_);
+    }
     const uint64_t gen = gen_;
     proxy_.Resolve(public_id_, [c, this, gen](PublicProxy::Resolved r) {
       c->Post([c, this, gen, r = std::move(r)]() mutable {
-        if (gen == gen_) OnResolved(std::move(r));
+        if (gen != gen_) return;
+        // Answers are kept as long as the proxy's cache keeps them; failures are not.
+        have_resolved_ = r.ok() || r.status().code() == absl::StatusCode::kNotFound;
+        resolved_id_ = public_id_;
+        resolved_until_ = absl::Now() + proxy_.options().resolve_ttl;
+        resolved_ = r;
+        OnResolved(std::move(r));
       });
     });
   }
@@ -114,24 +139,30 @@ class ProxySession : public http::ConnectionHandler {
  private:
   std::shared_ptr<http::Connection> Self() { return c_->shared_from_this(); }
 
+  // The public id's lookup is stale (the tunnel says the sandbox is gone, or it was resumed).
+  void ForgetResolved() {
+    have_resolved_ = false;
+    proxy_.Forget(public_id_);
+  }
+
   void OnResolved(PublicProxy::Resolved r) {
     if (!r.ok()) {
       if (r.status().code() == absl::StatusCode::kNotFound) return NotFound();
       return Fail(Error(absl::StatusCode::kUnavailable, "UNAVAILABLE",
                         "the control plane cannot look up this sandbox now; retry shortly"));
     }
-    const v1::Sandbox& sb = r->sandbox();
+    const v1::Sandbox& sb = (*r)->sandbox();
     switch (sb.state()) {
       case v1::RUNNING:
-        return Proceed(sb.id(), r->tunnel_address());
+        return Proceed(sb.id(), (*r)->tunnel_address());
       case v1::HIBERNATED: {
         const uint64_t gen = gen_;
         auto c = Self();
-        std::string tunnel = r->tunnel_address();
+        std::string tunnel = (*r)->tunnel_address();
         proxy_.Resume(sb, [c, this, gen, tunnel](absl::StatusOr<v1::Sandbox> resumed) {
           c->Post([c, this, gen, tunnel, resumed = std::move(resumed)] {
             if (gen != gen_) return;
-            proxy_.Forget(public_id_);
+            ForgetResolved();
             if (!resumed.ok()) {
               if (resumed.status().code() == absl::StatusCode::kNotFound) return NotFound();
               return Fail(resumed.status());
@@ -193,8 +224,10 @@ class ProxySession : public http::ConnectionHandler {
       return Fail(Error(absl::StatusCode::kUnavailable, "UNAVAILABLE",
                         "the sandbox's runner advertises an unusable tunnel address"));
     }
-    up_ = std::make_unique<beast::tcp_stream>(c_->executor());
+    up_ = std::make_unique<Stream>(c_->executor());
     up_buf_ = std::make_unique<beast::flat_buffer>(kMaxUpstreamHead);
+    // Beast reads at most the buffer's spare capacity (512 bytes at least): give it room.
+    up_buf_->reserve(kUpstreamIdleBuffer);
     up_sandbox_ = sandbox_id;
     up_port_ = port_;
     up_->expires_after(Chrono(proxy_.options().tunnel_timeout));
@@ -243,7 +276,7 @@ class ProxySession : public http::ConnectionHandler {
     if (line == "OK") return SendHead();
     ReleaseUpstream();
     if (line == "ERR NO_SANDBOX") {
-      proxy_.Forget(public_id_);
+      ForgetResolved();
       return NotFound();
     }
     if (absl::StartsWith(line, "ERR REFUSED")) {
@@ -271,8 +304,8 @@ class ProxySession : public http::ConnectionHandler {
   void SendHead() {
     const auto& req = c_->request();
     upgrade_ = c_->parser().upgrade();
-    std::string head;
-    head.reserve(512);
+    std::string& head = up_head_;
+    head.clear();
     absl::StrAppend(&head, Sv(req.method_string()), " ", Sv(req.target()), " HTTP/1.1\r\n");
     std::string forwarded_for;
     bool expect_continue = false;
@@ -310,41 +343,104 @@ class ProxySession : public http::ConnectionHandler {
       absl::StrAppend(&head, "Content-Length: ", *c_->parser().content_length(), "\r\n");
     }
     head += "\r\n";
-    auto msg = std::make_shared<std::string>(std::move(head));
-    const uint64_t gen = gen_;
-    up_->expires_after(Chrono(c_->options().write_timeout));
-    asio::async_write(
-        *up_, asio::buffer(*msg),
-        asio::bind_executor(c_->executor(), [c = Self(), this, gen, msg, expect_continue](
-                                                beast::error_code ec, size_t) {
-          if (gen != gen_) return;
-          if (ec) return TunnelFailed("the tunnel to the sandbox broke");
-          ReadResponseHead();
-          if (c_->parser().is_done()) {
-            request_done_ = true;
-            return;
-          }
-          if (expect_continue) return SendContinue();
-          PumpRequest();
-        }));
+    Send(*up_, {asio::buffer(head)}, [this, expect_continue](beast::error_code ec) {
+      if (ec) return TunnelFailed("the tunnel to the sandbox broke");
+      ReadResponseHead();
+      if (c_->parser().is_done()) {
+        request_done_ = true;
+        return;
+      }
+      if (expect_continue) return SendContinue();
+      PumpRequest();
+    });
   }
 
   void SendContinue() {
     static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+    Send(c_->stream(), {asio::buffer(kContinue)}, [this](beast::error_code ec) {
+      if (ec) return Abort();
+      PumpRequest();
+    });
+  }
+
+  // Writes `bufs` to `to`, then runs `next` (on this connection's thread, with the exchange still
+  // current). Most writes fit the socket's buffer: they are made at once with one sendmsg, and
+  // `next` runs right away, with no timer and no trip through the event loop; the rest of a
+  // write that does not fit is written asynchronously (with the write timeout). Every buffer
+  // must stay valid until `next` runs (members of this session, or static).
+  void Send(Stream& to, std::vector<asio::const_buffer> bufs,
+            std::function<void(beast::error_code)> next) {
+    iovec iov[8];
+    size_t count = 0, total = 0;
+    for (const auto& b : bufs) {
+      if (b.size() == 0 || count == 8) continue;
+      iov[count].iov_base = const_cast<void*>(b.data());
+      iov[count].iov_len = b.size();
+      total += b.size();
+      ++count;
+    }
+    ssize_t w = 0;
+    if (count > 0 && count == static_cast<size_t>(std::count_if(bufs.begin(), bufs.end(),
+                                                                 [](const asio::const_buffer& b) {
+                                                                   return b.size() > 0;
+                                                                 }))) {
+      msghdr msg{};
+      msg.msg_iov = iov;
+      msg.msg_iovlen = count;
+      w = ::sendmsg(to.socket().native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+          return next(beast::error_code(errno, boost::system::system_category()));
+        }
+        w = 0;
+      }
+      if (static_cast<size_t>(w) == total) return next({});
+    }
+    // Drop what went out; the rest goes asynchronously.
+    std::vector<asio::const_buffer> rest;
+    size_t skip = static_cast<size_t>(w);
+    for (const auto& b : bufs) {
+      if (skip >= b.size()) {
+        skip -= b.size();
+        continue;
+      }
+      rest.push_back(b + skip);
+      skip = 0;
+    }
     const uint64_t gen = gen_;
-    c_->stream().expires_after(Chrono(c_->options().write_timeout));
-    asio::async_write(
-        c_->stream(), asio::buffer(kContinue),
-        asio::bind_executor(c_->executor(), [c = Self(), this, gen](beast::error_code ec, size_t) {
-          if (gen != gen_) return;
-          if (ec) return Abort();
-          PumpRequest();
-        }));
+    to.expires_after(Chrono(c_->options().write_timeout));
+    asio::async_write(to, std::move(rest),
+                      [c = Self(), this, gen, next = std::move(next)](beast::error_code ec,
+                                                                      size_t) {
+                        if (gen != gen_) return;
+                        next(ec);
+                      });
+  }
+
+  // Adds `n` bytes of a body to `bufs`, framed as a chunk when `chunked` (and the last chunk
+  // after the final piece); the framing goes into `frame`, which must outlive the write.
+  static void AddPiece(std::vector<asio::const_buffer>& bufs,
+                       std::pair<std::string, std::string>& frame, const char* data, size_t n,
+                       bool chunked, bool last) {
+    frame.first.clear();
+    frame.second.clear();
+    if (chunked && n > 0) {
+      frame.first = absl::StrCat(absl::Hex(n), "\r\n");
+      bufs.push_back(asio::buffer(frame.first));
+    }
+    if (n > 0) bufs.push_back(asio::buffer(data, n));
+    if (chunked && n > 0) frame.second = "\r\n";
+    if (chunked && last) frame.second += "0\r\n\r\n";
+    if (!frame.second.empty()) bufs.push_back(asio::buffer(frame.second));
   }
 
   // Client -> sandbox: one piece at a time; the next read starts when the piece is written.
   void PumpRequest() {
     if (!req_piece_) req_piece_.reset(new char[kPiece]);
+    // Beast reads at most the buffer's spare capacity: room for a piece while a body streams
+    // (the front end shrinks it again before the connection idles).
+    auto& in = c_->buffer();
+    if (in.capacity() < kPiece && in.max_size() >= kPiece) in.reserve(kPiece);
     auto& body = c_->parser().get().body();
     body.data = req_piece_.get();
     body.size = kPiece;
@@ -352,46 +448,22 @@ class ProxySession : public http::ConnectionHandler {
     c_->stream().expires_after(Chrono(c_->options().body_timeout));
     bhttp::async_read_some(
         c_->stream(), c_->buffer(), c_->parser(),
-        asio::bind_executor(c_->executor(), [c = Self(), this, gen](beast::error_code ec, size_t) {
+        [c = Self(), this, gen](beast::error_code ec, size_t) {
           if (gen != gen_) return;
           if (ec == bhttp::error::need_buffer) ec = {};
           if (ec) return Abort();
           const size_t n = kPiece - c_->parser().get().body().size;
           const bool last = c_->parser().is_done();
-          WritePiece(*up_, req_piece_.get(), n, request_chunked_, last, [this, last] {
+          std::vector<asio::const_buffer> bufs;
+          AddPiece(bufs, req_frame_, req_piece_.get(), n, request_chunked_, last);
+          Send(*up_, std::move(bufs), [this, last](beast::error_code ec) {
+            if (ec) return Abort();
             if (!last) return PumpRequest();
             request_done_ = true;
             req_piece_.reset();
             MaybeFinish();
           });
-        }));
-  }
-
-  // Writes `n` bytes of a body, framed as a chunk when `chunked` (and the last chunk after the
-  // final piece), then runs `next`; any error ends the exchange.
-  void WritePiece(beast::tcp_stream& to, const char* data, size_t n, bool chunked, bool last,
-                  std::function<void()> next) {
-    auto frame = std::make_shared<std::pair<std::string, std::string>>();
-    std::vector<asio::const_buffer> bufs;
-    if (chunked && n > 0) {
-      frame->first = absl::StrCat(absl::Hex(n), "\r\n");
-      bufs.push_back(asio::buffer(frame->first));
-    }
-    if (n > 0) bufs.push_back(asio::buffer(data, n));
-    if (chunked && n > 0) frame->second = "\r\n";
-    if (chunked && last) frame->second += "0\r\n\r\n";
-    if (!frame->second.empty()) bufs.push_back(asio::buffer(frame->second));
-    if (bufs.empty()) return next();
-    const uint64_t gen = gen_;
-    to.expires_after(Chrono(c_->options().write_timeout));
-    asio::async_write(
-        to, bufs,
-        asio::bind_executor(c_->executor(), [c = Self(), this, gen, frame, next = std::move(next)](
-                                                beast::error_code ec, size_t) {
-          if (gen != gen_) return;
-          if (ec) return Abort();
-          next();
-        }));
+        });
   }
 
   void ReadResponseHead() {
@@ -402,8 +474,7 @@ class ProxySession : public http::ConnectionHandler {
     const uint64_t gen = gen_;
     up_->expires_after(Chrono(proxy_.options().response_timeout));
     bhttp::async_read_header(
-        *up_, *up_buf_, *resp_,
-        asio::bind_executor(c_->executor(), [c = Self(), this, gen](beast::error_code ec, size_t) {
+        *up_, *up_buf_, *resp_, [c = Self(), this, gen](beast::error_code ec, size_t) {
           if (gen != gen_) return;
           if (ec && reused_ && request_done_ && ec != beast::error::timeout) {
             // A kept-alive tunnel the server closed meanwhile: one more try on a new one (the
@@ -427,14 +498,16 @@ class ProxySession : public http::ConnectionHandler {
                         502);
           }
           OnResponseHead();
-        }));
+        });
   }
 
   void OnResponseHead() {
     const auto& res = resp_->get();
     const unsigned code = res.result_int();
     const bool switching = code == 101 && upgrade_;
-    std::string head = absl::StrCat("HTTP/1.1 ", code, " ", Sv(res.reason()), "\r\n");
+    std::string& head = down_head_;
+    head.clear();
+    absl::StrAppend(&head, "HTTP/1.1 ", code, " ", Sv(res.reason()), "\r\n");
     for (const auto& f : res) {
       if (HopByHop(Sv(f.name_string()))) continue;
       absl::StrAppend(&head, Sv(f.name_string()), ": ", Sv(f.value()), "\r\n");
@@ -443,6 +516,7 @@ class ProxySession : public http::ConnectionHandler {
     interim_ = code >= 100 && code < 200 && !switching;
     response_chunked_ = false;
     close_after_ = false;
+    bool body_follows = false;
     if (switching) {
       absl::StrAppend(&head, "Connection: upgrade\r\nUpgrade: ", Sv(res[bhttp::field::upgrade]),
                       "\r\n");
@@ -466,62 +540,95 @@ class ProxySession : public http::ConnectionHandler {
           close_after_ = true;  // an HTTP/1.0 client learns the end by the close
         }
       }
+      body_follows = !resp_->is_done();
       const bool keep = c_->request().keep_alive() && !close_after_ && !upgrade_;
       head += keep ? (client_11 ? "" : "Connection: keep-alive\r\n") : "Connection: close\r\n";
       client_keep_ = keep;
       upstream_keep_ = resp_->keep_alive();
     }
     head += "\r\n";
-    auto msg = std::make_shared<std::string>(std::move(head));
-    const uint64_t gen = gen_;
-    c_->stream().expires_after(Chrono(c_->options().write_timeout));
-    asio::async_write(c_->stream(), asio::buffer(*msg),
-                      asio::bind_executor(c_->executor(), [c = Self(), this, gen, msg, switching](
-                                                              beast::error_code ec, size_t) {
-                        if (gen != gen_) return;
-                        if (ec) return Abort();
-                        if (switching) return StartRelay();
-                        if (interim_) return ReadResponseHead();
-                        PumpResponse();
-                      }));
+    std::vector<asio::const_buffer> bufs{asio::buffer(head)};
+    // The body's first bytes usually came with the head: they go out in the same write (for a
+    // small answer, the whole exchange is then one read and one write on each side).
+    bool last = !body_follows;
+    if (body_follows && up_buf_->size() > 0) {
+      if (!resp_piece_) resp_piece_.reset(new char[kPiece]);
+      auto& body = resp_->get().body();
+      body.data = resp_piece_.get();
+      body.size = kPiece;
+      beast::error_code ec;
+      while (up_buf_->size() > 0 && body.size > 0 && !resp_->is_done()) {
+        const size_t used = resp_->put(up_buf_->data(), ec);
+        up_buf_->consume(used);
+        if (ec || used == 0) break;
+      }
+      if (ec && ec != bhttp::error::need_more && ec != bhttp::error::need_buffer) {
+        ReleaseUpstream();
+        return Fail(Error(absl::StatusCode::kUnavailable, "BAD_UPSTREAM_RESPONSE",
+                          absl::StrCat("the server on port ", port_,
+                                       " in the sandbox sent a malformed body")),
+                    502);
+      }
+      last = resp_->is_done();
+      AddPiece(bufs, resp_frame_, resp_piece_.get(), kPiece - body.size, response_chunked_,
+               last);
+    }
+    Send(c_->stream(), std::move(bufs), [this, switching, body_follows, last](beast::error_code ec) {
+      if (ec) return Abort();
+      if (switching) return StartRelay();
+      if (interim_) return ReadResponseHead();
+      if (!body_follows || last) {
+        response_done_ = true;
+        resp_piece_.reset();
+        return MaybeFinish();
+      }
+      PumpResponse();
+    });
   }
 
   // Sandbox -> client, as PumpRequest the other way.
   void PumpResponse() {
     if (resp_->is_done()) {
-      return WritePiece(c_->stream(), nullptr, 0, response_chunked_, true, [this] {
+      std::vector<asio::const_buffer> bufs;
+      AddPiece(bufs, resp_frame_, nullptr, 0, response_chunked_, true);
+      return Send(c_->stream(), std::move(bufs), [this](beast::error_code ec) {
+        if (ec) return Abort();
         response_done_ = true;
+        resp_piece_.reset();
         MaybeFinish();
       });
     }
     if (!resp_piece_) resp_piece_.reset(new char[kPiece]);
+    if (up_buf_->capacity() < kPiece) up_buf_->reserve(kPiece);
     auto& body = resp_->get().body();
     body.data = resp_piece_.get();
     body.size = kPiece;
     const uint64_t gen = gen_;
     up_->expires_after(Chrono(proxy_.options().response_timeout));
-    bhttp::async_read_some(
-        *up_, *up_buf_, *resp_,
-        asio::bind_executor(c_->executor(), [c = Self(), this, gen](beast::error_code ec, size_t) {
-          if (gen != gen_) return;
-          if (ec == bhttp::error::need_buffer) ec = {};
-          if (ec) return Abort();  // the client sees a cut response: the server's doing
-          const size_t n = kPiece - resp_->get().body().size;
-          const bool last = resp_->is_done();
-          WritePiece(c_->stream(), resp_piece_.get(), n, response_chunked_, last, [this, last] {
-            if (!last) return PumpResponse();
-            response_done_ = true;
-            resp_piece_.reset();
-            MaybeFinish();
-          });
-        }));
+    bhttp::async_read_some(*up_, *up_buf_, *resp_, [c = Self(), this, gen](beast::error_code ec,
+                                                                          size_t) {
+      if (gen != gen_) return;
+      if (ec == bhttp::error::need_buffer) ec = {};
+      if (ec) return Abort();  // the client sees a cut response: the server's doing
+      const size_t n = kPiece - resp_->get().body().size;
+      const bool last = resp_->is_done();
+      std::vector<asio::const_buffer> bufs;
+      AddPiece(bufs, resp_frame_, resp_piece_.get(), n, response_chunked_, last);
+      Send(c_->stream(), std::move(bufs), [this, last](beast::error_code ec) {
+        if (ec) return Abort();
+        if (!last) return PumpResponse();
+        response_done_ = true;
+        resp_piece_.reset();
+        MaybeFinish();
+      });
+    });
   }
 
   void StartRelay() {
     // The exchange (and its activity count) stays open for as long as the relay runs.
     ++gen_;  // nothing of the HTTP exchange may run any more
     auto c = Self();
-    auto up = std::shared_ptr<beast::tcp_stream>(std::move(up_));
+    auto up = std::shared_ptr<Stream>(std::move(up_));
     auto up_buf = std::shared_ptr<beast::flat_buffer>(std::move(up_buf_));
     http::RelayBothWays(c_->stream(), c_->buffer(), *up, *up_buf, c_->executor(),
                         [c, up, up_buf, this] {
@@ -543,20 +650,26 @@ class ProxySession : public http::ConnectionHandler {
     }
     EndExchange();
     if (!upstream_keep_) ReleaseUpstream();
+    if (up_buf_ && up_buf_->size() == 0 && up_buf_->capacity() > kUpstreamIdleBuffer) {
+      up_buf_->shrink_to_fit();  // after a large body: keep a kept tunnel small again
+      up_buf_->reserve(kUpstreamIdleBuffer);
+    }
     ++gen_;
     resp_.reset();
     c_->Finish(client_keep_);
   }
 
   void BeginExchange(const std::string& sandbox_id) {
-    proxy_.Touch(sandbox_id);
-    proxy_.BeginLong(sandbox_id);
-    long_sandbox_ = sandbox_id;
+    if (!activity_ || activity_->sandbox_id != sandbox_id) {
+      activity_ = proxy_.ActivityOf(sandbox_id);
+    }
+    activity_->Begin();
+    open_activity_ = activity_;
   }
 
   void EndExchange() {
-    if (!long_sandbox_.empty()) proxy_.EndLong(long_sandbox_);
-    long_sandbox_.clear();
+    if (open_activity_) open_activity_->End();
+    open_activity_.reset();
     exchange_open_ = false;
   }
 
@@ -607,6 +720,13 @@ class ProxySession : public http::ConnectionHandler {
 
   PublicProxy& proxy_;
   http::Connection* c_ = nullptr;
+  // This connection's last lookup, used until resolved_until_ (the proxy's TTL).
+  bool have_resolved_ = false;
+  std::string resolved_id_;
+  absl::Time resolved_until_;
+  PublicProxy::Resolved resolved_ = absl::UnknownError("not resolved");
+  // Activity of the sandbox this connection talks to (atomics: no lock per request).
+  std::shared_ptr<PublicProxy::Activity> activity_;
   uint64_t gen_ = 0;
   std::string host_;
   std::string public_id_;
@@ -621,7 +741,7 @@ class ProxySession : public http::ConnectionHandler {
   bool close_after_ = false;
   bool client_keep_ = true;
   bool upstream_keep_ = true;
-  std::unique_ptr<beast::tcp_stream> up_;
+  std::unique_ptr<Stream> up_;
   std::unique_ptr<beast::flat_buffer> up_buf_;
   std::string up_sandbox_;
   int up_port_ = 0;
@@ -630,10 +750,15 @@ class ProxySession : public http::ConnectionHandler {
   std::string tunnel_;
   std::string answer_;  // the tunnel's answer line
   std::string slot_sandbox_;
-  std::string long_sandbox_;
+  std::shared_ptr<PublicProxy::Activity> open_activity_;  // Begin() called, End() not yet
   std::unique_ptr<ResponseParser> resp_;
   std::unique_ptr<char[]> req_piece_;
   std::unique_ptr<char[]> resp_piece_;
+  // What the writes in flight point to (see Send).
+  std::string up_head_;
+  std::string down_head_;
+  std::pair<std::string, std::string> req_frame_;
+  std::pair<std::string, std::string> resp_frame_;
 };
 
 }  // namespace
@@ -701,14 +826,22 @@ http::HandlerFactory PublicProxy::Factory() {
   return [this] { return std::make_unique<ProxySession>(*this); };
 }
 
+bool PublicProxy::Cached(const std::string& public_id, absl::Time now, Resolved* out,
+                         absl::Time* expires) {
+  absl::MutexLock lock(&cache_mu_);
+  auto it = cache_.find(public_id);
+  if (it == cache_.end() || it->second.expires <= now) return false;
+  *out = it->second.value;
+  *expires = it->second.expires;
+  return true;
+}
+
 void PublicProxy::Resolve(const std::string& public_id, std::function<void(Resolved)> done) {
-  const absl::Time now = absl::Now();
   {
-    absl::MutexLock lock(&cache_mu_);
-    auto it = cache_.find(public_id);
-    if (it != cache_.end() && it->second.expires > now) {
-      Resolved copy = it->second.value;
-      done(std::move(copy));
+    Resolved cached;
+    absl::Time expires;
+    if (Cached(public_id, absl::Now(), &cached, &expires)) {
+      done(std::move(cached));
       return;
     }
   }
@@ -723,7 +856,9 @@ void PublicProxy::Resolve(const std::string& public_id, std::function<void(Resol
   urls_->async()->ResolvePublicId(
       &call->ctx, &call->req, &call->resp,
       [this, call, public_id, done = std::move(done)](grpc::Status s) {
-        Resolved r = s.ok() ? Resolved(call->resp) : Resolved(FromGrpcStatus(s));
+        Resolved r = s.ok() ? Resolved(std::make_shared<const v1::ResolvePublicIdResponse>(
+                                  std::move(call->resp)))
+                            : Resolved(FromGrpcStatus(s));
         const bool cacheable = s.ok() || s.error_code() == grpc::StatusCode::NOT_FOUND;
         if (cacheable) {
           absl::MutexLock lock(&cache_mu_);
@@ -777,31 +912,31 @@ void PublicProxy::ReleaseSlot(const std::string& sandbox_id) {
   if (--it->second <= 0) slots_.erase(it);
 }
 
-void PublicProxy::Touch(const std::string& sandbox_id) {
+std::shared_ptr<PublicProxy::Activity> PublicProxy::ActivityOf(const std::string& sandbox_id) {
   absl::MutexLock lock(&touch_mu_);
-  touched_.insert(sandbox_id);
-}
-
-void PublicProxy::BeginLong(const std::string& sandbox_id) {
-  absl::MutexLock lock(&touch_mu_);
-  ++long_[sandbox_id];
-}
-
-void PublicProxy::EndLong(const std::string& sandbox_id) {
-  absl::MutexLock lock(&touch_mu_);
-  auto it = long_.find(sandbox_id);
-  if (it == long_.end()) return;
-  touched_.insert(sandbox_id);  // its end is activity too
-  if (--it->second <= 0) long_.erase(it);
+  auto& a = activities_[sandbox_id];
+  if (!a) a = std::make_shared<Activity>(sandbox_id);
+  return a;
 }
 
 void PublicProxy::FlushActivity() {
   v1::TouchSandboxesRequest req;
   {
     absl::MutexLock lock(&touch_mu_);
-    for (const auto& [id, n] : long_) touched_.insert(id);
-    for (const auto& id : touched_) req.add_sandbox_ids(id);
-    touched_.clear();
+    for (const auto& id : retry_) req.add_sandbox_ids(id);
+    retry_.clear();
+    for (auto it = activities_.begin(); it != activities_.end();) {
+      Activity& a = *it->second;
+      const bool touched = a.touched.exchange(false, std::memory_order_relaxed);
+      if (touched || a.open.load(std::memory_order_relaxed) > 0) {
+        req.add_sandbox_ids(a.sandbox_id);
+      } else if (it->second.use_count() == 1) {
+        // No connection talks to it and it saw nothing since the last flush.
+        activities_.erase(it++);
+        continue;
+      }
+      ++it;
+    }
   }
   if (req.sandbox_ids_size() == 0) return;
   grpc::ClientContext ctx;
@@ -811,7 +946,7 @@ void PublicProxy::FlushActivity() {
   if (!s.ok()) {
     LogWarn("cannot report proxied activity", {{"error", s.error_message()}});
     absl::MutexLock lock(&touch_mu_);  // try again next time
-    for (const auto& id : req.sandbox_ids()) touched_.insert(id);
+    for (const auto& id : req.sandbox_ids()) retry_.insert(id);
     return;
   }
   touches_->Increment(req.sandbox_ids_size());

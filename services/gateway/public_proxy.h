@@ -20,6 +20,7 @@
 
 #include <grpcpp/channel.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -71,17 +72,34 @@ class PublicProxy {
   const PublicProxyOptions& options() const { return options_; }
 
   // Used by the sessions (any thread; callbacks come on gRPC's threads).
-  using Resolved = absl::StatusOr<v1::ResolvePublicIdResponse>;
+  using Resolved = absl::StatusOr<std::shared_ptr<const v1::ResolvePublicIdResponse>>;
+  // A fresh cached answer for `public_id`: true, with the answer and the time it expires.
+  bool Cached(const std::string& public_id, absl::Time now, Resolved* out, absl::Time* expires);
+  // Looks the public id up (cached answers included); `done` may run on this thread or another.
   void Resolve(const std::string& public_id, std::function<void(Resolved)> done);
   void Forget(const std::string& public_id);
   void Resume(const v1::Sandbox& sandbox, std::function<void(absl::StatusOr<v1::Sandbox>)> done);
   bool AcquireSlot(const std::string& sandbox_id);
   void ReleaseSlot(const std::string& sandbox_id);
-  // Activity: a request started, or an upgraded connection is open (Begin/End around it).
-  void Touch(const std::string& sandbox_id);
-  void BeginLong(const std::string& sandbox_id);
-  void EndLong(const std::string& sandbox_id);
-  // Sends what was touched since the last flush (and every sandbox with a long exchange open).
+  // Activity of one sandbox: an exchange (a request, or an upgraded connection for as long as it
+  // stays open) Begin()s and End()s; both are activity, and so is every flush while one is
+  // open. Atomics, so a request costs no lock; sessions keep the object of their sandbox.
+  struct Activity {
+    explicit Activity(std::string id) : sandbox_id(std::move(id)) {}
+    void Begin() {
+      if (!touched.load(std::memory_order_relaxed)) touched.store(true, std::memory_order_relaxed);
+      open.fetch_add(1, std::memory_order_relaxed);
+    }
+    void End() {
+      if (!touched.load(std::memory_order_relaxed)) touched.store(true, std::memory_order_relaxed);
+      open.fetch_sub(1, std::memory_order_relaxed);
+    }
+    const std::string sandbox_id;
+    std::atomic<bool> touched{false};
+    std::atomic<int> open{0};
+  };
+  std::shared_ptr<Activity> ActivityOf(const std::string& sandbox_id);
+  // Sends what was active since the last flush (and every sandbox with an exchange open).
   void FlushActivity();
 
   prometheus::Counter& requests_total() { return *requests_; }
@@ -95,7 +113,7 @@ class PublicProxy {
   std::unique_ptr<v1::Sandboxes::Stub> sandboxes_;
 
   struct CacheEntry {
-    Resolved value;
+    Resolved value;  // shared: a hit copies a pointer, not the sandbox message
     absl::Time expires;
   };
   absl::Mutex cache_mu_;
@@ -105,8 +123,9 @@ class PublicProxy {
   absl::flat_hash_map<std::string, int> slots_ ABSL_GUARDED_BY(slots_mu_);
 
   absl::Mutex touch_mu_;
-  absl::flat_hash_set<std::string> touched_ ABSL_GUARDED_BY(touch_mu_);
-  absl::flat_hash_map<std::string, int> long_ ABSL_GUARDED_BY(touch_mu_);
+  absl::flat_hash_map<std::string, std::shared_ptr<Activity>> activities_
+      ABSL_GUARDED_BY(touch_mu_);
+  absl::flat_hash_set<std::string> retry_ ABSL_GUARDED_BY(touch_mu_);  // a flush that failed
 
   prometheus::Family<prometheus::Counter>& answers_;
   prometheus::Counter* requests_;

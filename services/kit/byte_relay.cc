@@ -1,87 +1,144 @@
 #include "services/kit/byte_relay.h"
 
-#include <boost/asio/bind_executor.hpp>
+#include <sys/socket.h>
+
+#include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
+#include <cerrno>
+#include <string>
+#include <vector>
 
 namespace isorun::http {
 namespace {
 
-namespace asio = boost::asio;
-using Strand = asio::strand<asio::io_context::executor_type>;
+// What a pump reads into: one per thread, since a relay runs on one thread and keeps nothing in
+// it between two of its handlers.
+char* Scratch(size_t bytes) {
+  thread_local std::vector<char> scratch;
+  if (scratch.size() < bytes) scratch.resize(bytes);
+  return scratch.data();
+}
+
+// How many pieces a busy direction moves before it lets the thread's other connections run.
+constexpr int kPiecesPerTurn = 16;
 
 struct Relay : std::enable_shared_from_this<Relay> {
   struct Pump {
-    beast::tcp_stream* from;
-    beast::tcp_stream* to;
-    beast::flat_buffer* pending;
-    std::unique_ptr<char[]> piece;
+    Stream* from = nullptr;
+    Stream* to = nullptr;
+    beast::flat_buffer* pending = nullptr;
+    std::string backlog;  // what `to` could not take at once
+    bool busy = false;    // an operation of this pump is outstanding
+    bool ended = false;
   };
   Pump pumps[2];
-  Strand strand;
+  Executor executor;
   std::function<void()> done;
   size_t piece_bytes;
-  int ended = 0;
+  bool failed = false;
 
-  Relay(Strand s, std::function<void()> d, size_t bytes)
-      : strand(std::move(s)), done(std::move(d)), piece_bytes(bytes) {}
+  Relay(Executor e, std::function<void()> d, size_t bytes)
+      : executor(std::move(e)), done(std::move(d)), piece_bytes(bytes) {}
 
   void Start(int i) {
     Pump& p = pumps[i];
     if (p.pending->size() > 0) {
-      asio::async_write(
-          *p.to, p.pending->data(),
-          asio::bind_executor(strand, [self = shared_from_this(), i](beast::error_code ec, size_t) {
-            self->pumps[i].pending->consume(self->pumps[i].pending->size());
-            if (ec) return self->Fail(i);
-            self->Read(i);
-          }));
+      p.busy = true;
+      asio::async_write(*p.to, p.pending->data(),
+                        [self = shared_from_this(), i](beast::error_code ec, size_t) {
+                          Pump& p = self->pumps[i];
+                          p.busy = false;
+                          p.pending->consume(p.pending->size());
+                          if (self->failed) return self->Finish(i);
+                          if (ec) return self->Fail();
+                          self->Move(i);
+                        });
       return;
     }
-    Read(i);
+    Move(i);
   }
 
-  void Read(int i) {
+  // Moves what the source has now; waits for more once it has none (never before: readiness is
+  // reported on edges, so only a read that found nothing guarantees a later event).
+  void Move(int i) {
     Pump& p = pumps[i];
-    if (!p.piece) p.piece.reset(new char[piece_bytes]);
-    p.from->async_read_some(
-        asio::buffer(p.piece.get(), piece_bytes),
-        asio::bind_executor(strand, [self = shared_from_this(), i](beast::error_code ec, size_t n) {
-          Pump& p = self->pumps[i];
-          if (n > 0) {
-            asio::async_write(
-                *p.to, asio::buffer(p.piece.get(), n),
-                asio::bind_executor(self->strand, [self, i, ec](beast::error_code wec, size_t) {
-                  if (wec) return self->Fail(i);
-                  if (ec) return self->End(i, ec);
-                  self->Read(i);
-                }));
-            return;
-          }
-          if (ec) return self->End(i, ec);
-          self->Read(i);
-        }));
+    for (int turn = 0; turn < kPiecesPerTurn; ++turn) {
+      // Read fresh each time: a closed socket's handle is -1, never a reused descriptor.
+      const int in = p.from->socket().native_handle();
+      const int out = p.to->socket().native_handle();
+      char* buf = Scratch(piece_bytes);
+      const ssize_t n = ::recv(in, buf, piece_bytes, MSG_DONTWAIT);
+      if (n == 0) return End(i);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return Wait(i);
+        return Fail();
+      }
+      ssize_t w = ::send(out, buf, static_cast<size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return Fail();
+        w = 0;
+      }
+      if (w < n) {
+        p.backlog.assign(buf + w, buf + n);
+        p.busy = true;
+        asio::async_write(*p.to, asio::buffer(p.backlog),
+                          [self = shared_from_this(), i](beast::error_code ec, size_t) {
+                            Pump& p = self->pumps[i];
+                            p.busy = false;
+                            p.backlog.clear();
+                            p.backlog.shrink_to_fit();
+                            if (self->failed) return self->Finish(i);
+                            if (ec) return self->Fail();
+                            self->Move(i);
+                          });
+        return;
+      }
+    }
+    p.busy = true;
+    asio::post(executor, [self = shared_from_this(), i] {
+      self->pumps[i].busy = false;
+      if (self->failed) return self->Finish(i);
+      self->Move(i);
+    });
   }
 
-  void End(int i, beast::error_code ec) {
-    if (ec != asio::error::eof) return Fail(i);
+  void Wait(int i) {
+    Pump& p = pumps[i];
+    p.busy = true;
+    p.from->socket().async_wait(tcp::socket::wait_read,
+                                [self = shared_from_this(), i](beast::error_code ec) {
+                                  self->pumps[i].busy = false;
+                                  if (self->failed) return self->Finish(i);
+                                  if (ec) return self->Fail();
+                                  self->Move(i);
+                                });
+  }
+
+  void End(int i) {
     // Half-close: the other side sees EOF too; the opposite direction goes on.
     beast::error_code ignored;
-    pumps[i].to->socket().shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
-    pumps[i].piece.reset();
-    Finish();
+    pumps[i].to->socket().shutdown(tcp::socket::shutdown_send, ignored);
+    Finish(i);
   }
 
-  void Fail(int) {
-    beast::error_code ignored;
-    pumps[0].from->socket().close(ignored);
-    pumps[1].from->socket().close(ignored);
-    pumps[0].piece.reset();
-    pumps[1].piece.reset();
-    Finish();
+  void Fail() {
+    if (!failed) {
+      failed = true;
+      beast::error_code ignored;
+      pumps[0].from->socket().close(ignored);
+      pumps[1].from->socket().close(ignored);
+    }
+    // A pump with an operation outstanding finishes when that operation comes back (cancelled).
+    for (int i = 0; i < 2; ++i) {
+      if (!pumps[i].busy) Finish(i);
+    }
   }
 
-  void Finish() {
-    if (++ended < 2) return;
+  void Finish(int i) {
+    if (pumps[i].ended) return;
+    pumps[i].ended = true;
+    if (!pumps[0].ended || !pumps[1].ended) return;
     auto d = std::move(done);
     done = nullptr;
     if (d) d();
@@ -90,17 +147,21 @@ struct Relay : std::enable_shared_from_this<Relay> {
 
 }  // namespace
 
-void RelayBothWays(beast::tcp_stream& a, beast::flat_buffer& a_pending, beast::tcp_stream& b,
-                   beast::flat_buffer& b_pending, Strand strand, std::function<void()> done,
+void RelayBothWays(Stream& a, beast::flat_buffer& a_pending, Stream& b,
+                   beast::flat_buffer& b_pending, Executor executor, std::function<void()> done,
                    size_t piece_bytes) {
   a.expires_never();
   b.expires_never();
-  auto relay = std::make_shared<Relay>(strand, std::move(done), piece_bytes);
-  relay->pumps[0] = {&a, &b, &a_pending, nullptr};
-  relay->pumps[1] = {&b, &a, &b_pending, nullptr};
-  asio::dispatch(strand, [relay] {
+  auto relay = std::make_shared<Relay>(executor, std::move(done), piece_bytes);
+  relay->pumps[0].from = &a;
+  relay->pumps[0].to = &b;
+  relay->pumps[0].pending = &a_pending;
+  relay->pumps[1].from = &b;
+  relay->pumps[1].to = &a;
+  relay->pumps[1].pending = &b_pending;
+  asio::dispatch(executor, [relay] {
     relay->Start(0);
-    relay->Start(1);
+    if (!relay->failed) relay->Start(1);
   });
 }
 

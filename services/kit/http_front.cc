@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "services/kit/json.h"
+#include "services/kit/log.h"
 
 namespace isorun::http {
 namespace {
@@ -81,12 +82,12 @@ StringResponse ErrorResponse(int status, const std::string& reason, const std::s
   return r;
 }
 
-Connection::Connection(tcp::socket socket, const FrontEndOptions& options,
+Connection::Connection(Socket socket, const FrontEndOptions& options,
                        std::unique_ptr<ConnectionHandler> handler, std::atomic<int>* open_count)
-    : strand_(*socket.get_executor().target<asio::strand<asio::io_context::executor_type>>()),
+    : executor_(socket.get_executor()),
       stream_(std::move(socket)),
       buffer_(options.max_buffer_bytes),
-      deadline_(strand_),
+      deadline_(executor_),
       options_(options),
       handler_(std::move(handler)),
       open_count_(open_count) {
@@ -99,10 +100,10 @@ Connection::Connection(tcp::socket socket, const FrontEndOptions& options,
 Connection::~Connection() { open_count_->fetch_sub(1); }
 
 void Connection::Start() {
-  asio::dispatch(strand_, [self = shared_from_this()] { self->ReadHead(); });
+  asio::dispatch(executor_, [self = shared_from_this()] { self->ReadHead(); });
 }
 
-void Connection::Post(std::function<void()> fn) { asio::post(strand_, std::move(fn)); }
+void Connection::Post(std::function<void()> fn) { asio::post(executor_, std::move(fn)); }
 
 void Connection::ReadHead() {
   if (closed_) return;
@@ -128,14 +129,30 @@ void Connection::OnFirstByte(beast::error_code ec, size_t n) {
   }
   buffer_.commit(n);
   stream_.expires_never();
+  if (HeadBuffered(ec)) {
+    OnHead(ec);
+    return;
+  }
   ArmDeadline(options_.head_timeout);
   bhttp::async_read_header(
       stream_, buffer_, *parser_,
       [self = shared_from_this()](beast::error_code ec, size_t) { self->OnHead(ec); });
 }
 
+bool Connection::HeadBuffered(beast::error_code& ec) {
+  ec = {};
+  const size_t used = parser_->put(buffer_.data(), ec);
+  buffer_.consume(used);
+  if (ec == bhttp::error::need_more) {
+    ec = {};
+    return false;
+  }
+  return ec || parser_->is_header_done();
+}
+
 void Connection::ArmDeadline(absl::Duration d) {
   timed_out_ = false;
+  armed_ = true;
   deadline_.expires_after(Chrono(d));
   deadline_.async_wait([self = shared_from_this()](beast::error_code ec) {
     if (ec) return;  // disarmed
@@ -145,11 +162,16 @@ void Connection::ArmDeadline(absl::Duration d) {
   });
 }
 
-void Connection::DisarmDeadline() { deadline_.cancel(); }
+void Connection::DisarmDeadline() {
+  if (!armed_) return;
+  armed_ = false;
+  deadline_.cancel();
+}
 
 void Connection::OnHead(beast::error_code ec) {
-  DisarmDeadline();
   if (timed_out_) ec = beast::error::timeout;
+  DisarmDeadline();
+  timed_out_ = false;
   if (ec == bhttp::error::header_limit || ec == bhttp::error::buffer_overflow) {
     Fail(431, "HEADERS_TOO_LARGE",
          absl::StrCat("the request head is larger than ", options_.max_head_bytes, " bytes"));
@@ -292,7 +314,14 @@ void Connection::Fail(int status, const std::string& reason, const std::string& 
 }
 
 FrontEnd::FrontEnd(FrontEndOptions options, HandlerFactory factory)
-    : options_(std::move(options)), factory_(std::move(factory)), acceptor_(ioc_) {}
+    : options_(std::move(options)), factory_(std::move(factory)) {
+  const int threads = std::max(1, options_.threads);
+  for (int i = 0; i < threads; ++i) {
+    // Concurrency hint 1: one thread runs each, so asio skips waking others for every handler.
+    contexts_.push_back(std::make_unique<asio::io_context>(1));
+  }
+  acceptor_ = std::make_unique<tcp::acceptor>(*contexts_.front());
+}
 
 absl::StatusOr<std::unique_ptr<FrontEnd>> FrontEnd::Start(FrontEndOptions options,
                                                           HandlerFactory factory) {
@@ -307,27 +336,39 @@ absl::StatusOr<std::unique_ptr<FrontEnd>> FrontEnd::Start(FrontEndOptions option
   auto ip = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("bad listen host \"", host, "\""));
   tcp::endpoint ep(ip, static_cast<uint16_t>(port));
-  fe->acceptor_.open(ep.protocol(), ec);
-  if (!ec) fe->acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) fe->acceptor_.bind(ep, ec);
-  if (!ec) fe->acceptor_.listen(4096, ec);
+  fe->acceptor_->open(ep.protocol(), ec);
+  if (!ec) fe->acceptor_->set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) fe->acceptor_->bind(ep, ec);
+  if (!ec) fe->acceptor_->listen(4096, ec);
   if (ec) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", fe->options_.address, ": ", ec.message()));
   }
-  fe->port_ = fe->acceptor_.local_endpoint().port();
+  fe->port_ = fe->acceptor_->local_endpoint().port();
   fe->Accept();
-  const int threads = std::max(1, fe->options_.threads);
-  for (int i = 0; i < threads; ++i) {
-    fe->threads_.emplace_back([ioc = &fe->ioc_] { ioc->run(); });
+  for (auto& ioc : fe->contexts_) {
+    // A context with no connection yet would return from run() at once.
+    fe->work_.push_back(asio::make_work_guard(*ioc));
+    fe->threads_.emplace_back([ioc = ioc.get()] {
+      // Handlers are not supposed to throw; one that does must not end the thread silently.
+      while (true) {
+        try {
+          ioc->run();
+          return;
+        } catch (const std::exception& e) {
+          LogError("HTTP front end handler threw", {{"error", e.what()}});
+        }
+      }
+    });
   }
   return fe;
 }
 
 void FrontEnd::Accept() {
-  auto strand = asio::make_strand(ioc_);
-  acceptor_.async_accept(strand, [this](beast::error_code ec, tcp::socket socket) {
-    if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
+  asio::io_context& target = *contexts_[next_context_];
+  next_context_ = (next_context_ + 1) % contexts_.size();
+  acceptor_->async_accept(target, [this](beast::error_code ec, Socket socket) {
+    if (ec == asio::error::operation_aborted || !acceptor_->is_open()) return;
     if (!ec) {
       if (open_.fetch_add(1) >= options_.max_connections) {
         open_.fetch_sub(1);
@@ -345,11 +386,12 @@ void FrontEnd::Accept() {
 void FrontEnd::Stop() {
   if (stopped_) return;
   stopped_ = true;
-  asio::post(acceptor_.get_executor(), [this] {
+  asio::post(acceptor_->get_executor(), [this] {
     beast::error_code ec;
-    acceptor_.close(ec);
+    acceptor_->close(ec);
   });
-  ioc_.stop();
+  work_.clear();
+  for (auto& ioc : contexts_) ioc->stop();
   for (auto& t : threads_) t.join();
   threads_.clear();
 }

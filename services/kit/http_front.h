@@ -2,8 +2,11 @@
 
 // One event-driven HTTP/1.1 front end (Boost.Beast's async API) for every HTTP listener of the
 // control plane: the public-URL proxy now; the public API and the scheduler's admin routes are
-// meant to move onto it. A few I/O threads drive every connection; each connection is a small
-// state machine on its own strand, so no thread is held by an idle, slow or streaming client.
+// meant to move onto it. A few I/O threads drive every connection, each thread with an
+// io_context of its own (as nginx's workers and Envoy's dispatchers): a connection is accepted
+// onto one of them and all of its work runs on that thread, so no strand, no lock and no
+// cross-thread wake-up sits on the path of a request, and no thread is held by an idle, slow or
+// streaming client.
 //
 // What the front end guarantees before a handler sees anything:
 // - Every read is bounded. The request head must fit in `max_head_bytes` (431 beyond); the read
@@ -17,10 +20,11 @@
 // A handler gets a connection once per request head (OnRequest) and owns it until it calls
 // Finish() or Reply(), which read the next head when the connection stays open. Handlers that
 // stream (the proxy) use stream(), buffer() and parser() directly; every callback of theirs
-// must run on the connection's strand (bind to executor()). Work that blocks (Postgres, a
-// unary gRPC call) runs elsewhere and comes back through Post().
+// runs on the connection's thread (its executor(): other sockets a handler opens use it too).
+// Work that blocks (Postgres, a unary gRPC call) runs elsewhere and comes back through Post().
 
 #include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -46,12 +50,18 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using tcp = asio::ip::tcp;
 
+// A connection's executor: its I/O thread's io_context (one thread runs it, so handlers bound to
+// it never run concurrently). Streams use it directly rather than Beast's type-erased default
+// executor, which costs a copy and a reference count per operation.
+using Executor = asio::io_context::executor_type;
+using Socket = tcp::socket::rebind_executor<Executor>::other;
+using Stream = beast::basic_stream<tcp, Executor, beast::unlimited_rate_policy>;
 using RequestParser = bhttp::request_parser<bhttp::buffer_body>;
 using StringResponse = bhttp::response<bhttp::string_body>;
 
 struct FrontEndOptions {
   std::string address = "127.0.0.1:0";  // "host:port"; port 0 picks one
-  int threads = 2;
+  int threads = 2;  // I/O threads, each with its own io_context
   size_t max_head_bytes = size_t{16} * 1024;
   // The most a connection buffers of what it read and has not handed on (head, chunk lines,
   // trailers, pieces of a body). Also what an idle connection may keep allocated at most.
@@ -66,7 +76,7 @@ struct FrontEndOptions {
 class Connection;
 
 // Per-connection state of a handler (the proxy keeps its upstream here). Created when a
-// connection is accepted, destroyed when it closes; every call comes on the connection's strand.
+// connection is accepted, destroyed when it closes; every call comes on the connection's thread.
 class ConnectionHandler {
  public:
   virtual ~ConnectionHandler() = default;
@@ -79,7 +89,7 @@ using HandlerFactory = std::function<std::unique_ptr<ConnectionHandler>()>;
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(tcp::socket socket, const FrontEndOptions& options,
+  Connection(Socket socket, const FrontEndOptions& options,
              std::unique_ptr<ConnectionHandler> handler, std::atomic<int>* open_count);
   ~Connection();
   Connection(const Connection&) = delete;
@@ -90,9 +100,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The request being handled: head read, body (if any) not yet.
   RequestParser& parser() { return *parser_; }
   const bhttp::request<bhttp::buffer_body>& request() const { return parser_->get(); }
-  beast::tcp_stream& stream() { return stream_; }
+  Stream& stream() { return stream_; }
   beast::flat_buffer& buffer() { return buffer_; }
-  asio::strand<asio::io_context::executor_type>& executor() { return strand_; }
+  const Executor& executor() const { return executor_; }
   const std::string& remote_ip() const { return remote_ip_; }
   const FrontEndOptions& options() const { return options_; }
 
@@ -104,12 +114,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The handler wrote its answer itself: read the next request, or close.
   void Finish(bool keep_alive);
   void Close();
-  // Runs `fn` on this connection's strand (from any thread).
+  // Runs `fn` on this connection's thread (from any thread).
   void Post(std::function<void()> fn);
 
  private:
   void ReadHead();
   void OnFirstByte(beast::error_code ec, size_t n);
+  // Parses what the buffer holds: true when the whole head was there (the usual case: one read
+  // brings a whole small request), so no deadline timer or further read is needed.
+  bool HeadBuffered(beast::error_code& ec);
   void OnHead(beast::error_code ec);
   void ReadBodySome(size_t limit, std::shared_ptr<std::string> body,
                     std::function<void(beast::error_code, std::string)> done);
@@ -120,12 +133,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void ArmDeadline(absl::Duration d);
   void DisarmDeadline();
 
-  asio::strand<asio::io_context::executor_type> strand_;
-  beast::tcp_stream stream_;
+  Executor executor_;
+  Stream stream_;
   beast::flat_buffer buffer_;
   std::unique_ptr<RequestParser> parser_;
   asio::steady_timer deadline_;
   bool timed_out_ = false;
+  bool armed_ = false;
   const FrontEndOptions& options_;
   std::unique_ptr<ConnectionHandler> handler_;
   std::atomic<int>* open_count_;
@@ -150,7 +164,6 @@ class FrontEnd {
 
   int port() const { return port_; }
   int open_connections() const { return open_.load(); }
-  asio::io_context& io_context() { return ioc_; }
   // Stops accepting and ends every connection.
   void Stop();
 
@@ -159,12 +172,15 @@ class FrontEnd {
   void Accept();
 
   // Connections refer to the options, the factory and the counter: declared before the
-  // io_context, so they outlive the handlers it destroys.
+  // io_contexts, so they outlive the handlers those destroy.
   FrontEndOptions options_;
   HandlerFactory factory_;
   std::atomic<int> open_{0};
-  asio::io_context ioc_;
-  tcp::acceptor acceptor_;
+  // One per I/O thread; the acceptor runs on the first and deals connections out in turn.
+  std::vector<std::unique_ptr<asio::io_context>> contexts_;
+  std::unique_ptr<tcp::acceptor> acceptor_;
+  size_t next_context_ = 0;  // the acceptor's thread only
+  std::vector<asio::executor_work_guard<Executor>> work_;
   std::vector<std::thread> threads_;
   int port_ = 0;
   bool stopped_ = false;

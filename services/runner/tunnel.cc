@@ -36,7 +36,9 @@ namespace {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 using tcp = asio::ip::tcp;
-using Strand = asio::strand<asio::io_context::executor_type>;
+using http::Executor;
+using http::Socket;
+using http::Stream;
 
 constexpr size_t kMaxPreamble = 512;
 
@@ -137,8 +139,12 @@ int SocketInNetns(int pid, int family) { return Dialer().Socket(pid, family); }
 struct TunnelServer::Impl {
   TunnelOptions options;
   NetnsPidLookup lookup;
-  asio::io_context ioc;
-  tcp::acceptor acceptor{ioc};
+  // One io_context per thread (as the HTTP front end): a tunnel lives on one thread, so its
+  // relay needs no strand. The acceptor runs on the first and deals tunnels out in turn.
+  std::vector<std::unique_ptr<asio::io_context>> contexts;
+  std::unique_ptr<tcp::acceptor> acceptor;
+  size_t next_context = 0;
+  std::vector<asio::executor_work_guard<Executor>> work;
   std::vector<std::thread> threads;
   std::atomic<int> open{0};
   int port = 0;
@@ -151,15 +157,16 @@ namespace {
 
 class Tunnel : public std::enable_shared_from_this<Tunnel> {
  public:
-  Tunnel(tcp::socket socket, Strand strand, TunnelServer::Impl& server)
-      : strand_(std::move(strand)),
+  Tunnel(Socket socket, TunnelServer::Impl& server)
+      : executor_(socket.get_executor()),
         client_(std::move(socket)),
         client_buf_(kMaxPreamble),
-        upstream_(strand_),
+        upstream_(executor_),
         server_(server) {
     server_.open.fetch_add(1);
   }
   ~Tunnel() { server_.open.fetch_sub(1); }
+  const Executor& executor() const { return executor_; }
 
   void Start() {
     client_.expires_after(absl::ToChronoNanoseconds(server_.options.preamble_timeout));
@@ -167,7 +174,7 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
     // beast::flat_buffer would be copied and the bytes read into the copy).
     asio::async_read_until(
         client_, asio::dynamic_buffer(preamble_, kMaxPreamble), '\n',
-        asio::bind_executor(strand_, [self = shared_from_this()](beast::error_code ec, size_t n) {
+        asio::bind_executor(executor_, [self = shared_from_this()](beast::error_code ec, size_t n) {
           self->OnPreamble(ec, n);
         }));
   }
@@ -214,7 +221,7 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
         static_cast<uint16_t>(port_));
     upstream_.expires_after(absl::ToChronoNanoseconds(server_.options.connect_timeout));
     upstream_.async_connect(
-        ep, asio::bind_executor(strand_, [self = shared_from_this(), family](beast::error_code ec) {
+        ep, asio::bind_executor(executor_, [self = shared_from_this(), family](beast::error_code ec) {
           if (!ec) {
             beast::error_code ignored;
             self->upstream_.socket().set_option(tcp::no_delay(true), ignored);
@@ -233,12 +240,12 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
     asio::async_write(
         client_, asio::buffer(*msg),
         asio::bind_executor(
-            strand_, [self = shared_from_this(), msg, relay](beast::error_code ec, size_t) {
+            executor_, [self = shared_from_this(), msg, relay](beast::error_code ec, size_t) {
               if (ec || !relay) return self->Close();
               beast::error_code ignored;
               self->client_.socket().set_option(tcp::no_delay(true), ignored);
               http::RelayBothWays(self->client_, self->client_buf_, self->upstream_,
-                                  self->upstream_buf_, self->strand_, [self] { self->Close(); });
+                                  self->upstream_buf_, self->executor_, [self] { self->Close(); });
             }));
   }
 
@@ -249,11 +256,11 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
     upstream_.close();
   }
 
-  Strand strand_;
-  beast::tcp_stream client_;
+  Executor executor_;
+  Stream client_;
   std::string preamble_;
   beast::flat_buffer client_buf_;
-  beast::tcp_stream upstream_;
+  Stream upstream_;
   beast::flat_buffer upstream_buf_;
   TunnelServer::Impl& server_;
   std::string sandbox_;
@@ -264,11 +271,13 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
 }  // namespace
 
 void TunnelServer::Impl::Accept() {
-  auto strand = asio::make_strand(ioc);
-  acceptor.async_accept(strand, [this, strand](beast::error_code ec, tcp::socket socket) {
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+  asio::io_context& target = *contexts[next_context];
+  next_context = (next_context + 1) % contexts.size();
+  acceptor->async_accept(target, [this](beast::error_code ec, Socket socket) {
+    if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
     if (!ec) {
-      std::make_shared<Tunnel>(std::move(socket), strand, *this)->Start();
+      auto tunnel = std::make_shared<Tunnel>(std::move(socket), *this);
+      asio::dispatch(tunnel->executor(), [tunnel] { tunnel->Start(); });
     }
     Accept();
   });
@@ -291,22 +300,28 @@ absl::StatusOr<std::unique_ptr<TunnelServer>> TunnelServer::Start(TunnelOptions 
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
   impl->lookup = std::move(lookup);
+  for (int i = 0; i < std::max(1, impl->options.threads); ++i) {
+    impl->contexts.push_back(std::make_unique<asio::io_context>(1));
+  }
+  impl->acceptor = std::make_unique<tcp::acceptor>(*impl->contexts.front());
   beast::error_code ec;
   auto ip = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("bad tunnel host ", host));
   tcp::endpoint ep(ip, static_cast<uint16_t>(port));
-  impl->acceptor.open(ep.protocol(), ec);
-  if (!ec) impl->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) impl->acceptor.bind(ep, ec);
-  if (!ec) impl->acceptor.listen(4096, ec);
+  impl->acceptor->open(ep.protocol(), ec);
+  if (!ec) impl->acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) impl->acceptor->bind(ep, ec);
+  if (!ec) impl->acceptor->listen(4096, ec);
   if (ec) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", impl->options.address, ": ", ec.message()));
   }
-  impl->port = impl->acceptor.local_endpoint().port();
+  impl->port = impl->acceptor->local_endpoint().port();
   impl->Accept();
-  for (int i = 0; i < std::max(1, impl->options.threads); ++i) {
-    impl->threads.emplace_back([ioc = &impl->ioc] { ioc->run(); });
+  for (auto& ioc : impl->contexts) {
+    // A context with no tunnel yet would return from run() at once.
+    impl->work.push_back(asio::make_work_guard(*ioc));
+    impl->threads.emplace_back([ioc = ioc.get()] { ioc->run(); });
   }
   return std::unique_ptr<TunnelServer>(new TunnelServer(std::move(impl)));
 }
@@ -319,11 +334,12 @@ int TunnelServer::open_tunnels() const { return impl_->open.load(); }
 void TunnelServer::Stop() {
   if (impl_->stopped) return;
   impl_->stopped = true;
-  asio::post(impl_->acceptor.get_executor(), [impl = impl_.get()] {
+  asio::post(impl_->acceptor->get_executor(), [impl = impl_.get()] {
     beast::error_code ec;
-    impl->acceptor.close(ec);
+    impl->acceptor->close(ec);
   });
-  impl_->ioc.stop();
+  impl_->work.clear();
+  for (auto& ioc : impl_->contexts) ioc->stop();
   for (auto& t : impl_->threads) t.join();
   impl_->threads.clear();
 }

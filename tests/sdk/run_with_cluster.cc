@@ -132,6 +132,9 @@ int Run(int argc, char** argv) {
   ::setenv("ISORUN_DATABASE_URL", cluster->database_url().c_str(), 1);
   ::setenv("ISORUN_BIN_DIR", isorun::testing::Cluster::BinDir().c_str(), 1);
   ::setenv("ISORUN_TEST_DRIVER", options.runner_driver.c_str(), 1);
+  // The public-URL proxy (sandbox.url(port)); its domain is `localhost`.
+  const std::string public_url = "http://127.0.0.1:" + std::to_string(cluster->proxy_port());
+  ::setenv("ISORUN_PUBLIC_URL", public_url.c_str(), 1);
   if (!sim_reason.empty()) ::setenv("ISORUN_TEST_SIM_REASON", sim_reason.c_str(), 1);
   ::unsetenv("ISORUN_API_KEY_FILE");
 

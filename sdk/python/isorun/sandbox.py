@@ -343,7 +343,8 @@ class Sandbox:
             raise ConfigurationError(f"port must be 1-65535, not {port!r}", reason="INVALID_PORT")
         known = self.urls.get(str(port))
         if known:
-            return known
+            # The API lists origins ("http://3000-<id>.localhost:8081"): the same URL either way.
+            return known if known.endswith("/") else known + "/"
         base = urlsplit(self.client.public_url)
         host = base.hostname or "localhost"
         if re.fullmatch(r"[\d.]+|localhost", host) or ":" in host:

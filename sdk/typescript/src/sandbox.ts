@@ -208,7 +208,8 @@ export class Sandbox {
       });
     }
     const known = this.urls[String(port)];
-    if (known !== undefined) return known;
+    // The API lists origins ("http://3000-<id>.localhost:8081"): the same URL either way.
+    if (known !== undefined) return known.endsWith('/') ? known : `${known}/`;
     const base = new URL(this.client.publicUrl);
     // The proxy routes by host name; an address or localhost means the local proxy's domain.
     const host = /^[\d.]+$|^\[|^localhost$/.test(base.hostname) ? 'localhost' : base.hostname;

@@ -1,6 +1,7 @@
 // Every Sandbox method against the live cluster (real runc sandboxes where the host can run
 // them). Every answer is also checked against the OpenAPI document (support.ts).
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, describe, test } from 'node:test';
 
 import {
@@ -28,6 +29,27 @@ async function create(options: Parameters<typeof Sandbox.create>[0] = {}): Promi
   const sandbox = await Sandbox.create({ client: isorun, ...options });
   made.push(sandbox);
   return sandbox;
+}
+
+// GET of a public URL. `<port>-<publicId>.localhost` names loopback, as browsers resolve it
+// (RFC 6761); the system resolver here may not, so the connection goes to 127.0.0.1 and the
+// URL's host is sent unchanged as Host, which is what the proxy routes by.
+function getPublic(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const target = new URL(url);
+    const req = http.get(
+      { host: '127.0.0.1', port: target.port, path: target.pathname, headers: { host: target.host } },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (body += chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.setTimeout(10_000, () => req.destroy(new Error(`GET ${url} timed out`)));
+  });
 }
 
 after(async () => {
@@ -265,6 +287,29 @@ describe('exec', { skip: noExec || false }, () => {
     assert.ok(error instanceof Error && error.name === 'AbortError', String(error));
     const gone = await eventually(async () => !(await sandbox.exec('ps')).stdout.includes('sleep 271'));
     assert.ok(gone, 'sleep 271 still runs after the abort');
+  });
+
+  test('url(port) reaches a server in the sandbox through the public-URL proxy', async () => {
+    const sandbox = await create();
+    // busybox httpd on the sandbox's loopback only: the proxy reaches it from inside.
+    await sandbox.exec('mkdir -p /www && echo "hello through the proxy" > /www/index.html && httpd -p 127.0.0.1:3000 -h /www');
+    const url = sandbox.url(3000);
+    assert.match(url, new RegExp(`^http://3000-${sandbox.publicId}\\.localhost:\\d+/$`));
+    let got = { status: 0, body: '' };
+    const reached = await eventually(async () => {
+      got = await getPublic(url);
+      return got.status === 200;
+    });
+    assert.ok(reached, `GET ${url}: ${got.status} ${got.body}`);
+    assert.equal(got.body, 'hello through the proxy\n');
+    // The sandbox object lists the port now, with the same URL.
+    await sandbox.refresh();
+    assert.equal(`${sandbox.urls['3000']}/`, url);
+    assert.equal(sandbox.url(3000), url);
+    // A port nothing listens on is the proxy's 502 naming the port.
+    const closed = await getPublic(sandbox.url(3001));
+    assert.equal(closed.status, 502);
+    assert.match(closed.body, /port 3001/);
   });
 
   test('execStream of a hibernated sandbox is SandboxNotRunningError', async () => {
