@@ -1,7 +1,11 @@
 #include "services/gateway/http_server.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -136,6 +140,20 @@ void HttpServer::State::Accept() {
 void HttpServer::State::OnAccepted(const std::shared_ptr<Connection>& conn) {
   beast::error_code ec;
   conn->socket.set_option(tcp::no_delay(true), ec);
+  // A vanished client (its host gone, no FIN or RST) shows as an error on the socket once the
+  // probes or the unacknowledged data time out; a stream's watcher then kills the command.
+  if (options.keepalive_idle > absl::ZeroDuration()) {
+    const int fd = conn->socket.native_handle();
+    const int on = 1, interval = 5, count = 3;
+    const int idle = std::max(1, static_cast<int>(absl::ToInt64Seconds(options.keepalive_idle)));
+    const unsigned user_timeout =
+        static_cast<unsigned>(absl::ToInt64Milliseconds(options.write_timeout));
+    (void)::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
+  }
   std::unique_lock lock(mu);
   if (stopping) return;
   if (static_cast<int>(connections.size()) >= options.max_connections) {

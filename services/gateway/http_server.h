@@ -27,8 +27,13 @@ class HttpServer {
     absl::Duration idle_timeout = absl::Seconds(75);
     // Reading a body.
     absl::Duration read_timeout = absl::Seconds(30);
-    // Writing a response, or one chunk of a stream.
+    // Writing a response, or one chunk of a stream. Also the TCP_USER_TIMEOUT of every
+    // connection: data a client has not acknowledged for this long ends the connection.
     absl::Duration write_timeout = absl::Seconds(30);
+    // TCP keep-alive probes after this much silence (then every 5 s, 3 unanswered end the
+    // connection): a client whose host vanished without a FIN or a RST is noticed even while its
+    // `exec:stream` waits for output, and the command is killed. Zero: no probes.
+    absl::Duration keepalive_idle = absl::Seconds(15);
   };
   // Called on connection threads, concurrently. Exceptions become a 500.
   using Handler = std::function<HttpResponse(const HttpRequest&)>;

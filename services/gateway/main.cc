@@ -36,6 +36,13 @@ ABSL_FLAG(std::string, region, "local", "the region this gateway serves; keys of
 ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL (accounts schema: tenants, API keys)");
 ABSL_FLAG(int64_t, max_body_bytes, 1048576, "largest request body accepted (413 beyond)");
 ABSL_FLAG(int32_t, max_connections, 2000, "open HTTP connections beyond which new ones get 503");
+ABSL_FLAG(absl::Duration, write_timeout, absl::Seconds(30),
+          "longest wait for a client to take a response or a chunk of a stream (and for it to "
+          "acknowledge what was sent); past it the connection is closed and a streamed command "
+          "killed");
+ABSL_FLAG(absl::Duration, client_keepalive, absl::Seconds(15),
+          "TCP keep-alive probes after this much silence on a connection (then every 5 s; 3 "
+          "unanswered close it and kill a streamed command); 0: none");
 ABSL_FLAG(int32_t, db_pool_size, 8, "PostgreSQL connections for key lookups and health checks");
 ABSL_FLAG(std::string, scheduler_admin_url, "http://127.0.0.1:9202",
           "the scheduler's admin listener (capacity view, history, drain) behind /v1/admin/*; "
@@ -159,6 +166,8 @@ int Run() {
   http_options.address = absl::GetFlag(FLAGS_http_addr);
   http_options.max_body_bytes = static_cast<size_t>(max_body);
   http_options.max_connections = absl::GetFlag(FLAGS_max_connections);
+  http_options.write_timeout = absl::GetFlag(FLAGS_write_timeout);
+  http_options.keepalive_idle = absl::GetFlag(FLAGS_client_keepalive);
   auto server = HttpServer::Start(
       http_options, [&api](const HttpRequest& request) { return api.Handle(request); });
   if (!server.ok()) {

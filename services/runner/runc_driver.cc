@@ -1,6 +1,7 @@
 #include "services/runner/runc_driver.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <signal.h>
@@ -117,7 +118,12 @@ RuncDriver::RuncDriver(RuncOptions options, ImageFetcher& fetcher)
     : options_(std::move(options)),
       cache_({absl::StrCat(options_.data_dir, "/images"), options_.image_cache_bytes,
               options_.registry},
-             fetcher) {}
+             fetcher),
+      layers_(std::make_unique<DiskLayerPool>(
+          DiskLayerPoolOptions{.dir = absl::StrCat(options_.data_dir, "/layers"),
+                               .owner = options_.uid_base,
+                               .default_mb = options_.default_disk_mb,
+                               .per_size = options_.disk_pool_per_size})) {}
 
 absl::StatusOr<std::unique_ptr<RuncDriver>> RuncDriver::Create(RuncOptions options,
                                                                ImageFetcher& fetcher) {
@@ -169,6 +175,18 @@ absl::StatusOr<std::unique_ptr<RuncDriver>> RuncDriver::Create(RuncOptions optio
   }
   if (absl::Status s = driver->cache_.Load(); !s.ok()) return s;
   if (absl::Status s = driver->Recover(); !s.ok()) return s;
+  // Layers of re-attached sandboxes stay; the rest of an earlier run's are removed.
+  std::vector<std::string> kept_layers;
+  {
+    absl::MutexLock lock(&driver->mu_);
+    for (const auto& [id, sb] : driver->sandboxes_) {
+      char target[PATH_MAX];
+      const ssize_t n = ::readlink(absl::StrCat(driver->SandboxDir(id), "/layer").c_str(), target,
+                                   sizeof target - 1);
+      if (n > 0) kept_layers.emplace_back(target, static_cast<size_t>(n));
+    }
+  }
+  if (absl::Status s = driver->layers_->Start(kept_layers); !s.ok()) return s;
   return driver;
 }
 
@@ -261,7 +279,15 @@ absl::Status RuncDriver::Teardown(const std::string& id) {
   if (::umount2(rootfs.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT) {
     return absl::InternalError(absl::StrCat("cannot unmount ", rootfs, ": ", std::strerror(errno)));
   }
-  if (absl::Status s = UnmountDiskLayer(absl::StrCat(dir, "/layer")); !s.ok()) return s;
+  // The disk layer the sandbox's symlink names (none when the start failed before taking one).
+  char target[PATH_MAX];
+  const ssize_t n = ::readlink(absl::StrCat(dir, "/layer").c_str(), target, sizeof target - 1);
+  if (n > 0) {
+    if (absl::Status s = DiskLayerPool::Remove(std::string(target, static_cast<size_t>(n)));
+        !s.ok()) {
+      return s;
+    }
+  }
   return RemoveTree(dir);
 }
 
@@ -325,29 +351,24 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
   if (PathExists(dir)) {  // remains of an earlier attempt with this id
     if (absl::Status s = Teardown(id); !s.ok()) return fail(s);
   }
-  for (const char* sub : {"", "/layer", "/rootfs"}) {
+  for (const char* sub : {"", "/rootfs"}) {
     if (absl::Status s = MakeDirs(dir + sub, 0711); !s.ok()) return fail(s);
   }
-  // The writable layer is a filesystem of diskMb of its own (disk_layer.h).
+  // The writable layer is a filesystem of diskMb of its own, formatted and mounted ahead of time
+  // (disk_layer.h); the sandbox's directory names it with a symlink, which Teardown follows.
   const int disk_mb = request.disk_mb() > 0 ? request.disk_mb() : options_.default_disk_mb;
-  const std::string layer = dir + "/layer";
-  if (absl::Status s = MountDiskLayer(dir + "/disk.img", layer, disk_mb, options_.uid_base);
-      !s.ok()) {
-    return fail(s);
+  auto layer = layers_->Take(disk_mb);
+  if (!layer.ok()) return fail(layer.status());
+  if (::symlink(layer->c_str(), (dir + "/layer").c_str()) != 0) {
+    (void)DiskLayerPool::Remove(*layer);
+    return fail(absl::InternalError(absl::StrCat("cannot link the disk layer of ", id)));
   }
-  for (const char* sub : {"/upper", "/work"}) {
-    if (absl::Status s = MakeDirs(layer + sub, 0711); !s.ok()) return fail(s);
-  }
-  // The writable layer belongs to the sandbox's root; the merged root shows the upper dir's owner
-  // and mode.
-  const std::string upper = layer + "/upper";
-  if (::chown(upper.c_str(), options_.uid_base, options_.uid_base) != 0 ||
-      ::chmod(upper.c_str(), 0755) != 0) {
-    return fail(absl::InternalError(absl::StrCat("cannot chown ", upper)));
-  }
+  const absl::Time t_layer = absl::Now();
+  // The layer's upper/ belongs to the sandbox's root; the merged root shows its owner and mode.
+  const std::string upper = *layer + "/upper";
   const std::string rootfs = dir + "/rootfs";
   const std::string overlay =
-      absl::StrCat("lowerdir=", lease->rootfs, ",upperdir=", upper, ",workdir=", layer, "/work");
+      absl::StrCat("lowerdir=", lease->rootfs, ",upperdir=", upper, ",workdir=", *layer, "/work");
   if (::mount("overlay", rootfs.c_str(), "overlay", MS_NOSUID | MS_NODEV, overlay.c_str()) != 0) {
     return fail(absl::InternalError(
         absl::StrCat("cannot mount the sandbox's overlay on ", rootfs, ": ", std::strerror(errno),
@@ -360,6 +381,9 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
   } else {
     spec.init_path = options_.init_path;
     spec.args = {kInitInSandbox};
+    // The init installs the syscall filter itself, on PID 1 and on every exec (seccomp_bpf.h):
+    // runc's `linux.seccomp` would have libseccomp compile the profile on every start and exec.
+    spec.seccomp = false;
   }
   std::vector<std::string> sandbox_env;
   for (const auto& [k, v] : request.env()) sandbox_env.push_back(absl::StrCat(k, "=", v));
@@ -418,6 +442,7 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
            {"digest", lease->digest},
            {"warm", lease->warm ? "true" : "false"},
            {"image_ms", std::to_string(absl::ToInt64Milliseconds(t_image - t0))},
+           {"layer_ms", std::to_string(absl::ToInt64Milliseconds(t_layer - t_image))},
            {"bundle_ms", std::to_string(absl::ToInt64Milliseconds(t_bundle - t_image))},
            {"runc_ms", std::to_string(absl::ToInt64Milliseconds(t_done - t_bundle))}});
   return StartResult{lease->digest, lease->warm};
@@ -648,9 +673,12 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
   for (const auto& [k, v] : request.env()) {
     args.insert(args.end(), {"--env", absl::StrCat(k, "=", v)});
   }
+  args.push_back(sandbox_id);
+  // With the init, the command starts through it: it installs the syscall filter first.
+  if (!options_.init_path.empty()) args.insert(args.end(), {kInitInSandbox, "exec"});
   args.insert(
       args.end(),
-      {sandbox_id, "/bin/sh", "-c",
+      {"/bin/sh", "-c",
        absl::StrCat("if [ -n \"$2\" ]; then cd -- \"$2\" 2>/dev/null || { echo '", kCwdFailed,
                     "' >&2; exit 1; }; fi; ", "/bin/sh -c \"$1\" <&3 >&4 2>&5 3<&- 4>&- 5>&-"),
        "isorun-exec", request.cmd(), request.cwd()});

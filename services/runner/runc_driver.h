@@ -8,9 +8,10 @@
 // On disk, under `data_dir`:
 //   images/<digest hex>/...        the image cache (image_cache.h)
 //   sandboxes/<id>/config.json     the runc bundle: config, rootfs (overlay mount point),
-//                   disk.img       the writable layer's filesystem (diskMb, disk_layer.h),
-//                   layer/         mounted here, with the overlay's upper/ and work/,
+//                   layer          symlink to the sandbox's writable layer (diskMb) in layers/,
 //                   sandbox.meta   image and digest
+//   layers/<size>-<hex>.img        writable layers' filesystems (disk_layer.h), each mounted on
+//   layers/<size>-<hex>/           with the overlay's upper/ and work/; some ready, not yet taken
 //   runc/                          runc's own state (--root), so `runc list` shows only ours
 // Sandboxes survive a runner restart: Create() re-attaches the containers still running or paused
 // and removes the remains of the others, so Sandboxes() reports exactly what runs.
@@ -25,6 +26,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "services/runner/disk_layer.h"
 #include "services/runner/driver.h"
 #include "services/runner/image_cache.h"
 
@@ -37,6 +39,9 @@ struct RuncOptions {
   // IMAGE_REGISTRY_NOT_ALLOWED before the cache or the network is touched.
   std::vector<std::string> registries;
   int default_disk_mb = 2048;  // the writable layer of a request without disk_mb
+  // Disk layers kept formatted and mounted per size in use (disk_layer.h); 0: none, every start
+  // formats its own.
+  int disk_pool_per_size = 2;
   int64_t image_cache_bytes = int64_t{20} << 30;
   int pids_limit = 512;
   std::string runc_path = "runc";
@@ -75,6 +80,7 @@ class RuncDriver final : public Driver {
                                  const std::function<bool()>& cancelled) override;
 
   ImageCache& image_cache() { return cache_; }
+  DiskLayerPool& disk_layers() { return *layers_; }
   // Host pid of a sandbox's PID 1, 0 if unknown (tests check ownership and namespaces with it).
   int InitPid(const std::string& sandbox_id);
   int NetnsPid(const std::string& sandbox_id) override;
@@ -110,6 +116,7 @@ class RuncDriver final : public Driver {
 
   const RuncOptions options_;
   ImageCache cache_;
+  std::unique_ptr<DiskLayerPool> layers_;
   bool limit_swap_ = true;
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Sandbox>> sandboxes_ ABSL_GUARDED_BY(mu_);

@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -561,8 +562,8 @@ TEST_F(RuncDriverTest, ConcurrentColdStartsPullOnceAndTheNextStartIsWarm) {
   EXPECT_EQ(images[0].sandboxes, 4);
   EXPECT_GT(images[0].size_bytes, 40 << 20);
   // All four share one copy of the image: each has only its own small writable layer (a
-  // sparse filesystem image: its metadata, about 1.2 MiB).
-  EXPECT_LT(DiskUsage(dir_ + "/sandboxes"), 4 * (2 << 20));
+  // sparse filesystem image: its metadata, about 1.2 MiB), as have the two kept ready.
+  EXPECT_LT(DiskUsage(dir_ + "/sandboxes") + DiskUsage(dir_ + "/layers"), 6 * (2 << 20));
   auto warm_start = driver_->Start(StartReq("sbx_c9", "fat:1.0"));
   ASSERT_TRUE(warm_start.ok());
   EXPECT_TRUE(warm_start->warm);
@@ -677,6 +678,63 @@ TEST_F(RuncDriverTest, PullWarmsTheCacheWithoutASandbox) {
   EXPECT_TRUE(started->warm);
   EXPECT_EQ(fetcher_.fetches.load(), 1);
   EXPECT_EQ(driver_->Pull("nope:1").status().code(), absl::StatusCode::kNotFound);
+}
+
+// Writable layers are formatted and mounted ahead of time (off the start path), one per sandbox,
+// never reused: what one sandbox wrote never shows in the next one's layer.
+TEST_F(RuncDriverTest, DiskLayersAreMadeAheadAndNeverShared) {
+  Driver();
+  auto ready = [&](int size_mb, int n) {
+    for (int i = 0; i < 500 && driver_->disk_layers().ReadyCount(size_mb) < n; ++i) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return driver_->disk_layers().ReadyCount(size_mb);
+  };
+  ASSERT_EQ(ready(2048, 2), 2);
+  Start("sbx_l1");
+  auto used_kb = [&](const std::string& id) {
+    int kb = -1;
+    EXPECT_TRUE(absl::SimpleAtoi(
+        absl::StripAsciiWhitespace(Sh(id, "df -k / | tail -1 | awk '{print $3}'")), &kb));
+    return kb;
+  };
+  const int fresh_kb = used_kb("sbx_l1");
+  Sh("sbx_l1", "echo secret > /root/mine; dd if=/dev/zero of=/root/blob bs=1M count=4; sync");
+  EXPECT_GE(used_kb("sbx_l1"), fresh_kb + 4096);
+  char target[PATH_MAX];
+  ssize_t n = ::readlink((dir_ + "/sandboxes/sbx_l1/layer").c_str(), target, sizeof target - 1);
+  ASSERT_GT(n, 0);
+  const std::string layer1(target, static_cast<size_t>(n));
+  EXPECT_TRUE(absl::StartsWith(layer1, dir_ + "/layers/2048-"));
+  // The pool makes up for the one taken.
+  EXPECT_EQ(ready(2048, 2), 2);
+  ASSERT_TRUE(*driver_->Stop("sbx_l1"));
+  // The stopped sandbox's layer is gone, image and all.
+  EXPECT_FALSE(PathExists(layer1 + ".img"));
+  EXPECT_FALSE(PathExists(layer1));
+  Start("sbx_l2");
+  EXPECT_EQ(Sh("sbx_l2", "ls -A /root"), "");
+  EXPECT_LT(used_kb("sbx_l2"), fresh_kb + 1024);
+  n = ::readlink((dir_ + "/sandboxes/sbx_l2/layer").c_str(), target, sizeof target - 1);
+  ASSERT_GT(n, 0);
+  EXPECT_NE(std::string(target, static_cast<size_t>(n)), layer1);
+  // Another size: made on the start path once, then kept ready too.
+  auto odd = StartReq("sbx_l3");
+  odd.set_disk_mb(96);
+  ASSERT_TRUE(driver_->Start(odd).ok());
+  EXPECT_EQ(Sh("sbx_l3", "df -m / | tail -1 | awk '{print $2 <= 96 ? \"capped\" : $2}'"),
+            "capped\n");
+  EXPECT_EQ(ready(96, 2), 2);
+  // A new driver on the same folder (a restarted runner) keeps the running sandboxes' layers and
+  // removes the ready ones the old one left.
+  const std::string layer2(target, static_cast<size_t>(n));
+  driver_.reset();
+  Driver();
+  EXPECT_TRUE(PathExists(layer2 + ".img"));
+  EXPECT_EQ(Sh("sbx_l2", "echo still > /root/x && cat /root/x"), "still\n");
+  int images = 0;
+  for (const auto& name : ListDir(dir_ + "/layers")) images += absl::EndsWith(name, ".img");
+  EXPECT_LE(images, 2 + 2);  // sbx_l2's, sbx_l3's and at most what the new pool made so far
 }
 
 TEST_F(RuncDriverTest, WarmStartAndExecTimings) {

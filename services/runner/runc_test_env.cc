@@ -161,6 +161,9 @@ void RemoveScratchDir(const std::string& dir) {
     ::umount2((dir + "/sandboxes/" + id + "/rootfs").c_str(), MNT_DETACH);
     ::umount2((dir + "/sandboxes/" + id + "/layer").c_str(), MNT_DETACH);
   }
+  for (const auto& name : ListDir(dir + "/layers")) {  // disk layers, taken or ready
+    ::umount2((dir + "/layers/" + name).c_str(), MNT_DETACH);
+  }
   (void)RemoveTree(dir);
 }
 

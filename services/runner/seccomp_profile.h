@@ -25,6 +25,9 @@
 //     ADDR_NO_RANDOMIZE).
 // ptrace, process_vm_readv/writev and kcmp stay: the sandbox's pid namespace means a process can
 // only reach processes of its own sandbox (debuggers and strace keep working), never one outside.
+// Only the runner's native ABI is allowed (x86_64 or aarch64): 32-bit syscalls (i386 `int 0x80`,
+// x32, arm32) are refused outright, which keeps the compiled filter small (runc compiles it on
+// every start and exec) and closes the kernel's compat entry points.
 // clone3 answers ENOSYS rather than EPERM: its flags live in memory a filter cannot read, and
 // ENOSYS makes the C library fall back to clone, whose flags are checked.
 

@@ -4,10 +4,15 @@
 // caps, exec caps and hibernation caps. Skips, saying why, where real sandboxes cannot run.
 
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -72,6 +77,8 @@ class Isolation : public ::testing::Test {
     // refused (fat:1.0 has a 48 MiB layer; busybox:1.36 is a few MiB).
     options.runner_args = {"--grpc_max_threads=8", "--max_image_bytes=16777216"};
     options.lifecycle_args = {"--grpc_max_threads=8"};
+    // A client that stops reading an exec:stream is given up on after 3 s.
+    options.gateway_args = {"--write_timeout=3s"};
     try {
       cluster_ = new Cluster(options);
     } catch (const std::exception& e) {
@@ -415,6 +422,101 @@ TEST_F(Isolation, TheHibernatedCapAndRetentionHold) {
             "0\n");
   r = Call("POST", "/v1/sandboxes/" + b + "/hibernate");
   EXPECT_EQ(r.status, 200) << r.body;
+}
+
+// A raw HTTP/1.1 connection to the gateway that sends an exec:stream request and reads its answer
+// only as far as the test says: a client that can vanish mid-stream.
+class RawStream {
+ public:
+  RawStream(int port, const std::string& key, const std::string& id, const std::string& cmd) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // A small receive buffer: a client that stops reading stops the stream soon.
+    int small = 4096;
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return;
+    const std::string body = absl::StrCat(R"({"cmd":)", Quote(cmd), "}");
+    const std::string req = absl::StrCat(
+        "POST /v1/sandboxes/", id, "/exec:stream HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        "Authorization: Bearer ", key, "\r\nContent-Type: application/json\r\n",
+        "Content-Length: ", body.size(), "\r\n\r\n", body);
+    (void)::send(fd_, req.data(), req.size(), MSG_NOSIGNAL);
+  }
+  ~RawStream() { Reset(); }
+
+  // Reads until `text` has arrived (or 20 s pass); returns what was read.
+  std::string ReadUntil(const std::string& text) {
+    const auto deadline = Clock::now() + std::chrono::seconds(20);
+    while (Clock::now() < deadline && !absl::StrContains(got_, text)) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 200) <= 0) continue;
+      char buf[4096];
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      got_.append(buf, static_cast<size_t>(n));
+    }
+    return got_;
+  }
+
+  // Closes with a RST (SO_LINGER 0), as a crashed client's kernel would.
+  void Reset() {
+    if (fd_ < 0) return;
+    linger l{1, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+  std::string got_;
+};
+
+// Waits up to 20 s until no host process matches `pattern` (pgrep -f) and sandbox `id` takes an
+// exec again (the tenant's cap of one is free).
+bool GoneAndCapFree(const std::function<HttpResponse()>& exec, const std::string& pattern) {
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (Clock::now() < deadline) {
+    if (Host("pgrep -c -f '" + pattern + "'") == "0\n" && exec().status == 200) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  return false;
+}
+
+TEST_F(Isolation, AStreamWhoseClientVanishesHasItsCommandKilled) {
+  // One exec at a time: while the stream's command runs, nothing else may; once the command is
+  // killed, the cap is free again.
+  Sql("UPDATE quota.limits SET max_concurrent_execs = 1 WHERE tenant_id = '" + tenant_ + "'");
+  std::string id = Create();
+  ASSERT_FALSE(id.empty());
+  {
+    RawStream stream(cluster_->gateway_port(), key_, id, "echo started; sleep 3001");
+    ASSERT_TRUE(absl::StrContains(stream.ReadUntil("started"), "started"));
+    auto refused = Exec(id, "true");
+    EXPECT_EQ(refused.status, 429) << refused.body;
+    EXPECT_EQ(Str(ErrorOf(refused), "reason"), "EXEC_LIMIT");
+    EXPECT_EQ(Host("pgrep -c -f -x 'sleep 3001'"), "1\n");  // the command runs
+    stream.Reset();  // the client's process died: its kernel resets the connection
+  }
+  // (The brackets keep the pattern from matching the shell that runs pgrep.)
+  EXPECT_TRUE(GoneAndCapFree([&] { return Exec(id, "true"); }, "[s]leep 3001"))
+      << "the command outlived its client";
+}
+
+TEST_F(Isolation, AStreamWhoseClientStopsReadingHasItsCommandKilled) {
+  Sql("UPDATE quota.limits SET max_concurrent_execs = 1 WHERE tenant_id = '" + tenant_ + "'");
+  std::string id = Create();
+  ASSERT_FALSE(id.empty());
+  // The client reads the start and then nothing more, while the command writes without end:
+  // once the buffers are full, the gateway's write deadline (3 s here) ends the stream.
+  RawStream stream(cluster_->gateway_port(), key_, id, "echo started; exec yes isorun-flood-4417");
+  ASSERT_TRUE(absl::StrContains(stream.ReadUntil("started"), "started"));
+  EXPECT_EQ(Exec(id, "true").status, 429);  // the command holds the cap
+  EXPECT_TRUE(GoneAndCapFree([&] { return Exec(id, "true"); }, "[i]sorun-flood-4417"))
+      << "the command outlived the stream its client stopped reading";
 }
 
 }  // namespace

@@ -357,6 +357,16 @@ void Cluster::RemoveRunnerContainers(const std::string& data_dir) {
     }
     ::closedir(d);
   }
+  // Disk layers, taken or kept ready (a killed runner leaves its ready ones mounted).
+  const std::string layers = data_dir + "/layers";
+  if (DIR* d = ::opendir(layers.c_str()); d != nullptr) {
+    while (dirent* e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (name == "." || name == "..") continue;
+      ::umount2((layers + "/" + name).c_str(), MNT_DETACH);
+    }
+    ::closedir(d);
+  }
 }
 
 void Cluster::Start(const std::string& name) {
