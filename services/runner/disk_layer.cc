@@ -123,6 +123,8 @@ DiskLayerPool::~DiskLayerPool() {
     for (const auto& dir : layers) (void)Remove(dir);
   }
   ready_.clear();
+  for (const auto& dir : discarded_) (void)Remove(dir);
+  discarded_.clear();
 }
 
 absl::Status DiskLayerPool::Start(const std::vector<std::string>& keep) {
@@ -192,6 +194,20 @@ absl::Status DiskLayerPool::Remove(const std::string& layer_dir) {
   return RemoveTree(layer_dir);
 }
 
+void DiskLayerPool::Discard(std::string layer_dir) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (thread_.joinable() && !stop_) {
+      discarded_.push_back(std::move(layer_dir));
+      wake_ = true;
+      return;
+    }
+  }
+  if (absl::Status s = Remove(layer_dir); !s.ok()) {
+    LogWarn("cannot remove a disk layer", {{"layer", layer_dir}, {"error", s.ToString()}});
+  }
+}
+
 int DiskLayerPool::ReadyCount(int size_mb) {
   absl::MutexLock lock(&mu_);
   auto it = ready_.find(size_mb);
@@ -239,6 +255,7 @@ void DiskLayerPool::Refill() {
   while (true) {
     std::vector<std::string> stale;
     std::vector<int> missing;
+    std::vector<std::string> discarded;
     {
       absl::MutexLock lock(&mu_);
       // Wake when a layer was taken, and now and then to drop sizes no longer used.
@@ -248,6 +265,12 @@ void DiskLayerPool::Refill() {
       if (stop_) return;
       wake_ = false;
       missing = Wanted(stale);
+      discarded.swap(discarded_);
+    }
+    for (const auto& dir : discarded) {
+      if (absl::Status s = Remove(dir); !s.ok()) {
+        LogWarn("cannot remove a disk layer", {{"layer", dir}, {"error", s.ToString()}});
+      }
     }
     for (const auto& dir : stale) (void)Remove(dir);
     backoff = absl::ZeroDuration();

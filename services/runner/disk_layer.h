@@ -70,6 +70,11 @@ class DiskLayerPool {
   // Unmounts a layer Take returned and deletes its image. OK when it is gone already.
   static absl::Status Remove(const std::string& layer_dir);
 
+  // Remove, on the background thread (a stop does not wait for the unmount, the loop device's
+  // release and the image's deletion; nor does the next start compete with them at full
+  // priority). Synchronous without a pool.
+  void Discard(std::string layer_dir);
+
   // Ready layers of size_mb (for tests).
   int ReadyCount(int size_mb);
 
@@ -84,6 +89,7 @@ class DiskLayerPool {
   absl::Mutex mu_;
   std::map<int, std::deque<std::string>> ready_ ABSL_GUARDED_BY(mu_);
   std::map<int, absl::Time> last_used_ ABSL_GUARDED_BY(mu_);  // sizes besides the default
+  std::vector<std::string> discarded_ ABSL_GUARDED_BY(mu_);   // for Remove on the thread
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;

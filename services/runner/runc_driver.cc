@@ -237,6 +237,7 @@ absl::Status RuncDriver::Recover() {
         if (key == "image") sb->image = value;
         if (key == "digest") sb->digest = value;
         if (key == "memory_mb") (void)absl::SimpleAtoi(value, &sb->memory_mb);
+        if (key == "init_filter") sb->init_filter = value == "1";
       }
     }
     bool alive =
@@ -282,12 +283,7 @@ absl::Status RuncDriver::Teardown(const std::string& id) {
   // The disk layer the sandbox's symlink names (none when the start failed before taking one).
   char target[PATH_MAX];
   const ssize_t n = ::readlink(absl::StrCat(dir, "/layer").c_str(), target, sizeof target - 1);
-  if (n > 0) {
-    if (absl::Status s = DiskLayerPool::Remove(std::string(target, static_cast<size_t>(n)));
-        !s.ok()) {
-      return s;
-    }
-  }
+  if (n > 0) layers_->Discard(std::string(target, static_cast<size_t>(n)));
   return RemoveTree(dir);
 }
 
@@ -402,7 +398,8 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
   if (absl::Status s =
           WriteFileAtomic(dir + "/" + kMetaFile,
                           absl::StrCat("image ", absl::CEscape(request.image()), "\ndigest ",
-                                       lease->digest, "\nmemory_mb ", request.memory_mb(), "\n"));
+                                       lease->digest, "\nmemory_mb ", request.memory_mb(),
+                                       "\ninit_filter ", spec.seccomp ? "0" : "1", "\n"));
       !s.ok()) {
     return fail(s);
   }
@@ -433,6 +430,7 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
     sb.digest = lease->digest;
     sb.memory_mb = request.memory_mb();
     sb.init_pid = pid;
+    sb.init_filter = !spec.seccomp;
     sb.cgroups = std::move(cgroups);
     sb.result = {lease->digest, lease->warm};
   }
@@ -619,6 +617,7 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
                                         const std::function<bool()>& cancelled) {
   std::map<std::string, std::string> cgroups;
   int memory_mb = 0;
+  bool init_filter = false;
   {
     absl::MutexLock lock(&mu_);
     auto it = sandboxes_.find(sandbox_id);
@@ -630,6 +629,7 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
     }
     cgroups = it->second->cgroups;
     memory_mb = it->second->memory_mb;
+    init_filter = it->second->init_filter;
   }
   if (request.cmd().find('\0') != std::string::npos) {
     return absl::InvalidArgumentError("cmd contains a NUL character");
@@ -675,7 +675,7 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
   }
   args.push_back(sandbox_id);
   // With the init, the command starts through it: it installs the syscall filter first.
-  if (!options_.init_path.empty()) args.insert(args.end(), {kInitInSandbox, "exec"});
+  if (init_filter) args.insert(args.end(), {kInitInSandbox, "exec"});
   args.insert(
       args.end(),
       {"/bin/sh", "-c",

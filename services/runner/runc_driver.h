@@ -94,6 +94,9 @@ class RuncDriver final : public Driver {
     std::string digest;
     int memory_mb = 0;
     int init_pid = 0;
+    // Its init installs the syscall filter and starts execs (`/dev/init exec`); false for
+    // sandboxes an older runner started (runc applies their filter, if any).
+    bool init_filter = false;
     StartResult result;                          // what a repeated Start answers
     std::map<std::string, std::string> cgroups;  // controller -> dir
   };

@@ -55,6 +55,7 @@ class UsageLimits:
     requests_per_sec: Optional[float]
     max_hibernated: Optional[int] = None
     max_concurrent_execs: Optional[int] = None
+    hibernation_retention_sec: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class Isorun:
                 requests_per_sec=limits.get("requestsPerSec"),
                 max_hibernated=limits.get("maxHibernated"),
                 max_concurrent_execs=limits.get("maxConcurrentExecs"),
+                hibernation_retention_sec=limits.get("hibernationRetentionSec"),
             ),
         )
 

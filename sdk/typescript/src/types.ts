@@ -67,6 +67,8 @@ export interface UsageLimits {
   maxConcurrent: number;
   maxHibernated?: number;
   maxConcurrentExecs?: number;
+  /** Seconds a hibernated sandbox is kept before it is destroyed (HIBERNATION_EXPIRED). */
+  hibernationRetentionSec?: number;
   createsPerSec: number | null;
   requestsPerSec: number | null;
 }
