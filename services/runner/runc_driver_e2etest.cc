@@ -710,7 +710,7 @@ TEST_F(RuncDriverTest, DiskLayersAreMadeAheadAndNeverShared) {
   EXPECT_EQ(ready(2048, 2), 2);
   ASSERT_TRUE(*driver_->Stop("sbx_l1"));
   // The stopped sandbox's layer goes, image and all (on the pool's thread, soon after).
-  for (int i = 0; i < 250 && PathExists(layer1 + ".img"); ++i) {
+  for (int i = 0; i < 250 && (PathExists(layer1 + ".img") || PathExists(layer1)); ++i) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_FALSE(PathExists(layer1 + ".img"));
