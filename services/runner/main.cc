@@ -139,7 +139,9 @@ int main(int argc, char** argv) {
       return 1;
     }
     if (options.init_path.empty()) {
-      isorun::LogWarn("isorun-sandbox-init not found: sandboxes get a shell loop as PID 1");
+      isorun::LogWarn(
+          "isorun-sandbox-init not found: sandboxes get a shell loop as PID 1, and runc installs "
+          "the syscall filter on every start and exec (slower)");
     }
     driver = std::move(*runc);
   } else {
