@@ -60,8 +60,10 @@ class FaultyBackends final : public Backends {
   absl::Status ReleasePlacement(const std::string& id) override {
     return real_.ReleasePlacement(id);
   }
+  std::function<void()> before_start;
   absl::StatusOr<v1::StartSandboxResponse> Start(const std::string& a,
                                                  const v1::StartSandboxRequest& r) override {
+    if (before_start) before_start();
     auto s = real_.Start(a, r);
     if (fail_start_after && s.ok()) return absl::InternalError("injected: start reply lost");
     return s;
@@ -732,6 +734,35 @@ TEST_F(LifecycleTest, RacingIdempotentCreatesGiveOneSandboxAndOneSlot) {
   auto theirs = lifecycle_->Create(req);
   ASSERT_TRUE(theirs.ok());
   EXPECT_NE(theirs->id(), got[0]);
+}
+
+TEST_F(LifecycleTest, AnIdempotentRetryWaitsForTheFirstCreateWithoutPollingPostgres) {
+  // The first create is held inside the runner's start; a retry with its key arrives meanwhile.
+  absl::Notification in_start, go_on;
+  faulty_->before_start = [&] {
+    if (in_start.HasBeenNotified()) return;
+    in_start.Notify();
+    go_on.WaitForNotificationWithTimeout(absl::Seconds(20));
+  };
+  auto req = Req();
+  req.set_idempotency_key("slow-first");
+  absl::StatusOr<Sandbox> first, retry;
+  std::thread a([&] { first = lifecycle_->Create(req); });
+  in_start.WaitForNotification();
+  const int64_t gets_before = sandbox_store_->gets();
+  std::thread b([&] { retry = lifecycle_->Create(req); });
+  absl::SleepFor(absl::Milliseconds(1500));
+  // 1.5 s of waiting without reading the row (polling every 20 ms would be some 75 reads).
+  EXPECT_EQ(sandbox_store_->gets() - gets_before, 0);
+  go_on.Notify();
+  a.join();
+  b.join();
+  faulty_->before_start = nullptr;
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->id(), first->id());
+  EXPECT_EQ(retry->state(), v1::RUNNING);
+  EXPECT_EQ(Usage(tenant_), "1");
 }
 
 TEST_F(LifecycleTest, ReconcilerReleasesOrphanSlotsPlacementsAndContainers) {

@@ -429,6 +429,7 @@ absl::StatusOr<std::optional<std::string>> SandboxStore::FindIdempotent(
 }
 
 absl::StatusOr<Sandbox> SandboxStore::Get(const std::string& tenant_id, const std::string& id) {
+  ++gets_;
   Sandbox sb;
   absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
     auto r = tx.exec_prepared("lc_get", id, tenant_id);

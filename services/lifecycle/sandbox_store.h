@@ -7,6 +7,8 @@
 // Concurrent calls of the hot steps (insert, every transition) are batched: one statement moves
 // many sandboxes, each still guarded by its own expected state.
 
+#include <atomic>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -55,6 +57,8 @@ class SandboxStore {
                                                             const std::string& key);
 
   absl::StatusOr<Sandbox> Get(const std::string& tenant_id, const std::string& id);
+  // How many Get calls this store has served (tests: a waiting idempotent retry must not poll).
+  int64_t gets() const { return gets_.load(); }
   // Without the tenant check: for internal loops (reaper, reconciler).
   absl::StatusOr<Sandbox> GetAny(const std::string& id);
   // By public id (the public-URL proxy), any state; NOT_FOUND when unknown.
@@ -171,6 +175,7 @@ class SandboxStore {
   std::vector<absl::Status> RunInserts(std::vector<InsertCall>& calls);
 
   PgPool& pool_;
+  std::atomic<int64_t> gets_{0};
   std::unique_ptr<Batcher<InsertCall, absl::Status>> inserts_;
   TransitionBatcher* to_starting_ = nullptr;
   TransitionBatcher* to_running_ = nullptr;
