@@ -18,10 +18,6 @@ ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:7001", "host:port of the gRPC liste
 ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9101", "host:port of /metrics; empty: none");
 ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL");
 ABSL_FLAG(int, db_connections, 16, "size of the Postgres connection pool");
-ABSL_FLAG(int, shard_index, 0,
-          "this replica's shard: it keeps the rate buckets of tenants with "
-          "ShardFor(tenant) == shard_index (gateways route by the same hash)");
-ABSL_FLAG(int, shard_count, 1, "number of quota replicas sharing the rate buckets");
 ABSL_FLAG(int, limits_ttl_ms, 2000, "how long tenant limits are cached for rate checks");
 
 int main(int argc, char** argv) {
@@ -42,14 +38,7 @@ int main(int argc, char** argv) {
   }
   isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
   isorun::quota::QuotaServiceOptions options;
-  options.shard_index = absl::GetFlag(FLAGS_shard_index);
-  options.shard_count = absl::GetFlag(FLAGS_shard_count);
   options.limits_ttl = absl::Milliseconds(absl::GetFlag(FLAGS_limits_ttl_ms));
-  if (options.shard_count < 1 || options.shard_index < 0 ||
-      options.shard_index >= options.shard_count) {
-    isorun::LogError("--shard_index must be from 0 to --shard_count - 1");
-    return 2;
-  }
   isorun::quota::QuotaService service(store, metrics.registry(), options);
   auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service});
   if (!server.ok()) {

@@ -3,7 +3,6 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "services/kit/shard.h"
 #include "services/kit/status.h"
 
 namespace isorun::quota {
@@ -57,13 +56,6 @@ grpc::Status QuotaService::CheckRate(grpc::ServerContext*, const v1::CheckRateRe
                                      v1::CheckRateResponse* resp) {
   if (req->tenant_id().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tenant_id is required");
-  }
-  int owner = ShardFor(req->tenant_id(), options_.shard_count);
-  if (owner != options_.shard_index) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        absl::StrCat("tenant ", req->tenant_id(), " belongs to quota shard ", owner,
-                                     " of ", options_.shard_count, ", not ",
-                                     options_.shard_index));
   }
   auto limits = CachedLimits(req->tenant_id());
   if (!limits.ok()) return ToGrpcStatus(limits.status());

@@ -1,7 +1,8 @@
 #pragma once
 
 // gRPC adapter of isorun.v1.Quotas: admission over QuotaStore (Postgres), rate limits over
-// RateLimiter (this replica's memory, for the tenants of its shard). Runs on the sync server's
+// RateLimiter (this replica's memory, for the tenants the gateways send here: see
+// services/kit/shard.h; any replica serves any tenant, so one that is left serves them all). Runs on the sync server's
 // thread pool (the store blocks on Postgres).
 
 #include <functional>
@@ -19,8 +20,6 @@
 namespace isorun::quota {
 
 struct QuotaServiceOptions {
-  int shard_index = 0;
-  int shard_count = 1;
   // Limits changed with `isorunctl tenants set-limits` take effect within this time.
   absl::Duration limits_ttl = absl::Seconds(2);
 };

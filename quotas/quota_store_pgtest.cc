@@ -201,7 +201,7 @@ TEST(QuotaStore, BadTenantIdsAreAnsweredNotCrashed) {
 namespace isorun::quota {
 namespace {
 
-TEST(QuotaService, RateChecksFollowTenantLimitsAndShards) {
+TEST(QuotaService, RateChecksFollowTenantLimits) {
   testing::TestDatabase db;
   PgPool pool(db.url(), 4);
   QuotaStore store(pool);
@@ -209,9 +209,7 @@ TEST(QuotaService, RateChecksFollowTenantLimitsAndShards) {
   db.Scalar("UPDATE quota.limits SET requests_per_sec = 3, creates_per_sec = 1");
   absl::Time now = absl::FromUnixSeconds(1'800'000'000);
   prometheus::Registry registry;
-  int owner = ShardFor(tenant, 2);
-  QuotaService a(store, registry, {owner, 2}, [&] { return now; });
-  QuotaService b(store, registry, {1 - owner, 2}, [&] { return now; });
+  QuotaService a(store, registry, {}, [&] { return now; });
   auto check = [&](QuotaService& s, v1::RateKind kind) {
     grpc::ServerContext ctx;
     v1::CheckRateRequest req;
@@ -221,8 +219,6 @@ TEST(QuotaService, RateChecksFollowTenantLimitsAndShards) {
     v1::CheckRateResponse resp;
     return FromGrpcStatus(s.CheckRate(&ctx, &req, &resp));
   };
-  // The other replica refuses the tenant rather than counting it twice.
-  EXPECT_EQ(check(b, v1::REQUEST).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(check(a, v1::CREATE).ok());
   absl::Status create = check(a, v1::CREATE);
   ASSERT_EQ(create.code(), absl::StatusCode::kResourceExhausted);

@@ -5,6 +5,7 @@
 
 #include "scheduler/fleet.h"
 #include "scheduler/fleet_store_contract.h"
+#include "scheduler/leader.h"
 #include "scheduler/scheduler_store.h"
 #include "services/kit/status.h"
 #include "tests/support/test_database.h"
@@ -176,6 +177,27 @@ TEST(Fleet, HeartbeatNewsReachesPostgresInBatches) {
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(p->runner_id, ids[3]);
   EXPECT_TRUE(p->warm);
+}
+
+// One leader per database: the lock is held while its session lives, and another replica takes
+// it as soon as that session ends (a process killed with -9 closes its connection the same way).
+TEST(LeaderLock, OneHolderAtATimeAndTheNextTakesOverWhenItsSessionEnds) {
+  testing::TestDatabase db;
+  auto first = std::make_unique<LeaderLock>(db.url());
+  LeaderLock second(db.url());
+  ASSERT_TRUE(*first->TryAcquire());
+  EXPECT_TRUE(*first->TryAcquire());  // still ours
+  EXPECT_FALSE(*second.TryAcquire());
+  EXPECT_TRUE(first->Check().ok());
+  EXPECT_FALSE(second.Check().ok());  // a follower holds nothing to check
+  first.reset();
+  bool took = false;
+  for (int i = 0; i < 100 && !took; ++i) {
+    took = *second.TryAcquire();
+    if (!took) absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(took);
+  EXPECT_TRUE(second.Check().ok());
 }
 
 }  // namespace

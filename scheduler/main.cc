@@ -1,6 +1,8 @@
 // isorun-scheduler: the runner registry, placement and pre-warming (gRPC isorun.v1.Scheduler), the
 // capacity view on an admin-only HTTP listener, and /metrics.
 
+#include <atomic>
+#include <cstdlib>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -12,6 +14,7 @@
 #include "scheduler/capacity_history_store.h"
 #include "scheduler/fleet.h"
 #include "scheduler/fleet_metrics.h"
+#include "scheduler/leader.h"
 #include "scheduler/prewarmer.h"
 #include "scheduler/scheduler_service.h"
 #include "scheduler/scheduler_store.h"
@@ -85,6 +88,9 @@ ABSL_FLAG(int, prewarm_default_cache_mb, 10240,
 ABSL_FLAG(int, prewarm_assumed_image_mb, 256, "size assumed for images of unknown size");
 ABSL_FLAG(int, prewarm_parallel_pulls, 8, "pre-warm pull calls in flight at once");
 ABSL_FLAG(int, prewarm_pull_timeout_sec, 600, "deadline of one pre-warm pull call");
+ABSL_FLAG(int, leader_poll_ms, 250,
+          "a follower replica tries to take the leadership (a Postgres advisory lock) this often; "
+          "the leader checks its lock's connection as often and exits when it stops answering");
 
 namespace {
 
@@ -164,10 +170,13 @@ std::string ForecastJsonNow(isorun::scheduler::CapacityHistoryStore& history) {
   return isorun::scheduler::ForecastJson(isorun::scheduler::Forecast(*samples, now, options), now);
 }
 
-AdminResponse ServeAdmin(isorun::scheduler::Fleet& fleet,
+AdminResponse ServeAdmin(const std::atomic<bool>& leading, isorun::scheduler::Fleet& fleet,
                          isorun::scheduler::CapacityHistoryStore& history,
                          isorun::scheduler::SchedulerStore& store, const AdminRequest& req) {
   if (req.path == "/healthz" && req.method == "GET") return {200, "text/plain", "ok\n"};
+  if (!leading.load()) {
+    return {503, "text/plain", "this scheduler replica is not the leader; ask another replica\n"};
+  }
   // POST /runners/NAME/drain and /undrain: as `isorunctl runners drain`, for the dashboard.
   if (req.method == "POST" && absl::StartsWith(req.path, "/runners/")) {
     std::vector<std::string> parts = absl::StrSplit(req.path.substr(9), '/');
@@ -232,14 +241,27 @@ int main(int argc, char** argv) {
   const isorun::scheduler::FleetOptions options = OptionsFromFlags();
   isorun::scheduler::Fleet fleet(
       store, [] { return absl::Now(); }, options);
-  if (absl::Status s = fleet.Load(); !s.ok()) {
-    isorun::LogError("cannot load the fleet", {{"error", std::string(s.message())}});
-    return 1;
+  // Leadership first, before serving: a lone scheduler is the leader from its first call on.
+  isorun::scheduler::LeaderLock leader_lock(url);
+  std::atomic<bool> leading{false};
+  auto take_lead = [&]() -> bool {
+    auto got = leader_lock.TryAcquire();
+    if (!got.ok() || !*got) return false;
+    if (absl::Status s = fleet.Load(); !s.ok()) {
+      isorun::LogError("cannot load the fleet", {{"error", std::string(s.message())}});
+      std::_Exit(1);
+    }
+    leading = true;
+    return true;
+  };
+  const absl::Time started = absl::Now();
+  if (take_lead()) {
+    isorun::LogInfo("leading from the start");
   }
   isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
   isorun::scheduler::FleetMetrics fleet_metrics(metrics.registry());
   isorun::scheduler::SchedulerService service(fleet, metrics.registry(),
-                                              absl::GetFlag(FLAGS_heartbeat_interval_ms));
+                                              absl::GetFlag(FLAGS_heartbeat_interval_ms), &leading);
   auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service});
   if (!server.ok()) {
     isorun::LogError("cannot start", {{"error", std::string(server.status().message())}});
@@ -248,27 +270,53 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<isorun::scheduler::AdminHttpServer> admin;
   if (const std::string addr = absl::GetFlag(FLAGS_admin_http_addr); !addr.empty()) {
-    auto started = isorun::scheduler::AdminHttpServer::Start(
-        addr, [&fleet, &history, &store](const AdminRequest& req) {
-          return ServeAdmin(fleet, history, store, req);
+    auto started_admin = isorun::scheduler::AdminHttpServer::Start(
+        addr, [&leading, &fleet, &history, &store](const AdminRequest& req) {
+          return ServeAdmin(leading, fleet, history, store, req);
         });
-    if (started.ok()) {
-      admin = std::move(*started);
+    if (started_admin.ok()) {
+      admin = std::move(*started_admin);
     } else {
       // Not fatal: placement matters more than the dashboard view (and several local clusters
       // may want the default port).
       isorun::LogError("no admin HTTP listener",
-                       {{"error", std::string(started.status().message())}});
+                       {{"error", std::string(started_admin.status().message())}});
     }
   }
 
-  // Heartbeat news to Postgres and gauges, every sync interval.
+  // A follower waits for the lock; the leader watches its lock's connection. Only the leader
+  // syncs, pre-warms and records capacity (its background work starts below once it leads).
   absl::Notification stop;
+  absl::Notification became_leader;
+  if (leading) became_leader.Notify();
+  const absl::Duration poll = absl::Milliseconds(std::max(20, absl::GetFlag(FLAGS_leader_poll_ms)));
+  std::thread election([&] {
+    while (!leading && !stop.WaitForNotificationWithTimeout(poll)) {
+      if (take_lead()) {
+        isorun::LogInfo("took the leadership",
+                        {{"after_ms", std::to_string(absl::ToInt64Milliseconds(absl::Now() - started))},
+                         {"runners", std::to_string(fleet.List().size())}});
+        became_leader.Notify();
+      }
+    }
+    while (!stop.WaitForNotificationWithTimeout(poll)) {
+      if (absl::Status s = leader_lock.Check(); !s.ok()) {
+        // Another replica may hold the lock by now: two deciders could overcommit runners.
+        isorun::LogError("lost the leader lock's connection; exiting so a restart rejoins as a "
+                         "follower",
+                         {{"error", std::string(s.message())}});
+        std::_Exit(1);
+      }
+    }
+  });
+
+  // Heartbeat news to Postgres and gauges, every sync interval (leader only).
   std::thread syncer([&] {
     const absl::Duration every =
         absl::Milliseconds(std::max(50, absl::GetFlag(FLAGS_sync_interval_ms)));
     bool failing = false;
     while (!stop.WaitForNotificationWithTimeout(every)) {
+      if (!leading) continue;
       absl::Status s = fleet.Sync();
       if (!s.ok() && !failing) {
         isorun::LogWarn("cannot sync the fleet to Postgres; will retry",
@@ -283,7 +331,6 @@ int main(int argc, char** argv) {
       absl::Seconds(absl::GetFlag(FLAGS_prewarm_pull_timeout_sec)));
   isorun::scheduler::Prewarmer prewarmer(fleet, puller, absl::GetFlag(FLAGS_prewarm_parallel_pulls),
                                          &fleet_metrics.pulls_ok(), &fleet_metrics.pulls_failed());
-  if (options.prewarm.enabled) prewarmer.Start(options.prewarm.interval);
 
   isorun::scheduler::CapacityRecorder::Options recorder_options;
   recorder_options.interval = absl::Seconds(absl::GetFlag(FLAGS_capacity_history_interval_sec));
@@ -299,19 +346,33 @@ int main(int argc, char** argv) {
                                  fleet_metrics.pulls_failed().Value())};
       },
       recorder_options);
-  if (absl::GetFlag(FLAGS_capacity_history_interval_sec) > 0) recorder.Start();
+  // Started by whichever thread sees the leadership first; stopped at shutdown if started.
+  std::atomic<bool> workers_started{false};
+  std::thread workers([&] {
+    while (!became_leader.WaitForNotificationWithTimeout(absl::Milliseconds(100))) {
+      if (stop.HasBeenNotified()) return;
+    }
+    if (options.prewarm.enabled) prewarmer.Start(options.prewarm.interval);
+    if (absl::GetFlag(FLAGS_capacity_history_interval_sec) > 0) recorder.Start();
+    workers_started = true;
+  });
 
   isorun::LogInfo("serving", {{"grpc_port", std::to_string(server->port)},
                               {"admin_port", std::to_string(admin ? admin->port() : 0)},
-                              {"runners", std::to_string(fleet.List().size())}});
+                              {"runners", std::to_string(fleet.List().size())},
+                              {"leader", leading ? "true" : "false"}});
   int sig = isorun::WaitForShutdownSignal();
   isorun::LogInfo("shutting down", {{"signal", std::to_string(sig)}});
-  prewarmer.Stop();
-  recorder.Stop();
+  stop.Notify();
+  workers.join();
+  if (workers_started) {
+    prewarmer.Stop();
+    recorder.Stop();
+  }
   if (admin) admin->Stop();
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  stop.Notify();
   syncer.join();
-  (void)fleet.Sync();
+  election.join();
+  if (leading) (void)fleet.Sync();
   return 0;
 }

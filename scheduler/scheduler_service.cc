@@ -52,6 +52,19 @@ class HeartbeatReactor final : public grpc::ServerReadReactor<v1::HeartbeatReque
   std::string runner_id_;
 };
 
+// A follower's answer to a heartbeat stream: refused at once, so the runner reconnects (to
+// another replica) instead of heartbeating into a view nobody places from.
+class RefusedStream final : public grpc::ServerReadReactor<v1::HeartbeatRequest> {
+ public:
+  explicit RefusedStream(grpc::Status status) { Finish(std::move(status)); }
+  void OnDone() override { delete this; }
+};
+
+grpc::Status NotLeader() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                      "this scheduler replica is not the leader; retry on another replica");
+}
+
 }  // namespace
 
 std::vector<CachedImage> ImagesFromProto(
@@ -93,9 +106,10 @@ HeartbeatReport ReportFromProto(const v1::HeartbeatRequest& req, uint64_t stream
 }
 
 SchedulerService::SchedulerService(Fleet& fleet, prometheus::Registry& registry,
-                                   int heartbeat_interval_ms)
+                                   int heartbeat_interval_ms, const std::atomic<bool>* leading)
     : fleet_(fleet),
       heartbeat_interval_ms_(heartbeat_interval_ms),
+      leading_(leading),
       placements_(prometheus::BuildCounter()
                       .Name("isorun_scheduler_placements_total")
                       .Help("Placement decisions by outcome")
@@ -114,6 +128,7 @@ SchedulerService::SchedulerService(Fleet& fleet, prometheus::Registry& registry,
 grpc::Status SchedulerService::RegisterRunner(grpc::ServerContext*,
                                               const v1::RegisterRunnerRequest* req,
                                               v1::RegisterRunnerResponse* resp) {
+  if (!Leading()) return NotLeader();
   if (req->name().empty() || req->address().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "runner name and address are required");
   }
@@ -140,11 +155,13 @@ grpc::Status SchedulerService::RegisterRunner(grpc::ServerContext*,
 
 grpc::Status SchedulerService::Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
                                          v1::HeartbeatResponse*) {
+  if (!Leading()) return NotLeader();
   return ToGrpcStatus(fleet_.Heartbeat(ReportFromProto(*req, 0)));
 }
 
 grpc::ServerReadReactor<v1::HeartbeatRequest>* SchedulerService::HeartbeatStream(
     grpc::CallbackServerContext*, v1::HeartbeatResponse*) {
+  if (!Leading()) return new RefusedStream(NotLeader());
   return new HeartbeatReactor(fleet_);
 }
 
@@ -165,6 +182,7 @@ void SchedulerService::Report(const std::string& sandbox_id,
 
 grpc::Status SchedulerService::Place(grpc::ServerContext*, const v1::PlaceRequest* req,
                                      v1::Placement* resp) {
+  if (!Leading()) return NotLeader();
   auto start = std::chrono::steady_clock::now();
   PlacementRequest request{req->image(), req->region(), req->request().cpu_millis(),
                            req->request().memory_mb()};
@@ -177,6 +195,7 @@ grpc::Status SchedulerService::Place(grpc::ServerContext*, const v1::PlaceReques
 grpc::Status SchedulerService::ReleasePlacement(grpc::ServerContext*,
                                                 const v1::ReleasePlacementRequest* req,
                                                 v1::ReleasePlacementResponse* resp) {
+  if (!Leading()) return NotLeader();
   auto released = fleet_.Release(req->sandbox_id());
   if (!released.ok()) return ToGrpcStatus(released.status());
   resp->set_released(*released);
@@ -185,6 +204,7 @@ grpc::Status SchedulerService::ReleasePlacement(grpc::ServerContext*,
 
 grpc::Status SchedulerService::PlaceBatch(grpc::ServerContext*, const v1::PlaceBatchRequest* req,
                                           v1::PlaceBatchResponse* resp) {
+  if (!Leading()) return NotLeader();
   auto start = std::chrono::steady_clock::now();
   std::vector<Fleet::PlaceItem> items;
   for (const auto& item : req->items()) {
@@ -205,6 +225,7 @@ grpc::Status SchedulerService::PlaceBatch(grpc::ServerContext*, const v1::PlaceB
 grpc::Status SchedulerService::ReleasePlacementBatch(grpc::ServerContext*,
                                                      const v1::ReleasePlacementBatchRequest* req,
                                                      v1::ReleasePlacementBatchResponse* resp) {
+  if (!Leading()) return NotLeader();
   std::vector<std::string> ids;
   for (const auto& item : req->items()) ids.push_back(item.sandbox_id());
   for (const auto& released : fleet_.ReleaseMany(ids)) {
@@ -218,6 +239,7 @@ grpc::Status SchedulerService::ReleasePlacementBatch(grpc::ServerContext*,
 grpc::Status SchedulerService::GetPlacement(grpc::ServerContext*,
                                             const v1::GetPlacementRequest* req,
                                             v1::Placement* resp) {
+  if (!Leading()) return NotLeader();
   auto result = fleet_.Get(req->sandbox_id());
   if (!result.ok()) return ToGrpcStatus(result.status());
   resp->set_sandbox_id(req->sandbox_id());
@@ -230,6 +252,7 @@ grpc::Status SchedulerService::GetPlacement(grpc::ServerContext*,
 
 grpc::Status SchedulerService::ListRunners(grpc::ServerContext*, const v1::ListRunnersRequest*,
                                            v1::ListRunnersResponse* resp) {
+  if (!Leading()) return NotLeader();
   for (const auto& s : fleet_.List()) {
     auto* out = resp->add_runners();
     out->set_runner_id(s.view.id);
@@ -270,6 +293,7 @@ grpc::Status SchedulerService::ListRunners(grpc::ServerContext*, const v1::ListR
 grpc::Status SchedulerService::ListPlacements(grpc::ServerContext*,
                                               const v1::ListPlacementsRequest* req,
                                               v1::ListPlacementsResponse* resp) {
+  if (!Leading()) return NotLeader();
   int limit = req->page_size() <= 0 ? 500 : std::min(req->page_size(), 5000);
   auto rows = fleet_.ListPlacements(absl::Seconds(std::max(0, req->older_than_sec())),
                                     req->page_token(), limit);

@@ -5,6 +5,8 @@
 // must not hold a thread each. A heartbeat only touches Fleet's memory (no I/O), so running it in
 // a reaction is fine.
 
+#include <atomic>
+
 #include "isorun/v1/scheduler.grpc.pb.h"
 #include "prometheus/counter.h"
 #include "prometheus/histogram.h"
@@ -16,7 +18,10 @@ namespace isorun::scheduler {
 class SchedulerService final
     : public v1::Scheduler::WithCallbackMethod_HeartbeatStream<v1::Scheduler::Service> {
  public:
-  SchedulerService(Fleet& fleet, prometheus::Registry& registry, int heartbeat_interval_ms);
+  // `leading`: whether this replica holds the leadership (scheduler/leader.h); while it is false
+  // every method answers UNAVAILABLE so that clients retry on another replica. Null: always.
+  SchedulerService(Fleet& fleet, prometheus::Registry& registry, int heartbeat_interval_ms,
+                   const std::atomic<bool>* leading = nullptr);
 
   // Placements since start, for the capacity history.
   int64_t placements_warm() const { return static_cast<int64_t>(warm_.Value()); }
@@ -48,8 +53,11 @@ class SchedulerService final
   void Report(const std::string& sandbox_id, const absl::StatusOr<PlacementResult>& result,
               v1::Placement* resp);
 
+  bool Leading() const { return leading_ == nullptr || leading_->load(); }
+
   Fleet& fleet_;
   const int heartbeat_interval_ms_;
+  const std::atomic<bool>* const leading_;
   prometheus::Family<prometheus::Counter>& placements_;
   prometheus::Counter& warm_;
   prometheus::Counter& cold_;

@@ -164,5 +164,48 @@ TEST_F(SchedulerServiceTest, BadInputIsRefused) {
   EXPECT_EQ(Place("", "busybox:1.36").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A follower replica (not holding the leader lock) refuses every method with UNAVAILABLE, which
+// clients retry on another replica; once it leads it serves.
+TEST(SchedulerFollower, RefusesUntilItLeadsThenServes) {
+  MemoryFleetStore store;
+  Fleet fleet(store, [] { return absl::Now(); }, FleetOptions{});
+  prometheus::Registry registry;
+  std::atomic<bool> leading{false};
+  SchedulerService service(fleet, registry, 100, &leading);
+  auto server = StartGrpcServer("127.0.0.1:0", {&service});
+  ASSERT_TRUE(server.ok());
+  auto stub = v1::Scheduler::NewStub(MakeChannel("127.0.0.1:" + std::to_string(server->port)));
+  auto list = [&] {
+    grpc::ClientContext ctx;
+    v1::ListRunnersResponse resp;
+    return stub->ListRunners(&ctx, {}, &resp).error_code();
+  };
+  auto place = [&] {
+    grpc::ClientContext ctx;
+    v1::PlaceRequest req;
+    req.set_sandbox_id("sbx_1");
+    req.set_image("busybox:1.36");
+    v1::Placement resp;
+    return stub->Place(&ctx, req, &resp).error_code();
+  };
+  EXPECT_EQ(list(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(place(), grpc::StatusCode::UNAVAILABLE);
+  {
+    // A heartbeat stream is refused at once, so the runner reconnects elsewhere.
+    grpc::ClientContext ctx;
+    v1::HeartbeatResponse resp;
+    auto writer = stub->HeartbeatStream(&ctx, &resp);
+    v1::HeartbeatRequest hb;
+    hb.set_runner_id("r1");
+    writer->Write(hb);
+    writer->WritesDone();
+    EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  }
+  leading = true;
+  EXPECT_EQ(list(), grpc::StatusCode::OK);
+  EXPECT_EQ(place(), grpc::StatusCode::RESOURCE_EXHAUSTED);  // served: no runner has room
+  server->server->Shutdown();
+}
+
 }  // namespace
 }  // namespace isorun::scheduler

@@ -39,6 +39,26 @@ cluster_port() {
   printf '%s\n' "${!var:-${CLUSTER_PORT_DEFAULTS[$1]}}"
 }
 
+# `up --replicas N`: replica i (2..N) of quota, scheduler, lifecycle and gateway listens on each
+# of the first replica's ports plus 10000 * (i - 1) (so N is at most 5). Runners are not
+# replicated: they are the machines.
+CLUSTER_REPLICAS=1
+cluster_replica_port() { # KEY I
+  printf '%s\n' "$(($(cluster_port "$1") + 10000 * ($2 - 1)))"
+}
+# cluster_replica_name NAME I: quota, quota-2, ...
+cluster_replica_name() {
+  if (($2 == 1)); then printf '%s\n' "$1"; else printf '%s\n' "$1-$2"; fi
+}
+# cluster_replica_list KEY: 127.0.0.1:P1,127.0.0.1:P2,... over every replica
+cluster_replica_list() {
+  local i out=""
+  for ((i = 1; i <= CLUSTER_REPLICAS; i++)); do
+    out+="${out:+,}127.0.0.1:$(cluster_replica_port "$1" "$i")"
+  done
+  printf '%s\n' "$out"
+}
+
 # Variables of this script that must not reach the services, whose flags also read ISORUN_<FLAG>.
 CLUSTER_PRIVATE_ENV=(ISORUN_DATA_DIR ISORUN_PG_PORT ISORUN_START_TIMEOUT ISORUN_BUILD_DIR ISORUN_BIN_DIR
   ISORUN_REPO ISORUN_SKIP_BUILD ISORUN_API_KEY ISORUN_API_URL ISORUN_PUBLIC_URL ISORUN_REGISTRY
@@ -251,6 +271,14 @@ cluster_dev_tenant() {
 }
 
 cluster_up() {
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --replicas) CLUSTER_REPLICAS="${2:-}"; shift 2 || die "--replicas needs a number" ;;
+      --replicas=*) CLUSTER_REPLICAS="${1#--replicas=}"; shift ;;
+      *) die "unknown option of up: $1 (up [--replicas N])" ;;
+    esac
+  done
+  [[ "$CLUSTER_REPLICAS" =~ ^[1-5]$ ]] || die "--replicas must be 1 to 5"
   CLUSTER_DATA="$(abspath "${ISORUN_DATA_DIR:-$ISORUN_REPO/.data}")"
   local pg_port="${ISORUN_PG_PORT:-5433}"
   [[ -d "$CLUSTER_DATA" ]] || { mkdir -p "$CLUSTER_DATA" && chmod 0755 "$CLUSTER_DATA"; }
@@ -285,6 +313,17 @@ cluster_up() {
   r1t="$(cluster_port RUNNER_1_TUNNEL)" r2t="$(cluster_port RUNNER_2_TUNNEL)"
   cluster_require_free cluster "$q" "$s" "$l" "$r1" "$r2" "$gh" "$gp" "$qm" "$sm" "$lm" "$r1m" "$r2m" "$gm" "$sa" \
     "$r1t" "$r2t"
+  local i key
+  for ((i = 2; i <= CLUSTER_REPLICAS; i++)); do
+    for key in QUOTA QUOTA_METRICS SCHEDULER SCHEDULER_METRICS SCHEDULER_ADMIN LIFECYCLE \
+      LIFECYCLE_METRICS GATEWAY_HTTP GATEWAY_METRICS GATEWAY_PUBLIC; do
+      cluster_require_free "replica $i" "$(cluster_replica_port "$key" "$i")"
+    done
+  done
+  # What clients are given: every replica (a list; services/kit MakeChannel).
+  local quotas schedulers lifecycles
+  quotas="$(cluster_replica_list QUOTA)" schedulers="$(cluster_replica_list SCHEDULER)"
+  lifecycles="$(cluster_replica_list LIFECYCLE)"
 
   # PostgreSQL
   pg_prepare "$CLUSTER_DATA"
@@ -315,11 +354,21 @@ cluster_up() {
 
   # Services, in dependency order; each must listen before the next starts.
   local h=127.0.0.1
-  cluster_start quota isorun-quota --grpc_addr="$h:$q" --metrics_addr="$h:$qm" "${tls_quota[@]}"
-  wait_for_tcp quota "$h" "$q" "${CLUSTER_PIDS[quota]}" "$CLUSTER_DATA/logs/quota.log"
-  cluster_start scheduler isorun-scheduler --grpc_addr="$h:$s" --metrics_addr="$h:$sm" \
-    --admin_http_addr="$h:$sa" "${tls_scheduler[@]}"
-  wait_for_tcp scheduler "$h" "$s" "${CLUSTER_PIDS[scheduler]}" "$CLUSTER_DATA/logs/scheduler.log"
+  local name
+  for ((i = 1; i <= CLUSTER_REPLICAS; i++)); do
+    name="$(cluster_replica_name quota "$i")"
+    cluster_start "$name" isorun-quota --grpc_addr="$h:$(cluster_replica_port QUOTA "$i")" \
+      --metrics_addr="$h:$(cluster_replica_port QUOTA_METRICS "$i")" "${tls_quota[@]}"
+    wait_for_tcp "$name" "$h" "$(cluster_replica_port QUOTA "$i")" "${CLUSTER_PIDS[$name]}" "$CLUSTER_DATA/logs/$name.log"
+  done
+  # Scheduler replicas: the first to take the leader lock places, the others refuse (retryable).
+  for ((i = 1; i <= CLUSTER_REPLICAS; i++)); do
+    name="$(cluster_replica_name scheduler "$i")"
+    cluster_start "$name" isorun-scheduler --grpc_addr="$h:$(cluster_replica_port SCHEDULER "$i")" \
+      --metrics_addr="$h:$(cluster_replica_port SCHEDULER_METRICS "$i")" \
+      --admin_http_addr="$h:$(cluster_replica_port SCHEDULER_ADMIN "$i")" "${tls_scheduler[@]}"
+    wait_for_tcp "$name" "$h" "$(cluster_replica_port SCHEDULER "$i")" "${CLUSTER_PIDS[$name]}" "$CLUSTER_DATA/logs/$name.log"
+  done
   # The gateway's public-URL proxy reaches sandbox ports through the runners' tunnel listeners,
   # which accept only connections that present this secret (new for every start; given to the
   # runners and the gateway in the environment, not on their command lines).
@@ -327,10 +376,14 @@ cluster_up() {
   ISORUN_TUNNEL_TOKEN="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
   # Registries images may come from: by default the local one this `up` serves.
   local registries="${ISORUN_REGISTRIES:-$h:$(cluster_port REGISTRY)}"
-  cluster_start lifecycle isorun-lifecycle --grpc_addr="$h:$l" --metrics_addr="$h:$lm" \
-    --quota_addr="$h:$q" --scheduler_addr="$h:$s" "${tls_lifecycle[@]}" \
-    --public_url_template="http://{port}-{publicId}.localhost:$gp" --registries="$registries"
-  wait_for_tcp lifecycle "$h" "$l" "${CLUSTER_PIDS[lifecycle]}" "$CLUSTER_DATA/logs/lifecycle.log"
+  for ((i = 1; i <= CLUSTER_REPLICAS; i++)); do
+    name="$(cluster_replica_name lifecycle "$i")"
+    cluster_start "$name" isorun-lifecycle --grpc_addr="$h:$(cluster_replica_port LIFECYCLE "$i")" \
+      --metrics_addr="$h:$(cluster_replica_port LIFECYCLE_METRICS "$i")" \
+      --quota_addr="$quotas" --scheduler_addr="$schedulers" "${tls_lifecycle[@]}" \
+      --public_url_template="http://{port}-{publicId}.localhost:$gp" --registries="$registries"
+    wait_for_tcp "$name" "$h" "$(cluster_replica_port LIFECYCLE "$i")" "${CLUSTER_PIDS[$name]}" "$CLUSTER_DATA/logs/$name.log"
+  done
   # Real sandboxes need root and the image tools; otherwise the simulated driver.
   local driver="${ISORUN_RUNNER_DRIVER:-}"
   if [[ -z "$driver" ]]; then
@@ -360,19 +413,33 @@ cluster_up() {
     local -a data_args=()
     [[ "$driver" == runc ]] && data_args=(--data_dir="$(cluster_runner_dir "$n")")
     cluster_start "runner-$n" isorun-runner --grpc_addr="$h:$port" --metrics_addr="$h:$mport" \
-      --scheduler_addr="$h:$s" --runner_name="runner-$n" --region=local --tunnel_addr="$h:$tport" \
+      --scheduler_addr="$schedulers" --runner_name="runner-$n" --region=local --tunnel_addr="$h:$tport" \
       "${driver_args[@]}" "${data_args[@]}" "${tls_runner[@]}"
   done
   for n in 1 2; do
     port="$(cluster_port "RUNNER_$n")"
     wait_for_tcp "runner-$n" "$h" "$port" "${CLUSTER_PIDS[runner-$n]}" "$CLUSTER_DATA/logs/runner-$n.log"
   done
-  cluster_start gateway isorun-gateway --http_addr="$h:$gh" --metrics_addr="$h:$gm" \
-    --lifecycle_addr="$h:$l" --quota_addr="$h:$q" --region=local \
-    --scheduler_admin_url="http://$h:$sa" --dashboard_dir="$ISORUN_BUILD_DIR/dashboard" "${tls_gateway[@]}" \
-    --public_addr="$h:$gp" --public_domain=localhost
-  wait_for_tcp gateway "$h" "$gh" "${CLUSTER_PIDS[gateway]}" "$CLUSTER_DATA/logs/gateway.log"
-  wait_for_http gateway "http://$h:$gh/healthz" "${CLUSTER_PIDS[gateway]}" "$CLUSTER_DATA/logs/gateway.log"
+  # The operator routes ask the scheduler replicas' admin listeners in turn (followers answer 503).
+  local admins=""
+  for ((i = 1; i <= CLUSTER_REPLICAS; i++)); do
+    admins+="${admins:+,}http://$h:$(cluster_replica_port SCHEDULER_ADMIN "$i")"
+  done
+  local extra_gateways="" ghi gpi
+  for ((i = 1; i <= CLUSTER_REPLICAS; i++)); do
+    name="$(cluster_replica_name gateway "$i")"
+    ghi="$(cluster_replica_port GATEWAY_HTTP "$i")" gpi="$(cluster_replica_port GATEWAY_PUBLIC "$i")"
+    cluster_start "$name" isorun-gateway --http_addr="$h:$ghi" \
+      --metrics_addr="$h:$(cluster_replica_port GATEWAY_METRICS "$i")" \
+      --lifecycle_addr="$lifecycles" --quota_addr="$quotas" --region=local \
+      --scheduler_admin_url="$admins" --dashboard_dir="$ISORUN_BUILD_DIR/dashboard" "${tls_gateway[@]}" \
+      --public_addr="$h:$gpi" --public_domain=localhost
+    wait_for_tcp "$name" "$h" "$ghi" "${CLUSTER_PIDS[$name]}" "$CLUSTER_DATA/logs/$name.log"
+    wait_for_http "$name" "http://$h:$ghi/healthz" "${CLUSTER_PIDS[$name]}" "$CLUSTER_DATA/logs/$name.log"
+    if ((i > 1)); then
+      extra_gateways+="    API replica  http://$h:$ghi   (public URLs http://$h:$gpi)"$'\n'
+    fi
+  done
 
   # Ready: the env file for tools and tests.
   (
@@ -385,9 +452,9 @@ ISORUN_DATABASE_URL=$ISORUN_DATABASE_URL
 ISORUN_REGISTRY=$CLUSTER_REGISTRY
 ISORUN_ADMIN_TOKEN=$admin_token
 ISORUN_TLS_DIR=$CLUSTER_DATA/tls
-ISORUN_GRPC_QUOTA=$h:$q
-ISORUN_GRPC_SCHEDULER=$h:$s
-ISORUN_GRPC_LIFECYCLE=$h:$l
+ISORUN_GRPC_QUOTA=$quotas
+ISORUN_GRPC_SCHEDULER=$schedulers
+ISORUN_GRPC_LIFECYCLE=$lifecycles
 ISORUN_GRPC_RUNNER_1=$h:$r1
 ISORUN_GRPC_RUNNER_2=$h:$r2
 ISORUN_METRICS_GATEWAY=http://$h:$gm/metrics
@@ -408,6 +475,7 @@ ENV
     API          http://$h:$gh   (tenant dev, key in $rel/dev.key)
     dashboard    http://$h:$gh/dashboard/   (operator token in $rel/admin.token)
     public URLs  http://$h:$gp
+${extra_gateways}    replicas     $CLUSTER_REPLICAS of quota, scheduler, lifecycle and gateway
     PostgreSQL   $ISORUN_DATABASE_URL
     environment  source $rel/env
     logs         $rel/logs/

@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "services/kit/api_key.h"
 #include "services/kit/log.h"
@@ -81,32 +82,46 @@ absl::StatusOr<std::string> PgOperatorTokens::Verify(
 
 SchedulerAdminClient::SchedulerAdminClient(std::string url, absl::Duration deadline)
     : deadline_(deadline) {
-  absl::string_view rest(url);
-  if (!absl::StartsWith(rest, "http://")) return;
-  rest.remove_prefix(7);
-  rest = rest.substr(0, rest.find('/'));
-  size_t colon = rest.rfind(':');
-  if (colon == absl::string_view::npos) return;
-  host_ = std::string(rest.substr(0, colon));
-  port_ = std::string(rest.substr(colon + 1));
+  for (absl::string_view rest : absl::StrSplit(url, ',', absl::SkipWhitespace())) {
+    rest = absl::StripAsciiWhitespace(rest);
+    if (!absl::StartsWith(rest, "http://")) continue;
+    rest.remove_prefix(7);
+    rest = rest.substr(0, rest.find('/'));
+    size_t colon = rest.rfind(':');
+    if (colon == absl::string_view::npos) continue;
+    upstreams_.emplace_back(std::string(rest.substr(0, colon)), std::string(rest.substr(colon + 1)));
+  }
 }
 
 absl::StatusOr<UpstreamResponse> SchedulerAdminClient::Call(const std::string& method,
                                                             const std::string& target) {
+  if (upstreams_.empty()) {
+    return absl::UnavailableError("this gateway has no --scheduler_admin_url");
+  }
+  absl::StatusOr<UpstreamResponse> out;
+  for (const auto& [host, port] : upstreams_) {
+    out = CallOne(host, port, method, target);
+    // A follower (503) or a replica that is down: the next one may be the leader.
+    if (out.ok() && out->status != 503) return out;
+  }
+  return out;
+}
+
+absl::StatusOr<UpstreamResponse> SchedulerAdminClient::CallOne(const std::string& host,
+                                                               const std::string& port,
+                                                               const std::string& method,
+                                                               const std::string& target) {
   namespace beast = boost::beast;
   namespace http = beast::http;
   using tcp = boost::asio::ip::tcp;
-  if (host_.empty()) {
-    return absl::UnavailableError("this gateway has no --scheduler_admin_url");
-  }
   try {
     boost::asio::io_context ioc;
     tcp::resolver resolver(ioc);
     beast::tcp_stream stream(ioc);
     stream.expires_after(absl::ToChronoMilliseconds(deadline_));
-    stream.connect(resolver.resolve(host_, port_));
+    stream.connect(resolver.resolve(host, port));
     http::request<http::string_body> req{http::string_to_verb(method), target, 11};
-    req.set(http::field::host, host_ + ":" + port_);
+    req.set(http::field::host, host + ":" + port);
     req.set(http::field::connection, "close");
     if (method == "POST") req.prepare_payload();
     http::write(stream, req);

@@ -50,12 +50,16 @@ struct UpstreamResponse {
 
 class SchedulerAdminClient {
  public:
-  // `url`: http://host:port (empty: no scheduler, every call UNAVAILABLE).
+  // `url`: http://host:port, or several comma-separated (scheduler replicas: only the leader
+  // serves, the followers answer 503, so each call tries them in turn). Empty: no scheduler,
+  // every call UNAVAILABLE.
   explicit SchedulerAdminClient(std::string url, absl::Duration deadline = absl::Seconds(10));
   absl::StatusOr<UpstreamResponse> Call(const std::string& method, const std::string& target);
 
  private:
-  std::string host_, port_;
+  absl::StatusOr<UpstreamResponse> CallOne(const std::string& host, const std::string& port,
+                                           const std::string& method, const std::string& target);
+  std::vector<std::pair<std::string, std::string>> upstreams_;  // host, port
   absl::Duration deadline_;
 };
 

@@ -714,9 +714,10 @@ class GatewayRateTest : public GatewayServerTest {
     }
     std::vector<std::shared_ptr<grpc::Channel>> replicas;
     for (auto& server : quota_servers_) {
-      replicas.push_back(MakeChannel("127.0.0.1:" + std::to_string(server.port)));
+      names_.push_back("127.0.0.1:" + std::to_string(server.port));
+      replicas.push_back(MakeChannel(names_.back()));
     }
-    rates_ = std::make_unique<QuotaRateChecker>(replicas, absl::Milliseconds(500));
+    rates_ = std::make_unique<QuotaRateChecker>(replicas, names_, absl::Milliseconds(500));
     Start(HttpServer::Options());
   }
   void TearDown() override {
@@ -725,11 +726,13 @@ class GatewayRateTest : public GatewayServerTest {
       if (server.server) server.server->Shutdown(std::chrono::system_clock::now());
     }
   }
-  // The replica that owns tenant-a.
-  FakeQuota& owner() { return quota_[ShardFor("tenant-a", 2)]; }
-  FakeQuota& other() { return quota_[1 - ShardFor("tenant-a", 2)]; }
+  // tenant-a's first choice, and its second.
+  int owner_index() { return RendezvousOrder("tenant-a", names_)[0]; }
+  FakeQuota& owner() { return quota_[owner_index()]; }
+  FakeQuota& other() { return quota_[1 - owner_index()]; }
 
   FakeQuota quota_[2];
+  std::vector<std::string> names_;
   std::vector<GrpcServer> quota_servers_;
 };
 
@@ -769,6 +772,19 @@ TEST_F(GatewayRateTest, RefusedIs429WithRetryAfterAndRateLimitHeaders) {
   EXPECT_EQ(lifecycle_.calls(), 0);  // refused before any work
   // Bad bodies are rate-limited too (the check comes before validation).
   EXPECT_EQ(Call("POST", "/v1/sandboxes", "{").status, 429);
+}
+
+// A quota replica that leaves hands its tenants to their second choice; back, it gets them back.
+TEST_F(GatewayRateTest, AReplicaThatLeftPassesItsTenantsToTheNext) {
+  ASSERT_EQ(Call("GET", "/v1/usage").status, 200);
+  EXPECT_EQ(owner().checks.load(), 1);
+  quota_servers_[owner_index()].server->Shutdown(std::chrono::system_clock::now());
+  quota_servers_[owner_index()].server.reset();
+  HttpResult r = Call("GET", "/v1/usage");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_NE(r.header("ratelimit"), "");  // checked, not let through unchecked
+  EXPECT_EQ(other().checks.load(), 1);
+  EXPECT_EQ(MetricValue("isorun_gateway_rate_check_failures_total", {}), 0);
 }
 
 TEST_F(GatewayRateTest, QuotaDownLetsRequestsThroughAndCountsIt) {

@@ -25,10 +25,13 @@ ABSL_FLAG(std::string, http_addr, "127.0.0.1:8080", "host:port of the public HTT
 ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9100",
           "host:port of the Prometheus /metrics listener; empty disables it");
 ABSL_FLAG(std::string, lifecycle_addr, "127.0.0.1:7003",
-          "host:port of the lifecycle service (gRPC isorun.v1.Sandboxes)");
+          "host:port of the lifecycle service (gRPC isorun.v1.Sandboxes); with several replicas "
+          "a comma-separated list of ip:port or a gRPC target (dns:///name:port): calls go "
+          "round-robin and are retried on another replica when one fails");
 ABSL_FLAG(std::string, quota_addr, "127.0.0.1:7001",
           "host:port of the quota service (gRPC isorun.v1.Quotas) for request and create rate "
-          "limits; with several replicas a comma-separated list, the i-th serving shard i; "
+          "limits; with several replicas a comma-separated list (each tenant's checks go to the "
+          "first replica of its rendezvous order that is up; every gateway needs the same list); "
           "/healthz checks them too; empty: no rate limits");
 ABSL_FLAG(absl::Duration, rate_check_deadline, absl::Milliseconds(250),
           "how long a rate check may take before the request is let through");
@@ -46,6 +49,7 @@ ABSL_FLAG(absl::Duration, client_keepalive, absl::Seconds(15),
 ABSL_FLAG(int32_t, db_pool_size, 8, "PostgreSQL connections for key lookups and health checks");
 ABSL_FLAG(std::string, scheduler_admin_url, "http://127.0.0.1:9202",
           "the scheduler's admin listener (capacity view, history, drain) behind /v1/admin/*; "
+          "several replicas: a comma-separated list (the leader answers); "
           "empty: the operator routes answer 503");
 ABSL_FLAG(absl::Duration, usage_history_sample_interval, absl::Minutes(1),
           "how often tenants' active and hibernated counts are sampled for /v1/usage/history");
@@ -138,18 +142,29 @@ int Run() {
        [lifecycle](absl::Duration deadline) { return CheckGrpcServing(lifecycle, deadline); }},
   };
   std::vector<std::shared_ptr<grpc::Channel>> quota_replicas;
+  std::vector<std::string> quota_names;
   for (absl::string_view addr : absl::StrSplit(absl::GetFlag(FLAGS_quota_addr), ',')) {
     addr = absl::StripAsciiWhitespace(addr);
     if (addr.empty()) continue;
     auto channel = MakeChannel(std::string(addr));
     quota_replicas.push_back(channel);
-    std::string name = absl::StrCat("quota ", addr);
-    checks.emplace_back(
-        name, [channel](absl::Duration deadline) { return CheckGrpcServing(channel, deadline); });
+    quota_names.emplace_back(addr);
+  }
+  if (!quota_replicas.empty()) {
+    // One replica serving is enough: the others' tenants move to it (rate_limit.h), and a
+    // gateway reported unready for one lost quota replica would take the API down with it.
+    checks.emplace_back("quota", [quota_replicas](absl::Duration deadline) {
+      absl::Status last;
+      for (const auto& channel : quota_replicas) {
+        last = CheckGrpcServing(channel, deadline / static_cast<int64_t>(quota_replicas.size()));
+        if (last.ok()) return last;
+      }
+      return last;
+    });
   }
   std::unique_ptr<QuotaRateChecker> rates;
   if (!quota_replicas.empty()) {
-    rates = std::make_unique<QuotaRateChecker>(quota_replicas,
+    rates = std::make_unique<QuotaRateChecker>(quota_replicas, quota_names,
                                                absl::GetFlag(FLAGS_rate_check_deadline));
   }
 

@@ -10,8 +10,8 @@
 namespace isorun::gateway {
 
 QuotaRateChecker::QuotaRateChecker(const std::vector<std::shared_ptr<grpc::Channel>>& replicas,
-                                   absl::Duration deadline)
-    : deadline_(deadline) {
+                                   std::vector<std::string> names, absl::Duration deadline)
+    : channels_(replicas), names_(std::move(names)), deadline_(deadline) {
   for (const auto& channel : replicas) stubs_.push_back(v1::Quotas::NewStub(channel));
 }
 
@@ -19,15 +19,27 @@ absl::StatusOr<v1::RateWindow> QuotaRateChecker::Check(const std::string& tenant
                                                        const std::string& key_id,
                                                        v1::RateKind kind) {
   if (stubs_.empty()) return absl::FailedPreconditionError("no quota replicas configured");
-  int shard = ShardFor(tenant_id, static_cast<int>(stubs_.size()));
   v1::CheckRateRequest req;
   req.set_tenant_id(tenant_id);
   req.set_key_id(key_id);
   req.set_kind(kind);
+  const absl::Time give_up = absl::Now() + deadline_;
+  const std::vector<int> order = RendezvousOrder(tenant_id, names_);
+  // Replicas whose channel already knows they are down come last: the first healthy choice
+  // answers without waiting for a failure first.
+  std::vector<int> tries, down;
+  for (int i : order) {
+    (channels_[i]->GetState(true) == GRPC_CHANNEL_TRANSIENT_FAILURE ? down : tries).push_back(i);
+  }
+  tries.insert(tries.end(), down.begin(), down.end());
+  grpc::Status status;
   v1::CheckRateResponse resp;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
-  grpc::Status status = stubs_[shard]->CheckRate(&ctx, req, &resp);
+  for (int i : tries) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(give_up));
+    status = stubs_[i]->CheckRate(&ctx, req, &resp);
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() >= give_up) break;
+  }
   if (!status.ok()) return FromGrpcStatus(status);
   return resp.window();
 }

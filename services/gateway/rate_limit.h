@@ -1,8 +1,9 @@
 #pragma once
 
 // Request and create rate limits, decided by the quota service (GCRA buckets per key and per
-// tenant, held in the memory of the replica that owns the tenant's shard). The gateway routes
-// each check to the owner (ShardFor) and turns the answer into RateLimit headers.
+// tenant, held in the memory of one quota replica). The gateway sends each tenant's checks to the
+// first replica of the tenant's rendezvous order (services/kit/shard.h) that is up, the next one
+// when it is not, and turns the answer into RateLimit headers.
 //
 // Failure policy: when quota cannot answer (down, slow, misrouted) the request is let through
 // and the failure counted: a rate limiter protects capacity, and refusing every request while
@@ -30,17 +31,21 @@ class RateChecker {
                                                const std::string& key_id, v1::RateKind kind) = 0;
 };
 
-// Calls isorun.v1.Quotas/CheckRate on the replica that owns the tenant: `replicas[i]` serves
-// shard i of replicas.size().
+// Calls isorun.v1.Quotas/CheckRate on the tenant's replica: the first of its rendezvous order
+// over `names` (the replicas' addresses, the same list in every gateway) whose channel is not
+// failing; a replica that fails the call (down, unreachable) passes the check to the next one
+// within the deadline.
 class QuotaRateChecker final : public RateChecker {
  public:
   QuotaRateChecker(const std::vector<std::shared_ptr<grpc::Channel>>& replicas,
-                   absl::Duration deadline);
+                   std::vector<std::string> names, absl::Duration deadline);
   absl::StatusOr<v1::RateWindow> Check(const std::string& tenant_id, const std::string& key_id,
                                        v1::RateKind kind) override;
 
  private:
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
   std::vector<std::unique_ptr<v1::Quotas::Stub>> stubs_;
+  const std::vector<std::string> names_;
   const absl::Duration deadline_;
 };
 

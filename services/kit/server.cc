@@ -5,7 +5,11 @@
 #include <signal.h>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
 #include "services/kit/tls.h"
 
 ABSL_FLAG(std::string, health_addr, "",
@@ -90,6 +94,41 @@ int WaitForShutdownSignal() {
   return sig;
 }
 
+std::string ChannelTarget(const std::string& address) {
+  if (address.find(',') == std::string::npos) return address;
+  std::string out = "ipv4:";
+  for (absl::string_view part : absl::StrSplit(address, ',', absl::SkipWhitespace())) {
+    part = absl::StripAsciiWhitespace(part);
+    if (out.size() > 5) out += ',';
+    out.append(part.data(), part.size());
+  }
+  return out;
+}
+
+bool IsReplicaSet(const std::string& address) {
+  return address.find(',') != std::string::npos || absl::StartsWith(address, "dns:") ||
+         absl::StartsWith(address, "ipv4:") || absl::StartsWith(address, "ipv6:");
+}
+
+// For a replica set: round_robin over every address, and gRPC's retry layer repeats a call that
+// failed UNAVAILABLE (a replica that died, or a scheduler follower refusing) on the next replica,
+// up to five attempts within the call's deadline. Commands (Exec, ExecStream) are not repeated
+// once a replica has seen them: running a command twice is not the caller's intent. Nor is the
+// runners' long-lived heartbeat stream: the retry layer would keep every message it sent for a
+// replay (the agent reconnects by itself). gRPC still repeats any call that never left this
+// process (its transparent retries).
+constexpr char kReplicaServiceConfig[] = R"json({
+  "loadBalancingConfig": [{"round_robin": {}}],
+  "methodConfig": [
+    {"name": [{}],
+     "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "0.4s",
+                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}},
+    {"name": [{"service": "isorun.v1.Sandboxes", "method": "Exec"},
+              {"service": "isorun.v1.Sandboxes", "method": "ExecStream"},
+              {"service": "isorun.v1.Scheduler", "method": "HeartbeatStream"}]}
+  ]
+})json";
+
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
@@ -101,11 +140,23 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  // Our callers decide what to retry (creates compensate, idempotent calls are retried by their
-  // loops); gRPC's own retry layer only added a per-call cost.
-  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  if (IsReplicaSet(address)) {
+    args.SetServiceConfigJSON(kReplicaServiceConfig);
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 1);
+    if (address.find(',') != std::string::npos) {
+      // An ipv4: list's authority would be the whole list, which no certificate names: use the
+      // first replica's host (every replica's certificate names the addresses it serves on).
+      std::string first = address.substr(0, address.find(','));
+      first = std::string(absl::StripAsciiWhitespace(first));
+      args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, first.substr(0, first.rfind(':')));
+    }
+  } else {
+    // One peer: our callers decide what to retry (creates compensate, idempotent calls are
+    // retried by their loops); gRPC's own retry layer only added a per-call cost.
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  }
   // Mutual TLS when the process has an identity (services/kit/tls.h), else plain text.
-  return grpc::CreateCustomChannel(address, GrpcChannelCredentials(), args);
+  return grpc::CreateCustomChannel(ChannelTarget(address), GrpcChannelCredentials(), args);
 }
 
 }  // namespace isorun

@@ -49,7 +49,14 @@ void BlockShutdownSignals();
 int WaitForShutdownSignal();
 
 // A client channel with sane defaults (keepalive, no proxies); mutual TLS when the process has a
-// certificate (services/kit/tls.h).
+// certificate (services/kit/tls.h). `address` is one "host:port", or a replica set: a
+// comma-separated list of IPv4 "ip:port" or a gRPC target ("dns:///name:port", "ipv4:...") whose
+// calls are spread round-robin and retried on another replica when one fails UNAVAILABLE.
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address);
+
+// The gRPC target of an address as MakeChannel takes it ("a:1,b:2" -> "ipv4:a:1,b:2").
+std::string ChannelTarget(const std::string& address);
+// Whether `address` names several replicas (a list or a resolver target).
+bool IsReplicaSet(const std::string& address);
 
 }  // namespace isorun

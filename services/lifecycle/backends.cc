@@ -92,9 +92,24 @@ std::vector<Out> RunBatch(std::vector<Item>& items, absl::Duration deadline, con
   BatchReq req;
   for (auto& item : items) *req.add_items() = std::move(item);
   BatchResp resp;
-  grpc::ClientContext ctx;
-  SetDeadline(ctx, deadline);
-  grpc::Status s = call_batch(&ctx, req, &resp);
+  // Every batch item is idempotent per sandbox id, so a batch that failed UNAVAILABLE as a whole
+  // (a replica died, the scheduler's leadership is moving) is sent again until the deadline:
+  // the channel's own retries (kit MakeChannel) give up within a second, a leader election may
+  // take a few.
+  const absl::Time give_up = absl::Now() + deadline;
+  absl::Duration backoff = absl::Milliseconds(50);
+  grpc::Status s;
+  while (true) {
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, std::max(absl::Milliseconds(1), give_up - absl::Now()));
+    resp.Clear();
+    s = call_batch(&ctx, req, &resp);
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() + backoff >= give_up) {
+      break;
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Milliseconds(400));
+  }
   std::vector<Out> out;
   if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
     for (const auto& item : req.items()) out.push_back(call_one(item));

@@ -24,8 +24,13 @@ ABSL_FLAG(int, db_connections, 32, "size of the Postgres connection pool");
 ABSL_FLAG(int, grpc_max_threads, 256,
           "most requests served at once (each waits on its backends in a thread of its own); "
           "beyond it, calls fail with RESOURCE_EXHAUSTED");
-ABSL_FLAG(std::string, quota_addr, "127.0.0.1:7001", "host:port of the quota service");
-ABSL_FLAG(std::string, scheduler_addr, "127.0.0.1:7002", "host:port of the scheduler");
+ABSL_FLAG(std::string, quota_addr, "127.0.0.1:7001",
+          "host:port of the quota service; several replicas: a comma-separated list of ip:port "
+          "or a gRPC target (dns:///name:port), used round-robin with retries on another "
+          "replica");
+ABSL_FLAG(std::string, scheduler_addr, "127.0.0.1:7002",
+          "host:port of the scheduler; several replicas: a list or a gRPC target as for "
+          "--quota_addr (followers refuse, the leader answers)");
 ABSL_FLAG(std::string, region, "local", "region whose runners this lifecycle places on");
 ABSL_FLAG(std::string, registries, "",
           "registry hosts (host:port, comma-separated) images may name; unqualified names go to "

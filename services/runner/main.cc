@@ -25,7 +25,9 @@ ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:7101", "host:port of the gRPC liste
 ABSL_FLAG(std::string, advertise_addr, "",
           "host:port others use to reach this runner; empty: --grpc_addr with the bound port");
 ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9111", "host:port of /metrics; empty: none");
-ABSL_FLAG(std::string, scheduler_addr, "127.0.0.1:7002", "host:port of the scheduler");
+ABSL_FLAG(std::string, scheduler_addr, "127.0.0.1:7002",
+          "host:port of the scheduler; several replicas: a comma-separated list of ip:port or a "
+          "gRPC target (dns:///name:port): the heartbeat stream finds the leader");
 ABSL_FLAG(std::string, runner_name, "runner-1", "unique name of this runner");
 ABSL_FLAG(std::string, region, "local", "region this runner serves");
 ABSL_FLAG(

@@ -14,12 +14,12 @@ const SERVICES = {
   runner: 'services/runner/main.cc',
 };
 
-// Flags the chart sets from its own values (addresses, database, identity, shards).
+// Flags the chart sets from its own values (addresses, database, identity).
 export const MANAGED = {
   gateway: ['http_addr', 'metrics_addr', 'lifecycle_addr', 'quota_addr', 'region', 'database_url',
     'scheduler_admin_url'],
   lifecycle: ['grpc_addr', 'metrics_addr', 'database_url', 'quota_addr', 'scheduler_addr', 'region'],
-  quota: ['grpc_addr', 'metrics_addr', 'database_url', 'shard_index', 'shard_count'],
+  quota: ['grpc_addr', 'metrics_addr', 'database_url'],
   scheduler: ['grpc_addr', 'metrics_addr', 'database_url', 'admin_http_addr'],
   runner: ['grpc_addr', 'advertise_addr', 'metrics_addr', 'scheduler_addr', 'runner_name', 'region',
     'data_dir', 'registry'],

@@ -195,10 +195,27 @@ void Cluster::StopProcesses() {
   }
 }
 
+std::vector<std::string> Cluster::replica_names(const std::string& service) const {
+  std::vector<std::string> out = {service};
+  for (int i = 2; i <= options_.replicas; ++i) out.push_back(service + "-" + std::to_string(i));
+  return out;
+}
+
+std::string Cluster::grpc_targets(const std::string& service) const {
+  std::string out;
+  for (const auto& name : replica_names(service)) {
+    if (!out.empty()) out += ',';
+    out += Addr(ports_.at(name));
+  }
+  return out;
+}
+
 void Cluster::Define() {
-  for (const char* name : {"quota", "scheduler", "lifecycle"}) {
-    ports_[name] = PickFreePort();
-    metrics_ports_[name] = PickFreePort();
+  for (const char* service : {"quota", "scheduler", "lifecycle"}) {
+    for (const auto& name : replica_names(service)) {
+      ports_[name] = PickFreePort();
+      metrics_ports_[name] = PickFreePort();
+    }
   }
   ports_["proxy"] = PickFreePort();
   if (tunnel_token_.empty()) tunnel_token_ = RandomHex(24);
@@ -207,9 +224,11 @@ void Cluster::Define() {
     return std::vector<std::string>{"--grpc_addr=" + Addr(ports_[name]),
                                     "--metrics_addr=" + Addr(metrics_ports_[name])};
   };
-  processes_["quota"] = {bin + "/isorun-quota", common("quota"), dir_ + "/quota.log"};
-  processes_["quota"].args.push_back("--database_url=" + db_.url());
-  order_.push_back("quota");
+  for (const auto& name : replica_names("quota")) {
+    processes_[name] = {bin + "/isorun-quota", common(name), dir_ + "/" + name + ".log"};
+    processes_[name].args.push_back("--database_url=" + db_.url());
+    order_.push_back(name);
+  }
   processes_["scheduler"] = {bin + "/isorun-scheduler", common("scheduler"),
                              dir_ + "/scheduler.log"};
   processes_["scheduler"].args.push_back("--database_url=" + db_.url());
@@ -235,10 +254,31 @@ void Cluster::Define() {
   processes_["scheduler"].args.push_back("--lost_after_ms=" +
                                          std::to_string(options_.runner_lost_after_ms));
   order_.push_back("scheduler");
-  auto lifecycle = common("lifecycle");
+  // Followers: the same flags but their own listeners (each its own admin port).
+  std::string scheduler_admins = "http://" + Addr(ports_["scheduler-admin"]);
+  for (const auto& name : replica_names("scheduler")) {
+    if (name == "scheduler") continue;
+    ports_[name + "-admin"] = PickFreePort();
+    Process p = processes_["scheduler"];
+    p.log = dir_ + "/" + name + ".log";
+    p.args.clear();
+    for (const auto& a : processes_["scheduler"].args) {
+      if (a.rfind("--grpc_addr=", 0) == 0 || a.rfind("--metrics_addr=", 0) == 0 ||
+          a.rfind("--admin_http_addr=", 0) == 0) {
+        continue;
+      }
+      p.args.push_back(a);
+    }
+    for (const auto& a : common(name)) p.args.push_back(a);
+    p.args.push_back("--admin_http_addr=" + Addr(ports_[name + "-admin"]));
+    scheduler_admins += ",http://" + Addr(ports_[name + "-admin"]);
+    processes_[name] = p;
+    order_.push_back(name);
+  }
+  std::vector<std::string> lifecycle;
   for (const std::string& a :
-       {"--database_url=" + db_.url(), "--quota_addr=" + Addr(ports_["quota"]),
-        "--scheduler_addr=" + Addr(ports_["scheduler"]),
+       {"--database_url=" + db_.url(), "--quota_addr=" + grpc_targets("quota"),
+        "--scheduler_addr=" + grpc_targets("scheduler"),
         "--reaper_interval_ms=" + std::to_string(options_.reaper_interval_ms),
         "--reconcile_interval_ms=" + std::to_string(options_.reconcile_interval_ms),
         "--stuck_after_sec=" + std::to_string(options_.stuck_after_sec),
@@ -251,8 +291,12 @@ void Cluster::Define() {
   // The test registry is the configured one: qualified names of it are allowed too.
   if (!options_.registry.empty()) lifecycle.push_back("--registries=" + options_.registry);
   for (const auto& a : options_.lifecycle_args) lifecycle.push_back(a);
-  processes_["lifecycle"] = {bin + "/isorun-lifecycle", lifecycle, dir_ + "/lifecycle.log"};
-  order_.push_back("lifecycle");
+  for (const auto& name : replica_names("lifecycle")) {
+    auto args = common(name);
+    args.insert(args.end(), lifecycle.begin(), lifecycle.end());
+    processes_[name] = {bin + "/isorun-lifecycle", args, dir_ + "/" + name + ".log"};
+    order_.push_back(name);
+  }
   for (int i = 1; i <= options_.runners; ++i) {
     std::string name = "runner-" + std::to_string(i);
     ports_[name] = PickFreePort();
@@ -271,7 +315,7 @@ void Cluster::Define() {
       }
     }
     for (const std::string& a :
-         {"--scheduler_addr=" + Addr(ports_["scheduler"]), "--runner_name=" + name,
+         {"--scheduler_addr=" + grpc_targets("scheduler"), "--runner_name=" + name,
           "--driver=" + options_.runner_driver,
           "--max_sandboxes=" + std::to_string(options_.runner_slots),
           "--cpu_millis=" + std::to_string(options_.runner_cpu_millis),
@@ -285,32 +329,40 @@ void Cluster::Define() {
     order_.push_back(name);
   }
   if (options_.gateway) {
-    ports_["gateway"] = PickFreePort();
-    metrics_ports_["gateway"] = PickFreePort();
-    processes_["gateway"] = {
-        bin + "/isorun-gateway",
-        {"--http_addr=" + Addr(ports_["gateway"]),
-         "--metrics_addr=" + Addr(metrics_ports_["gateway"]),
-         "--lifecycle_addr=" + Addr(ports_["lifecycle"]), "--quota_addr=" + Addr(ports_["quota"]),
-         "--region=local", "--database_url=" + db_.url(),
-         "--scheduler_admin_url=http://" + Addr(ports_["scheduler-admin"]),
-         "--dashboard_dir=" + options_.dashboard_dir, "--public_addr=" + Addr(ports_["proxy"]),
-         "--public_domain=localhost", "--tunnel_token=" + tunnel_token_,
-         "--proxy_max_connections_per_sandbox=" +
-             std::to_string(options_.proxy_max_connections_per_sandbox),
-         "--proxy_activity_interval=" + std::to_string(options_.proxy_activity_interval_ms) + "ms"},
-        dir_ + "/gateway.log"};
-    if (options_.usage_sample_interval_ms > 0) {
-      processes_["gateway"].args.push_back(
-          "--usage_history_sample_interval=" + std::to_string(options_.usage_sample_interval_ms) +
-          "ms");
+    for (const auto& name : replica_names("gateway")) {
+      ports_[name] = PickFreePort();
+      metrics_ports_[name] = PickFreePort();
+      // The first gateway's proxy is proxy_port(); the others' are "<name>-proxy".
+      const std::string proxy = name == "gateway" ? "proxy" : name + "-proxy";
+      if (name != "gateway") ports_[proxy] = PickFreePort();
+      processes_[name] = {
+          bin + "/isorun-gateway",
+          {"--http_addr=" + Addr(ports_[name]), "--metrics_addr=" + Addr(metrics_ports_[name]),
+           "--lifecycle_addr=" + grpc_targets("lifecycle"),
+           "--quota_addr=" + grpc_targets("quota"), "--region=local",
+           "--database_url=" + db_.url(), "--scheduler_admin_url=" + scheduler_admins,
+           "--dashboard_dir=" + options_.dashboard_dir, "--public_addr=" + Addr(ports_[proxy]),
+           "--public_domain=localhost", "--tunnel_token=" + tunnel_token_,
+           "--proxy_max_connections_per_sandbox=" +
+               std::to_string(options_.proxy_max_connections_per_sandbox),
+           "--proxy_activity_interval=" + std::to_string(options_.proxy_activity_interval_ms) +
+               "ms"},
+          dir_ + "/" + name + ".log"};
+      if (options_.usage_sample_interval_ms > 0) {
+        processes_[name].args.push_back("--usage_history_sample_interval=" +
+                                        std::to_string(options_.usage_sample_interval_ms) + "ms");
+      }
+      for (const auto& a : options_.gateway_args) processes_[name].args.push_back(a);
+      order_.push_back(name);
     }
-    for (const auto& a : options_.gateway_args) processes_["gateway"].args.push_back(a);
-    order_.push_back("gateway");
   }
 }
 
 std::string Cluster::gateway_url() const { return "http://" + Addr(ports_.at("gateway")); }
+
+std::string Cluster::gateway_url(const std::string& gateway) const {
+  return "http://" + Addr(ports_.at(gateway));
+}
 
 std::string Cluster::tunnel_addr(const std::string& runner) const {
   return Addr(ports_.at("tunnel-" + runner));
@@ -427,12 +479,12 @@ void Cluster::WaitReady(const std::string& name, bool probe_port_first) {
   auto fail = [&](const std::string& why) {
     throw std::runtime_error(name + " " + why + "; its log:\n" + Tail(processes_[name].log));
   };
-  if (name == "gateway") {
+  if (name.rfind("gateway", 0) == 0) {
     std::string last;
     while (std::chrono::steady_clock::now() < deadline) {
       if (!Running(name)) fail("exited");
       try {
-        auto r = HttpRequest("GET", gateway_url() + "/healthz");
+        auto r = HttpRequest("GET", gateway_url(name) + "/healthz");
         if (r.status == 200 && ListensOn(processes_[name].pid, ports_.at(name))) return;
         last = r.body;
       } catch (const std::exception& e) {
@@ -457,7 +509,7 @@ void Cluster::WaitReady(const std::string& name, bool probe_port_first) {
   }
   if (name.rfind("runner-", 0) == 0) {
     // Ready once the scheduler lists it as healthy.
-    auto stub = v1::Scheduler::NewStub(MakeChannel(grpc_addr("scheduler")));
+    auto stub = v1::Scheduler::NewStub(MakeChannel(grpc_targets("scheduler")));
     while (std::chrono::steady_clock::now() < deadline) {
       if (!Running(name)) fail("exited");
       grpc::ClientContext ctx;

@@ -52,6 +52,9 @@ struct ClusterOptions {
   int capacity_history_interval_sec = 0;
   // How often the gateway samples tenants' usage for their history (0: its default, 1 min).
   int usage_sample_interval_ms = 0;
+  // Replicas of quota, scheduler, lifecycle and gateway: the first of each keeps the plain name
+  // ("quota"), the others are "quota-2", ... Every client gets the list of all replicas.
+  int replicas = 1;
   // Extra environment for every process (NAME=value).
   std::vector<std::string> env;
   // Extra flags of the lifecycle, every runner and the gateway.
@@ -77,6 +80,13 @@ class Cluster {
   std::string tunnel_addr(const std::string& runner) const;
   const std::string& tunnel_token() const { return tunnel_token_; }
   std::string grpc_addr(const std::string& process) const;  // quota, scheduler, lifecycle, runner-N
+  // Every replica of a service ("quota", "scheduler", "lifecycle"), as clients are given them:
+  // "127.0.0.1:P1,127.0.0.1:P2" (one address with one replica).
+  std::string grpc_targets(const std::string& service) const;
+  // The names of a service's replicas: {"lifecycle", "lifecycle-2", ...}.
+  std::vector<std::string> replica_names(const std::string& service) const;
+  // http://127.0.0.1:PORT of a gateway replica ("gateway", "gateway-2", ...).
+  std::string gateway_url(const std::string& gateway) const;
   std::string metrics_url(const std::string& process) const;
   // runc runners: the runner's --data_dir (images/, sandboxes/<id>/, runc/ = its runc --root).
   std::string runner_data_dir(const std::string& runner) const;
