@@ -114,12 +114,34 @@ absl::StatusOr<UpstreamResponse> SchedulerAdminClient::CallOne(const std::string
   namespace beast = boost::beast;
   namespace http = beast::http;
   using tcp = boost::asio::ip::tcp;
+  boost::asio::io_context ioc;
+  tcp::resolver::results_type endpoints;
   try {
-    boost::asio::io_context ioc;
-    tcp::resolver resolver(ioc);
+    endpoints = tcp::resolver(ioc).resolve(host, port);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(Cat("the scheduler's admin listener did not answer: ", e.what()));
+  }
+  // A name with several addresses (a headless Service of scheduler replicas): each in turn
+  // until one that is not a follower (503) answers.
+  absl::StatusOr<UpstreamResponse> out = absl::UnavailableError("no address");
+  for (const auto& endpoint : endpoints) {
+    out = CallEndpoint(ioc, endpoint.endpoint(), host, port, method, target);
+    if (out.ok() && out->status != 503) return out;
+  }
+  return out;
+}
+
+absl::StatusOr<UpstreamResponse> SchedulerAdminClient::CallEndpoint(
+    boost::asio::io_context& ioc, const boost::asio::ip::tcp::endpoint& endpoint,
+    const std::string& host, const std::string& port, const std::string& method,
+    const std::string& target) {
+  namespace beast = boost::beast;
+  namespace http = beast::http;
+  using tcp = boost::asio::ip::tcp;
+  try {
     beast::tcp_stream stream(ioc);
     stream.expires_after(absl::ToChronoMilliseconds(deadline_));
-    stream.connect(resolver.resolve(host, port));
+    stream.connect(endpoint);
     http::request<http::string_body> req{http::string_to_verb(method), target, 11};
     req.set(http::field::host, host + ":" + port);
     req.set(http::field::connection, "close");

@@ -16,6 +16,8 @@
 //
 // Thread-safe. TenantUsageRecorder owns one background thread (Start/Stop).
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <functional>
 #include <string>
 #include <thread>
@@ -59,6 +61,11 @@ class SchedulerAdminClient {
  private:
   absl::StatusOr<UpstreamResponse> CallOne(const std::string& host, const std::string& port,
                                            const std::string& method, const std::string& target);
+  absl::StatusOr<UpstreamResponse> CallEndpoint(boost::asio::io_context& ioc,
+                                                const boost::asio::ip::tcp::endpoint& endpoint,
+                                                const std::string& host, const std::string& port,
+                                                const std::string& method,
+                                                const std::string& target);
   std::vector<std::pair<std::string, std::string>> upstreams_;  // host, port
   absl::Duration deadline_;
 };

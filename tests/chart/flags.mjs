@@ -17,12 +17,12 @@ const SERVICES = {
 // Flags the chart sets from its own values (addresses, database, identity).
 export const MANAGED = {
   gateway: ['http_addr', 'metrics_addr', 'lifecycle_addr', 'quota_addr', 'region', 'database_url',
-    'scheduler_admin_url'],
+    'scheduler_admin_url', 'public_addr', 'public_domain', 'forwarded_proto', 'tunnel_token'],
   lifecycle: ['grpc_addr', 'metrics_addr', 'database_url', 'quota_addr', 'scheduler_addr', 'region'],
   quota: ['grpc_addr', 'metrics_addr', 'database_url'],
   scheduler: ['grpc_addr', 'metrics_addr', 'database_url', 'admin_http_addr'],
   runner: ['grpc_addr', 'advertise_addr', 'metrics_addr', 'scheduler_addr', 'runner_name', 'region',
-    'data_dir', 'registry'],
+    'data_dir', 'registry', 'tunnel_addr', 'tunnel_advertise_addr', 'tunnel_token'],
 };
 for (const m of Object.values(MANAGED)) m.push('tls', 'tls_cert_file', 'tls_key_file', 'tls_ca_file', 'health_addr');
 

@@ -167,3 +167,18 @@ present no client certificate), else the gRPC port. (dict "root" $ "port" N) */}
 {{- define "isorun.probePort" -}}
 {{- if .root.Values.tls.internal.enabled -}}{{ .root.Values.tls.internal.healthPort }}{{- else -}}{{ .port }}{{- end -}}
 {{- end -}}
+
+{{/*
+The domain of public URLs: publicUrls.domain, else the wildcard Ingress host without "*.".
+*/}}
+{{- define "isorun.publicDomain" -}}
+{{- default (trimPrefix "*." .Values.ingress.public.host) .Values.publicUrls.domain -}}
+{{- end -}}
+
+{{/*
+The tunnel token's secretKeyRef (name and key), for the gateways and the runners.
+*/}}
+{{- define "isorun.tunnelTokenRef" -}}
+name: {{ default (printf "%s-tunnel" (include "isorun.fullname" .)) .Values.publicUrls.tunnelToken.existingSecret }}
+key: {{ .Values.publicUrls.tunnelToken.key }}
+{{- end -}}
