@@ -5,13 +5,20 @@
 # (cpu_ms_per_create{process}=, its destroy included), pgbench_tps and ratio. 128 clients by
 # default: concurrent calls are what the control plane batches (see services/kit/batcher.h), and a
 # control plane serving many tenants sees at least that many creates in flight.
+# --tls: the same load twice on the same PostgreSQL, in plain text and then with mutual TLS on every
+# gRPC connection (certificates made with openssl, as ./isorun up does); every line of each run is
+# prefixed plain_ or tls_, then tls_cost_pct (creates per second lost to TLS) and
+# tls_cpu_ms_per_create_delta (CPU of every process per create, TLS minus plain).
 set -euo pipefail
 : "${ISORUN_REPO:?run through ./isorun bench create}"
 # shellcheck source=scripts/pg.sh
 source "$ISORUN_REPO/scripts/pg.sh"
+# shellcheck source=scripts/cluster.sh
+source "$ISORUN_REPO/scripts/cluster.sh"  # cluster_tls_certs, for --tls
 
 clients=128
 seconds=10
+tls=0
 args=()
 while (($#)); do
   case "$1" in
@@ -19,6 +26,7 @@ while (($#)); do
     --clients=*) clients="${1#*=}"; shift ;;
     --seconds) seconds="$2"; shift 2 ;;
     --seconds=*) seconds="${1#*=}"; shift ;;
+    --tls) tls=1; shift ;;
     *) args+=("$1"); shift ;;
   esac
 done
@@ -30,7 +38,22 @@ trap cleanup EXIT
 pg_throwaway "$tmp"
 
 out="$("$ISORUN_BIN_DIR/isorun-create-load" --clients="$clients" --seconds="$seconds" "${args[@]}")"
-printf '%s\n' "$out"
+if ((tls)); then
+  CLUSTER_DATA="$tmp"
+  cluster_tls_certs
+  tls_out="$("$ISORUN_BIN_DIR/isorun-create-load" --clients="$clients" --seconds="$seconds" \
+    --tls_dir="$tmp/tls" "${args[@]}")"
+  sed 's/^/plain_/' <<<"$out"
+  sed 's/^/tls_/' <<<"$tls_out"
+  plain="$(sed -n 's/^creates_per_sec=//p' <<<"$out")"
+  with="$(sed -n 's/^creates_per_sec=//p' <<<"$tls_out")"
+  awk -v p="$plain" -v t="$with" 'BEGIN { printf "tls_cost_pct=%.1f\n", (p > 0 ? 100 * (p - t) / p : 0) }'
+  sum_cpu() { sed -n 's/^cpu_ms_per_create{[^}]*}=//p' | awk '{ s += $1 } END { printf "%.3f", s }'; }
+  awk -v p="$(sum_cpu <<<"$out")" -v t="$(sum_cpu <<<"$tls_out")" \
+    'BEGIN { printf "tls_cpu_ms_per_create_delta=%.3f\n", t - p }'
+else
+  printf '%s\n' "$out"
+fi
 creates="$(sed -n 's/^creates_per_sec=//p' <<<"$out")"
 
 bin="$(pg_bindir)"

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "isorun/v1/sandboxes.grpc.pb.h"
 #include "services/kit/flags.h"
@@ -31,6 +32,13 @@ ABSL_FLAG(int, clients, 128, "concurrent gRPC clients");
 ABSL_FLAG(int, seconds, 10, "how long to run");
 ABSL_FLAG(int, runners, 2, "simulated runners");
 ABSL_FLAG(int, channels, 8, "gRPC channels the clients share");
+ABSL_FLAG(std::string, tls_dir, "",
+          "mutual TLS between every process: a folder with ca.crt and <identity>.crt/.key "
+          "(./isorun bench create --tls makes one with openssl); this program calls the lifecycle "
+          "as the gateway and checks readiness as admin");
+ABSL_DECLARE_FLAG(std::string, tls_cert_file);
+ABSL_DECLARE_FLAG(std::string, tls_key_file);
+ABSL_DECLARE_FLAG(std::string, tls_ca_file);
 
 namespace {
 
@@ -75,6 +83,29 @@ int main(int argc, char** argv) {
   // The services' own defaults for their background loops, not the quick ones tests use.
   options.reaper_interval_ms = 500;
   options.reconcile_interval_ms = 5000;
+  const std::string tls_dir = absl::GetFlag(FLAGS_tls_dir);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!tls_dir.empty()) {
+    options.tls_dir = tls_dir;
+    absl::SetFlag(&FLAGS_tls_cert_file, tls_dir + "/admin.crt");
+    absl::SetFlag(&FLAGS_tls_key_file, tls_dir + "/admin.key");
+    absl::SetFlag(&FLAGS_tls_ca_file, tls_dir + "/ca.crt");
+    auto read = [](const std::string& path) {
+      std::ifstream in(path);
+      return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    };
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = read(tls_dir + "/ca.crt");
+    ssl.pem_private_key = read(tls_dir + "/gateway.key");
+    ssl.pem_cert_chain = read(tls_dir + "/gateway.crt");
+    if (ssl.pem_root_certs.empty() || ssl.pem_private_key.empty() || ssl.pem_cert_chain.empty()) {
+      std::fprintf(stderr, "cannot read ca.crt, gateway.crt and gateway.key in %s\n",
+                   tls_dir.c_str());
+      return 2;
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
+  std::printf("tls=%s\n", tls_dir.empty() ? "off" : "on");
   auto cluster = isorun::testing::Cluster::StartOrExplain(options);
   if (!cluster) return 1;
   const std::string tenant = cluster->CreateTenant("bench", 1'000'000);
@@ -84,7 +115,7 @@ int main(int argc, char** argv) {
     grpc::ChannelArguments args;
     args.SetInt("isorun.bench.channel", i);
     stubs.push_back(isorun::v1::Sandboxes::NewStub(grpc::CreateCustomChannel(
-        cluster->grpc_addr("lifecycle"), grpc::InsecureChannelCredentials(), args)));
+        cluster->grpc_addr("lifecycle"), credentials, args)));
   }
 
   // Postgres: its postmaster and every process it forked (backends, WAL writer, checkpointer).

@@ -224,6 +224,13 @@ void Cluster::Define() {
     return std::vector<std::string>{"--grpc_addr=" + Addr(ports_[name]),
                                     "--metrics_addr=" + Addr(metrics_ports_[name])};
   };
+  // The identity of a process: its service ("runner-2" and "lifecycle-2" are runner, lifecycle).
+  auto with_tls = [&](const std::string& identity, std::vector<std::string>& args) {
+    if (options_.tls_dir.empty()) return;
+    args.push_back("--tls_cert_file=" + options_.tls_dir + "/" + identity + ".crt");
+    args.push_back("--tls_key_file=" + options_.tls_dir + "/" + identity + ".key");
+    args.push_back("--tls_ca_file=" + options_.tls_dir + "/ca.crt");
+  };
   for (const auto& name : replica_names("quota")) {
     processes_[name] = {bin + "/isorun-quota", common(name), dir_ + "/" + name + ".log"};
     processes_[name].args.push_back("--database_url=" + db_.url());
@@ -355,6 +362,10 @@ void Cluster::Define() {
       for (const auto& a : options_.gateway_args) processes_[name].args.push_back(a);
       order_.push_back(name);
     }
+  }
+  for (auto& [name, p] : processes_) {
+    const std::string identity = name.substr(0, name.find('-'));
+    with_tls(identity, p.args);
   }
 }
 

@@ -55,6 +55,10 @@ struct ClusterOptions {
   // Replicas of quota, scheduler, lifecycle and gateway: the first of each keeps the plain name
   // ("quota"), the others are "quota-2", ... Every client gets the list of all replicas.
   int replicas = 1;
+  // Mutual TLS: a folder with ca.crt and <identity>.crt/.key (gateway, lifecycle, quota,
+  // scheduler, runner) made by openssl; every process gets its identity's files. The test
+  // process's own clients (readiness checks) use its --tls_* flags: give it the admin identity.
+  std::string tls_dir;
   // Extra environment for every process (NAME=value).
   std::vector<std::string> env;
   // Extra flags of the lifecycle, every runner and the gateway.
