@@ -291,6 +291,113 @@ TEST_F(LifecycleTest, NoStatementScansAHotTableOrWalksAStateIndex) {
   EXPECT_TRUE(scans.empty()) << absl::StrJoin(scans, "\n");
 }
 
+// Retention: ended sandboxes past their retention go, oldest first and a batch at a time, with
+// their events and idempotency keys; live and recently ended ones stay. Env values go as soon as a
+// sandbox ends (destroyed or failed), whatever the retention.
+TEST_F(LifecycleTest, EndedSandboxesArePurgedAfterTheirRetentionWithEventsAndKeys) {
+  auto make = [&](const std::string& key, const std::string& image = "busybox:1.36") {
+    auto r = Req(image);
+    r.set_idempotency_key(key);
+    (*r.mutable_env())["SECRET"] = "s3cr3t-" + key;
+    return lifecycle_->Create(r);
+  };
+  std::vector<std::string> ended;
+  for (const char* key : {"old-1", "old-2", "recent"}) {
+    auto sb = make(key);
+    ASSERT_TRUE(sb.ok()) << sb.status();
+    ASSERT_TRUE(lifecycle_->Destroy(tenant_, sb->id()).ok());
+    ended.push_back(sb->id());
+  }
+  auto failed = make("failed", "broken:1.0");
+  ASSERT_FALSE(failed.ok());
+  const std::string failed_id =
+      Count("SELECT id FROM lifecycle.sandboxes WHERE state = 'FAILED'");
+  ASSERT_FALSE(failed_id.empty());
+  auto live = make("live");
+  ASSERT_TRUE(live.ok()) << live.status();
+
+  // No ended sandbox keeps its env; the live one does.
+  EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.sandboxes WHERE env <> '{}'"), "1");
+  EXPECT_EQ(Count("SELECT env->>'SECRET' FROM lifecycle.sandboxes WHERE id = '" + live->id() +
+                  "'"),
+            "s3cr3t-live");
+
+  // Two destroyed sandboxes and the failed one ended more than a day ago.
+  db_.Scalar("UPDATE lifecycle.sandboxes SET ended_at = now() - interval '25 hours' WHERE id IN ('" +
+             ended[0] + "', '" + ended[1] + "', '" + failed_id + "')");
+  EXPECT_EQ(*sandbox_store_->PurgeEnded(absl::Hours(24), 2), 2);
+  EXPECT_EQ(*sandbox_store_->PurgeEnded(absl::Hours(24), 2), 1);
+  EXPECT_EQ(*sandbox_store_->PurgeEnded(absl::Hours(24), 2), 0);
+  for (const std::string& id : {ended[0], ended[1], failed_id}) {
+    EXPECT_EQ(lifecycle_->Get(tenant_, id).status().code(), absl::StatusCode::kNotFound) << id;
+    EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.sandbox_events WHERE sandbox_id = '" + id + "'"),
+              "0");
+    EXPECT_EQ(
+        Count("SELECT count(*) FROM lifecycle.idempotency_keys WHERE sandbox_id = '" + id + "'"),
+        "0");
+  }
+  // The recently ended and the live sandbox stay, with their events and keys.
+  for (const std::string& id : {ended[2], live->id()}) {
+    EXPECT_TRUE(lifecycle_->Get(tenant_, id).ok()) << id;
+    EXPECT_NE(Count("SELECT count(*) FROM lifecycle.sandbox_events WHERE sandbox_id = '" + id + "'"),
+              "0");
+    EXPECT_EQ(
+        Count("SELECT count(*) FROM lifecycle.idempotency_keys WHERE sandbox_id = '" + id + "'"),
+        "1");
+  }
+  // A longer retention keeps what a shorter one purges.
+  db_.Scalar("UPDATE lifecycle.sandboxes SET ended_at = now() - interval '30 hours' WHERE id = '" +
+             ended[2] + "'");
+  EXPECT_EQ(*sandbox_store_->PurgeEnded(absl::Hours(72), 10), 0);
+  EXPECT_EQ(*sandbox_store_->PurgeEnded(absl::Hours(24), 10), 1);
+
+  // Idempotency keys go after 24 h even while their sandbox lives; the sandbox stays.
+  db_.Scalar("UPDATE lifecycle.idempotency_keys SET created_at = now() - interval '25 hours'");
+  EXPECT_EQ(*sandbox_store_->PurgeIdempotencyKeys(kIdempotencyRetention, 10), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.idempotency_keys"), "0");
+  EXPECT_TRUE(lifecycle_->Get(tenant_, live->id()).ok());
+  EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.sandboxes"), "1");
+}
+
+// Purges run beside creates: a batch holds only its own rows (SKIP LOCKED), and a backlog of
+// thousands goes in batches of the given size.
+TEST_F(LifecycleTest, APurgeBacklogGoesInSmallBatchesBesideCreates) {
+  db_.Scalar(
+      "INSERT INTO lifecycle.sandboxes (id, tenant_id, state, image, cpu_millis, memory_mb, "
+      "timeout_sec, public_id, ended_at, end_reason) SELECT 'sbx_old' || g, '" + tenant_ +
+      "', 'DESTROYED', 'busybox:1.36', 1000, 512, 300, 'pub_old' || g, "
+      "now() - interval '48 hours', 'DELETED' FROM generate_series(1, 3000) g");
+  std::atomic<bool> stop{false};
+  std::atomic<int> creates{0}, failures{0};
+  std::thread creator([&] {
+    while (!stop) {
+      auto sb = lifecycle_->Create(Req());
+      if (!sb.ok()) {
+        ++failures;
+        continue;
+      }
+      ++creates;
+      if (!lifecycle_->Destroy(tenant_, sb->id()).ok()) ++failures;
+    }
+  });
+  int batches = 0, purged = 0;
+  for (;;) {
+    auto n = sandbox_store_->PurgeEnded(absl::Hours(24), 200);
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_LE(*n, 200);
+    if (*n == 0) break;
+    purged += *n;
+    ++batches;
+  }
+  stop = true;
+  creator.join();
+  EXPECT_EQ(purged, 3000);
+  EXPECT_GE(batches, 15);
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_GT(creates.load(), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM lifecycle.sandboxes WHERE id LIKE 'sbx_old%'"), "0");
+}
+
 TEST_F(LifecycleTest, ExactlyLimitWinsWhenFiftyCreatesRaceForFive) {
   StartRunner(100);
   std::atomic<int> ok{0}, limited{0}, other{0};

@@ -41,6 +41,13 @@ ABSL_FLAG(int, max_execs_per_sandbox, 16,
           "EXEC_LIMIT); the per-tenant cap is the tenant's maxConcurrentExecs limit");
 ABSL_FLAG(int, reaper_interval_ms, 500, "how often the idle reaper looks for expired sandboxes");
 ABSL_FLAG(int, reconcile_interval_ms, 5000, "how often the reconciler runs");
+ABSL_FLAG(absl::Duration, ended_retention, absl::Hours(72),
+          "how long an ended sandbox (DESTROYED, FAILED, LOST) stays readable before it is purged "
+          "with its events and idempotency key; at least 24h (API.md's promise)");
+ABSL_FLAG(int, purge_interval_ms, 60000,
+          "how often ended sandboxes and idempotency keys past their retention are purged");
+ABSL_FLAG(int, purge_batch, 200,
+          "rows deleted per purge statement (small, so creates never wait behind a purge)");
 ABSL_FLAG(int, stuck_after_sec, 120,
           "PENDING/STARTING sandboxes older than this are abandoned creates and get repaired");
 ABSL_FLAG(int, destroy_retry_after_sec, 10, "DESTROYING sandboxes older than this are retried");
@@ -72,6 +79,11 @@ int main(int argc, char** argv) {
   }
   isorun::PgPool pool(url, absl::GetFlag(FLAGS_db_connections), isorun::Durability::kAsync);
   isorun::lifecycle::SandboxStore store(pool);
+  if (absl::GetFlag(FLAGS_ended_retention) < absl::Hours(24)) {
+    isorun::LogError("--ended_retention must be at least 24h: API.md promises that an ended "
+                     "sandbox stays readable that long");
+    return 2;
+  }
   if (absl::Status s = isorun::RequireSchemaVersion(pool, isorun::LatestMigrationVersion());
       !s.ok()) {
     isorun::LogError("cannot start", {{"error", std::string(s.message())}});
@@ -104,6 +116,7 @@ int main(int argc, char** argv) {
   auto& orphan_placements = loop_family.Add({{"action", "orphan_placement_released"}});
   auto& orphan_containers = loop_family.Add({{"action", "orphan_container_stopped"}});
   auto& lost = loop_family.Add({{"action", "marked_lost"}});
+  auto& purged_sandboxes = loop_family.Add({{"action", "ended_sandbox_purged"}});
   isorun::lifecycle::LifecycleService service(lifecycle, metrics.registry());
   isorun::lifecycle::PublicUrlsService public_urls(lifecycle);
   auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service, &public_urls},
@@ -129,6 +142,27 @@ int main(int argc, char** argv) {
   // Running commands keep their sandboxes active, whatever their timeoutSec.
   std::thread exec_activity =
       Loop(stop, absl::Milliseconds(250), [&] { lifecycle.TouchActiveExecs(); });
+  // Retention: small batches with a pause between them, so a backlog (a first run after an
+  // upgrade, a long outage) never holds many rows, locks or the disk at once.
+  const absl::Duration retention = absl::GetFlag(FLAGS_ended_retention);
+  const int purge_batch = std::max(1, absl::GetFlag(FLAGS_purge_batch));
+  std::thread purger =
+      Loop(stop, absl::Milliseconds(absl::GetFlag(FLAGS_purge_interval_ms)), [&] {
+        for (int round = 0; round < 1000 && !stop.HasBeenNotified(); ++round) {
+          auto ended = store.PurgeEnded(retention, purge_batch);
+          auto keys = store.PurgeIdempotencyKeys(isorun::lifecycle::kIdempotencyRetention,
+                                                 purge_batch);
+          if (!ended.ok() || !keys.ok()) {
+            isorun::LogWarn("purge pass failed",
+                            {{"error", std::string((ended.ok() ? keys.status() : ended.status())
+                                                       .message())}});
+            return;
+          }
+          purged_sandboxes.Increment(*ended);
+          if (*ended < purge_batch && *keys < purge_batch) return;
+          stop.WaitForNotificationWithTimeout(absl::Milliseconds(50));
+        }
+      });
   std::thread reconciler =
       Loop(stop, absl::Milliseconds(absl::GetFlag(FLAGS_reconcile_interval_ms)), [&] {
         auto counts = lifecycle.ReconcileOnce();
@@ -154,5 +188,6 @@ int main(int argc, char** argv) {
   reaper.join();
   exec_activity.join();
   reconciler.join();
+  purger.join();
   return 0;
 }

@@ -220,23 +220,23 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
       "lc_to_failed",
       TransitionSql("FAILED", "prev.state IN ('PENDING', 'STARTING')",
                     "ended_at = now(), expires_at = NULL, end_reason = 'START_FAILED', "
-                    "end_message = r.p1",
+                    "end_message = r.p1, env = '{}'",
                     "'START_FAILED'", 1),
       Durability::kSync, false);
   // The common destroy, of a running sandbox, without the locking read of the general one.
   running_to_destroying_ = &AddTransition(
       "lc_running_to_destroying",
-      TransitionFromSql("DESTROYING", "end_reason = r.p1, expires_at = NULL", "r.p1", 2,
+      TransitionFromSql("DESTROYING", "end_reason = r.p1, expires_at = NULL, env = '{}'", "r.p1", 2,
                         "s.tenant_id = r.p2::uuid"),
       Durability::kAsync, false, {"RUNNING"});
   to_destroying_ = &AddTransition(
       "lc_to_destroying",
       TransitionSql("DESTROYING", "prev.state = ANY(r.p2::text[]) AND s.tenant_id = r.p3::uuid",
-                    "end_reason = r.p1, expires_at = NULL", "r.p1", 3),
+                    "end_reason = r.p1, expires_at = NULL, env = '{}'", "r.p1", 3),
       Durability::kAsync, false);
   to_destroyed_ = &AddTransition("lc_to_destroyed",
                                  TransitionFromSql("DESTROYED",
-                                                   "ended_at = now(), expires_at = NULL",
+                                                   "ended_at = now(), expires_at = NULL, env = '{}'",
                                                    "s.end_reason", 0),
                                  Durability::kSync, false, {"DESTROYING"});
   to_hibernated_ = &AddTransition(
@@ -252,7 +252,7 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
       "lc_to_lost",
       TransitionSql("LOST", "prev.state IN ('RUNNING', 'HIBERNATED')",
                     "ended_at = now(), expires_at = NULL, end_reason = 'RUNNER_LOST', "
-                    "end_message = r.p1",
+                    "end_message = r.p1, env = '{}'",
                     "'RUNNER_LOST'", 1),
       Durability::kSync, false);
   inserts_ = std::make_unique<Batcher<InsertCall, absl::Status>>(
@@ -295,7 +295,7 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
           "WITH c AS (SELECT id, state FROM lifecycle.sandboxes WHERE state = 'RUNNING' "
           "AND expires_at <= now() ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED), "
           "s AS (UPDATE lifecycle.sandboxes s SET state = 'DESTROYING', "
-          "end_reason = 'IDLE_TIMEOUT', expires_at = NULL, updated_at = now() FROM c "
+          "end_reason = 'IDLE_TIMEOUT', expires_at = NULL, env = '{}', updated_at = now() FROM c "
           "WHERE s.id = c.id RETURNING s.*, c.state AS from_state), "
           "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
           "SELECT id, from_state, 'DESTROYING', 'IDLE_TIMEOUT' FROM s) SELECT ",
@@ -334,6 +334,23 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                    "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state) "
                    "SELECT id, 'HIBERNATED', 'RUNNING' FROM s) SELECT ",
                    kCols, " FROM s"));
+  // Retention: the oldest ended sandboxes past $1 seconds, at most $2, with their events and
+  // idempotency keys; rows another replica purges are skipped.
+  pool_.Prepare("lc_purge_ended",
+                "WITH d AS (SELECT id FROM lifecycle.sandboxes "
+                "WHERE state IN ('DESTROYED', 'FAILED', 'LOST') "
+                "AND ended_at < now() - $1::float8 * interval '1 second' "
+                "ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
+                "g AS (DELETE FROM lifecycle.sandboxes s USING d WHERE s.id = d.id RETURNING s.id), "
+                "e AS (DELETE FROM lifecycle.sandbox_events v USING g WHERE v.sandbox_id = g.id), "
+                "k AS (DELETE FROM lifecycle.idempotency_keys i USING g WHERE i.sandbox_id = g.id) "
+                "SELECT count(*) FROM g");
+  pool_.Prepare("lc_purge_idempotency",
+                "WITH d AS (SELECT tenant_id, key FROM lifecycle.idempotency_keys "
+                "WHERE created_at < now() - $1::float8 * interval '1 second' "
+                "ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
+                "DELETE FROM lifecycle.idempotency_keys i USING d "
+                "WHERE i.tenant_id = d.tenant_id AND i.key = d.key");
   pool_.Prepare("lc_claim_stuck",
                 // The constant IN list lets the generic plan use sandboxes_unsettled.
                 absl::StrCat("WITH c AS (SELECT id FROM lifecycle.sandboxes WHERE state = $1 "
@@ -691,6 +708,28 @@ absl::StatusOr<std::optional<Sandbox>> SandboxStore::SetTimeout(const std::strin
       Durability::kSync);
   if (!s.ok()) return s;
   return out;
+}
+
+absl::StatusOr<int> SandboxStore::PurgeEnded(absl::Duration retention, int limit) {
+  int n = 0;
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
+    n = tx.exec_prepared("lc_purge_ended", absl::ToDoubleSeconds(retention), limit)[0][0].as<int>();
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return n;
+}
+
+absl::StatusOr<int> SandboxStore::PurgeIdempotencyKeys(absl::Duration retention, int limit) {
+  int n = 0;
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
+    n = static_cast<int>(
+        tx.exec_prepared("lc_purge_idempotency", absl::ToDoubleSeconds(retention), limit)
+            .affected_rows());
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return n;
 }
 
 absl::Status SandboxStore::Touch(const std::string& id) {

@@ -43,6 +43,9 @@ struct ListPage {
   std::string next_page_token;
 };
 
+// How long a create's Idempotency-Key is remembered (API.md: 24 h).
+inline constexpr absl::Duration kIdempotencyRetention = absl::Hours(24);
+
 class SandboxStore {
  public:
   explicit SandboxStore(PgPool& pool);
@@ -108,6 +111,11 @@ class SandboxStore {
   absl::Status Touch(const std::string& id);
   // The same for many sandboxes in one statement; returns how many running rows moved.
   absl::StatusOr<int> TouchMany(const std::vector<std::string>& ids);
+  // Retention: deletes up to `limit` of the sandboxes that ended more than `retention` ago, oldest
+  // first, with their events and idempotency keys; returns how many sandboxes went.
+  absl::StatusOr<int> PurgeEnded(absl::Duration retention, int limit);
+  // Deletes up to `limit` idempotency keys older than `retention`; returns how many.
+  absl::StatusOr<int> PurgeIdempotencyKeys(absl::Duration retention, int limit);
 
   // Hibernate and resume of one sandbox, serialized with each other and with every other
   // transition by the row's lock, held from the first read to the commit (the runner and quota
