@@ -411,7 +411,10 @@ cluster_up() {
     port="$(cluster_port "RUNNER_$n")" mport="$(cluster_port "RUNNER_${n}_METRICS")"
     tport="$(cluster_port "RUNNER_${n}_TUNNEL")"
     local -a data_args=()
-    [[ "$driver" == runc ]] && data_args=(--data_dir="$(cluster_runner_dir "$n")")
+    # Each runner its own sandbox addresses (README: "Sandbox networks"); ISORUN_EGRESS_DENY and
+    # ISORUN_DNS_UPSTREAM reach the runners as their --egress_deny and --dns_upstream.
+    [[ "$driver" == runc ]] &&
+      data_args=(--data_dir="$(cluster_runner_dir "$n")" --sandbox_network="100.96.$n.0/24")
     cluster_start "runner-$n" isorun-runner --grpc_addr="$h:$port" --metrics_addr="$h:$mport" \
       --scheduler_addr="$schedulers" --runner_name="runner-$n" --region=local --tunnel_addr="$h:$tport" \
       "${driver_args[@]}" "${data_args[@]}" "${tls_runner[@]}"

@@ -28,6 +28,8 @@ ISORUN_DEB_PACKAGES=(
   wrk nginx
   # sandboxes' writable layers: ext4 filesystems on loop devices (mkfs.ext4)
   e2fsprogs
+  # sandbox networks (veths, nftables through libnftables) and the egress tests' DNS server
+  iproute2 nftables libnftables-dev dnsmasq-base
 )
 
 # Packages wanted only when their command is missing: Debian's npm conflicts with builds of

@@ -63,6 +63,8 @@ bool RouteHasId(Route route) {
     case Route::kResume:
     case Route::kExec:
     case Route::kExecStream:
+    case Route::kSetNetwork:
+    case Route::kGetNetworkLog:
       return true;
     default:
       return false;
@@ -354,7 +356,7 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
     return ErrorResponse(Error(absl::StatusCode::kNotFound, "NOT_FOUND",
                                Cat("no sandbox with id \"", Shorten(id, 64), "\"")));
   }
-  if (request.method == "POST" && !request.body.empty()) {
+  if ((request.method == "POST" || request.method == "PUT") && !request.body.empty()) {
     if (auto type = request.Header("content-type"); type && !IsJsonContentType(*type)) {
       return ErrorResponse(Error(absl::StatusCode::kInvalidArgument, "UNSUPPORTED_MEDIA_TYPE",
                                  Cat("the body must be JSON (Content-Type: "
@@ -420,6 +422,24 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
     }
     case Route::kExecStream:
       return ExecStream(request, id, ctx);
+    case Route::kSetNetwork: {
+      auto network = ParseNetworkBody(request.body);
+      if (!network.ok()) return ErrorResponse(network.status());
+      v1::SetNetworkRequest req;
+      *req.mutable_network() = *std::move(network);
+      return SandboxCall(&v1::Sandboxes::Stub::SetNetwork, std::move(req), id,
+                         options_.call_deadline, ctx);
+    }
+    case Route::kGetNetworkLog: {
+      v1::GetNetworkLogRequest req;
+      req.set_tenant_id(tenant);
+      req.set_id(id);
+      v1::NetworkLog out;
+      absl::Status st =
+          Call(&v1::Sandboxes::Stub::GetNetworkLog, req, &out, options_.call_deadline, ctx);
+      if (!st.ok()) return ErrorResponse(st);
+      return Json(200, NetworkLogJson(out));
+    }
     case Route::kGetUsage: {
       v1::GetUsageRequest req;
       req.set_tenant_id(tenant);

@@ -266,6 +266,15 @@ absl::StatusOr<CreateKeyBody> ParseCreateKeyBody(std::string_view body) {
   return out;
 }
 
+absl::StatusOr<v1::NetworkPolicy> ParseNetworkBody(std::string_view body) {
+  auto doc = ParseObjectBody(body);
+  if (!doc.ok()) return doc.status();
+  v1::NetworkPolicy out;
+  if (absl::Status s = ReadNetwork("", *doc, &out); !s.ok()) return s;
+  if (out.egress().empty()) return Invalid("field \"egress\" is required");
+  return out;
+}
+
 absl::Status ParseEmptyBody(std::string_view body) {
   if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return absl::OkStatus();
   auto doc = ParseObjectBody(body);

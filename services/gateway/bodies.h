@@ -38,6 +38,10 @@ struct CreateKeyBody {
 };
 absl::StatusOr<CreateKeyBody> ParseCreateKeyBody(std::string_view body);
 
+// PUT /v1/sandboxes/{id}/network: {"egress" (required), "allow"?}. The profile itself is checked
+// by the lifecycle (kit/egress_policy.h).
+absl::StatusOr<v1::NetworkPolicy> ParseNetworkBody(std::string_view body);
+
 // Routes without a body (hibernate, resume): an empty body or `{}`.
 absl::Status ParseEmptyBody(std::string_view body);
 

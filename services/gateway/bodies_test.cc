@@ -236,5 +236,20 @@ TEST(Headers, ContentTypeAndIdempotencyKey) {
   EXPECT_FALSE(IsValidIdempotencyKey("caf\xC3\xA9"));
 }
 
+TEST(Bodies, NetworkBody) {
+  auto n = ParseNetworkBody(R"({"egress":"allowlist","allow":["example.org","198.18.0.0/15"]})");
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(n->egress(), "allowlist");
+  ASSERT_EQ(n->allow_size(), 2);
+  EXPECT_EQ(n->allow(1), "198.18.0.0/15");
+  for (const char* bad : {"", "[]", R"({"allow":[]})", R"({"egress":"open","bogus":1})",
+                          R"({"egress":5})", R"({"egress":"allowlist","allow":"x"})"}) {
+    auto r = ParseNetworkBody(bad);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_NE(ParseNetworkBody(R"({"allow":[]})").status().message().find("egress"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace isorun::gateway

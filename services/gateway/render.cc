@@ -147,6 +147,26 @@ std::string UsageJson(const v1::Usage& usage) {
   return w.Take();
 }
 
+std::string NetworkLogJson(const v1::NetworkLog& log) {
+  JsonWriter w;
+  w.BeginObject();
+  w.Key("entries").BeginArray();
+  for (const auto& e : log.entries()) {
+    w.BeginObject();
+    w.Key("time");
+    WriteTime(w, e.time(), true);
+    w.Key("address").String(e.address());
+    w.Key("port").Int(e.port());
+    if (!e.domain().empty()) w.Key("domain").String(e.domain());
+    w.Key("verdict").String(e.verdict());
+    if (!e.protocol().empty()) w.Key("protocol").String(e.protocol());
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  return w.Take();
+}
+
 ErrorReply RenderError(const absl::Status& status, int http_status) {
   ErrorReply reply;
   absl::StatusCode code = status.code();

@@ -29,6 +29,9 @@ std::string ExecJson(const v1::ExecResponse& exec);
 std::string ExecChunkLine(const v1::ExecChunk& chunk);
 // {"activeSandboxes", "hibernatedSandboxes", "limits": {...}}.
 std::string UsageJson(const v1::Usage& usage);
+// GET /v1/sandboxes/{id}/network/log: {"entries": [{"time", "address", "port", "domain"?,
+// "verdict", "protocol"}]}.
+std::string NetworkLogJson(const v1::NetworkLog& log);
 
 // A shortest round-trip decimal for a double (10 -> "10", 0.5 -> "0.5").
 std::string FormatDouble(double value);

@@ -237,5 +237,27 @@ TEST(FormatDouble, ShortestForm) {
   EXPECT_EQ(FormatDouble(std::numeric_limits<double>::infinity()), "null");
 }
 
+TEST(NetworkLogJson, EntriesWithOptionalDomain) {
+  v1::NetworkLog log;
+  auto* e = log.add_entries();
+  *e->mutable_time() = google::protobuf::util::TimeUtil::SecondsToTimestamp(1700000000);
+  e->set_address("198.18.0.7");
+  e->set_port(8080);
+  e->set_domain("web.test");
+  e->set_verdict("allowed");
+  e->set_protocol("tcp");
+  auto* b = log.add_entries();
+  *b->mutable_time() = google::protobuf::util::TimeUtil::SecondsToTimestamp(1700000001);
+  b->set_address("169.254.169.254");
+  b->set_port(80);
+  b->set_verdict("blocked");
+  b->set_protocol("tcp");
+  EXPECT_EQ(NetworkLogJson(log),
+            R"({"entries":[{"time":"2023-11-14T22:13:20Z","address":"198.18.0.7","port":8080,)"
+            R"("domain":"web.test","verdict":"allowed","protocol":"tcp"},)"
+            R"({"time":"2023-11-14T22:13:21Z","address":"169.254.169.254","port":80,)"
+            R"("verdict":"blocked","protocol":"tcp"}]})");
+}
+
 }  // namespace
 }  // namespace isorun::gateway

@@ -26,6 +26,8 @@ constexpr Entry kRoutes[] = {
     {"POST", "/v1/sandboxes/{id}/resume", Route::kResume},
     {"POST", "/v1/sandboxes/{id}/exec", Route::kExec},
     {"POST", "/v1/sandboxes/{id}/exec:stream", Route::kExecStream},
+    {"PUT", "/v1/sandboxes/{id}/network", Route::kSetNetwork},
+    {"GET", "/v1/sandboxes/{id}/network/log", Route::kGetNetworkLog},
     {"GET", "/v1/usage", Route::kGetUsage},
     {"GET", "/v1/keys", Route::kListKeys},
     {"POST", "/v1/keys", Route::kCreateKey},

@@ -30,6 +30,8 @@ enum class Route {
   kAdminCapacityHistory,
   kAdminDrain,
   kAdminUndrain,
+  kSetNetwork,
+  kGetNetworkLog,
 };
 
 // Routes of operators: an operator token instead of an API key.

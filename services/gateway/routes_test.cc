@@ -30,6 +30,10 @@ TEST(MatchRoute, EveryRoute) {
       {"POST", "/v1/sandboxes/sbx_1/exec:stream", Route::kExecStream,
        "/v1/sandboxes/{id}/exec:stream", "sbx_1"},
       {"GET", "/v1/usage", Route::kGetUsage, "/v1/usage", ""},
+      {"PUT", "/v1/sandboxes/sbx_1/network", Route::kSetNetwork, "/v1/sandboxes/{id}/network",
+       "sbx_1"},
+      {"GET", "/v1/sandboxes/sbx_1/network/log", Route::kGetNetworkLog,
+       "/v1/sandboxes/{id}/network/log", "sbx_1"},
   };
   for (const Case& c : cases) {
     RouteMatch m = MatchRoute(c.method, c.path);

@@ -71,6 +71,8 @@ const std::vector<Rule>& Rules() {
   static const auto* rules = new std::vector<Rule>{
       {"/grpc.health.v1.Health/", {"*"}},
       {"/grpc.reflection.", {"admin"}},
+      // isorunctl's `sandboxes set-network` acts for the operator.
+      {"/isorun.v1.Sandboxes/SetNetwork", {"gateway", "admin"}},
       {"/isorun.v1.Sandboxes/", {"gateway"}},
       {"/isorun.v1.PublicUrls/", {"gateway"}},  // the public-URL proxy's lookups
       {"/isorun.v1.Quotas/CheckRate", {"gateway"}},

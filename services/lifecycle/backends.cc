@@ -254,6 +254,30 @@ absl::Status GrpcBackends::Pause(const std::string& address, const std::string& 
   return Wrap(RunnerAt(address).PauseSandbox(&ctx, req, &resp), "runner");
 }
 
+absl::Status GrpcBackends::SetNetwork(const std::string& address, const std::string& sandbox_id,
+                                      const v1::NetworkPolicy& policy) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.runner);
+  v1::SetSandboxNetworkRequest req;
+  req.set_sandbox_id(sandbox_id);
+  *req.mutable_network() = policy;
+  v1::SetSandboxNetworkResponse resp;
+  return Wrap(RunnerAt(address).SetSandboxNetwork(&ctx, req, &resp), "runner");
+}
+
+absl::StatusOr<std::vector<v1::EgressLogEntry>> GrpcBackends::EgressLog(
+    const std::string& address, const std::string& sandbox_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadlines_.runner);
+  v1::GetEgressLogRequest req;
+  req.set_sandbox_id(sandbox_id);
+  v1::GetEgressLogResponse resp;
+  if (absl::Status s = Wrap(RunnerAt(address).GetEgressLog(&ctx, req, &resp), "runner"); !s.ok()) {
+    return s;
+  }
+  return std::vector<v1::EgressLogEntry>(resp.entries().begin(), resp.entries().end());
+}
+
 absl::Status GrpcBackends::Unpause(const std::string& address, const std::string& sandbox_id) {
   grpc::ClientContext ctx;
   SetDeadline(ctx, deadlines_.runner);

@@ -36,6 +36,10 @@ class Backends {
   virtual absl::Status Stop(const std::string& address, const std::string& sandbox_id) = 0;
   virtual absl::Status Pause(const std::string& address, const std::string& sandbox_id) = 0;
   virtual absl::Status Unpause(const std::string& address, const std::string& sandbox_id) = 0;
+  virtual absl::Status SetNetwork(const std::string& address, const std::string& sandbox_id,
+                                  const v1::NetworkPolicy& policy) = 0;
+  virtual absl::StatusOr<std::vector<v1::EgressLogEntry>> EgressLog(
+      const std::string& address, const std::string& sandbox_id) = 0;
   virtual absl::StatusOr<v1::ExecResponse> Exec(const std::string& address,
                                                 const std::string& sandbox_id,
                                                 const v1::ExecRequest& request) = 0;
@@ -85,6 +89,10 @@ class GrpcBackends final : public Backends {
   absl::Status Stop(const std::string& address, const std::string& sandbox_id) override;
   absl::Status Pause(const std::string& address, const std::string& sandbox_id) override;
   absl::Status Unpause(const std::string& address, const std::string& sandbox_id) override;
+  absl::Status SetNetwork(const std::string& address, const std::string& sandbox_id,
+                          const v1::NetworkPolicy& policy) override;
+  absl::StatusOr<std::vector<v1::EgressLogEntry>> EgressLog(const std::string& address,
+                                                            const std::string& sandbox_id) override;
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& address, const std::string& sandbox_id,
                                         const v1::ExecRequest& request) override;
   absl::Status ExecStream(const std::string& address, const std::string& sandbox_id,

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "services/kit/egress_policy.h"
 #include "services/kit/ids.h"
 #include "services/kit/image_policy.h"
 #include "services/kit/log.h"
@@ -434,6 +435,38 @@ absl::StatusOr<Sandbox> Lifecycle::Resume(const std::string& tenant_id, const st
   });
   if (!s.ok()) return s;
   return result;
+}
+
+absl::StatusOr<Sandbox> Lifecycle::SetNetwork(const std::string& tenant_id, const std::string& id,
+                                              v1::NetworkPolicy policy) {
+  if (absl::Status s = NormalizeNetworkPolicy(policy); !s.ok()) return s;
+  auto sb = store_.Get(tenant_id, id);
+  if (!sb.ok()) return sb.status();
+  if (sb->state() != v1::RUNNING && sb->state() != v1::HIBERNATED) return NotRunning(*sb);
+  if (absl::Status s = backends_.SetNetwork(sb->runner_address(), id, policy); !s.ok()) {
+    if (s.code() == absl::StatusCode::kNotFound) return NotRunning(*sb);
+    return s;
+  }
+  auto updated = store_.SetNetwork(tenant_id, id, policy);
+  if (!updated.ok()) return updated.status();
+  if (updated->has_value()) return **updated;
+  auto now = store_.Get(tenant_id, id);
+  if (!now.ok()) return now.status();
+  return NotRunning(*now);
+}
+
+absl::StatusOr<std::vector<v1::EgressLogEntry>> Lifecycle::NetworkLog(const std::string& tenant_id,
+                                                                      const std::string& id) {
+  auto sb = store_.Get(tenant_id, id);
+  if (!sb.ok()) return sb.status();
+  if (sb->state() != v1::RUNNING && sb->state() != v1::HIBERNATED) {
+    return std::vector<v1::EgressLogEntry>{};
+  }
+  auto entries = backends_.EgressLog(sb->runner_address(), id);
+  if (entries.status().code() == absl::StatusCode::kNotFound) {
+    return std::vector<v1::EgressLogEntry>{};
+  }
+  return entries;
 }
 
 absl::StatusOr<Sandbox> Lifecycle::SandboxForExec(const v1::ExecRequest& request) {

@@ -90,6 +90,14 @@ class Lifecycle {
                                      int timeout_sec);
   absl::StatusOr<Sandbox> Hibernate(const std::string& tenant_id, const std::string& id);
   absl::StatusOr<Sandbox> Resume(const std::string& tenant_id, const std::string& id);
+  // Replaces the network profile of a running or hibernated sandbox: on its runner first (at
+  // once), then in its row. INVALID_ARGUMENT for a bad profile (nothing changes);
+  // SANDBOX_NOT_RUNNING for a sandbox that is not running or hibernated.
+  absl::StatusOr<Sandbox> SetNetwork(const std::string& tenant_id, const std::string& id,
+                                     v1::NetworkPolicy policy);
+  // Recent connection attempts; empty for a sandbox that is not (or no longer) on a runner.
+  absl::StatusOr<std::vector<v1::EgressLogEntry>> NetworkLog(const std::string& tenant_id,
+                                                             const std::string& id);
   absl::StatusOr<v1::ExecResponse> Exec(const v1::ExecRequest& request);
   // Streams output as it comes. No default timeout; the sandbox counts as active (its idle
   // deadline keeps moving) while the command runs; `cancelled` returning true kills the command.

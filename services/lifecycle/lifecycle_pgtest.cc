@@ -75,6 +75,14 @@ class FaultyBackends final : public Backends {
   absl::Status Pause(const std::string& a, const std::string& id) override {
     return real_.Pause(a, id);
   }
+  absl::Status SetNetwork(const std::string& a, const std::string& id,
+                          const v1::NetworkPolicy& p) override {
+    return real_.SetNetwork(a, id, p);
+  }
+  absl::StatusOr<std::vector<v1::EgressLogEntry>> EgressLog(const std::string& a,
+                                                            const std::string& id) override {
+    return real_.EgressLog(a, id);
+  }
   absl::Status Unpause(const std::string& a, const std::string& id) override {
     if (before_unpause) before_unpause();
     return real_.Unpause(a, id);

@@ -159,4 +159,20 @@ grpc::Status PublicUrlsService::TouchSandboxes(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+grpc::Status LifecycleService::SetNetwork(grpc::ServerContext*, const v1::SetNetworkRequest* req,
+                                          v1::Sandbox* resp) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  return Reply(lifecycle_.SetNetwork(req->tenant_id(), req->id(), req->network()), resp);
+}
+
+grpc::Status LifecycleService::GetNetworkLog(grpc::ServerContext*,
+                                             const v1::GetNetworkLogRequest* req,
+                                             v1::NetworkLog* resp) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  auto entries = lifecycle_.NetworkLog(req->tenant_id(), req->id());
+  if (!entries.ok()) return ToGrpcStatus(entries.status());
+  for (auto& e : *entries) *resp->add_entries() = std::move(e);
+  return grpc::Status::OK;
+}
+
 }  // namespace isorun::lifecycle

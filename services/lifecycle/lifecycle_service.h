@@ -40,6 +40,10 @@ class LifecycleService final : public LifecycleServiceBase {
   grpc::ServerWriteReactor<v1::ExecChunk>* ExecStream(grpc::CallbackServerContext*,
                                                       const v1::ExecRequest*) override;
   grpc::Status GetUsage(grpc::ServerContext*, const v1::GetUsageRequest*, v1::Usage*) override;
+  grpc::Status SetNetwork(grpc::ServerContext*, const v1::SetNetworkRequest*,
+                          v1::Sandbox*) override;
+  grpc::Status GetNetworkLog(grpc::ServerContext*, const v1::GetNetworkLogRequest*,
+                             v1::NetworkLog*) override;
 
  private:
   Lifecycle& lifecycle_;

@@ -281,6 +281,11 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                              "s.state IN ('PENDING', 'STARTING', 'RUNNING', 'HIBERNATED') "
                              "RETURNING ",
                              kCols));
+  pool_.Prepare("lc_set_network",
+                absl::StrCat("UPDATE lifecycle.sandboxes s SET network = $3::jsonb, "
+                             "updated_at = now() WHERE s.id = $1 AND s.tenant_id = $2 AND "
+                             "s.state IN ('RUNNING', 'HIBERNATED') RETURNING ",
+                             kCols));
   // The state is a parameter: with a literal 'RUNNING' the plan walks sandboxes_expiry (every
   // running sandbox) instead of the primary key.
   pool_.Prepare("lc_touch",
@@ -730,6 +735,27 @@ absl::StatusOr<int> SandboxStore::PurgeIdempotencyKeys(absl::Duration retention,
   });
   if (!s.ok()) return s;
   return n;
+}
+
+absl::StatusOr<std::optional<Sandbox>> SandboxStore::SetNetwork(const std::string& tenant_id,
+                                                                const std::string& id,
+                                                                const v1::NetworkPolicy& policy) {
+  std::optional<Sandbox> out;
+  const std::string json = NetworkJson(policy);
+  absl::Status s = pool_.Execute(
+      [&](pqxx::nontransaction& tx) -> absl::Status {
+        out.reset();
+        auto r = tx.exec_prepared("lc_set_network", id, tenant_id, json);
+        if (!r.empty()) {
+          out = FromRow(r[0]);
+          return absl::OkStatus();
+        }
+        if (tx.exec_prepared("lc_get", id, tenant_id).empty()) return NotFound(id);
+        return absl::OkStatus();
+      },
+      Durability::kSync);
+  if (!s.ok()) return s;
+  return out;
 }
 
 absl::Status SandboxStore::Touch(const std::string& id) {

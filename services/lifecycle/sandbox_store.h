@@ -107,6 +107,10 @@ class SandboxStore {
   // Sets timeoutSec; a running sandbox's deadline becomes now + timeout. nullopt if it has ended.
   absl::StatusOr<std::optional<Sandbox>> SetTimeout(const std::string& tenant_id,
                                                     const std::string& id, int timeout_sec);
+  // Stores a running or hibernated sandbox's network profile. nullopt if it is in another state.
+  absl::StatusOr<std::optional<Sandbox>> SetNetwork(const std::string& tenant_id,
+                                                    const std::string& id,
+                                                    const v1::NetworkPolicy& policy);
   // Activity: a running sandbox's deadline becomes now + its timeout.
   absl::Status Touch(const std::string& id);
   // The same for many sandboxes in one statement; returns how many running rows moved.

@@ -3,6 +3,7 @@
 #include <cctype>
 
 #include "absl/strings/str_cat.h"
+#include "services/kit/egress_policy.h"
 #include "services/kit/status.h"
 
 namespace isorun::lifecycle {
@@ -78,17 +79,6 @@ absl::Status CheckMap(const google::protobuf::Map<std::string, std::string>& map
   return absl::OkStatus();
 }
 
-bool ValidAllowEntry(const std::string& entry) {
-  if (entry.empty() || entry.size() > 253) return false;
-  for (char c : entry) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '/' &&
-        c != ':' && c != '*') {
-      return false;
-    }
-  }
-  return true;
-}
-
 }  // namespace
 
 absl::Status CheckImagePinned(const std::string& image) {
@@ -160,24 +150,7 @@ absl::StatusOr<v1::CreateSandboxRequest> NormalizeCreate(const v1::CreateSandbox
   }
   if (absl::Status s = CheckMap(out.env(), "env", true); !s.ok()) return s;
   if (absl::Status s = CheckMap(out.metadata(), "metadata", false); !s.ok()) return s;
-  v1::NetworkPolicy* net = out.mutable_network();
-  if (net->egress().empty()) net->set_egress("open");
-  if (net->egress() != "open" && net->egress() != "none" && net->egress() != "allowlist") {
-    return Invalid(absl::StrCat("network.egress must be open, none or allowlist, got '",
-                                net->egress(), "'"));
-  }
-  if (net->egress() != "allowlist" && net->allow_size() > 0) {
-    return Invalid("network.allow is only valid with egress allowlist");
-  }
-  if (net->allow_size() > kMaxAllowEntries) {
-    return Invalid(absl::StrCat("network.allow has more than ", kMaxAllowEntries, " entries"));
-  }
-  for (const auto& entry : net->allow()) {
-    if (!ValidAllowEntry(entry)) {
-      return Invalid(absl::StrCat("network.allow entry '", entry,
-                                  "' is not a host name or CIDR block"));
-    }
-  }
+  if (absl::Status s = NormalizeNetworkPolicy(*out.mutable_network()); !s.ok()) return s;
   if (out.idempotency_key().size() > 255) return Invalid("Idempotency-Key is over 255 bytes");
   return out;
 }

@@ -26,7 +26,6 @@ inline constexpr int kMaxDiskMb = 65536;
 inline constexpr int kMaxMapEntries = 64;
 inline constexpr int kMaxMapKeyBytes = 128;
 inline constexpr int kMaxMapValueBytes = 4096;
-inline constexpr int kMaxAllowEntries = 64;
 
 // `name:tag` (tag other than latest/lts) or `name@sha256:<64 hex>`; `name` may carry a registry
 // host[:port] and path. OK or INVALID_ARGUMENT/IMAGE_NOT_PINNED.

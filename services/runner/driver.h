@@ -52,6 +52,12 @@ class Driver {
   // 0 when there is none (unknown sandbox, or a driver without processes). The public-URL
   // tunnel and the port listing enter that namespace.
   virtual int NetnsPid(const std::string& sandbox_id) { return 0; }
+  // Replaces a running or hibernated sandbox's network profile at once (already validated).
+  virtual absl::Status SetNetwork(const std::string& sandbox_id,
+                                  const v1::NetworkPolicy& policy) = 0;
+  // Recent connection attempts of the sandbox, oldest first.
+  virtual absl::StatusOr<std::vector<v1::EgressLogEntry>> EgressLog(
+      const std::string& sandbox_id) = 0;
   // Runs `/bin/sh -c cmd` to completion: timeout_sec 0 means 30 s; at the timeout the command
   // and everything it started are killed and the answer is DEADLINE_EXCEEDED (EXEC_TIMEOUT).
   // FAILED_PRECONDITION (SANDBOX_NOT_RUNNING) on a paused sandbox.

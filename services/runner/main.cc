@@ -6,6 +6,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/synchronization/notification.h"
+#include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/ascii.h"
@@ -85,6 +86,17 @@ ABSL_FLAG(int, grpc_max_threads, 64,
 ABSL_FLAG(int, sandbox_uid_base, 100000,
           "runc driver: host uid (and gid) that root in a sandbox maps to; 65536 ids from there");
 
+ABSL_FLAG(std::string, sandbox_network, "100.96.0.0/24",
+          "runc driver: this runner's sandbox addresses (IPv4 CIDR, /8-/29; the first address is "
+          "the gateway and DNS forwarder). Unique per runner on a host; empty: sandboxes get "
+          "loopback only whatever their profile");
+ABSL_FLAG(std::string, egress_deny, isorun::runner::kDefaultEgressDeny,
+          "runc driver: comma-separated CIDRs no sandbox may reach, whatever its profile "
+          "(169.254.0.0/16, the host and other sandboxes are always blocked)");
+ABSL_FLAG(std::string, dns_upstream, "",
+          "runc driver: ip:port the sandboxes' DNS forwarder asks; empty: the first nameserver of "
+          "/etc/resolv.conf; off: every query refused");
+
 namespace {
 
 std::string DefaultInitPath() {
@@ -106,6 +118,16 @@ int main(int argc, char** argv) {
   isorun::http::RaiseOpenFileLimit();
   std::unique_ptr<isorun::runner::ImageFetcher> fetcher;
   std::unique_ptr<isorun::runner::Driver> driver;
+  isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
+  auto& egress_attempts =
+      prometheus::BuildCounter()
+          .Name("isorun_runner_egress_connections_total")
+          .Help("Connection attempts of sandboxes logged at the host, by verdict (blocked under "
+                "every profile; allowed under allowlist)")
+          .Register(metrics.registry());
+  // The driver uses it while it serves; it is torn down (threads stopped, rules and veths left for
+  // a restarted runner) after everything that calls the driver has stopped.
+  std::unique_ptr<isorun::runner::SandboxNetwork> network;
   const std::string driver_name = absl::GetFlag(FLAGS_driver);
   if (driver_name == "sim") {
     isorun::runner::SimOptions options;
@@ -135,6 +157,23 @@ int main(int argc, char** argv) {
     options.init_path = absl::GetFlag(FLAGS_sandbox_init);
     if (options.init_path.empty()) options.init_path = DefaultInitPath();
     options.uid_base = uid_base;
+    if (!absl::GetFlag(FLAGS_sandbox_network).empty()) {
+      isorun::runner::NetworkOptions net;
+      net.range = absl::GetFlag(FLAGS_sandbox_network);
+      net.deny = absl::GetFlag(FLAGS_egress_deny);
+      net.dns_upstream = absl::GetFlag(FLAGS_dns_upstream);
+      net.state_dir = options.data_dir + "/network";
+      net.on_attempt = [&egress_attempts](const std::string& verdict) {
+        egress_attempts.Add({{"verdict", verdict}}).Increment();
+      };
+      auto created = isorun::runner::SandboxNetwork::Create(net);
+      if (!created.ok()) {
+        isorun::LogError("cannot set up sandbox networks", {{"error", created.status().ToString()}});
+        return 1;
+      }
+      network = std::move(*created);
+      options.network = network.get();
+    }
     auto runc = isorun::runner::RuncDriver::Create(options, *fetcher);
     if (!runc.ok()) {
       isorun::LogError("cannot start the runc driver", {{"error", runc.status().ToString()}});
@@ -150,7 +189,6 @@ int main(int argc, char** argv) {
     isorun::LogError("unknown --driver (runc or sim)", {{"driver", driver_name}});
     return 2;
   }
-  isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
   std::unique_ptr<isorun::runner::TunnelServer> tunnel;
   std::string tunnel_advertise;
   if (const std::string tunnel_addr = absl::GetFlag(FLAGS_tunnel_addr); !tunnel_addr.empty()) {

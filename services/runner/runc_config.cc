@@ -106,6 +106,10 @@ std::string RuncConfigJson(const ContainerSpec& spec) {
   if (!spec.init_path.empty()) {
     Mount(w, kInitInSandbox, "bind", spec.init_path, {"bind", "ro", "nosuid", "nodev"});
   }
+  if (!spec.resolv_conf.empty()) {
+    Mount(w, "/etc/resolv.conf", "bind", spec.resolv_conf,
+          {"bind", "ro", "nosuid", "nodev", "noexec"});
+  }
   w.EndArray();
 
   w.Key("linux").BeginObject();

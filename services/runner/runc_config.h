@@ -31,6 +31,9 @@ struct ContainerSpec {
   bool limit_swap = true;    // also set memory+swap (needs swap accounting)
   int pids_limit = 0;        // 0: no limit
   bool seccomp = true;       // the syscall filter of seccomp_profile.h
+  // Host file bind-mounted read-only at /etc/resolv.conf (the runner's DNS forwarder, or no
+  // resolver); empty: the image's own.
+  std::string resolv_conf;
 };
 
 // Where the init binary appears inside the sandbox.

@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "services/kit/egress_policy.h"
 #include "services/kit/ids.h"
 #include "services/kit/image_policy.h"
 #include "services/kit/log.h"
@@ -262,11 +263,27 @@ absl::Status RuncDriver::Recover() {
     LogWarn("deleting a container without a sandbox directory", {{"container", id}});
     (void)RunRunc(Runc({"delete", "--force", id}));
   }
+  if (options_.network != nullptr) {
+    std::map<std::string, int> live;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [id, sb] : sandboxes_) live[id] = sb->init_pid;
+    }
+    if (absl::Status s = options_.network->Recover(live); !s.ok()) {
+      LogWarn("sandbox networks recovered with errors", {{"error", s.ToString()}});
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::Status RuncDriver::Teardown(const std::string& id) {
   const std::string dir = SandboxDir(id);
+  // The network first, while the sandbox's namespace still exists: deleting the host side of
+  // its veth then removes the pair at once (after the container, the kernel would remove it
+  // some time later), and the sandbox has no way out from the first moment.
+  if (options_.network != nullptr) {
+    if (absl::Status s = options_.network->Release(id); !s.ok()) return s;
+  }
   // `delete --force` of a running container freezes, kills and polls (about 100 ms here); a
   // plain kill first lets it find the container stopped (or nearly) and finish in a few ms.
   (void)RunCaptured(Runc({"kill", id, "KILL"}), kRuncTimeout);
@@ -392,6 +409,14 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
   spec.memory_mb = request.memory_mb();
   spec.limit_swap = limit_swap_;
   spec.pids_limit = options_.pids_limit;
+  if (options_.network != nullptr) {
+    v1::NetworkPolicy policy = request.network();
+    if (absl::Status s = NormalizeNetworkPolicy(policy); !s.ok()) return fail(s);
+    spec.resolv_conf = dir + "/resolv.conf";
+    if (absl::Status s = options_.network->Prepare(id, policy, spec.resolv_conf); !s.ok()) {
+      return fail(s);
+    }
+  }
   if (absl::Status s = WriteFileAtomic(dir + "/config.json", RuncConfigJson(spec)); !s.ok()) {
     return fail(s);
   }
@@ -422,6 +447,11 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
   auto pid_text = ReadFile(dir + "/init.pid");
   if (pid_text.ok()) (void)absl::SimpleAtoi(absl::StripAsciiWhitespace(*pid_text), &pid);
   auto cgroups = CgroupDirsOf(pid);
+  const absl::Time t_run = absl::Now();
+  if (options_.network != nullptr) {
+    if (pid <= 0) return fail(absl::InternalError("runc gave no pid for the sandbox's init"));
+    if (absl::Status s = options_.network->Attach(id, pid); !s.ok()) return fail(s);
+  }
   const absl::Time t_done = absl::Now();
   {
     absl::MutexLock lock(&mu_);
@@ -442,7 +472,8 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
            {"image_ms", std::to_string(absl::ToInt64Milliseconds(t_image - t0))},
            {"layer_ms", std::to_string(absl::ToInt64Milliseconds(t_layer - t_image))},
            {"bundle_ms", std::to_string(absl::ToInt64Milliseconds(t_bundle - t_image))},
-           {"runc_ms", std::to_string(absl::ToInt64Milliseconds(t_done - t_bundle))}});
+           {"runc_ms", std::to_string(absl::ToInt64Milliseconds(t_run - t_bundle))},
+           {"network_ms", std::to_string(absl::ToInt64Milliseconds(t_done - t_run))}});
   return StartResult{lease->digest, lease->warm};
 }
 
@@ -578,6 +609,42 @@ void RuncDriver::ReapVanished() {
     auto it = sandboxes_.find(id);
     if (it != sandboxes_.end() && it->second == sb) sandboxes_.erase(it);
   }
+}
+
+absl::Status RuncDriver::SetNetwork(const std::string& sandbox_id,
+                                    const v1::NetworkPolicy& policy) {
+  std::shared_ptr<Sandbox> sb;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sandboxes_.find(sandbox_id);
+    if (it == sandboxes_.end()) return UnknownSandbox(sandbox_id);
+    sb = it->second;
+  }
+  v1::NetworkPolicy normalized = policy;
+  if (absl::Status s = NormalizeNetworkPolicy(normalized); !s.ok()) return s;
+  absl::MutexLock op(&sb->op_mu);
+  {
+    absl::MutexLock lock(&mu_);
+    if (sb->state != State::kRunning && sb->state != State::kPaused) {
+      return UnknownSandbox(sandbox_id);
+    }
+  }
+  if (options_.network == nullptr) {
+    if (normalized.egress() == "none") return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        "this runner gives sandboxes no network (start it with --sandbox_network)");
+  }
+  return options_.network->Update(sandbox_id, normalized);
+}
+
+absl::StatusOr<std::vector<v1::EgressLogEntry>> RuncDriver::EgressLog(
+    const std::string& sandbox_id) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (sandboxes_.count(sandbox_id) == 0) return UnknownSandbox(sandbox_id);
+  }
+  if (options_.network == nullptr) return std::vector<v1::EgressLogEntry>{};
+  return options_.network->Log(sandbox_id);
 }
 
 absl::StatusOr<CachedImageInfo> RuncDriver::Pull(const std::string& image) {

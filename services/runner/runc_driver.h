@@ -29,6 +29,7 @@
 #include "services/runner/disk_layer.h"
 #include "services/runner/driver.h"
 #include "services/runner/image_cache.h"
+#include "services/runner/sandbox_network.h"
 
 namespace isorun::runner {
 
@@ -53,6 +54,9 @@ struct RuncOptions {
   std::string cgroup_parent = "isorun";
   absl::Duration exec_default_timeout = absl::Seconds(30);
   size_t exec_output_cap = size_t{16} << 20;  // per stream, for Exec (not ExecStream)
+  // Sandbox networks and egress profiles; null: every sandbox has loopback only, whatever its
+  // profile. Must outlive the driver.
+  SandboxNetwork* network = nullptr;
 };
 
 class RuncDriver final : public Driver {
@@ -73,6 +77,8 @@ class RuncDriver final : public Driver {
   std::vector<CachedImageInfo> Images() override;
   // Pre-warming: pulls `image` into the cache without starting anything.
   absl::StatusOr<CachedImageInfo> Pull(const std::string& image) override;
+  absl::Status SetNetwork(const std::string& sandbox_id, const v1::NetworkPolicy& policy) override;
+  absl::StatusOr<std::vector<v1::EgressLogEntry>> EgressLog(const std::string& sandbox_id) override;
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& sandbox_id,
                                         const v1::ExecRequest& request) override;
   absl::StatusOr<int> ExecStream(const std::string& sandbox_id, const v1::ExecRequest& request,

@@ -109,4 +109,18 @@ grpc::Status RunnerService::GetRunnerInfo(grpc::ServerContext*, const v1::GetRun
   return grpc::Status::OK;
 }
 
+grpc::Status RunnerService::SetSandboxNetwork(grpc::ServerContext*,
+                                              const v1::SetSandboxNetworkRequest* req,
+                                              v1::SetSandboxNetworkResponse*) {
+  return ToGrpcStatus(driver_.SetNetwork(req->sandbox_id(), req->network()));
+}
+
+grpc::Status RunnerService::GetEgressLog(grpc::ServerContext*, const v1::GetEgressLogRequest* req,
+                                         v1::GetEgressLogResponse* resp) {
+  auto entries = driver_.EgressLog(req->sandbox_id());
+  if (!entries.ok()) return ToGrpcStatus(entries.status());
+  for (auto& e : *entries) *resp->add_entries() = std::move(e);
+  return grpc::Status::OK;
+}
+
 }  // namespace isorun::runner

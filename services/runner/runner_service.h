@@ -41,6 +41,10 @@ class RunnerService final : public RunnerServiceBase {
                          v1::ListPortsResponse*) override;
   grpc::Status GetRunnerInfo(grpc::ServerContext*, const v1::GetRunnerInfoRequest*,
                              v1::GetRunnerInfoResponse*) override;
+  grpc::Status SetSandboxNetwork(grpc::ServerContext*, const v1::SetSandboxNetworkRequest*,
+                                 v1::SetSandboxNetworkResponse*) override;
+  grpc::Status GetEgressLog(grpc::ServerContext*, const v1::GetEgressLogRequest*,
+                            v1::GetEgressLogResponse*) override;
 
  private:
   Driver& driver_;

@@ -225,6 +225,9 @@ class RunnerProcessTest : public ::testing::Test {
         "--insecure_registries=" + registry_,
         absl::StrCat("--grpc_addr=127.0.0.1:", port_),
         "--metrics_addr=",
+        // No sandbox networks here (the egress tests cover them): no range to share with other
+        // runners of this host, and never the host's resolver.
+        "--sandbox_network=",
         absl::StrCat("--scheduler_addr=127.0.0.1:", testing::FreeLoopbackPort())};
     pid_ = ::fork();
     ASSERT_GE(pid_, 0);

@@ -71,6 +71,23 @@ absl::Status SimDriver::Unpause(const std::string& sandbox_id) {
   return absl::OkStatus();
 }
 
+absl::Status SimDriver::SetNetwork(const std::string& sandbox_id, const v1::NetworkPolicy&) {
+  absl::MutexLock lock(&mu_);
+  if (sandboxes_.count(sandbox_id) == 0) {
+    return absl::NotFoundError(absl::StrCat("no sandbox ", sandbox_id, " on this runner"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<v1::EgressLogEntry>> SimDriver::EgressLog(
+    const std::string& sandbox_id) {
+  absl::MutexLock lock(&mu_);
+  if (sandboxes_.count(sandbox_id) == 0) {
+    return absl::NotFoundError(absl::StrCat("no sandbox ", sandbox_id, " on this runner"));
+  }
+  return std::vector<v1::EgressLogEntry>{};
+}
+
 bool SimDriver::IsPaused(const std::string& sandbox_id) {
   absl::MutexLock lock(&mu_);
   return paused_.count(sandbox_id) > 0;

@@ -34,6 +34,9 @@ class SimDriver final : public Driver {
   std::vector<CachedImageInfo> Images() override;
   // Marks the image cached after `pull_delay` (none when it is cached already).
   absl::StatusOr<CachedImageInfo> Pull(const std::string& image) override;
+  // Simulated sandboxes have no network: a profile change is accepted and nothing is logged.
+  absl::Status SetNetwork(const std::string& sandbox_id, const v1::NetworkPolicy& policy) override;
+  absl::StatusOr<std::vector<v1::EgressLogEntry>> EgressLog(const std::string& sandbox_id) override;
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& sandbox_id,
                                         const v1::ExecRequest& request) override;
   absl::StatusOr<int> ExecStream(const std::string& sandbox_id, const v1::ExecRequest& request,

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <pqxx/pqxx>
+#include <random>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -126,12 +127,14 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
       const std::string why = e.what();
       const bool port_taken = why.find("Address already in use") != std::string::npos ||
                               why.find("binding to port") != std::string::npos ||
-                              why.find("cannot listen") != std::string::npos;
+                              why.find("cannot listen") != std::string::npos ||
+                              why.find("uses sandbox network") != std::string::npos;
       if (port_taken && attempt < 4) {
         processes_.clear();
         order_.clear();
         ports_.clear();
         metrics_ports_.clear();
+        networks_.clear();
         continue;
       }
       RemoveDir();
@@ -191,6 +194,7 @@ void Cluster::StopProcesses() {
   if (options_.runner_driver == "runc") {
     for (int i = 1; i <= options_.runners; ++i) {
       RemoveRunnerContainers(runner_data_dir("runner-" + std::to_string(i)));
+      RemoveRunnerNetwork("runner-" + std::to_string(i));
     }
   }
 }
@@ -317,6 +321,17 @@ void Cluster::Define() {
       args.push_back("--registry=" + options_.registry);
       // The test registry serves plain HTTP on loopback.
       args.push_back("--insecure_registries=" + options_.registry);
+      // A random /24 of 100.80.0.0/12 (4096 of them); the runner refuses a range another runner
+      // holds, and the cluster then starts over with a new one.
+      static std::mt19937 rng(std::random_device{}());
+      const unsigned block = std::uniform_int_distribution<unsigned>(0, 4095)(rng);
+      networks_[name] = "100." + std::to_string(80 + block / 256) + "." +
+                        std::to_string(block % 256) + ".0/24";
+      args.push_back("--sandbox_network=" + networks_[name]);
+      args.push_back("--dns_upstream=" + options_.runner_dns_upstream);
+      if (!options_.runner_egress_deny.empty()) {
+        args.push_back("--egress_deny=" + options_.runner_egress_deny);
+      }
       if (options_.runner_image_cache_bytes > 0) {
         args.push_back("--image_cache_bytes=" + std::to_string(options_.runner_image_cache_bytes));
       }
@@ -389,6 +404,37 @@ std::string Cluster::metrics_url(const std::string& process) const {
 
 std::string Cluster::runner_data_dir(const std::string& runner) const {
   return dir_ + "/" + runner + "-data";
+}
+
+std::string Cluster::runner_nft_table(const std::string& runner) const {
+  const std::string& net = networks_.at(runner);  // "a.b.c.0/24"
+  unsigned a = 0, b = 0, c = 0, d = 0, p = 0;
+  std::sscanf(net.c_str(), "%u.%u.%u.%u/%u", &a, &b, &c, &d, &p);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "isorun_%02x%02x%02x%02x_%u", a, b, c, d, p);
+  return buf;
+}
+
+void Cluster::RemoveRunnerNetwork(const std::string& runner) const {
+  if (networks_.count(runner) == 0) return;
+  const std::string table = runner_nft_table(runner);
+  int ignored = std::system(("nft delete table inet " + table + " >/dev/null 2>&1").c_str());
+  (void)ignored;
+  // Veths are named after their sandbox's address: isv + 8 hex digits, the first six this
+  // /24's.
+  const std::string prefix = "isv" + table.substr(7, 6);
+  if (DIR* d = ::opendir("/sys/class/net"); d != nullptr) {
+    std::vector<std::string> veths;
+    while (dirent* e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (name.size() == 11 && name.rfind(prefix, 0) == 0) veths.push_back(name);
+    }
+    ::closedir(d);
+    for (const auto& v : veths) {
+      ignored = std::system(("ip link del " + v + " >/dev/null 2>&1").c_str());
+    }
+  }
+  ::unlink(("/run/isorun/" + table + ".lock").c_str());
 }
 
 void Cluster::RemoveRunnerContainers(const std::string& data_dir) {

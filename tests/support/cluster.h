@@ -29,6 +29,12 @@ struct ClusterOptions {
   std::string runner_driver = "sim";
   std::string registry;  // runc: host:port for unqualified image names (busybox:1.36)
   int64_t runner_image_cache_bytes = 0;  // runc: cache budget; 0 = the runner's default
+  // runc: sandbox networks. Each runner gets a /24 of 100.80.0.0/12 picked at random (so runs in
+  // parallel do not meet; runner_network() says which), removed with its nftables table and veths
+  // when the cluster stops. DNS upstream: "off" by default, so that no test sandbox ever reaches
+  // the host's resolver; a test that needs names starts its own server and sets it here.
+  std::string runner_dns_upstream = "off";
+  std::string runner_egress_deny;  // empty: the runner's default deny list
   std::string sim_fail_images_containing;
   int sim_start_ms = 0;
   int reaper_interval_ms = 200;
@@ -94,6 +100,9 @@ class Cluster {
   std::string metrics_url(const std::string& process) const;
   // runc runners: the runner's --data_dir (images/, sandboxes/<id>/, runc/ = its runc --root).
   std::string runner_data_dir(const std::string& runner) const;
+  // runc runners: the runner's --sandbox_network (CIDR) and its nftables table's name.
+  std::string runner_network(const std::string& runner) const { return networks_.at(runner); }
+  std::string runner_nft_table(const std::string& runner) const;
   // The file a process's stdout and stderr go to.
   std::string log_path(const std::string& process) const { return processes_.at(process).log; }
 
@@ -138,12 +147,15 @@ class Cluster {
   void WaitReady(const std::string& process, bool probe_port_first);
   // Deletes the containers of a runc runner's data dir and unmounts its sandboxes' overlays.
   static void RemoveRunnerContainers(const std::string& data_dir);
+  // Deletes a runc runner's nftables table, the veths of its range and its range lock.
+  void RemoveRunnerNetwork(const std::string& runner) const;
 
   ClusterOptions options_;
   TestDatabase db_;
   std::string dir_;
   std::map<std::string, int> ports_;
   std::map<std::string, int> metrics_ports_;
+  std::map<std::string, std::string> networks_;  // runner -> sandbox network
   std::map<std::string, Process> processes_;
   std::vector<std::string> order_;
   std::string tunnel_token_;

@@ -41,6 +41,8 @@ const std::map<std::string, FlagKind, std::less<>>& KnownFlags() {
       {"name", FlagKind::kValue},
       {"max-concurrent-execs", FlagKind::kValue}, {"max-hibernated", FlagKind::kValue},
       {"hibernation-retention-sec", FlagKind::kValue},
+      {"egress", FlagKind::kValue},           {"allow", FlagKind::kValue},
+      {"lifecycle-addr", FlagKind::kValue},
   };
   return *flags;
 }

@@ -1,5 +1,7 @@
 #include "tools/isorunctl/cli.h"
 
+#include <cstdlib>
+
 #include <algorithm>
 #include <functional>
 #include <utility>
@@ -90,7 +92,7 @@ const std::vector<Group>& Groups() {
   static const auto* groups = new std::vector<Group>{
       {"tenants", "create tenants, set and list their quota limits"},
       {"keys", "create, list and revoke a tenant's API keys"},
-      {"sandboxes", "list sandboxes"},
+      {"sandboxes", "list sandboxes, change a sandbox's network profile"},
       {"runners", "drain runners (no new placements) and undrain them"},
       {"operators", "create operator tokens (the /v1/admin routes and the dashboard's fleet view)"},
   };
@@ -249,6 +251,31 @@ const std::vector<Command>& Commands() {
        {"json"},
        [](const Args& args, const std::vector<std::string>&, const std::string& db,
           std::ostream& out) { return ShowCapacity(db, FormatOf(args), out); }},
+      {"sandboxes",
+       "set-network",
+       {"ID"},
+       "--egress E [--allow LIST] [--lifecycle-addr HOST:PORT]",
+       "replace a running sandbox's network profile",
+       "Replaces the network profile of sandbox ID (running or hibernated) at once, as\n"
+       "PUT /v1/sandboxes/{id}/network does, and prints the new profile.\n\n"
+       "  --egress E                open, none or allowlist\n"
+       "  --allow LIST              with allowlist: comma-separated IPv4 addresses, CIDR blocks,\n"
+       "                            host names and *.names\n"
+       "  --lifecycle-addr H:P      the lifecycle service (default: $ISORUN_GRPC_LIFECYCLE, which\n"
+       "                            ./isorun up writes into its env file)\n",
+       {"egress", "allow", "lifecycle-addr"},
+       [](const Args& args, const std::vector<std::string>& params, const std::string& db,
+          std::ostream& out) {
+         auto egress = args.Get("egress");
+         if (!egress.has_value() || egress->empty()) return UsageError("--egress is required");
+         std::string addr = args.Get("lifecycle-addr").value_or("");
+         if (addr.empty()) {
+           const char* env = std::getenv("ISORUN_GRPC_LIFECYCLE");
+           if (env != nullptr) addr = env;
+         }
+         return SetSandboxNetwork(db, addr, params[0], *egress, args.Get("allow").value_or(""),
+                                  out);
+       }},
       {"runners",
        "drain",
        {"NAME"},

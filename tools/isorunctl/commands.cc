@@ -12,6 +12,13 @@
 #include "services/kit/migrate.h"
 #include "services/kit/pg.h"
 #include "tools/isorunctl/args.h"
+#include "isorun/v1/sandboxes.grpc.pb.h"
+#include "services/kit/egress_policy.h"
+#include "services/kit/server.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/ascii.h"
+#include <chrono>
 #include "tools/isorunctl/table.h"
 
 namespace isorun::ctl {
@@ -636,6 +643,46 @@ absl::Status SetRunnerDraining(const std::string& database_url, const std::strin
     }
     return absl::OkStatus();
   });
+}
+
+absl::Status SetSandboxNetwork(const std::string& database_url, const std::string& lifecycle_addr,
+                               const std::string& sandbox_id, const std::string& egress,
+                               const std::string& allow, std::ostream& out) {
+  if (lifecycle_addr.empty()) {
+    return UsageError("--lifecycle-addr (or ISORUN_GRPC_LIFECYCLE) is required");
+  }
+  v1::SetNetworkRequest req;
+  req.set_id(sandbox_id);
+  req.mutable_network()->set_egress(egress);
+  for (absl::string_view a : absl::StrSplit(allow, ',', absl::SkipWhitespace())) {
+    req.mutable_network()->add_allow(std::string(absl::StripAsciiWhitespace(a)));
+  }
+  // Checked here too, so a bad profile is a usage error before anything is looked up.
+  v1::NetworkPolicy check = req.network();
+  if (absl::Status s = NormalizeNetworkPolicy(check); !s.ok()) {
+    return UsageError(std::string(s.message()));
+  }
+  // The lifecycle trusts the caller's tenant: the operator acts as the sandbox's own tenant.
+  absl::Status looked = WithDb(database_url, [&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    auto rows = tx.exec_params("SELECT tenant_id::text FROM lifecycle.sandboxes WHERE id = $1",
+                               sandbox_id);
+    tx.commit();
+    if (rows.empty()) return absl::NotFoundError(absl::StrCat("no sandbox ", sandbox_id));
+    req.set_tenant_id(rows[0][0].as<std::string>());
+    return absl::OkStatus();
+  });
+  if (!looked.ok()) return looked;
+  auto stub = v1::Sandboxes::NewStub(MakeChannel(lifecycle_addr));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::Sandbox sb;
+  grpc::Status st = stub->SetNetwork(&ctx, req, &sb);
+  if (!st.ok()) return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+  out << sb.id() << " egress " << sb.network().egress();
+  if (sb.network().allow_size() > 0) out << " allow " << absl::StrJoin(sb.network().allow(), ",");
+  out << "\n";
+  return absl::OkStatus();
 }
 
 }  // namespace isorun::ctl

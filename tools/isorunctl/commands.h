@@ -92,4 +92,11 @@ absl::Status ShowCapacity(const std::string& database_url, Format format, std::o
 absl::Status SetRunnerDraining(const std::string& database_url, const std::string& runner,
                                bool draining, std::ostream& out);
 
+// `sandboxes set-network`: replaces a running or hibernated sandbox's network profile through
+// the lifecycle service at `lifecycle_addr` (its runner applies it at once). `allow` is a
+// comma-separated list. Prints the sandbox's new profile.
+absl::Status SetSandboxNetwork(const std::string& database_url, const std::string& lifecycle_addr,
+                               const std::string& sandbox_id, const std::string& egress,
+                               const std::string& allow, std::ostream& out);
+
 }  // namespace isorun::ctl
