@@ -343,7 +343,13 @@ TEST_F(SandboxApi, AStreamClientThatGoesAwayKillsTheCommand) {
     raw.append(buf, static_cast<size_t>(n));
   }
   EXPECT_EQ(raw.rfind("HTTP/1.1 200", 0), 0u) << raw;
-  EXPECT_NE(Host("pgrep -f -x 'sleep 516[12]'"), "") << "the command is not running";
+  // "started" can arrive before the shell's children have exec'd sleep: wait for them.
+  std::string running;
+  for (int i = 0; i < 100 && running.empty(); ++i) {
+    running = Host("pgrep -f -x 'sleep 516[12]'");
+    if (running.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_NE(running, "") << "the command is not running";
   ::close(fd);
   // Gone within a couple of seconds, the background job too, and the sandbox is still usable.
   std::string left = "?";
