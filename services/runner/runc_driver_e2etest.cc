@@ -754,14 +754,15 @@ TEST_F(RuncDriverTest, WarmStartAndExecTimings) {
     t = absl::Now();
     auto e = driver_->Exec(id, Cmd("true"));
     execs.push_back(absl::Now() - t);
-    ASSERT_TRUE(e.ok());
+    ASSERT_TRUE(e.ok()) << e.status();
     t = absl::Now();
     ASSERT_TRUE(*driver_->Stop(id));
     stops.push_back(absl::Now() - t);
   }
   for (int i = 0; i < 20; ++i) {
     absl::Time t = absl::Now();
-    ASSERT_TRUE(driver_->Exec("sbx_t0", Cmd("true")).ok());
+    auto e = driver_->Exec("sbx_t0", Cmd("true"));
+    ASSERT_TRUE(e.ok()) << e.status();
     execs.push_back(absl::Now() - t);
   }
   auto median = [](std::vector<absl::Duration> v) {
