@@ -1,29 +1,13 @@
 #include "scheduler/admin_http.h"
 
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-
-#include <boost/asio.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
-
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "services/kit/http_blocking.h"
 #include "services/kit/log.h"
 
 namespace isorun::scheduler {
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = boost::beast::http;
-using tcp = asio::ip::tcp;
-
 struct AdminHttpServer::Impl {
-  asio::io_context ioc;
-  tcp::acceptor acceptor{ioc};
-  Handler handler;
+  std::unique_ptr<http::BlockingServer> server;
 };
 
 namespace {
@@ -51,13 +35,6 @@ std::string Decode(absl::string_view s) {
   return out;
 }
 
-void SetTimeouts(int fd) {
-  timeval tv{};
-  tv.tv_sec = 5;
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
-
 }  // namespace
 
 std::map<std::string, std::string> ParseQuery(const std::string& query) {
@@ -76,89 +53,57 @@ AdminHttpServer::~AdminHttpServer() { Stop(); }
 
 absl::StatusOr<std::unique_ptr<AdminHttpServer>> AdminHttpServer::Start(const std::string& address,
                                                                         Handler handler) {
-  size_t colon = address.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
-      port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("bad admin address ", address, ": want host:port"));
-  }
-  std::string host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
+  http::BlockingServerOptions options;
+  options.front.address = address;
+  options.front.threads = 1;
+  options.front.max_head_bytes = 16 * 1024;
+  options.front.max_connections = 1000;
+  options.front.idle_timeout = absl::Seconds(30);
+  options.front.head_timeout = absl::Seconds(5);
+  options.front.body_timeout = absl::Seconds(5);
+  options.front.write_timeout = absl::Seconds(5);
+  options.max_body_bytes = 16 * 1024;
+  // The handlers read the scheduler's memory: a few threads are plenty.
+  options.max_workers = 8;
+  options.min_workers = 1;
+  options.max_queued = 1000;
+  auto server = http::BlockingServer::Start(
+      options, [handler = std::move(handler)](const http::Request& req) {
+        AdminRequest ar;
+        ar.method = req.method;
+        const size_t q = req.target.find('?');
+        ar.path = req.target.substr(0, q);
+        if (q != std::string::npos) ar.query = ParseQuery(req.target.substr(q + 1));
+        http::Response res;
+        if (req.body_too_large) {
+          res.status = 413;
+          res.content_type = "text/plain";
+          res.body = "request too large\n";
+          return res;
+        }
+        AdminResponse out;
+        try {
+          out = handler(ar);
+        } catch (const std::exception& e) {
+          LogError("admin handler failed", {{"error", e.what()}});
+          out = AdminResponse{500, "text/plain", "internal error\n"};
+        }
+        res.status = out.status;
+        res.content_type = out.content_type;
+        res.body = std::move(out.body);
+        res.headers.emplace_back("Cache-Control", "no-store");
+        return res;
+      });
+  if (!server.ok()) return server.status();
   auto impl = std::make_unique<Impl>();
-  impl->handler = std::move(handler);
-  beast::error_code ec;
-  auto ip = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
-  if (ec)
-    return absl::InvalidArgumentError(absl::StrCat("bad admin host ", host, ": ", ec.message()));
-  tcp::endpoint endpoint(ip, static_cast<uint16_t>(port));
-  impl->acceptor.open(endpoint.protocol(), ec);
-  if (!ec) impl->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) impl->acceptor.bind(endpoint, ec);
-  if (!ec) impl->acceptor.listen(16, ec);
-  if (ec) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address, ": ", ec.message()));
-  }
-  std::unique_ptr<AdminHttpServer> server(new AdminHttpServer(std::move(impl)));
-  server->port_ = server->impl_->acceptor.local_endpoint().port();
-  server->thread_ = std::thread([s = server.get()] { s->Run(); });
-  return server;
+  impl->server = std::move(*server);
+  std::unique_ptr<AdminHttpServer> admin(new AdminHttpServer(std::move(impl)));
+  admin->port_ = admin->impl_->server->port();
+  return admin;
 }
 
 void AdminHttpServer::Stop() {
-  stop_ = true;
-  if (thread_.joinable()) thread_.join();
-}
-
-void AdminHttpServer::Run() {
-  const int fd = impl_->acceptor.native_handle();
-  while (!stop_) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 200) <= 0) continue;
-    beast::error_code ec;
-    tcp::socket socket(impl_->ioc);
-    impl_->acceptor.accept(socket, ec);
-    if (ec) continue;
-    SetTimeouts(socket.native_handle());
-    beast::flat_buffer buffer(16 * 1024);
-    http::request_parser<http::string_body> parser;
-    parser.header_limit(16 * 1024);
-    parser.body_limit(16 * 1024);
-    http::read(socket, buffer, parser, ec);
-    http::response<http::string_body> res;
-    if (ec) {
-      if (ec == http::error::end_of_stream || ec == asio::error::eof) continue;
-      res.result(http::status::bad_request);
-      res.set(http::field::content_type, "text/plain");
-      res.body() = "bad request\n";
-    } else {
-      const auto& req = parser.get();
-      AdminRequest ar;
-      ar.method = std::string(req.method_string());
-      std::string target(req.target());
-      size_t q = target.find('?');
-      ar.path = target.substr(0, q);
-      if (q != std::string::npos) ar.query = ParseQuery(target.substr(q + 1));
-      AdminResponse out;
-      try {
-        out = impl_->handler(ar);
-      } catch (const std::exception& e) {
-        LogError("admin handler failed", {{"error", e.what()}});
-        out = AdminResponse{500, "text/plain", "internal error\n"};
-      }
-      res.result(static_cast<unsigned>(out.status));
-      res.set(http::field::content_type, out.content_type);
-      res.set(http::field::cache_control, "no-store");
-      res.body() = std::move(out.body);
-    }
-    res.version(11);
-    res.keep_alive(false);
-    res.prepare_payload();
-    http::write(socket, res, ec);
-    socket.shutdown(tcp::socket::shutdown_both, ec);
-  }
+  if (impl_ && impl_->server) impl_->server->Stop(absl::Seconds(2));
 }
 
 }  // namespace isorun::scheduler

@@ -10,8 +10,9 @@
 //   GET /capacity?sandboxes=0 without the sandbox id lists
 //   GET /healthz              "ok"
 //
-// Deliberately small: one thread serves one connection at a time (Connection: close), reads and
-// writes time out after 5 s, and requests larger than 16 KiB are refused.
+// Served by the kit's event-driven front end (services/kit/http_blocking.h): one I/O thread and a
+// few handler threads, keep-alive, heads and bodies of at most 16 KiB (431 and 413 beyond), reads
+// and writes that time out after 5 s (408), at most 1,000 connections.
 
 #include <atomic>
 #include <functional>
@@ -53,12 +54,9 @@ class AdminHttpServer {
  private:
   struct Impl;
   explicit AdminHttpServer(std::unique_ptr<Impl> impl);
-  void Run();
 
   std::unique_ptr<Impl> impl_;
   int port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
 };
 
 // Splits "a=1&b=x%20y" into a map (percent-decoding, '+' as space).

@@ -699,7 +699,35 @@ HttpResponse GatewayApi::Keys(const HttpRequest& request, const RouteMatch& matc
   }
 }
 
+std::optional<HttpResponse> GatewayApi::HandleWithoutBlocking(const HttpRequest& request) {
+  if (request.method != "GET" || request.target != "/healthz") return std::nullopt;
+  {
+    absl::MutexLock lock(&health_mu_);
+    if (!health_ || absl::Now() >= health_until_) return std::nullopt;
+  }
+  return Handle(request);  // answered from the cache: no blocking work
+}
+
 HttpResponse GatewayApi::Healthz() {
+  const auto fresh = [this]() -> std::optional<HttpResponse> {
+    absl::MutexLock lock(&health_mu_);
+    if (health_ && absl::Now() < health_until_) return health_;
+    return std::nullopt;
+  };
+  if (auto cached = fresh()) return *cached;
+  // Concurrent callers wait for the one check in progress and share its answer.
+  absl::MutexLock refresh(&refresh_mu_);
+  if (auto cached = fresh()) return *cached;
+  HttpResponse answer = CheckHealth();
+  if (options_.health_cache_ttl > absl::ZeroDuration()) {
+    absl::MutexLock lock(&health_mu_);
+    health_ = answer;
+    health_until_ = absl::Now() + options_.health_cache_ttl;
+  }
+  return answer;
+}
+
+HttpResponse GatewayApi::CheckHealth() {
   std::vector<std::string> failures;
   for (const auto& [name, check] : health_checks_) {
     absl::Status st;

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -44,6 +45,9 @@ class GatewayApi {
     // Every other unary call; exec gets its command timeout plus this.
     absl::Duration call_deadline = absl::Seconds(60);
     absl::Duration health_deadline = absl::Seconds(2);
+    // /healthz answers from its last check for this long (0: checks every time), so probes and
+    // floods of it cost no dependency calls; a fresh answer is served on the I/O thread.
+    absl::Duration health_cache_ttl = absl::Seconds(1);
     // The dashboard's build output, served at /dashboard/ (empty: none).
     std::string dashboard_dir;
   };
@@ -69,6 +73,9 @@ class GatewayApi {
 
   // Never throws: an unexpected exception becomes a 500 with the error body.
   HttpResponse Handle(const HttpRequest& request);
+  // For the server's I/O threads: the answer when it needs no blocking work (GET /healthz while
+  // its cached result is fresh), else nullopt.
+  std::optional<HttpResponse> HandleWithoutBlocking(const HttpRequest& request);
 
   // Shutdown: cancels every lifecycle call in flight, and fails new ones at once.
   void CancelCalls();
@@ -83,6 +90,7 @@ class GatewayApi {
   HttpResponse Serve(const HttpRequest& request, const RouteMatch& match, std::string_view query,
                      Context& ctx);
   HttpResponse Healthz();
+  HttpResponse CheckHealth();
   HttpResponse Create(const HttpRequest& request, Context& ctx);
   HttpResponse List(std::string_view query, Context& ctx);
   HttpResponse ExecStream(const HttpRequest& request, const std::string& id, Context& ctx);
@@ -126,6 +134,13 @@ class GatewayApi {
   prometheus::Family<prometheus::Counter>& auth_failures_;
   prometheus::Counter& rate_check_failures_;
   std::atomic<int64_t> last_rate_failure_log_{0};  // unix seconds, to throttle the warning
+
+  // /healthz: one check at a time (refresh_mu_); its answer kept under health_mu_ (never held
+  // while checking, so the I/O threads never wait on a check).
+  absl::Mutex refresh_mu_;
+  absl::Mutex health_mu_;
+  std::optional<HttpResponse> health_ ABSL_GUARDED_BY(health_mu_);
+  absl::Time health_until_ ABSL_GUARDED_BY(health_mu_);
 
   absl::Mutex mu_;
   absl::flat_hash_set<grpc::ClientContext*> calls_ ABSL_GUARDED_BY(mu_);

@@ -1,6 +1,8 @@
 // The gateway over real HTTP (Beast client) against a real in-process gRPC fake of
 // isorun.v1.Sandboxes on an OS-chosen port.
 
+#include <sys/resource.h>
+
 #include <gtest/gtest.h>
 
 #include <thread>
@@ -108,7 +110,10 @@ class GatewayServerTest : public ::testing::Test {
     key_ = keys_.AddKey("tenant-a");
 
     std::vector<std::pair<std::string, GatewayApi::HealthCheck>> checks;
-    checks.emplace_back("postgres", [this](absl::Duration) { return pg_health_; });
+    checks.emplace_back("postgres", [this](absl::Duration) {
+      ++pg_checks_;
+      return pg_health_;
+    });
     checks.emplace_back("lifecycle", [this](absl::Duration deadline) {
       return CheckGrpcServing(channel_, deadline);
     });
@@ -117,6 +122,7 @@ class GatewayServerTest : public ::testing::Test {
     options.max_body_bytes = kMaxBody;
     options.call_deadline = absl::Seconds(5);
     options.health_deadline = absl::Milliseconds(500);
+    options.health_cache_ttl = health_cache_ttl_;
     api_ = std::make_unique<GatewayApi>(options, keys_, channel_, std::move(checks), registry_,
                                         rates_.get());
 
@@ -170,6 +176,8 @@ class GatewayServerTest : public ::testing::Test {
   FakeKeyStore keys_;
   std::string key_;
   absl::Status pg_health_ = absl::OkStatus();
+  std::atomic<int> pg_checks_{0};
+  absl::Duration health_cache_ttl_ = absl::ZeroDuration();  // tests of the cache set it
   prometheus::Registry registry_;
   std::unique_ptr<RateChecker> rates_;  // set before Start() to rate-limit
   std::unique_ptr<GatewayApi> api_;
@@ -666,6 +674,37 @@ TEST_F(GatewayServerTest, ConcurrentClients) {
   EXPECT_EQ(ok.load(), 16 * 20);
 }
 
+class GatewayHealthCacheTest : public GatewayServerTest {
+ protected:
+  void SetUp() override {
+    health_cache_ttl_ = absl::Seconds(60);
+    Start(HttpServer::Options());
+  }
+};
+
+TEST_F(GatewayHealthCacheTest, HealthzAnswersFromItsLastCheck) {
+  EXPECT_EQ(client_->Send("GET", "/healthz").status, 200);
+  pg_health_ = absl::UnavailableError("connection refused");
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(client_->Send("GET", "/healthz").status, 200);
+  EXPECT_EQ(pg_checks_.load(), 1) << "a cached /healthz ran its checks again";
+}
+
+// The gateway this replaced ran a thread per connection with a cap of 2,000: that many idle
+// sockets locked everyone out.
+TEST_F(GatewayServerTest, ServesWhileMoreThanTwoThousandIdleConnectionsAreOpen) {
+  rlimit rl{};
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &rl);
+  constexpr int kIdle = 2500;  // both ends live in this process
+  if (rl.rlim_cur < 2 * kIdle + 200) GTEST_SKIP() << "the open-file limit is " << rl.rlim_cur;
+  std::vector<std::unique_ptr<TestHttpClient>> idle;
+  for (int i = 0; i < kIdle; ++i) idle.push_back(std::make_unique<TestHttpClient>(server_->port()));
+  TestHttpClient fresh(server_->port());
+  EXPECT_EQ(fresh.Send("GET", "/v1/usage", "", {{"X-API-Key", key_}}).status, 200);
+  EXPECT_GE(server_->open_connections(), kIdle);
+}
+
 class GatewayLimitsTest : public GatewayServerTest {
  protected:
   void SetUp() override {
@@ -692,6 +731,10 @@ TEST_F(GatewayLimitsTest, IdleAndSlowConnectionsAreClosed) {
   EXPECT_TRUE(idle.ClosedByPeer(std::chrono::milliseconds(3000)));
   TestHttpClient slow(server_->port());
   slow.WriteRaw("GET /v1/usage HTTP/1.1\r\nHo");
+  // A head that does not arrive in time is answered 408, then the connection ends.
+  HttpResult r = slow.Read();
+  EXPECT_EQ(r.status, 408);
+  EXPECT_EQ(ReasonOf(r), "REQUEST_TIMEOUT");
   EXPECT_TRUE(slow.ClosedByPeer(std::chrono::milliseconds(3000)));
 }
 

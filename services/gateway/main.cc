@@ -38,7 +38,6 @@ ABSL_FLAG(absl::Duration, rate_check_deadline, absl::Milliseconds(250),
 ABSL_FLAG(std::string, region, "local", "the region this gateway serves; keys of others get 401");
 ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL (accounts schema: tenants, API keys)");
 ABSL_FLAG(int64_t, max_body_bytes, 1048576, "largest request body accepted (413 beyond)");
-ABSL_FLAG(int32_t, max_connections, 2000, "open HTTP connections beyond which new ones get 503");
 ABSL_FLAG(absl::Duration, write_timeout, absl::Seconds(30),
           "longest wait for a client to take a response or a chunk of a stream (and for it to "
           "acknowledge what was sent); past it the connection is closed and a streamed command "
@@ -46,6 +45,21 @@ ABSL_FLAG(absl::Duration, write_timeout, absl::Seconds(30),
 ABSL_FLAG(absl::Duration, client_keepalive, absl::Seconds(15),
           "TCP keep-alive probes after this much silence on a connection (then every 5 s; 3 "
           "unanswered close it and kill a streamed command); 0: none");
+ABSL_FLAG(int32_t, max_connections, 20000,
+          "open connections to the public API beyond which new ones get 503 (event-driven: idle "
+          "and slow clients hold no thread; the open-file limit is raised at start)");
+ABSL_FLAG(int32_t, http_threads, 2, "I/O threads of the public API's front end");
+ABSL_FLAG(int32_t, max_handler_threads, 2048,
+          "public API requests handled at once at most (each runs on a worker thread while it "
+          "waits on the services); more wait in line");
+ABSL_FLAG(int32_t, max_connections_per_client, 1000,
+          "open connections from one client address to the public API, counted before "
+          "authentication (429 beyond); 0: no cap");
+ABSL_FLAG(double, max_requests_per_client_per_sec, 1000,
+          "requests per second from one client address to the public API, before authentication "
+          "(a token bucket of twice that; 429 with Retry-After beyond); 0: no cap");
+ABSL_FLAG(absl::Duration, health_cache_ttl, absl::Seconds(1),
+          "how long /healthz answers from its last check (0: checks every time)");
 ABSL_FLAG(int32_t, db_pool_size, 8, "PostgreSQL connections for key lookups and health checks");
 ABSL_FLAG(std::string, scheduler_admin_url, "http://127.0.0.1:9202",
           "the scheduler's admin listener (capacity view, history, drain) behind /v1/admin/*; "
@@ -172,6 +186,7 @@ int Run() {
   api_options.region = region;
   api_options.max_body_bytes = static_cast<size_t>(max_body);
   api_options.dashboard_dir = absl::GetFlag(FLAGS_dashboard_dir);
+  api_options.health_cache_ttl = absl::GetFlag(FLAGS_health_cache_ttl);
   GatewayApi api(api_options, keys, lifecycle, std::move(checks), metrics.registry(), rates.get(),
                  &key_admin);
   api.SetAdmin(&operators, &scheduler_admin, &usage);
@@ -183,8 +198,14 @@ int Run() {
   http_options.max_connections = absl::GetFlag(FLAGS_max_connections);
   http_options.write_timeout = absl::GetFlag(FLAGS_write_timeout);
   http_options.keepalive_idle = absl::GetFlag(FLAGS_client_keepalive);
+  http_options.io_threads = absl::GetFlag(FLAGS_http_threads);
+  http_options.max_handler_threads = absl::GetFlag(FLAGS_max_handler_threads);
+  http_options.max_connections_per_client = absl::GetFlag(FLAGS_max_connections_per_client);
+  http_options.max_requests_per_client_per_sec =
+      absl::GetFlag(FLAGS_max_requests_per_client_per_sec);
   auto server = HttpServer::Start(
-      http_options, [&api](const HttpRequest& request) { return api.Handle(request); });
+      http_options, [&api](const HttpRequest& request) { return api.Handle(request); },
+      [&api](const HttpRequest& request) { return api.HandleWithoutBlocking(request); });
   if (!server.ok()) {
     std::fprintf(stderr, "isorun-gateway: %s\n", std::string(server.status().message()).c_str());
     return 1;

@@ -1,6 +1,9 @@
 #include "services/kit/http_front.h"
 
 #include <sys/resource.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/post.hpp>
@@ -8,6 +11,7 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
 #include <limits>
+#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -82,24 +86,53 @@ StringResponse ErrorResponse(int status, const std::string& reason, const std::s
   return r;
 }
 
-Connection::Connection(Socket socket, const FrontEndOptions& options,
-                       std::unique_ptr<ConnectionHandler> handler, std::atomic<int>* open_count)
+Connection::Connection(Socket socket, FrontEndShared& shared,
+                       std::unique_ptr<ConnectionHandler> handler)
     : executor_(socket.get_executor()),
       stream_(std::move(socket)),
-      buffer_(options.max_buffer_bytes),
+      buffer_(shared.options.max_buffer_bytes),
       deadline_(executor_),
-      options_(options),
-      handler_(std::move(handler)),
-      open_count_(open_count) {
+      shared_(shared),
+      options_(shared.options),
+      handler_(std::move(handler)) {
   beast::error_code ec;
   auto ep = stream_.socket().remote_endpoint(ec);
-  if (!ec) remote_ip_ = ep.address().to_string();
+  if (!ec) {
+    remote_ip_ = ep.address().to_string();
+    remote_port_ = ep.port();
+  }
   stream_.socket().set_option(tcp::no_delay(true), ec);
+  if (options_.tcp_keepalive_idle > absl::ZeroDuration()) {
+    const int fd = stream_.socket().native_handle();
+    const int on = 1, interval = 5, count = 3;
+    const int idle =
+        std::max(1, static_cast<int>(absl::ToInt64Seconds(options_.tcp_keepalive_idle)));
+    const unsigned user_timeout =
+        static_cast<unsigned>(absl::ToInt64Milliseconds(options_.write_timeout));
+    (void)::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
+  }
 }
 
-Connection::~Connection() { open_count_->fetch_sub(1); }
+Connection::~Connection() {
+  if (counted_for_client_) shared_.limits.Close(remote_ip_);
+  {
+    absl::MutexLock lock(&shared_.mu);
+    shared_.connections.erase(this);
+  }
+  shared_.open.fetch_sub(1);
+}
+
+std::string Connection::remote_peer() const { return absl::StrCat(remote_ip_, ":", remote_port_); }
 
 void Connection::Start() {
+  {
+    absl::MutexLock lock(&shared_.mu);
+    shared_.connections.emplace(this, weak_from_this());
+  }
   asio::dispatch(executor_, [self = shared_from_this()] { self->ReadHead(); });
 }
 
@@ -107,6 +140,10 @@ void Connection::Post(std::function<void()> fn) { asio::post(executor_, std::mov
 
 void Connection::ReadHead() {
   if (closed_) return;
+  if (shared_.draining.load(std::memory_order_relaxed)) {
+    Close();
+    return;
+  }
   parser_ = std::make_unique<RequestParser>();
   parser_->header_limit(static_cast<uint32_t>(options_.max_head_bytes));
   parser_->body_limit(std::numeric_limits<uint64_t>::max());  // handlers bound what they buffer
@@ -116,6 +153,7 @@ void Connection::ReadHead() {
     OnFirstByte({}, 0);
     return;
   }
+  idle_ = true;
   stream_.expires_after(Chrono(options_.idle_timeout));
   stream_.async_read_some(
       buffer_.prepare(kFirstRead),
@@ -123,6 +161,7 @@ void Connection::ReadHead() {
 }
 
 void Connection::OnFirstByte(beast::error_code ec, size_t n) {
+  idle_ = false;
   if (ec) {  // idle timeout, or the client went away between requests: nothing to answer
     Close();
     return;
@@ -191,15 +230,29 @@ void Connection::OnHead(beast::error_code ec) {
     return;
   }
   stream_.expires_never();
+  if (options_.max_requests_per_client_per_sec > 0) {
+    absl::Duration wait;
+    if (!shared_.limits.AllowRequest(remote_ip_, absl::Now(), &wait)) {
+      Fail(429, "CLIENT_RATE_LIMIT",
+           absl::StrCat("this address sent more than ", options_.max_requests_per_client_per_sec,
+                        " requests a second; slow down"),
+           wait);
+      return;
+    }
+  }
   handler_->OnRequest(shared_from_this());
 }
 
-void Connection::ReadBody(size_t limit, std::function<void(beast::error_code, std::string)> done) {
+void Connection::ReadBody(size_t limit, std::function<void(beast::error_code, std::string)> done,
+                          bool answer_too_large) {
   if (parser_->content_length() && *parser_->content_length() > limit) {
-    Fail(413, "BODY_TOO_LARGE", absl::StrCat("the body is larger than ", limit, " bytes"));
+    if (answer_too_large) {
+      Fail(413, "BODY_TOO_LARGE", absl::StrCat("the body is larger than ", limit, " bytes"));
+    }
     done(bhttp::error::body_limit, "");
     return;
   }
+  answer_too_large_ = answer_too_large;
   auto body = std::make_shared<std::string>();
   if (parser_->get()[bhttp::field::expect] == "100-continue" && !parser_->is_done()) {
     static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -226,7 +279,9 @@ void Connection::ReadBodySome(size_t limit, std::shared_ptr<std::string> body,
     return;
   }
   if (body->size() > limit) {
-    Fail(413, "BODY_TOO_LARGE", absl::StrCat("the body is larger than ", limit, " bytes"));
+    if (answer_too_large_) {
+      Fail(413, "BODY_TOO_LARGE", absl::StrCat("the body is larger than ", limit, " bytes"));
+    }
     done(bhttp::error::body_limit, "");
     return;
   }
@@ -269,14 +324,23 @@ void Connection::ReadBodySome(size_t limit, std::shared_ptr<std::string> body,
       });
 }
 
-void Connection::Reply(StringResponse response) {
-  const bool keep = response.keep_alive() && parser_->get().keep_alive() && parser_->is_done();
+void Connection::Reply(StringResponse response, std::function<void()> written) {
+  const bool keep = response.keep_alive() && parser_->get().keep_alive() && parser_->is_done() &&
+                    !shared_.draining.load(std::memory_order_relaxed);
   response.keep_alive(keep);
-  response.prepare_payload();
+  const unsigned code = response.result_int();
+  if (code < 200 || code == 204 || code == 304) {
+    response.erase(bhttp::field::content_length);  // RFC 9110: no body and no length
+    response.body().clear();
+  } else {
+    response.prepare_payload();
+  }
   auto msg = std::make_shared<StringResponse>(std::move(response));
   stream_.expires_after(Chrono(options_.write_timeout));
   bhttp::async_write(stream_, *msg,
-                     [self = shared_from_this(), msg, keep](beast::error_code ec, size_t) {
+                     [self = shared_from_this(), msg, keep, written = std::move(written)](
+                         beast::error_code ec, size_t) {
+                       if (written) written();
                        if (ec) {
                          self->Close();
                          return;
@@ -297,15 +361,51 @@ void Connection::Finish(bool keep_alive) {
 void Connection::Close() {
   if (closed_) return;
   closed_ = true;
+  idle_ = false;
+  DisarmDeadline();
   deadline_.cancel();
   beast::error_code ec;
   stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+  // A request still (partly) on the wire: drain it briefly, or the close would reset the
+  // connection and the client could lose the answer it was sent.
+  if (parser_ && !parser_->is_done() && (parser_->got_some() || buffer_.size() > 0)) {
+    buffer_.consume(buffer_.size());
+    stream_.expires_after(std::chrono::seconds(2));
+    return Linger(0);
+  }
   stream_.close();
 }
 
-void Connection::Fail(int status, const std::string& reason, const std::string& message) {
+void Connection::Linger(size_t drained) {
+  constexpr size_t kMaxDrain = size_t{4} << 20;
+  const size_t room = std::min<size_t>(4096, buffer_.max_size());
+  stream_.async_read_some(buffer_.prepare(room), [self = shared_from_this(), drained](
+                                                     beast::error_code ec, size_t n) {
+    self->buffer_.consume(self->buffer_.size());
+    if (ec || drained + n > kMaxDrain) {
+      self->stream_.close();
+      return;
+    }
+    self->Linger(drained + n);
+  });
+}
+
+void Connection::CloseNow() {
+  closed_ = true;
+  idle_ = false;
+  DisarmDeadline();
+  stream_.close();
+}
+
+void Connection::Fail(int status, const std::string& reason, const std::string& message,
+                      absl::Duration retry_after) {
   if (closed_) return;
   auto msg = std::make_shared<StringResponse>(ErrorResponse(status, reason, message));
+  if (retry_after > absl::ZeroDuration()) {
+    msg->set(bhttp::field::retry_after,
+             std::to_string(std::max<int64_t>(1, absl::ToInt64Seconds(absl::Ceil(
+                                                     retry_after, absl::Seconds(1))))));
+  }
   msg->keep_alive(false);
   stream_.expires_after(Chrono(options_.write_timeout));
   bhttp::async_write(stream_, *msg, [self = shared_from_this(), msg](beast::error_code, size_t) {
@@ -314,13 +414,15 @@ void Connection::Fail(int status, const std::string& reason, const std::string& 
 }
 
 FrontEnd::FrontEnd(FrontEndOptions options, HandlerFactory factory)
-    : options_(std::move(options)), factory_(std::move(factory)) {
-  const int threads = std::max(1, options_.threads);
+    : shared_(std::make_unique<FrontEndShared>(std::move(options))) {
+  shared_->factory = std::move(factory);
+  const int threads = std::max(1, shared_->options.threads);
   for (int i = 0; i < threads; ++i) {
     // Concurrency hint 1: one thread runs each, so asio skips waking others for every handler.
     contexts_.push_back(std::make_unique<asio::io_context>(1));
   }
   acceptor_ = std::make_unique<tcp::acceptor>(*contexts_.front());
+  accept_retry_ = std::make_unique<asio::steady_timer>(*contexts_.front());
 }
 
 absl::StatusOr<std::unique_ptr<FrontEnd>> FrontEnd::Start(FrontEndOptions options,
@@ -333,7 +435,8 @@ absl::StatusOr<std::unique_ptr<FrontEnd>> FrontEnd::Start(FrontEndOptions option
   }
   std::unique_ptr<FrontEnd> fe(new FrontEnd(std::move(options), std::move(factory)));
   beast::error_code ec;
-  auto ip = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
+  auto ip = asio::ip::make_address(host.empty() || host == "*" ? "0.0.0.0" : host, ec);
+  if (ec && host == "localhost") ip = asio::ip::make_address("127.0.0.1", ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("bad listen host \"", host, "\""));
   tcp::endpoint ep(ip, static_cast<uint16_t>(port));
   fe->acceptor_->open(ep.protocol(), ec);
@@ -342,7 +445,7 @@ absl::StatusOr<std::unique_ptr<FrontEnd>> FrontEnd::Start(FrontEndOptions option
   if (!ec) fe->acceptor_->listen(4096, ec);
   if (ec) {
     return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", fe->options_.address, ": ", ec.message()));
+        absl::StrCat("cannot listen on ", fe->shared_->options.address, ": ", ec.message()));
   }
   fe->port_ = fe->acceptor_->local_endpoint().port();
   fe->Accept();
@@ -367,31 +470,98 @@ absl::StatusOr<std::unique_ptr<FrontEnd>> FrontEnd::Start(FrontEndOptions option
 void FrontEnd::Accept() {
   asio::io_context& target = *contexts_[next_context_];
   next_context_ = (next_context_ + 1) % contexts_.size();
-  acceptor_->async_accept(target, [this](beast::error_code ec, Socket socket) {
-    if (ec == asio::error::operation_aborted || !acceptor_->is_open()) return;
-    if (!ec) {
-      if (open_.fetch_add(1) >= options_.max_connections) {
-        open_.fetch_sub(1);
-        beast::error_code ignored;
-        socket.close(ignored);
-      } else {
-        std::make_shared<Connection>(std::move(socket), options_, factory_(), &open_)->Start();
-      }
+  acceptor_->async_accept(
+      target, [this](beast::error_code ec, Socket socket) { OnAccept(ec, std::move(socket)); });
+}
+
+void FrontEnd::OnAccept(beast::error_code ec, Socket socket) {
+  if (ec == asio::error::operation_aborted || !acceptor_->is_open()) return;
+  if (ec) {
+    // Out of descriptors (EMFILE) and the like: try again shortly rather than spin.
+    accept_retry_->expires_after(std::chrono::milliseconds(50));
+    accept_retry_->async_wait([this](beast::error_code ec) {
+      if (!ec && acceptor_->is_open()) Accept();
+    });
+    return;
+  }
+  FrontEndShared& s = *shared_;
+  if (s.open.fetch_add(1) >= s.options.max_connections) {
+    s.open.fetch_sub(1);
+    Refuse(socket, 503, "TOO_MANY_CONNECTIONS",
+           "the server has too many open connections; retry shortly");
+  } else {
+    beast::error_code ignored;
+    const auto peer = socket.remote_endpoint(ignored);
+    const std::string ip = ignored ? std::string() : peer.address().to_string();
+    if (s.limits.enabled() && !s.limits.Open(ip, absl::Now())) {
+      s.open.fetch_sub(1);
+      Refuse(socket, 429, "CLIENT_CONNECTION_LIMIT",
+             absl::StrCat("this address has ", s.options.max_connections_per_client,
+                          " connections open, the most allowed; close some or retry later"));
+    } else {
+      auto c = std::make_shared<Connection>(std::move(socket), s, s.factory());
+      c->counted_for_client_ = s.limits.enabled();
+      c->Start();
     }
-    // Out of descriptors (EMFILE) and the like: keep accepting; the next try may succeed.
-    Accept();
+  }
+  Accept();
+}
+
+void FrontEnd::Refuse(Socket& socket, int status, const std::string& reason,
+                      const std::string& message) {
+  // A fresh socket's send buffer takes this small answer at once; nothing waits for it.
+  StringResponse r = ErrorResponse(status, reason, message);
+  r.set(bhttp::field::retry_after, "1");
+  r.keep_alive(false);
+  r.prepare_payload();
+  std::ostringstream out;
+  out << r;
+  const std::string bytes = out.str();
+  (void)::send(socket.native_handle(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  beast::error_code ignored;
+  socket.shutdown(tcp::socket::shutdown_send, ignored);
+  socket.close(ignored);
+}
+
+void FrontEnd::ForEachConnection(std::function<void(Connection&)> fn) {
+  std::vector<std::shared_ptr<Connection>> live;
+  {
+    absl::MutexLock lock(&shared_->mu);
+    live.reserve(shared_->connections.size());
+    for (const auto& [raw, weak] : shared_->connections) {
+      if (auto c = weak.lock()) live.push_back(std::move(c));
+    }
+  }
+  for (auto& c : live) {
+    c->Post([c, fn] { fn(*c); });
+  }
+}
+
+void FrontEnd::Drain() {
+  if (shared_->draining.exchange(true)) return;
+  asio::post(acceptor_->get_executor(), [this] {
+    beast::error_code ec;
+    acceptor_->close(ec);
+    accept_retry_->cancel();
+  });
+  ForEachConnection([](Connection& c) {
+    if (c.idle()) c.Close();
   });
 }
 
 void FrontEnd::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  shared_->draining = true;
   asio::post(acceptor_->get_executor(), [this] {
     beast::error_code ec;
     acceptor_->close(ec);
+    accept_retry_->cancel();
   });
+  ForEachConnection([](Connection& c) { c.CloseNow(); });
+  // After the closes posted above (each context runs its handlers in order).
+  for (auto& ioc : contexts_) asio::post(*ioc, [ioc = ioc.get()] { ioc->stop(); });
   work_.clear();
-  for (auto& ioc : contexts_) ioc->stop();
   for (auto& t : threads_) t.join();
   threads_.clear();
 }

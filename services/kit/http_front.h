@@ -15,7 +15,10 @@
 // - Every read and write has a deadline: `idle_timeout` for the next request on a kept-alive
 //   connection (closed quietly), `head_timeout` from the first byte of a head to its end (408),
 //   `body_timeout` for each read of a body and `write_timeout` for each write.
-// - At most `max_connections` connections; beyond it new ones are closed at once.
+// - At most `max_connections` connections; beyond it new ones get a 503 and are closed at once.
+// - Per client address, before any handler (so before authentication): at most
+//   `max_connections_per_client` connections (429 and closed beyond) and
+//   `max_requests_per_client_per_sec` requests (a token bucket; 429 beyond).
 //
 // A handler gets a connection once per request head (OnRequest) and owns it until it calls
 // Finish() or Reply(), which read the next head when the connection stays open. Handlers that
@@ -40,8 +43,11 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "services/kit/client_limits.h"
 
 namespace isorun::http {
 
@@ -71,9 +77,18 @@ struct FrontEndOptions {
   absl::Duration head_timeout = absl::Seconds(15);
   absl::Duration body_timeout = absl::Seconds(60);
   absl::Duration write_timeout = absl::Seconds(60);
+  // TCP keep-alive probes after this much silence (then every 5 s; 3 unanswered end the
+  // connection), and a TCP_USER_TIMEOUT of write_timeout: a client whose host vanished without a
+  // FIN or a RST shows as an error on its socket. Zero: neither.
+  absl::Duration tcp_keepalive_idle = absl::ZeroDuration();
+  // Per client address (0: no cap). Loopback and private peers count like any other.
+  int max_connections_per_client = 0;
+  double max_requests_per_client_per_sec = 0;
+  double client_request_burst = 0;  // 0: twice the rate
 };
 
 class Connection;
+struct FrontEndShared;
 
 // Per-connection state of a handler (the proxy keeps its upstream here). Created when a
 // connection is accepted, destroyed when it closes; every call comes on the connection's thread.
@@ -89,8 +104,7 @@ using HandlerFactory = std::function<std::unique_ptr<ConnectionHandler>()>;
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(Socket socket, const FrontEndOptions& options,
-             std::unique_ptr<ConnectionHandler> handler, std::atomic<int>* open_count);
+  Connection(Socket socket, FrontEndShared& shared, std::unique_ptr<ConnectionHandler> handler);
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -104,16 +118,24 @@ class Connection : public std::enable_shared_from_this<Connection> {
   beast::flat_buffer& buffer() { return buffer_; }
   const Executor& executor() const { return executor_; }
   const std::string& remote_ip() const { return remote_ip_; }
+  std::string remote_peer() const;  // "ip:port" 
   const FrontEndOptions& options() const { return options_; }
 
-  // Reads the whole body (at most `limit` bytes: 413 and closed beyond it, without reading it).
-  void ReadBody(size_t limit, std::function<void(beast::error_code, std::string)> done);
+  // Reads the whole body (at most `limit` bytes: 413 and closed beyond it, without reading it;
+  // with `answer_too_large` false, `done` gets body_limit and the handler answers).
+  void ReadBody(size_t limit, std::function<void(beast::error_code, std::string)> done,
+                bool answer_too_large = true);
   // Writes `response` (Content-Length set here), then reads the next request when the request and
-  // the response both allow keep-alive; closes otherwise.
-  void Reply(StringResponse response);
+  // the response both allow keep-alive; closes otherwise. `written` runs after the write.
+  void Reply(StringResponse response, std::function<void()> written = nullptr);
   // The handler wrote its answer itself: read the next request, or close.
   void Finish(bool keep_alive);
+  // Closes; when a request body is left unread, first stops sending and drains what the client
+  // still sends for a moment (bounded), so the close does not reset the connection under an
+  // answer the client has not read yet.
   void Close();
+  // Waiting for the first byte of a request (so it may be closed without cutting an answer).
+  bool idle() const { return idle_; }
   // Runs `fn` on this connection's thread (from any thread).
   void Post(std::function<void()> fn);
 
@@ -126,8 +148,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void OnHead(beast::error_code ec);
   void ReadBodySome(size_t limit, std::shared_ptr<std::string> body,
                     std::function<void(beast::error_code, std::string)> done);
-  // An answer the front end makes itself (400/408/413/431), then close.
-  void Fail(int status, const std::string& reason, const std::string& message);
+  // An answer the front end makes itself (400/408/413/429/431), then close.
+  void Fail(int status, const std::string& reason, const std::string& message,
+            absl::Duration retry_after = absl::ZeroDuration());
+  void Linger(size_t drained);
+  // Stop: closed at once, whatever is in flight.
+  void CloseNow();
+  friend class FrontEnd;
   // A read deadline that leaves the socket open (Beast's stream timeouts close it), so the
   // client still gets its 408: on expiry the pending read is cancelled and timed_out_ set.
   void ArmDeadline(absl::Duration d);
@@ -140,11 +167,31 @@ class Connection : public std::enable_shared_from_this<Connection> {
   asio::steady_timer deadline_;
   bool timed_out_ = false;
   bool armed_ = false;
+  FrontEndShared& shared_;
   const FrontEndOptions& options_;
   std::unique_ptr<ConnectionHandler> handler_;
-  std::atomic<int>* open_count_;
   std::string remote_ip_;
+  int remote_port_ = 0;
+  bool counted_for_client_ = false;
+  bool answer_too_large_ = true;
+  bool idle_ = false;
   bool closed_ = false;
+};
+
+// What the front end and its connections share. Outlives every connection.
+struct FrontEndShared {
+  explicit FrontEndShared(FrontEndOptions o)
+      : options(std::move(o)),
+        limits(options.max_connections_per_client, options.max_requests_per_client_per_sec,
+               options.client_request_burst) {}
+  const FrontEndOptions options;
+  HandlerFactory factory;
+  std::atomic<int> open{0};
+  std::atomic<bool> draining{false};  // keep-alive ends; no new connections
+  ClientLimits limits;
+  // Every live connection, so Drain and Stop can reach them.
+  absl::Mutex mu;
+  absl::flat_hash_map<Connection*, std::weak_ptr<Connection>> connections ABSL_GUARDED_BY(mu);
 };
 
 // An API error body of API.md: {"error": {"status", "code", "reason", "message"}}.
@@ -163,22 +210,29 @@ class FrontEnd {
   FrontEnd& operator=(const FrontEnd&) = delete;
 
   int port() const { return port_; }
-  int open_connections() const { return open_.load(); }
+  int open_connections() const { return shared_->open.load(); }
+  // Stops accepting, closes idle connections, and ends the others after their current answer.
+  void Drain();
   // Stops accepting and ends every connection.
   void Stop();
 
  private:
   FrontEnd(FrontEndOptions options, HandlerFactory factory);
   void Accept();
+  void OnAccept(beast::error_code ec, Socket socket);
+  // Answers a connection that is not served (503 over capacity, 429 over its address's cap).
+  static void Refuse(Socket& socket, int status, const std::string& reason,
+                     const std::string& message);
+  // Runs `fn` on the thread of every live connection.
+  void ForEachConnection(std::function<void(Connection&)> fn);
 
-  // Connections refer to the options, the factory and the counter: declared before the
-  // io_contexts, so they outlive the handlers those destroy.
-  FrontEndOptions options_;
-  HandlerFactory factory_;
-  std::atomic<int> open_{0};
+  // Connections refer to what is shared: declared before the io_contexts, so it outlives the
+  // handlers those destroy.
+  std::unique_ptr<FrontEndShared> shared_;
   // One per I/O thread; the acceptor runs on the first and deals connections out in turn.
   std::vector<std::unique_ptr<asio::io_context>> contexts_;
   std::unique_ptr<tcp::acceptor> acceptor_;
+  std::unique_ptr<asio::steady_timer> accept_retry_;  // after EMFILE and the like
   size_t next_context_ = 0;  // the acceptor's thread only
   std::vector<asio::executor_work_guard<Executor>> work_;
   std::vector<std::thread> threads_;
