@@ -157,24 +157,29 @@ class ForwarderTest : public ::testing::Test {
   void StartForwarder(const std::string& egress, std::vector<std::string> allow) {
     for (const auto& a : allow) entries_.push_back(*ParseAllowEntry(a));
     egress_ = egress;
-    int port = 0;
-    ::close(BoundUdp(&port));
-    port_ = port;
-    DnsForwarder::Options o;
-    o.listen_addr = kLoopback;
-    o.port = port_;
-    o.upstream = "127.0.0.1:" + std::to_string(upstream_.port());
-    auto f = DnsForwarder::Start(
-        o,
-        [this](uint32_t src) -> std::optional<DnsProfile> {
-          if (src != kLoopback) return std::nullopt;
-          return DnsProfile{egress_, entries_};
-        },
-        [this](uint32_t, const std::string& name, const std::vector<DnsAddress>& a) {
-          absl::MutexLock lock(&mu_);
-          for (const auto& x : a) pins_.emplace_back(name, x.addr);
-          return absl::OkStatus();
-        });
+    // A free UDP port may still be taken for TCP, or taken by another test before the bind:
+    // try a few.
+    absl::StatusOr<std::unique_ptr<DnsForwarder>> f = absl::UnknownError("not started");
+    for (int attempt = 0; attempt < 10 && !f.ok(); ++attempt) {
+      int port = 0;
+      ::close(BoundUdp(&port));
+      port_ = port;
+      DnsForwarder::Options o;
+      o.listen_addr = kLoopback;
+      o.port = port_;
+      o.upstream = "127.0.0.1:" + std::to_string(upstream_.port());
+      f = DnsForwarder::Start(
+          o,
+          [this](uint32_t src) -> std::optional<DnsProfile> {
+            if (src != kLoopback) return std::nullopt;
+            return DnsProfile{egress_, entries_};
+          },
+          [this](uint32_t, const std::string& name, const std::vector<DnsAddress>& a) {
+            absl::MutexLock lock(&mu_);
+            for (const auto& x : a) pins_.emplace_back(name, x.addr);
+            return absl::OkStatus();
+          });
+    }
     ASSERT_TRUE(f.ok()) << f.status();
     forwarder_ = std::move(*f);
   }
