@@ -45,9 +45,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK((static_cast<uint8_t>(r[2]) & 0x80) != 0);  // an answer
     FUZZ_CHECK((r[3] & 0x0f) == rcode);
     FUZZ_CHECK(Get16(r, 4) == 1 && Get16(r, 6) == 0 && Get16(r, 8) == 0 && Get16(r, 10) == 0);
-    // The reply names no address, whatever the query carried after its question.
+    // The reply names no address, whatever the query carried after its question. (It may not
+    // even parse: a compressed name pointing into the header reads the answer's flags.)
     auto addrs = DnsAnswerAddresses(r);
-    FUZZ_CHECK(addrs.ok() && addrs->empty());
+    FUZZ_CHECK(!addrs.ok() || addrs->empty());
   }
   // A name the parser returns, asked again in a query of our own, reads back the same when it is
   // an ordinary name (labels of 1-63 characters).

@@ -366,7 +366,8 @@ TEST_F(SandboxApi, HibernateFreezesProcessesAndResumeContinuesThem) {
   ASSERT_FALSE(id.empty());
   // A counter whose only state is the shell's memory: 20 increments a second while it runs.
   ASSERT_EQ(Out(id,
-                "sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done' "
+                "sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/counter; "
+                "sleep 0.05; done' "
                 ">/dev/null 2>&1 &"),
             "");
   auto counter = [&] {
@@ -374,6 +375,10 @@ TEST_F(SandboxApi, HibernateFreezesProcessesAndResumeContinuesThem) {
     EXPECT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(Out(id, "cat /tmp/counter")), &v));
     return v;
   };
+  // The counter's file is replaced whole (never seen half written); wait for its first value.
+  for (int i = 0; i < 100 && Out(id, "cat /tmp/counter 2>/dev/null").empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   const int before = counter();
   EXPECT_GE(before, 1);
