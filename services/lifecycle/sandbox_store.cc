@@ -165,6 +165,30 @@ absl::Status NotFound(const std::string& id) {
                absl::StrCat("sandbox ", id, " not found"));
 }
 
+// Runs an update statement of one sandbox (parameters: id, tenant, then `args`) that returns the
+// changed row: the sandbox after it; nullopt when the row exists but the statement's guard left it
+// alone; NOT_FOUND when there is no such sandbox of the tenant.
+template <typename... Args>
+absl::StatusOr<std::optional<Sandbox>> UpdateOne(PgPool& pool, const char* statement,
+                                                 const std::string& tenant_id,
+                                                 const std::string& id, const Args&... args) {
+  std::optional<Sandbox> out;
+  absl::Status s = pool.Execute(
+      [&](pqxx::nontransaction& tx) -> absl::Status {
+        out.reset();
+        auto r = tx.exec_prepared(statement, id, tenant_id, args...);
+        if (!r.empty()) {
+          out = FromRow(r[0]);
+          return absl::OkStatus();
+        }
+        if (tx.exec_prepared("lc_get", id, tenant_id).empty()) return NotFound(id);
+        return absl::OkStatus();
+      },
+      Durability::kSync);
+  if (!s.ok()) return s;
+  return out;
+}
+
 }  // namespace
 
 std::string StateName(SandboxState state) { return v1::SandboxState_Name(state); }
@@ -698,21 +722,7 @@ absl::Status SandboxStore::DeleteUnacknowledged(const std::string& id) {
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::SetTimeout(const std::string& tenant_id,
                                                                 const std::string& id,
                                                                 int timeout_sec) {
-  std::optional<Sandbox> out;
-  absl::Status s = pool_.Execute(
-      [&](pqxx::nontransaction& tx) -> absl::Status {
-        out.reset();
-        auto r = tx.exec_prepared("lc_set_timeout", id, tenant_id, timeout_sec);
-        if (!r.empty()) {
-          out = FromRow(r[0]);
-          return absl::OkStatus();
-        }
-        if (tx.exec_prepared("lc_get", id, tenant_id).empty()) return NotFound(id);
-        return absl::OkStatus();
-      },
-      Durability::kSync);
-  if (!s.ok()) return s;
-  return out;
+  return UpdateOne(pool_, "lc_set_timeout", tenant_id, id, timeout_sec);
 }
 
 absl::StatusOr<int> SandboxStore::PurgeEnded(absl::Duration retention, int limit) {
@@ -740,22 +750,7 @@ absl::StatusOr<int> SandboxStore::PurgeIdempotencyKeys(absl::Duration retention,
 absl::StatusOr<std::optional<Sandbox>> SandboxStore::SetNetwork(const std::string& tenant_id,
                                                                 const std::string& id,
                                                                 const v1::NetworkPolicy& policy) {
-  std::optional<Sandbox> out;
-  const std::string json = NetworkJson(policy);
-  absl::Status s = pool_.Execute(
-      [&](pqxx::nontransaction& tx) -> absl::Status {
-        out.reset();
-        auto r = tx.exec_prepared("lc_set_network", id, tenant_id, json);
-        if (!r.empty()) {
-          out = FromRow(r[0]);
-          return absl::OkStatus();
-        }
-        if (tx.exec_prepared("lc_get", id, tenant_id).empty()) return NotFound(id);
-        return absl::OkStatus();
-      },
-      Durability::kSync);
-  if (!s.ok()) return s;
-  return out;
+  return UpdateOne(pool_, "lc_set_network", tenant_id, id, NetworkJson(policy));
 }
 
 absl::Status SandboxStore::Touch(const std::string& id) {
