@@ -117,7 +117,7 @@ STUB
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" "$2"; }
 bash "$WORK/test-stub.sh" -L unit >"$WORK/t1.out" 2>&1; rc=$?
 check "exit status 0 passes through" test "$rc" = 0
-check "ctest args: defaults then -L unit" grep -q 'ARGS=--test-dir .* --output-on-failure -j2 --timeout 300 -L unit$' "$WORK/t1.out"
+check "ctest args: defaults then -L unit" grep -q 'ARGS=--test-dir .* --output-on-failure -j2 --timeout 300 --output-junit .*/junit.xml -L unit$' "$WORK/t1.out"
 check "ISORUN_TEST_DATABASE_URL ends in /postgres" grep -q 'URL=postgresql://isorun@127.0.0.1:[0-9]*/postgres ' "$WORK/t1.out"
 tmp="$(field TMP "$WORK/t1.out")"
 check "temp folder removed" test -n "$tmp" -a ! -e "$tmp"
@@ -128,7 +128,8 @@ check "temp folder removed after failure" test -n "$tmp" -a ! -e "$tmp"
 for sig in TERM INT; do
   STUB_SLEEP=30 bash "$WORK/test-stub.sh" >"$WORK/sig.out" 2>&1 &
   spid=$!
-  for _ in $(seq 100); do grep -q 'TMP=' "$WORK/sig.out" && break; sleep 0.1; done
+  # starting its PostgreSQL can take long on a busy machine
+  for _ in $(seq 600); do grep -q 'TMP=' "$WORK/sig.out" && break; sleep 0.1; done
   sleep 0.2
   tmp="$(field TMP "$WORK/sig.out")"
   pgdata="$(field PGDATA "$WORK/sig.out")"
@@ -242,7 +243,9 @@ check "dev.key mode 600" test "$(stat -c %a "$ISORUN_DATA_DIR/dev.key" 2>/dev/nu
 check "env metrics URL form" grep -qx "ISORUN_METRICS_QUOTA=http://127.0.0.1:$ISORUN_PORT_QUOTA_METRICS/metrics" "$envf"
 check "database URL" grep -qx "ISORUN_DATABASE_URL=postgresql://isorun@127.0.0.1:$ISORUN_PG_PORT/isorun" "$envf"
 check "tenant dev created with --max-concurrent 10" grep -q 'tenants create dev --max-concurrent 10' "$FAKE_STATE/ctl.calls"
-check "runner-2 flags" grep -q -- " --grpc_addr=127.0.0.1:$ISORUN_PORT_RUNNER_2 --metrics_addr=127.0.0.1:$ISORUN_PORT_RUNNER_2_METRICS --scheduler_addr=127.0.0.1:$ISORUN_PORT_SCHEDULER --runner_name=runner-2 --region=local --tunnel_addr=127.0.0.1:$ISORUN_PORT_RUNNER_2_TUNNEL --driver=sim$" "$FAKE_STATE/argv.runner-2"
+# The driver is runc where this machine can run sandboxes (root, runc), with its data folder and
+# sandbox range; the simulated one otherwise. TLS files come last either way.
+check "runner-2 flags" grep -qE -- " --grpc_addr=127.0.0.1:$ISORUN_PORT_RUNNER_2 --metrics_addr=127.0.0.1:$ISORUN_PORT_RUNNER_2_METRICS --scheduler_addr=127.0.0.1:$ISORUN_PORT_SCHEDULER --runner_name=runner-2 --region=local --tunnel_addr=127.0.0.1:$ISORUN_PORT_RUNNER_2_TUNNEL (--driver=sim|--driver=runc .* --data_dir=$ISORUN_DATA_DIR/runner-2 --sandbox_network=100.96.2.0/24) --tls_cert_file=$ISORUN_DATA_DIR/tls/runner.crt --tls_key_file=$ISORUN_DATA_DIR/tls/runner.key --tls_ca_file=$ISORUN_DATA_DIR/tls/ca.crt$" "$FAKE_STATE/argv.runner-2"
 check "services get ISORUN_DATABASE_URL" grep -qx "DB=postgresql://isorun@127.0.0.1:$ISORUN_PG_PORT/isorun" "$FAKE_STATE/argv.isorun-gateway"
 check "services do not get ISORUN_DATA_DIR" grep -qx "DATA_DIR=" "$FAKE_STATE/argv.isorun-gateway"
 check "ctl reads the env file" bash -c "'$REPO/isorun' ctl tenants list | grep -q '^dev '"
