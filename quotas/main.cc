@@ -49,7 +49,10 @@ int main(int argc, char** argv) {
                               {"metrics_port", std::to_string(metrics.port())}});
   absl::Notification stop;
   std::thread collector([&] {
-    while (!stop.WaitForNotificationWithTimeout(absl::Seconds(10))) service.CollectRateBuckets();
+    while (!stop.WaitForNotificationWithTimeout(absl::Seconds(10))) {
+      service.CollectRateBuckets();
+      service.CollectExecLeases();
+    }
   });
   int sig = isorun::WaitForShutdownSignal();
   stop.Notify();

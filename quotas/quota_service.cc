@@ -1,5 +1,6 @@
 #include "quotas/quota_service.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -178,6 +179,61 @@ grpc::Status QuotaService::ListReservations(grpc::ServerContext*,
     out->set_tenant_id(r.tenant_id);
   }
   if (static_cast<int>(rows->size()) == limit) resp->set_next_page_token(rows->back().sandbox_id);
+  return grpc::Status::OK;
+}
+
+namespace {
+
+// A lease's TTL as asked, within sane bounds (a holder renews every third of it).
+absl::Duration LeaseTtl(int ttl_ms) {
+  return absl::Milliseconds(std::clamp(ttl_ms <= 0 ? 10000 : ttl_ms, 500, 600000));
+}
+
+std::vector<ExecLeaseTable::Key> LeaseKeys(
+    const google::protobuf::RepeatedPtrField<v1::ExecLease>& leases) {
+  std::vector<ExecLeaseTable::Key> keys;
+  keys.reserve(leases.size());
+  for (const auto& l : leases) {
+    if (!l.tenant_id().empty() && !l.lease_id().empty()) {
+      keys.push_back({l.tenant_id(), l.lease_id()});
+    }
+  }
+  return keys;
+}
+
+}  // namespace
+
+grpc::Status QuotaService::AcquireExecLease(grpc::ServerContext*,
+                                            const v1::AcquireExecLeaseRequest* req,
+                                            v1::AcquireExecLeaseResponse* resp) {
+  if (req->lease().tenant_id().empty() || req->lease().lease_id().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tenant_id and lease_id are required");
+  }
+  // The cap is this service's view of the tenant's limits (isorunctl changes apply within
+  // limits_ttl), not the caller's.
+  auto limits = CachedLimits(req->lease().tenant_id());
+  if (!limits.ok()) return ToGrpcStatus(limits.status());
+  auto running = exec_leases_.Acquire({req->lease().tenant_id(), req->lease().lease_id()},
+                                      limits->max_concurrent_execs, LeaseTtl(req->ttl_ms()),
+                                      clock_());
+  if (!running.ok()) return ToGrpcStatus(running.status());
+  resp->set_running(*running);
+  resp->set_limit(limits->max_concurrent_execs);
+  return grpc::Status::OK;
+}
+
+grpc::Status QuotaService::RenewExecLeases(grpc::ServerContext*,
+                                           const v1::RenewExecLeasesRequest* req,
+                                           v1::RenewExecLeasesResponse* resp) {
+  resp->set_restored(
+      exec_leases_.Renew(LeaseKeys(req->leases()), LeaseTtl(req->ttl_ms()), clock_()));
+  return grpc::Status::OK;
+}
+
+grpc::Status QuotaService::ReleaseExecLeases(grpc::ServerContext*,
+                                             const v1::ReleaseExecLeasesRequest* req,
+                                             v1::ReleaseExecLeasesResponse* resp) {
+  resp->set_released(exec_leases_.Release(LeaseKeys(req->leases())));
   return grpc::Status::OK;
 }
 

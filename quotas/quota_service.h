@@ -14,6 +14,7 @@
 #include "isorun/v1/quotas.grpc.pb.h"
 #include "prometheus/counter.h"
 #include "prometheus/registry.h"
+#include "quotas/exec_leases.h"
 #include "quotas/quota_store.h"
 #include "quotas/rate_limiter.h"
 
@@ -42,9 +43,17 @@ class QuotaService final : public v1::Quotas::Service {
   grpc::Status GetUsage(grpc::ServerContext*, const v1::GetUsageRequest*, v1::Usage*) override;
   grpc::Status ListReservations(grpc::ServerContext*, const v1::ListReservationsRequest*,
                                 v1::ListReservationsResponse*) override;
+  grpc::Status AcquireExecLease(grpc::ServerContext*, const v1::AcquireExecLeaseRequest*,
+                                v1::AcquireExecLeaseResponse*) override;
+  grpc::Status RenewExecLeases(grpc::ServerContext*, const v1::RenewExecLeasesRequest*,
+                               v1::RenewExecLeasesResponse*) override;
+  grpc::Status ReleaseExecLeases(grpc::ServerContext*, const v1::ReleaseExecLeasesRequest*,
+                                 v1::ReleaseExecLeasesResponse*) override;
 
   // Drops rate buckets that are full again; called periodically.
   size_t CollectRateBuckets() { return limiter_.Collect(clock_()); }
+  // Drops exec leases whose holder stopped renewing them; called periodically.
+  size_t CollectExecLeases() { return exec_leases_.Collect(clock_()); }
 
  private:
   void CountAdmission(const absl::StatusOr<AdmitResult>& result);
@@ -55,6 +64,7 @@ class QuotaService final : public v1::Quotas::Service {
   const QuotaServiceOptions options_;
   const Clock clock_;
   RateLimiter limiter_;
+  ExecLeaseTable exec_leases_;
   absl::Mutex mu_;
   struct CachedEntry {
     TenantLimits limits;

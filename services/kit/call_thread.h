@@ -13,12 +13,17 @@
 
 #include <functional>
 #include <memory>
+#include <string_view>
 #include <thread>
 #include <utility>
 
 #include "absl/synchronization/mutex.h"
 
 namespace isorun {
+
+// Initial-metadata key a runner sends (with the headers) once it has accepted an exec:stream call,
+// before any output: the caller then knows the command was not refused. Lowercase, as gRPC wants.
+inline constexpr std::string_view kExecStartedMetadata = "isorun-exec-started";
 
 // Runs `body` on a new thread and finishes the call with its status.
 inline grpc::ServerUnaryReactor* RunUnaryOnThread(grpc::CallbackServerContext* ctx,

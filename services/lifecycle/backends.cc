@@ -7,7 +7,9 @@
 #include "absl/synchronization/notification.h"
 
 #include "absl/strings/str_cat.h"
+#include "services/kit/call_thread.h"
 #include "services/kit/server.h"
+#include "services/kit/shard.h"
 #include "services/kit/status.h"
 
 namespace isorun::lifecycle {
@@ -39,14 +41,86 @@ absl::Status Wrap(const grpc::Status& s, const char* who) {
 }  // namespace
 
 GrpcBackends::GrpcBackends(std::shared_ptr<grpc::Channel> quota,
-                           std::shared_ptr<grpc::Channel> scheduler, BackendDeadlines deadlines)
+                           std::shared_ptr<grpc::Channel> scheduler, BackendDeadlines deadlines,
+                           std::vector<std::string> quota_replicas)
     : quota_(v1::Quotas::NewStub(quota)),
+      quota_names_(std::move(quota_replicas)),
       scheduler_(v1::Scheduler::NewStub(scheduler)),
       deadlines_(deadlines),
       admits_([this](auto& items) { return AdmitBatch(items); }),
       releases_([this](auto& items) { return ReleaseBatch(items); }),
       places_([this](auto& items) { return PlaceBatch(items); }),
-      placement_releases_([this](auto& items) { return ReleasePlacementBatch(items); }) {}
+      placement_releases_([this](auto& items) { return ReleasePlacementBatch(items); }) {
+  for (const auto& name : quota_names_) {
+    quota_channels_.push_back(MakeChannel(name));
+    quota_stubs_.push_back(v1::Quotas::NewStub(quota_channels_.back()));
+  }
+}
+
+grpc::Status GrpcBackends::OnTenantReplica(
+    const std::string& tenant_id,
+    const std::function<grpc::Status(v1::Quotas::Stub&, grpc::ClientContext&)>& call) {
+  const absl::Time give_up = absl::Now() + deadlines_.quota;
+  if (quota_stubs_.empty()) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(give_up));
+    return call(*quota_, ctx);
+  }
+  // The same order as the gateways' rate checks (kit/shard.h): every lifecycle meets the
+  // tenant's leases on one replica. Replicas whose channel already failed come last.
+  std::vector<int> tries, down;
+  for (int i : RendezvousOrder(tenant_id, quota_names_)) {
+    (quota_channels_[i]->GetState(true) == GRPC_CHANNEL_TRANSIENT_FAILURE ? down : tries)
+        .push_back(i);
+  }
+  tries.insert(tries.end(), down.begin(), down.end());
+  grpc::Status s;
+  for (int i : tries) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(give_up));
+    s = call(*quota_stubs_[i], ctx);
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() >= give_up) break;
+  }
+  return s;
+}
+
+absl::Status GrpcBackends::AcquireExecLease(const v1::ExecLease& lease, absl::Duration ttl) {
+  v1::AcquireExecLeaseRequest req;
+  *req.mutable_lease() = lease;
+  req.set_ttl_ms(static_cast<int32_t>(absl::ToInt64Milliseconds(ttl)));
+  v1::AcquireExecLeaseResponse resp;
+  return Wrap(OnTenantReplica(lease.tenant_id(),
+                              [&](v1::Quotas::Stub& stub, grpc::ClientContext& ctx) {
+                                return stub.AcquireExecLease(&ctx, req, &resp);
+                              }),
+              "quota service");
+}
+
+absl::Status GrpcBackends::RenewExecLeases(const std::vector<v1::ExecLease>& leases,
+                                           absl::Duration ttl) {
+  if (leases.empty()) return absl::OkStatus();
+  v1::RenewExecLeasesRequest req;
+  for (const auto& l : leases) *req.add_leases() = l;
+  req.set_ttl_ms(static_cast<int32_t>(absl::ToInt64Milliseconds(ttl)));
+  v1::RenewExecLeasesResponse resp;
+  return Wrap(OnTenantReplica(leases.front().tenant_id(),
+                              [&](v1::Quotas::Stub& stub, grpc::ClientContext& ctx) {
+                                return stub.RenewExecLeases(&ctx, req, &resp);
+                              }),
+              "quota service");
+}
+
+absl::Status GrpcBackends::ReleaseExecLeases(const std::vector<v1::ExecLease>& leases) {
+  if (leases.empty()) return absl::OkStatus();
+  v1::ReleaseExecLeasesRequest req;
+  for (const auto& l : leases) *req.add_leases() = l;
+  v1::ReleaseExecLeasesResponse resp;
+  return Wrap(OnTenantReplica(leases.front().tenant_id(),
+                              [&](v1::Quotas::Stub& stub, grpc::ClientContext& ctx) {
+                                return stub.ReleaseExecLeases(&ctx, req, &resp);
+                              }),
+              "quota service");
+}
 
 v1::Runner::Stub& GrpcBackends::RunnerAt(const std::string& address) {
   RunnerChannel* runner = nullptr;
@@ -289,7 +363,8 @@ absl::Status GrpcBackends::Unpause(const std::string& address, const std::string
 
 absl::StatusOr<v1::ExecResponse> GrpcBackends::Exec(const std::string& address,
                                                     const std::string& sandbox_id,
-                                                    const v1::ExecRequest& request) {
+                                                    const v1::ExecRequest& request,
+                                                    int max_running) {
   grpc::ClientContext ctx;
   // The command's own timeout plus slack for the round trip.
   SetDeadline(ctx, absl::Seconds(request.timeout_sec() > 0 ? request.timeout_sec() : 30) +
@@ -297,6 +372,7 @@ absl::StatusOr<v1::ExecResponse> GrpcBackends::Exec(const std::string& address,
   v1::RunnerExecRequest req;
   req.set_sandbox_id(sandbox_id);
   *req.mutable_exec() = request;
+  req.set_max_running(max_running);
   v1::ExecResponse resp;
   grpc::Status s = RunnerAt(address).Exec(&ctx, req, &resp);
   if (!s.ok()) return Wrap(s, "runner");
@@ -304,7 +380,8 @@ absl::StatusOr<v1::ExecResponse> GrpcBackends::Exec(const std::string& address,
 }
 
 absl::Status GrpcBackends::ExecStream(const std::string& address, const std::string& sandbox_id,
-                                      const v1::ExecRequest& request,
+                                      const v1::ExecRequest& request, int max_running,
+                                      const std::function<void()>& on_start,
                                       const std::function<bool(const v1::ExecChunk&)>& on_chunk,
                                       const std::function<bool()>& cancelled) {
   grpc::ClientContext ctx;
@@ -314,6 +391,7 @@ absl::Status GrpcBackends::ExecStream(const std::string& address, const std::str
   v1::RunnerExecRequest req;
   req.set_sandbox_id(sandbox_id);
   *req.mutable_exec() = request;
+  req.set_max_running(max_running);
   // The reader blocks in Read(); a watcher cancels the call when our own caller goes away.
   absl::Notification done;
   std::thread watcher([&] {
@@ -325,9 +403,19 @@ absl::Status GrpcBackends::ExecStream(const std::string& address, const std::str
     }
   });
   auto reader = RunnerAt(address).ExecStream(&ctx, req);
+  // The runner sends its headers, marked, once it has accepted the call (a refusal comes as the
+  // call's status, without them); a runner of an older version sends them with its first chunk.
+  reader->WaitForInitialMetadata();
+  bool started = ctx.GetServerInitialMetadata().count(
+                     grpc::string_ref(kExecStartedMetadata.data(), kExecStartedMetadata.size())) > 0;
+  if (started) on_start();
   v1::ExecChunk chunk;
   bool stopped = false;
   while (reader->Read(&chunk)) {
+    if (!started) {
+      started = true;
+      on_start();
+    }
     if (!on_chunk(chunk)) {
       stopped = true;
       ctx.TryCancel();

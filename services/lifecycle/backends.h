@@ -27,6 +27,19 @@ class Backends {
   virtual absl::Status Admit(const std::string& tenant_id, const std::string& sandbox_id) = 0;
   virtual absl::Status Release(const std::string& tenant_id, const std::string& sandbox_id) = 0;
   virtual absl::StatusOr<v1::Usage> GetUsage(const std::string& tenant_id) = 0;
+  // Exec leases (quotas.proto), each sent to the tenant's quota replica. RESOURCE_EXHAUSTED
+  // (EXEC_LIMIT) when the tenant holds its cap; UNIMPLEMENTED from a backend without them.
+  virtual absl::Status AcquireExecLease(const v1::ExecLease& lease, absl::Duration ttl) {
+    return absl::UnimplementedError("no exec leases");
+  }
+  // All of one tenant.
+  virtual absl::Status RenewExecLeases(const std::vector<v1::ExecLease>& leases,
+                                       absl::Duration ttl) {
+    return absl::UnimplementedError("no exec leases");
+  }
+  virtual absl::Status ReleaseExecLeases(const std::vector<v1::ExecLease>& leases) {
+    return absl::UnimplementedError("no exec leases");
+  }
   // Scheduler.
   virtual absl::StatusOr<v1::Placement> Place(const v1::PlaceRequest& request) = 0;
   virtual absl::Status ReleasePlacement(const std::string& sandbox_id) = 0;
@@ -40,13 +53,18 @@ class Backends {
                                   const v1::NetworkPolicy& policy) = 0;
   virtual absl::StatusOr<std::vector<v1::EgressLogEntry>> EgressLog(
       const std::string& address, const std::string& sandbox_id) = 0;
+  // `max_running`: the runner refuses (EXEC_LIMIT) when the sandbox already runs that many calls.
   virtual absl::StatusOr<v1::ExecResponse> Exec(const std::string& address,
                                                 const std::string& sandbox_id,
-                                                const v1::ExecRequest& request) = 0;
-  // Streams a command's output: `on_chunk` gets each chunk (the last carries the exit code) and
-  // returns false to stop; `cancelled` is polled so a client that went away kills the command.
+                                                const v1::ExecRequest& request,
+                                                int max_running) = 0;
+  // Streams a command's output: `on_start` runs once the runner accepted the call (before any
+  // output; not at all when it refused), `on_chunk` gets each chunk (the last carries the exit
+  // code) and returns false to stop; `cancelled` is polled so a client that went away kills the
+  // command.
   virtual absl::Status ExecStream(const std::string& address, const std::string& sandbox_id,
-                                  const v1::ExecRequest& request,
+                                  const v1::ExecRequest& request, int max_running,
+                                  const std::function<void()>& on_start,
                                   const std::function<bool(const v1::ExecChunk&)>& on_chunk,
                                   const std::function<bool()>& cancelled) = 0;
   // For the reconciler.
@@ -76,12 +94,18 @@ struct BackendDeadlines {
 
 class GrpcBackends final : public Backends {
  public:
+  // `quota_replicas`: the quota replicas' addresses when --quota_addr is a list (exec leases go
+  // to a tenant's rendezvous choice among them); empty: every quota call goes through `quota`.
   GrpcBackends(std::shared_ptr<grpc::Channel> quota, std::shared_ptr<grpc::Channel> scheduler,
-               BackendDeadlines deadlines = {});
+               BackendDeadlines deadlines = {}, std::vector<std::string> quota_replicas = {});
 
   absl::Status Admit(const std::string& tenant_id, const std::string& sandbox_id) override;
   absl::Status Release(const std::string& tenant_id, const std::string& sandbox_id) override;
   absl::StatusOr<v1::Usage> GetUsage(const std::string& tenant_id) override;
+  absl::Status AcquireExecLease(const v1::ExecLease& lease, absl::Duration ttl) override;
+  absl::Status RenewExecLeases(const std::vector<v1::ExecLease>& leases,
+                               absl::Duration ttl) override;
+  absl::Status ReleaseExecLeases(const std::vector<v1::ExecLease>& leases) override;
   absl::StatusOr<v1::Placement> Place(const v1::PlaceRequest& request) override;
   absl::Status ReleasePlacement(const std::string& sandbox_id) override;
   absl::StatusOr<v1::StartSandboxResponse> Start(const std::string& address,
@@ -94,9 +118,10 @@ class GrpcBackends final : public Backends {
   absl::StatusOr<std::vector<v1::EgressLogEntry>> EgressLog(const std::string& address,
                                                             const std::string& sandbox_id) override;
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& address, const std::string& sandbox_id,
-                                        const v1::ExecRequest& request) override;
+                                        const v1::ExecRequest& request, int max_running) override;
   absl::Status ExecStream(const std::string& address, const std::string& sandbox_id,
-                          const v1::ExecRequest& request,
+                          const v1::ExecRequest& request, int max_running,
+                          const std::function<void()>& on_start,
                           const std::function<bool(const v1::ExecChunk&)>& on_chunk,
                           const std::function<bool()>& cancelled) override;
   absl::StatusOr<v1::ListReservationsResponse> ListReservations(
@@ -117,7 +142,16 @@ class GrpcBackends final : public Backends {
   std::vector<absl::StatusOr<v1::Placement>> PlaceBatch(std::vector<v1::PlaceRequest>& items);
   std::vector<absl::Status> ReleasePlacementBatch(std::vector<v1::ReleasePlacementRequest>& items);
 
+  // Runs `call` on the tenant's quota replica: the first of its rendezvous order whose channel
+  // is not failing, the next on UNAVAILABLE, within the quota deadline.
+  grpc::Status OnTenantReplica(
+      const std::string& tenant_id,
+      const std::function<grpc::Status(v1::Quotas::Stub&, grpc::ClientContext&)>& call);
+
   std::unique_ptr<v1::Quotas::Stub> quota_;
+  const std::vector<std::string> quota_names_;
+  std::vector<std::shared_ptr<grpc::Channel>> quota_channels_;
+  std::vector<std::unique_ptr<v1::Quotas::Stub>> quota_stubs_;
   std::unique_ptr<v1::Scheduler::Stub> scheduler_;
   const BackendDeadlines deadlines_;
   absl::Mutex mu_;

@@ -17,19 +17,11 @@ absl::StatusOr<std::unique_ptr<ExecTracker::Ticket>> ExecTracker::Begin(const st
   absl::MutexLock lock(&mu_);
   auto t = tenants_.find(tenant);
   const int by_tenant = t == tenants_.end() ? 0 : t->second;
-  if (by_tenant >= tenant_limit) {
+  if (tenant_limit > 0 && by_tenant >= tenant_limit) {
     return Error(absl::StatusCode::kResourceExhausted, "EXEC_LIMIT",
                  absl::StrCat("tenant has ", by_tenant, " of ", tenant_limit,
                               " exec calls running; wait for one to finish or retry later"),
                  tenant_limit, by_tenant, 1);
-  }
-  auto sb = sandboxes_.find(sandbox);
-  const int by_sandbox = sb == sandboxes_.end() ? 0 : sb->second.running;
-  if (by_sandbox >= per_sandbox_limit_) {
-    return Error(absl::StatusCode::kResourceExhausted, "EXEC_LIMIT",
-                 absl::StrCat("sandbox ", sandbox, " has ", by_sandbox, " of ", per_sandbox_limit_,
-                              " exec calls running; wait for one to finish or retry later"),
-                 per_sandbox_limit_, by_sandbox, 1);
   }
   ++tenants_[tenant];
   SandboxCalls& calls = sandboxes_[sandbox];

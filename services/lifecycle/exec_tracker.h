@@ -1,12 +1,13 @@
 #pragma once
 
-// The exec and exec:stream calls running through this lifecycle process: their caps (per tenant
-// and per sandbox; beyond either the call is refused with 429 EXEC_LIMIT) and the sandboxes they
-// keep active (a running command is activity for its whole run, so the idle reaper never takes a
-// sandbox from under a command, however its timeoutSec compares with the command's length).
+// The exec and exec:stream calls running through this lifecycle process: the sandboxes they keep
+// active (a running command is activity for its whole run, so the idle reaper never takes a
+// sandbox from under a command, however its timeoutSec compares with the command's length), and
+// this process's own count per tenant.
 //
-// The counts are this process's: with N lifecycle replicas, a tenant spreading its calls over
-// all of them could hold up to N times its cap (README, API notes).
+// The caps that hold cluster-wide live elsewhere: per tenant in the quota service (exec leases,
+// exec_leases.h), per sandbox in the runner that holds the sandbox. The count here caps a tenant
+// only while no quota replica answers (then each lifecycle replica caps on its own calls).
 //
 // Thread-safe.
 
@@ -38,10 +39,10 @@ class ExecTracker {
     std::string tenant_, sandbox_;
   };
 
-  explicit ExecTracker(int per_sandbox_limit) : per_sandbox_limit_(per_sandbox_limit) {}
+  ExecTracker() = default;
 
   // RESOURCE_EXHAUSTED (EXEC_LIMIT, with limit, current and retry-after) when the tenant already
-  // runs `tenant_limit` calls or the sandbox its per-sandbox limit. `timeout_sec` is the
+  // runs `tenant_limit` calls through this process (0: no cap here). `timeout_sec` is the
   // sandbox's idle timeout: its deadline is moved well within that while the call runs.
   absl::StatusOr<std::unique_ptr<Ticket>> Begin(const std::string& tenant,
                                                 const std::string& sandbox, int tenant_limit,
@@ -61,7 +62,6 @@ class ExecTracker {
     absl::Duration touch_every;
     absl::Time last_touch;
   };
-  const int per_sandbox_limit_;
   absl::Mutex mu_;
   std::map<std::string, int> tenants_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, SandboxCalls> sandboxes_ ABSL_GUARDED_BY(mu_);

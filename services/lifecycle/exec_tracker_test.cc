@@ -14,44 +14,25 @@ std::string ReasonOf(const absl::Status& s) {
   return detail ? detail->reason() : "";
 }
 
-TEST(ExecTracker, SandboxCapHoldsBesidesTheTenantCap) {
-  ExecTracker tracker(/*per_sandbox_limit=*/2);
-  auto a1 = tracker.Begin("t", "sbx_a", 10, 60);
-  auto a2 = tracker.Begin("t", "sbx_a", 10, 60);
-  ASSERT_TRUE(a1.ok() && a2.ok());
-  // The sandbox is full though the tenant has room: 429 EXEC_LIMIT naming the sandbox's cap.
-  auto a3 = tracker.Begin("t", "sbx_a", 10, 60);
-  ASSERT_EQ(a3.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(ReasonOf(a3.status()), "EXEC_LIMIT");
-  auto detail = ErrorDetailOf(a3.status());
-  ASSERT_TRUE(detail.has_value());
-  EXPECT_EQ(detail->limit(), 2);
-  EXPECT_EQ(detail->current(), 2);
-  // A refused call holds nothing; another sandbox of the tenant still runs commands.
-  EXPECT_EQ(tracker.running("t"), 2);
-  auto b1 = tracker.Begin("t", "sbx_b", 10, 60);
-  EXPECT_TRUE(b1.ok());
-  EXPECT_EQ(tracker.running("t"), 3);
-  // An ended call frees its place in both counts.
-  a1->reset();
-  EXPECT_EQ(tracker.running("t"), 2);
-  EXPECT_TRUE(tracker.Begin("t", "sbx_a", 10, 60).ok());
-}
-
 TEST(ExecTracker, TenantCapHoldsAcrossSandboxes) {
-  ExecTracker tracker(/*per_sandbox_limit=*/16);
+  ExecTracker tracker;
   auto a = tracker.Begin("t", "sbx_a", 2, 60);
   auto b = tracker.Begin("t", "sbx_b", 2, 60);
   ASSERT_TRUE(a.ok() && b.ok());
   auto c = tracker.Begin("t", "sbx_c", 2, 60);
   ASSERT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(ReasonOf(c.status()), "EXEC_LIMIT");
-  // Another tenant is not affected.
+  // Another tenant is not affected; a limit of 0 is no cap here (the quota's leases cap).
   EXPECT_TRUE(tracker.Begin("u", "sbx_d", 2, 60).ok());
+  auto d = tracker.Begin("t", "sbx_d", 0, 60);
+  EXPECT_TRUE(d.ok());
+  EXPECT_EQ(tracker.running("t"), 3);
+  a->reset();
+  EXPECT_EQ(tracker.running("t"), 2);
 }
 
 TEST(ExecTracker, RunningCallsKeepTheirSandboxActive) {
-  ExecTracker tracker(16);
+  ExecTracker tracker;
   absl::Time now = absl::Now();
   {
     auto t = tracker.Begin("t", "sbx_a", 2, /*timeout_sec=*/3);

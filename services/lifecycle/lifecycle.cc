@@ -1,5 +1,6 @@
 #include "services/lifecycle/lifecycle.h"
 
+#include <algorithm>
 #include <set>
 #include <thread>
 
@@ -37,7 +38,7 @@ Lifecycle::Lifecycle(SandboxStore& store, Backends& backends, LifecycleOptions o
     : store_(store),
       backends_(backends),
       options_(std::move(options)),
-      execs_(options_.max_execs_per_sandbox) {}
+      leases_(backends, options_.exec_lease_ttl) {}
 
 absl::StatusOr<v1::Limits> Lifecycle::LimitsOf(const std::string& tenant_id) {
   const absl::Time now = absl::Now();
@@ -491,20 +492,42 @@ absl::StatusOr<Sandbox> Lifecycle::SandboxForExec(const v1::ExecRequest& request
   return sb;
 }
 
+absl::StatusOr<Lifecycle::ExecPlace> Lifecycle::BeginExec(const v1::ExecRequest& request,
+                                                          const Sandbox& sb) {
+  ExecPlace place;
+  auto lease = leases_.Acquire(request.tenant_id());
+  int local_cap = 0;  // the cluster-wide lease holds the place: no cap of this process's own
+  if (lease.ok()) {
+    place.lease = std::move(*lease);
+  } else if (lease.status().code() == absl::StatusCode::kResourceExhausted) {
+    return lease.status();
+  } else {
+    // No quota replica could count the call: cap on this process's own calls rather than not
+    // at all (with N lifecycle replicas a tenant may then run up to N times its cap).
+    auto limits = LimitsOf(request.tenant_id());
+    if (!limits.ok()) return limits.status();
+    local_cap = std::max(1, limits->max_concurrent_execs());
+    LogWarn("exec lease unavailable; capping on this replica's own count",
+            {{"tenant", request.tenant_id()}, {"error", std::string(lease.status().message())}});
+  }
+  auto ticket = execs_.Begin(request.tenant_id(), request.id(), local_cap, sb.timeout_sec());
+  if (!ticket.ok()) return ticket.status();
+  place.ticket = std::move(*ticket);
+  return place;
+}
+
 absl::StatusOr<v1::ExecResponse> Lifecycle::Exec(const v1::ExecRequest& request) {
   auto sb = SandboxForExec(request);
   if (!sb.ok()) return sb.status();
-  auto limits = LimitsOf(request.tenant_id());
-  if (!limits.ok()) return limits.status();
-  auto ticket = execs_.Begin(request.tenant_id(), request.id(), limits->max_concurrent_execs(),
-                             sb->timeout_sec());
-  if (!ticket.ok()) return ticket.status();
+  auto place = BeginExec(request, *sb);
+  if (!place.ok()) return place.status();
   // Running a command is activity: the idle deadline moves before it, while it runs
   // (TouchActiveExecs) and after it.
   (void)store_.Touch(request.id());
   v1::ExecRequest exec = request;
   if (exec.timeout_sec() == 0) exec.set_timeout_sec(30);
-  auto result = backends_.Exec(sb->runner_address(), request.id(), exec);
+  auto result =
+      backends_.Exec(sb->runner_address(), request.id(), exec, options_.max_execs_per_sandbox);
   (void)store_.Touch(request.id());
   return result;
 }
@@ -515,16 +538,15 @@ absl::Status Lifecycle::ExecStream(const v1::ExecRequest& request,
                                    const std::function<void()>& on_start) {
   auto sb = SandboxForExec(request);
   if (!sb.ok()) return sb.status();
-  auto limits = LimitsOf(request.tenant_id());
-  if (!limits.ok()) return limits.status();
   // A running command is activity: TouchActiveExecs pushes the deadline forward while it runs.
-  auto ticket = execs_.Begin(request.tenant_id(), request.id(), limits->max_concurrent_execs(),
-                             sb->timeout_sec());
-  if (!ticket.ok()) return ticket.status();
+  auto place = BeginExec(request, *sb);
+  if (!place.ok()) return place.status();
   (void)store_.Touch(request.id());
-  on_start();
+  // The caller's stream starts once the runner accepted the command (it may refuse: the
+  // sandbox's cap), so a refusal is an ordinary error answer.
   absl::Status s =
-      backends_.ExecStream(sb->runner_address(), request.id(), request, on_chunk, cancelled);
+      backends_.ExecStream(sb->runner_address(), request.id(), request,
+                           options_.max_execs_per_sandbox, on_start, on_chunk, cancelled);
   (void)store_.Touch(request.id());
   return s;
 }

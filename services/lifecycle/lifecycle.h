@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "services/lifecycle/backends.h"
+#include "services/lifecycle/exec_leases.h"
 #include "services/lifecycle/exec_tracker.h"
 #include "services/lifecycle/sandbox_store.h"
 
@@ -42,9 +43,12 @@ struct LifecycleOptions {
   std::vector<std::string> registries;
   // How long an idempotent retry waits for the first create to settle.
   absl::Duration idempotent_wait = absl::Minutes(2);
-  // Most exec and exec:stream calls running at once in one sandbox (the tenant's own cap,
-  // maxConcurrentExecs, comes from its quota limits).
+  // Most exec and exec:stream calls running at once in one sandbox, counted by its runner (the
+  // tenant's own cap, maxConcurrentExecs, is counted by the quota service with exec leases).
   int max_execs_per_sandbox = 16;
+  // An exec lease lapses this long after its last renewal (renewed every third of it while its
+  // command runs): the bound on how long a killed lifecycle's calls keep their places.
+  absl::Duration exec_lease_ttl = absl::Seconds(10);
   // How long a tenant's limits (from the quota service) are reused.
   absl::Duration limits_ttl = absl::Seconds(2);
   // The public URL of a sandbox port: "{port}" and "{publicId}" are replaced. Empty: GetSandbox
@@ -135,6 +139,14 @@ class Lifecycle {
   // LOST, then its slot and placement released.
   void MarkLost(const Sandbox& sb, const std::string& why, LoopCounts& counts);
 
+  // Places under the tenant's exec cap (a quota lease; this process's own count when no quota
+  // replica answers) and activity tracking for one call. EXEC_LIMIT beyond the cap.
+  struct ExecPlace {
+    std::unique_ptr<ExecLeases::Lease> lease;
+    std::unique_ptr<ExecTracker::Ticket> ticket;
+  };
+  absl::StatusOr<ExecPlace> BeginExec(const v1::ExecRequest& request, const Sandbox& sb);
+
   // The tenant's limits from the quota service, reused for options_.limits_ttl.
   absl::StatusOr<v1::Limits> LimitsOf(const std::string& tenant_id);
 
@@ -146,6 +158,7 @@ class Lifecycle {
   absl::Mutex tunnels_mu_;
   std::map<std::string, std::pair<std::string, absl::Time>> tunnels_ ABSL_GUARDED_BY(tunnels_mu_);
   ExecTracker execs_;
+  ExecLeases leases_;
   absl::Mutex limits_mu_;
   struct CachedLimits {
     v1::Limits limits;

@@ -88,13 +88,23 @@ class FaultyBackends final : public Backends {
     return real_.Unpause(a, id);
   }
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& a, const std::string& id,
-                                        const v1::ExecRequest& r) override {
-    return real_.Exec(a, id, r);
+                                        const v1::ExecRequest& r, int max_running) override {
+    return real_.Exec(a, id, r, max_running);
   }
   absl::Status ExecStream(const std::string& a, const std::string& id, const v1::ExecRequest& r,
+                          int max_running, const std::function<void()>& on_start,
                           const std::function<bool(const v1::ExecChunk&)>& on_chunk,
                           const std::function<bool()>& cancelled) override {
-    return real_.ExecStream(a, id, r, on_chunk, cancelled);
+    return real_.ExecStream(a, id, r, max_running, on_start, on_chunk, cancelled);
+  }
+  absl::Status AcquireExecLease(const v1::ExecLease& l, absl::Duration ttl) override {
+    return real_.AcquireExecLease(l, ttl);
+  }
+  absl::Status RenewExecLeases(const std::vector<v1::ExecLease>& l, absl::Duration ttl) override {
+    return real_.RenewExecLeases(l, ttl);
+  }
+  absl::Status ReleaseExecLeases(const std::vector<v1::ExecLease>& l) override {
+    return real_.ReleaseExecLeases(l);
   }
   absl::StatusOr<v1::ListReservationsResponse> ListReservations(int age,
                                                                 const std::string& t) override {

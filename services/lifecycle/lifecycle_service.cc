@@ -35,7 +35,23 @@ LifecycleService::LifecycleService(Lifecycle& lifecycle, prometheus::Registry& r
                           .Register(registry)
                           .Add({}, prometheus::Histogram::BucketBoundaries{
                                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                       1, 2.5, 5, 10, 30, 60})) {}
+                                       1, 2.5, 5, 10, 30, 60})),
+      execs_running_(prometheus::BuildGauge()
+                         .Name("isorun_lifecycle_exec_calls_in_progress")
+                         .Help("exec and exec:stream calls this replica is serving now")
+                         .Register(registry)
+                         .Add({})) {}
+
+namespace {
+
+// Counts a call in a gauge for as long as it lives.
+struct InProgress {
+  explicit InProgress(prometheus::Gauge& g) : gauge(g) { gauge.Increment(); }
+  ~InProgress() { gauge.Decrement(); }
+  prometheus::Gauge& gauge;
+};
+
+}  // namespace
 
 grpc::Status LifecycleService::CreateSandbox(grpc::ServerContext*,
                                              const v1::CreateSandboxRequest* req,
@@ -104,6 +120,7 @@ grpc::ServerUnaryReactor* LifecycleService::Exec(grpc::CallbackServerContext* ct
                                                  v1::ExecResponse* resp) {
   return RunUnaryOnThread(ctx, [this, req, resp] {
     if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+    InProgress counted(execs_running_);
     auto result = lifecycle_.Exec(*req);
     if (!result.ok()) return ToGrpcStatus(result.status());
     *resp = std::move(*result);
@@ -116,6 +133,7 @@ grpc::ServerWriteReactor<v1::ExecChunk>* LifecycleService::ExecStream(
   using Reactor = ThreadWriteReactor<v1::ExecChunk>;
   return Reactor::Start([this, req](Reactor::Stream& stream) {
     if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+    InProgress counted(execs_running_);
     return ToGrpcStatus(lifecycle_.ExecStream(
         *req, [&stream](const v1::ExecChunk& chunk) { return stream.Write(chunk); },
         [&stream] { return stream.Cancelled(); },

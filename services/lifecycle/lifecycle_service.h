@@ -5,6 +5,7 @@
 #include "isorun/v1/public_urls.grpc.pb.h"
 #include "isorun/v1/sandboxes.grpc.pb.h"
 #include "prometheus/counter.h"
+#include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "services/lifecycle/lifecycle.h"
@@ -49,6 +50,8 @@ class LifecycleService final : public LifecycleServiceBase {
   Lifecycle& lifecycle_;
   prometheus::Family<prometheus::Counter>& creates_;
   prometheus::Histogram& create_latency_;
+  // exec and exec:stream calls this replica serves now (accepted or not yet decided).
+  prometheus::Gauge& execs_running_;
 };
 
 // gRPC adapter of isorun.v1.PublicUrls (the gateway's public-URL proxy) over Lifecycle.

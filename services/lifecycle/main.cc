@@ -5,6 +5,8 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "services/kit/flags.h"
 #include "services/kit/image_policy.h"
@@ -37,8 +39,13 @@ ABSL_FLAG(std::string, registries, "",
           "the runners' configured registry and are always allowed. Any other host is refused "
           "at create with IMAGE_REGISTRY_NOT_ALLOWED");
 ABSL_FLAG(int, max_execs_per_sandbox, 16,
-          "most exec and exec:stream calls running at once in one sandbox (beyond it: 429 "
-          "EXEC_LIMIT); the per-tenant cap is the tenant's maxConcurrentExecs limit");
+          "most exec and exec:stream calls running at once in one sandbox, counted by its runner "
+          "(beyond it: 429 EXEC_LIMIT); the per-tenant cap is the tenant's maxConcurrentExecs "
+          "limit, counted by the quota service");
+ABSL_FLAG(absl::Duration, exec_lease_ttl, absl::Seconds(10),
+          "a running exec's lease on its tenant's exec cap (held by the quota service) lapses "
+          "this long after its last renewal; renewed every third of it. Bounds how long the "
+          "calls of a lifecycle that died keep their places");
 ABSL_FLAG(int, reaper_interval_ms, 500, "how often the idle reaper looks for expired sandboxes");
 ABSL_FLAG(int, reconcile_interval_ms, 5000, "how often the reconciler runs");
 ABSL_FLAG(absl::Duration, ended_retention, absl::Hours(72),
@@ -91,13 +98,23 @@ int main(int argc, char** argv) {
   }
   isorun::lifecycle::BackendDeadlines deadlines;
   deadlines.start = absl::Seconds(std::max(5, absl::GetFlag(FLAGS_stuck_after_sec) - 10));
+  // A list of quota replicas: exec leases go to each tenant's rendezvous choice among them (as
+  // the gateways' rate checks do). A single address or a dns:/// target: every call through it.
+  std::vector<std::string> quota_replicas;
+  if (absl::GetFlag(FLAGS_quota_addr).find(',') != std::string::npos) {
+    for (absl::string_view addr : absl::StrSplit(absl::GetFlag(FLAGS_quota_addr), ',')) {
+      addr = absl::StripAsciiWhitespace(addr);
+      if (!addr.empty()) quota_replicas.emplace_back(addr);
+    }
+  }
   isorun::lifecycle::GrpcBackends backends(isorun::MakeChannel(absl::GetFlag(FLAGS_quota_addr)),
                                            isorun::MakeChannel(absl::GetFlag(FLAGS_scheduler_addr)),
-                                           deadlines);
+                                           deadlines, quota_replicas);
   isorun::lifecycle::LifecycleOptions options;
   options.region = absl::GetFlag(FLAGS_region);
   options.registries = isorun::ParseRegistryList(absl::GetFlag(FLAGS_registries));
   options.max_execs_per_sandbox = absl::GetFlag(FLAGS_max_execs_per_sandbox);
+  options.exec_lease_ttl = std::max(absl::Seconds(1), absl::GetFlag(FLAGS_exec_lease_ttl));
   options.stuck_after_sec = absl::GetFlag(FLAGS_stuck_after_sec);
   options.destroy_retry_after_sec = absl::GetFlag(FLAGS_destroy_retry_after_sec);
   options.orphan_grace_sec = absl::GetFlag(FLAGS_orphan_grace_sec);

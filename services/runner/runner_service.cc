@@ -1,5 +1,6 @@
 #include "services/runner/runner_service.h"
 
+#include "absl/strings/str_cat.h"
 #include "services/kit/call_thread.h"
 #include "services/kit/status.h"
 #include "services/runner/ports.h"
@@ -44,10 +45,34 @@ grpc::Status RunnerService::ListSandboxes(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+RunnerService::ExecPlace::~ExecPlace() {
+  absl::MutexLock lock(&service_->execs_mu_);
+  auto it = service_->execs_.find(sandbox_);
+  if (it != service_->execs_.end() && --it->second <= 0) service_->execs_.erase(it);
+}
+
+absl::StatusOr<std::unique_ptr<RunnerService::ExecPlace>> RunnerService::TakeExecPlace(
+    const std::string& sandbox, int max_running) {
+  absl::MutexLock lock(&execs_mu_);
+  int& running = execs_[sandbox];
+  if (max_running > 0 && running >= max_running) {
+    const int current = running;
+    if (running == 0) execs_.erase(sandbox);
+    return Error(absl::StatusCode::kResourceExhausted, "EXEC_LIMIT",
+                 absl::StrCat("sandbox ", sandbox, " has ", current, " of ", max_running,
+                              " exec calls running; wait for one to finish or retry later"),
+                 max_running, current, 1);
+  }
+  ++running;
+  return std::make_unique<ExecPlace>(this, sandbox);
+}
+
 grpc::ServerUnaryReactor* RunnerService::Exec(grpc::CallbackServerContext* ctx,
                                               const v1::RunnerExecRequest* req,
                                               v1::ExecResponse* resp) {
   return RunUnaryOnThread(ctx, [this, req, resp] {
+    auto place = TakeExecPlace(req->sandbox_id(), req->max_running());
+    if (!place.ok()) return ToGrpcStatus(place.status());
     auto result = driver_.Exec(req->sandbox_id(), req->exec());
     if (!result.ok()) return ToGrpcStatus(result.status());
     *resp = std::move(*result);
@@ -56,9 +81,15 @@ grpc::ServerUnaryReactor* RunnerService::Exec(grpc::CallbackServerContext* ctx,
 }
 
 grpc::ServerWriteReactor<v1::ExecChunk>* RunnerService::ExecStream(
-    grpc::CallbackServerContext*, const v1::RunnerExecRequest* req) {
+    grpc::CallbackServerContext* ctx, const v1::RunnerExecRequest* req) {
   using Reactor = ThreadWriteReactor<v1::ExecChunk>;
-  return Reactor::Start([this, req](Reactor::Stream& stream) {
+  return Reactor::Start([this, ctx, req](Reactor::Stream& stream) {
+    auto place = TakeExecPlace(req->sandbox_id(), req->max_running());
+    if (!place.ok()) return ToGrpcStatus(place.status());
+    // Accepted: headers with the marker go out now, so the lifecycle can answer its caller's
+    // start (a refusal above is an ordinary error status instead).
+    ctx->AddInitialMetadata(std::string(kExecStartedMetadata), "1");
+    stream.SendHeaders();
     auto code = driver_.ExecStream(
         req->sandbox_id(), req->exec(),
         [&stream](const v1::ExecChunk& chunk) { return stream.Write(chunk); },

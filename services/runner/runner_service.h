@@ -2,6 +2,12 @@
 
 // gRPC adapter of isorun.v1.Runner over a Driver.
 
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "isorun/v1/runner.grpc.pb.h"
 #include "services/runner/driver.h"
 
@@ -47,7 +53,29 @@ class RunnerService final : public RunnerServiceBase {
                             v1::GetEgressLogResponse*) override;
 
  private:
+  // A place among the calls running in one sandbox (RunnerExecRequest.max_running); freed when
+  // destroyed. The runner is the one place that sees every exec of a sandbox, whichever lifecycle
+  // replica sent it, so this count is exact.
+  class ExecPlace {
+   public:
+    ExecPlace(RunnerService* service, std::string sandbox)
+        : service_(service), sandbox_(std::move(sandbox)) {}
+    ~ExecPlace();
+    ExecPlace(const ExecPlace&) = delete;
+    ExecPlace& operator=(const ExecPlace&) = delete;
+
+   private:
+    RunnerService* service_;
+    std::string sandbox_;
+  };
+  // RESOURCE_EXHAUSTED with reason EXEC_LIMIT when the sandbox already runs `max_running` calls
+  // (0: no cap).
+  absl::StatusOr<std::unique_ptr<ExecPlace>> TakeExecPlace(const std::string& sandbox,
+                                                           int max_running);
+
   Driver& driver_;
+  absl::Mutex execs_mu_;
+  std::map<std::string, int> execs_ ABSL_GUARDED_BY(execs_mu_);  // sandbox -> calls running
   const std::string tunnel_address_;
 };
 
