@@ -75,6 +75,7 @@ const std::vector<Rule>& Rules() {
       {"/isorun.v1.Sandboxes/SetNetwork", {"gateway", "admin"}},
       {"/isorun.v1.Sandboxes/", {"gateway"}},
       {"/isorun.v1.PublicUrls/", {"gateway"}},  // the public-URL proxy's lookups
+      {"/isorun.v1.Keys/", {"gateway", "admin"}},  // tenants managing their API keys
       {"/isorun.v1.Quotas/CheckRate", {"gateway"}},
       {"/isorun.v1.Quotas/GetUsage", {"gateway", "lifecycle", "admin"}},
       {"/isorun.v1.Quotas/ListReservations", {"lifecycle", "admin"}},

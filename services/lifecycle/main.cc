@@ -16,6 +16,7 @@
 #include "services/kit/server.h"
 #include "services/lifecycle/backends.h"
 #include "services/lifecycle/lifecycle.h"
+#include "services/lifecycle/keys_service.h"
 #include "services/lifecycle/lifecycle_service.h"
 #include "services/lifecycle/sandbox_store.h"
 
@@ -86,6 +87,10 @@ int main(int argc, char** argv) {
   }
   isorun::PgPool pool(url, absl::GetFlag(FLAGS_db_connections), isorun::Durability::kAsync);
   isorun::lifecycle::SandboxStore store(pool);
+  // isorun.v1.Keys: key changes commit durably (a revocation must survive a crash), on a small
+  // pool of their own, with the gateway's key code (its statements are prepared here).
+  isorun::PgPool key_pool(url, 2);
+  isorun::gateway::PgKeyAdmin key_admin(key_pool);
   if (absl::GetFlag(FLAGS_ended_retention) < absl::Hours(24)) {
     isorun::LogError("--ended_retention must be at least 24h: API.md promises that an ended "
                      "sandbox stays readable that long");
@@ -136,7 +141,9 @@ int main(int argc, char** argv) {
   auto& purged_sandboxes = loop_family.Add({{"action", "ended_sandbox_purged"}});
   isorun::lifecycle::LifecycleService service(lifecycle, metrics.registry());
   isorun::lifecycle::PublicUrlsService public_urls(lifecycle);
-  auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service, &public_urls},
+  isorun::lifecycle::KeysService keys_service(key_admin);
+  auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr),
+                                        {&service, &public_urls, &keys_service},
                                         absl::GetFlag(FLAGS_grpc_max_threads));
   if (!server.ok()) {
     isorun::LogError("cannot start", {{"error", std::string(server.status().message())}});

@@ -1,11 +1,17 @@
-// Tenants managing their API keys over HTTP (GET, POST and DELETE /v1/keys): roles, the secret
-// shown once, revocation on the very next request, the last admin key kept. A whole cluster as
-// processes, real Postgres, real HTTP.
+// Tenants managing their API keys over HTTP (GET, POST and DELETE /v1/keys) and over gRPC
+// (isorun.v1.Keys on the lifecycle's listener): roles, the secret shown once, revocation on the
+// very next request, the last admin key kept. A whole cluster as processes, real Postgres, real
+// HTTP and gRPC.
 
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <functional>
 
+#include "isorun/v1/errors.pb.h"
+#include "isorun/v1/keys.grpc.pb.h"
+#include "services/kit/server.h"
 #include "tests/support/cluster.h"
 #include "tests/support/http_client.h"
 #include "tests/support/json_fields.h"
@@ -186,6 +192,127 @@ TEST_F(Keys, BadBodiesAreRefusedAndCreateNothing) {
     EXPECT_EQ(Str(Obj(Json(r.body), "error"), "code"), "INVALID_ARGUMENT") << r.body;
   }
   EXPECT_EQ(KeyCount(), before);
+}
+
+// The reason word a failed gRPC call carries in its ErrorDetail.
+std::string GrpcReason(const grpc::Status& st) {
+  v1::ErrorDetail detail;
+  if (!detail.ParseFromString(st.error_details())) return "";
+  return detail.reason();
+}
+
+// isorun.v1.Keys: the same rules as the HTTP routes, with the tenant and the caller's role filled
+// by the (trusted) caller, as for isorun.v1.Sandboxes; keys made and revoked over gRPC work and
+// stop working over HTTP at once.
+TEST_F(Keys, TheSameOverGrpcWithRolesAndTheLastAdminKeyKept) {
+  auto stub = v1::Keys::NewStub(MakeChannel(cluster_->grpc_addr("lifecycle")));
+  auto call = [&](auto method, const auto& req, auto* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return ((*stub).*method)(&ctx, req, resp);
+  };
+  const std::string admin_id = KeyIdOf(admin_);
+
+  // A caller with a sandbox key is refused, and nothing changes.
+  v1::ListKeysRequest list;
+  list.set_tenant_id(tenant_);
+  list.set_caller_role("sandbox");
+  v1::ListKeysResponse keys;
+  grpc::Status st = call(&v1::Keys::Stub::ListKeys, list, &keys);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  EXPECT_EQ(GrpcReason(st), "PERMISSION_DENIED");
+  v1::CreateKeyRequest create;
+  create.set_tenant_id(tenant_);
+  create.set_caller_role("");
+  create.set_name("over grpc");
+  create.set_region("local");
+  v1::CreateKeyResponse made;
+  EXPECT_EQ(call(&v1::Keys::Stub::CreateKey, create, &made).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  v1::RevokeKeyRequest revoke;
+  revoke.set_tenant_id(tenant_);
+  revoke.set_caller_role("sandbox");
+  revoke.set_key_id(admin_id);
+  v1::RevokeKeyResponse revoked;
+  EXPECT_EQ(call(&v1::Keys::Stub::RevokeKey, revoke, &revoked).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Call("GET", "/v1/usage", admin_).status, 200);
+
+  // Bad input is INVALID_ARGUMENT and creates nothing.
+  create.set_caller_role("admin");
+  for (auto bad : std::vector<std::function<void(v1::CreateKeyRequest&)>>{
+           [](v1::CreateKeyRequest& r) { r.set_name(""); },
+           [](v1::CreateKeyRequest& r) { r.set_name(std::string(129, 'n')); },
+           [](v1::CreateKeyRequest& r) { r.set_name("tab\there"); },
+           [](v1::CreateKeyRequest& r) { r.set_role("root"); },
+           [](v1::CreateKeyRequest& r) { r.set_region("Not A Region"); },
+           [](v1::CreateKeyRequest& r) { r.set_tenant_id("not-a-uuid"); }}) {
+    v1::CreateKeyRequest r = create;
+    bad(r);
+    st = call(&v1::Keys::Stub::CreateKey, r, &made);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_EQ(GrpcReason(st), "INVALID_ARGUMENT");
+  }
+  EXPECT_EQ(cluster_->db().Scalar("SELECT count(*) FROM accounts.api_keys WHERE tenant_id = '" +
+                                  tenant_ + "'"),
+            "1");
+
+  // An admin caller creates a key (role sandbox by default) that works over HTTP at once.
+  st = call(&v1::Keys::Stub::CreateKey, create, &made);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const std::string key = made.key();
+  EXPECT_EQ(made.api_key().role(), "sandbox");
+  EXPECT_EQ(made.api_key().name(), "over grpc");
+  EXPECT_EQ(made.api_key().region(), "local");
+  EXPECT_EQ(made.api_key().key_id(), KeyIdOf(key));
+  EXPECT_TRUE(made.api_key().has_created_at());
+  EXPECT_FALSE(made.api_key().has_revoked_at());
+  EXPECT_EQ(Call("GET", "/v1/usage", key).status, 200);
+  auto denied = Call("GET", "/v1/keys", key);  // a sandbox key, whichever API made it
+  EXPECT_EQ(denied.status, 403);
+  EXPECT_EQ(Reason(denied), "PERMISSION_DENIED");
+
+  // Listed (oldest first) without any secret, as over HTTP.
+  list.set_caller_role("admin");
+  keys.Clear();
+  st = call(&v1::Keys::Stub::ListKeys, list, &keys);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(keys.keys_size(), 2);
+  EXPECT_EQ(keys.keys(0).key_id(), admin_id);
+  EXPECT_EQ(keys.keys(0).role(), "admin");
+  EXPECT_EQ(keys.keys(1).key_id(), made.api_key().key_id());
+  EXPECT_EQ(keys.DebugString().find(key.substr(key.rfind('_') + 1)), std::string::npos);
+
+  // Revoked over gRPC: the key's very next HTTP request fails; revoking again is OK.
+  revoke.set_caller_role("admin");
+  revoke.set_key_id(made.api_key().key_id());
+  st = call(&v1::Keys::Stub::RevokeKey, revoke, &revoked);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  auto after = Call("GET", "/v1/usage", key);
+  EXPECT_EQ(after.status, 401);
+  EXPECT_EQ(Reason(after), "KEY_REVOKED");
+  EXPECT_TRUE(call(&v1::Keys::Stub::RevokeKey, revoke, &revoked).ok());
+
+  // The last admin key stays: FAILED_PRECONDITION, LAST_ADMIN_KEY, and it still works.
+  revoke.set_key_id(admin_id);
+  st = call(&v1::Keys::Stub::RevokeKey, revoke, &revoked);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_EQ(GrpcReason(st), "LAST_ADMIN_KEY");
+  EXPECT_EQ(Call("GET", "/v1/keys", admin_).status, 200);
+
+  // Another tenant's admin cannot touch this tenant's keys: NOT_FOUND, as for an unknown key.
+  std::string other = cluster_->CreateTenant("kgrpc" + tenant_.substr(0, 8), 5);
+  v1::RevokeKeyRequest theirs = revoke;
+  theirs.set_tenant_id(other);
+  st = call(&v1::Keys::Stub::RevokeKey, theirs, &revoked);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
+  theirs.set_key_id("NoSuchKey1");
+  EXPECT_EQ(call(&v1::Keys::Stub::RevokeKey, theirs, &revoked).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  theirs.set_key_id("../x");
+  EXPECT_EQ(call(&v1::Keys::Stub::RevokeKey, theirs, &revoked).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Call("GET", "/v1/usage", admin_).status, 200);
 }
 
 }  // namespace
