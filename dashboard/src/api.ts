@@ -73,6 +73,20 @@ export interface Sandbox {
   metadata?: Record<string, string>;
   publicId?: string;
   urls?: Record<string, string>;
+  // While STARTING: what the create waits for (PULLING with bytes, UNPACKING, STARTING).
+  startProgress?: StartProgress;
+}
+export interface StartProgress {
+  phase: string;
+  pullBytesDone?: number;
+  pullBytesTotal?: number;
+}
+export interface SandboxEvent {
+  time: string;
+  kind: string;
+  state: string;
+  reason?: string;
+  message?: string;
 }
 export interface Usage {
   activeSandboxes: number;
@@ -100,6 +114,10 @@ export const tenant = {
   listSandboxes: (query = '') =>
     call<{ sandboxes: Sandbox[] }>('tenant', 'GET', `/v1/sandboxes${query}`),
   getSandbox: (id: string) => call<Sandbox>('tenant', 'GET', `/v1/sandboxes/${encodeURIComponent(id)}`),
+  sandboxEvents: (id: string, pageToken = '') =>
+    call<{ events: SandboxEvent[]; nextPageToken: string }>('tenant', 'GET',
+      `/v1/sandboxes/${encodeURIComponent(id)}/events?pageSize=200` +
+      (pageToken ? `&pageToken=${encodeURIComponent(pageToken)}` : '')),
   createSandbox: (body: Record<string, unknown>) =>
     call<Sandbox>('tenant', 'POST', '/v1/sandboxes', body),
   destroySandbox: (id: string) =>

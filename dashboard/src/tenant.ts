@@ -1,7 +1,7 @@
 // The tenant's views, signed in with an API key: sandboxes, one sandbox (with an exec console),
 // usage against limits, and API keys.
 
-import { ApiError, execStream, KeyInfo, Sandbox, tenant, UsagePoint } from './api';
+import { ApiError, execStream, KeyInfo, Sandbox, SandboxEvent, tenant, UsagePoint } from './api';
 import { chart, colors } from './charts';
 import { ago, confirmDialog, h, say, table, until } from './dom';
 
@@ -28,11 +28,27 @@ export async function sandboxesView(main: HTMLElement, signal: AbortSignal): Pro
   createForm.addEventListener('submit', async (e) => {
     e.preventDefault();
     const started = Date.now();
-    // A create answers once the sandbox runs, a cold image pull included: say so meanwhile.
-    const tick = setInterval(() => {
-      const s = Math.round((Date.now() - started) / 1000);
-      progress.textContent = s < 2 ? 'Starting…' :
-        `Starting for ${s}s: pulling and unpacking the image if no runner has it cached…`;
+    const wanted = image.value.trim();
+    // A create answers once the sandbox runs, a cold image pull included. Meanwhile the sandbox
+    // is listed as STARTING with what it waits for (startProgress, from its runner): show that.
+    let asking = false;
+    const tick = setInterval(async () => {
+      if (asking) return;
+      asking = true;
+      try {
+        const { sandboxes } = await tenant.listSandboxes('?state=PENDING,STARTING');
+        const mine = sandboxes
+          .filter((s) => s.image === wanted && Date.parse(s.createdAt) >= started - 5000)
+          .pop();
+        const secs = Math.round((Date.now() - started) / 1000);
+        progress.textContent = mine?.startProgress
+          ? `${progressText(mine)} (${secs}s)…`
+          : `Starting (${secs}s)…`;
+      } catch {
+        // the create's own answer reports errors
+      } finally {
+        asking = false;
+      }
     }, 500);
     progress.textContent = 'Starting…';
     try {
@@ -78,7 +94,8 @@ function sandboxTable(sandboxes: Sandbox[]): HTMLElement {
   return table('Live sandboxes', ['Sandbox', 'State', 'Image', 'Age', 'Expires in', 'Public URLs'],
     sandboxes.map((s) => [
       h('a', { href: `#/sandboxes/${s.id}` }, s.id),
-      h('span', { class: `state state-${s.state.toLowerCase()}` }, s.state),
+      h('span', { class: `state state-${s.state.toLowerCase()}` }, s.state,
+        s.startProgress ? h('span', { class: 'start-progress' }, ` ${progressText(s)}`) : ''),
       s.image,
       ago(s.createdAt),
       until(s.expiresAt),
@@ -144,7 +161,8 @@ export async function sandboxView(main: HTMLElement, id: string, signal: AbortSi
 
   async function load() {
     try {
-      details.replaceChildren(sandboxDetails(await tenant.getSandbox(id)));
+      const [sb, events] = await Promise.all([tenant.getSandbox(id), allEvents(id)]);
+      details.replaceChildren(sandboxDetails(sb, events));
     } catch (e) {
       details.replaceChildren(alert(e));
     }
@@ -154,24 +172,69 @@ export async function sandboxView(main: HTMLElement, id: string, signal: AbortSi
   signal.addEventListener('abort', () => clearInterval(timer));
 }
 
-function sandboxDetails(s: Sandbox): HTMLElement {
+// Every event of the sandbox (a few pages at most: a sandbox's life has a handful of steps per
+// hibernation).
+async function allEvents(id: string): Promise<SandboxEvent[]> {
+  const out: SandboxEvent[] = [];
+  let token = '';
+  for (let page = 0; page < 10; ++page) {
+    const { events, nextPageToken } = await tenant.sandboxEvents(id, token);
+    out.push(...events);
+    if (!nextPageToken) break;
+    token = nextPageToken;
+  }
+  return out;
+}
+
+const eventWords: Record<string, string> = {
+  CREATED: 'Created', PLACED: 'Placed on a runner', PULLING: 'Pulling the image',
+  STARTED: 'Started', HIBERNATED: 'Hibernated', RESUMED: 'Resumed', DESTROYING: 'Destroying',
+  ENDED: 'Ended',
+};
+
+export function bytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 * 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(n / 1024 / 1024 / 1024).toFixed(2)} GiB`;
+}
+
+// "Pulling the image: 12.0 MiB of 40.0 MiB (30%)", from a starting sandbox's progress.
+export function progressText(s: Sandbox): string {
+  const p = s.startProgress;
+  if (!p) return '';
+  if (p.phase === 'PULLING') {
+    const done = p.pullBytesDone ?? 0;
+    const total = p.pullBytesTotal ?? 0;
+    if (total > 0) {
+      return `Pulling the image: ${bytes(done)} of ${bytes(total)} ` +
+             `(${Math.min(100, Math.floor((100 * done) / total))}%)`;
+    }
+    return done > 0 ? `Pulling the image: ${bytes(done)}` : 'Pulling the image';
+  }
+  if (p.phase === 'UNPACKING') return 'Unpacking the image';
+  return 'Starting the container';
+}
+
+function sandboxDetails(s: Sandbox, events: SandboxEvent[]): HTMLElement {
   const rows: [string, string | Node][] = [
     ['State', h('span', { class: `state state-${s.state.toLowerCase()}` }, s.state)],
     ['Image', `${s.image}${s.imageDigest ? ` (${s.imageDigest.slice(0, 19)}…)` : ''}`],
     ['Size', `${s.cpuMillis} millicpu, ${s.memoryMb} MB`],
     ['Expires in', until(s.expiresAt)],
   ];
+  if (s.startProgress) rows.push(['Progress', progressText(s)]);
   if (s.endReason) rows.push(['End reason', `${s.endReason}${s.endMessage ? `: ${s.endMessage}` : ''}`]);
   for (const [port, url] of Object.entries(s.urls ?? {})) rows.push([`Port ${port}`, url]);
-  // The events the sandbox object carries, in order.
-  const events: [string, string][] = [['Created', s.createdAt]];
-  if (s.endedAt) events.push([`Ended (${s.endReason ?? s.state})`, s.endedAt]);
   return h('div', {},
     h('dl', { class: 'details' }, rows.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])),
     h('h2', {}, 'Events'),
     h('ol', { class: 'timeline', 'aria-label': 'Events' },
-      events.map(([what, when]) => h('li', {}, h('time', { datetime: when },
-        new Date(when).toLocaleString()), ` ${what}`))));
+      events.map((e) => h('li', { 'data-kind': e.kind },
+        h('time', { datetime: e.time }, new Date(e.time).toLocaleString()),
+        ` ${eventWords[e.kind] ?? e.kind}`,
+        e.reason ? ` (${e.reason}${e.message ? `: ${e.message}` : ''})` : '',
+        h('span', { class: 'state-after' }, ` → ${e.state}`)))));
 }
 
 // ---- Usage ----

@@ -69,7 +69,15 @@ test('a sandbox created through the API appears, and its console runs echo hi', 
 
   await link.click();
   await page.getByRole('heading', { name: `Sandbox ${id}` }).waitFor();
-  await page.getByRole('list', { name: 'Events' }).waitFor();
+  // The timeline comes from GET /v1/sandboxes/{id}/events: the same steps, in the same order.
+  const events = page.getByRole('list', { name: 'Events' });
+  await events.locator('li[data-kind="STARTED"]').waitFor();
+  const fromApi = await callApi('GET', `/v1/sandboxes/${id}/events`, key);
+  assert.equal(fromApi.status, 200, JSON.stringify(fromApi.body));
+  const kinds = await events.locator('li').evaluateAll((items) => items.map((li) => li.dataset.kind));
+  assert.deepEqual(kinds, fromApi.body.events.map((e) => e.kind));
+  // PULLING too when the runner had to fetch the image first (the cluster's first busybox).
+  assert.deepEqual(kinds.filter((k) => k !== 'PULLING').slice(0, 3), ['CREATED', 'PLACED', 'STARTED']);
   if (!canExec) {
     t.diagnostic('exec skipped: the runners are simulated (no runc here), so exec answers 501');
     await shot('sandbox');
@@ -82,6 +90,29 @@ test('a sandbox created through the API appears, and its console runs echo hi', 
   const text = await log.textContent();
   assert.match(text, /\$ echo hi\nhi\n\[exit 0\]/);
   await shot('sandbox');
+});
+
+test('a create that pulls a cold image shows the pull from the sandbox\'s startProgress', async (t) => {
+  if (!canExec) {
+    t.skip('needs runc runners: simulated runners pull nothing');
+    return;
+  }
+  // fat:1.0 (the test registry's image with a 48 MiB random layer) is on no runner yet.
+  await page.getByRole('link', { name: 'Sandboxes', exact: true }).click();
+  await page.getByRole('heading', { name: 'Sandboxes', exact: true }).waitFor();
+  await page.getByLabel('Image', { exact: true }).fill('fat:1.0');
+  await page.getByRole('button', { name: 'Create sandbox' }).click();
+  const status = page.locator('#create-progress');
+  // The page shows the runner's own figures, polled from GET /v1/sandboxes while the create runs.
+  await status.filter({ hasText: /Pulling the image: [0-9.]+ [KMG]?i?B of [0-9.]+ MiB|Unpacking the image/ })
+    .waitFor({ timeout: 60000 });
+  await shot('create-pulling');
+  await status.filter({ hasText: /^Created \S+ in/ }).waitFor({ timeout: 120000 });
+  const id = (await status.textContent()).match(/Created (\S+) in/)[1];
+  const events = await callApi('GET', `/v1/sandboxes/${id}/events`, key);
+  assert.deepEqual(events.body.events.map((e) => e.kind).slice(0, 4),
+                   ['CREATED', 'PLACED', 'PULLING', 'STARTED']);
+  assert.equal((await callApi('DELETE', `/v1/sandboxes/${id}`, key)).status, 204);
 });
 
 test('a key created and revoked in the page fails its next API call with 401', async () => {

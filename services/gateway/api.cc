@@ -65,6 +65,7 @@ bool RouteHasId(Route route) {
     case Route::kExecStream:
     case Route::kSetNetwork:
     case Route::kGetNetworkLog:
+    case Route::kListSandboxEvents:
       return true;
     default:
       return false;
@@ -439,6 +440,17 @@ HttpResponse GatewayApi::Serve(const HttpRequest& request, const RouteMatch& mat
           Call(&v1::Sandboxes::Stub::GetNetworkLog, req, &out, options_.call_deadline, ctx);
       if (!st.ok()) return ErrorResponse(st);
       return Json(200, NetworkLogJson(out));
+    }
+    case Route::kListSandboxEvents: {
+      auto req = ParseEventsQuery(query);
+      if (!req.ok()) return ErrorResponse(req.status());
+      req->set_tenant_id(tenant);
+      req->set_id(id);
+      v1::ListSandboxEventsResponse out;
+      absl::Status st = Call(&v1::Sandboxes::Stub::ListSandboxEvents, *req, &out,
+                             options_.call_deadline, ctx);
+      if (!st.ok()) return ErrorResponse(st);
+      return Json(200, EventsJson(out));
     }
     case Route::kGetUsage: {
       v1::GetUsageRequest req;

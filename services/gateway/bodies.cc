@@ -396,6 +396,24 @@ absl::StatusOr<v1::ListSandboxesRequest> ParseListQuery(std::string_view query) 
   return req;
 }
 
+absl::StatusOr<v1::ListSandboxEventsRequest> ParseEventsQuery(std::string_view query) {
+  auto params = ParseQueryString(query);
+  if (!params.ok()) return params.status();
+  for (const auto& [name, value] : *params) {
+    if (name != "pageSize" && name != "pageToken") {
+      return Invalid(Cat("unknown query parameter \"", Shorten(name),
+                         "\"; expected pageSize or pageToken"));
+    }
+  }
+  // The same rules as the sandbox list's paging (one parser, so the messages agree).
+  auto list = ParseListQuery(query);
+  if (!list.ok()) return list.status();
+  v1::ListSandboxEventsRequest req;
+  req.set_page_size(list->page_size());
+  req.set_page_token(list->page_token());
+  return req;
+}
+
 bool IsJsonContentType(std::string_view content_type) {
   std::string type = absl::AsciiStrToLower(
       absl::StripAsciiWhitespace(absl::string_view(content_type.data(), content_type.size())));

@@ -48,6 +48,8 @@ absl::Status ParseEmptyBody(std::string_view body);
 // GET /v1/sandboxes query: state=S[,S...] (repeatable), metadata.KEY=VALUE (repeatable),
 // pageSize (1..1000, default 50), pageToken. Unknown parameters are rejected.
 absl::StatusOr<v1::ListSandboxesRequest> ParseListQuery(std::string_view query);
+// GET /v1/sandboxes/{id}/events: pageSize (1..1000, default 50) and pageToken only.
+absl::StatusOr<v1::ListSandboxEventsRequest> ParseEventsQuery(std::string_view query);
 
 // Splits and percent-decodes an application/x-www-form-urlencoded query string. Values must be
 // valid UTF-8 without NUL.

@@ -175,6 +175,22 @@ TEST(ParseEmptyBody, AcceptsNothingOrAnEmptyObject) {
   ExpectInvalid(absl::StatusOr<int>(ParseEmptyBody("[]")), "must be a JSON object", "");
 }
 
+TEST(ParseEventsQuery, PagingOnly) {
+  auto req = ParseEventsQuery("");
+  ASSERT_TRUE(req.ok()) << req.status();
+  EXPECT_EQ(req->page_size(), 50);
+  EXPECT_TRUE(req->page_token().empty());
+  req = ParseEventsQuery("pageSize=2&pageToken=ZXYxOjU%3D");
+  ASSERT_TRUE(req.ok()) << req.status();
+  EXPECT_EQ(req->page_size(), 2);
+  EXPECT_EQ(req->page_token(), "ZXYxOjU=");
+  for (const char* bad : {"pageSize=0", "pageSize=1001", "pageSize=two", "state=RUNNING",
+                          "metadata.a=b", "pageSize=1&pageSize=2"}) {
+    auto r = ParseEventsQuery(bad);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+}
+
 TEST(ParseListQuery, DefaultsAndFilters) {
   auto req = ParseListQuery("");
   ASSERT_TRUE(req.ok());

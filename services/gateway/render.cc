@@ -66,6 +66,14 @@ void WriteSandbox(JsonWriter& w, const v1::Sandbox& s) {
   for (const auto& host : s.network().allow()) w.String(host);
   w.EndArray().EndObject();
   w.Key("publicId").String(s.public_id());
+  if (s.has_start_progress() && !s.start_progress().phase().empty()) {
+    const v1::StartProgress& p = s.start_progress();
+    w.Key("startProgress").BeginObject();
+    w.Key("phase").String(p.phase());
+    if (p.pull_bytes_done() > 0) w.Key("pullBytesDone").Int(p.pull_bytes_done());
+    if (p.pull_bytes_total() > 0) w.Key("pullBytesTotal").Int(p.pull_bytes_total());
+    w.EndObject();
+  }
   if (!s.urls().empty()) {
     w.Key("urls");
     WriteStringMap(w, s.urls());
@@ -163,6 +171,26 @@ std::string NetworkLogJson(const v1::NetworkLog& log) {
     w.EndObject();
   }
   w.EndArray();
+  w.EndObject();
+  return w.Take();
+}
+
+std::string EventsJson(const v1::ListSandboxEventsResponse& events) {
+  JsonWriter w;
+  w.BeginObject();
+  w.Key("events").BeginArray();
+  for (const auto& e : events.events()) {
+    w.BeginObject();
+    w.Key("time");
+    WriteTime(w, e.time(), true);
+    w.Key("kind").String(e.kind());
+    w.Key("state").String(v1::SandboxState_Name(e.state()));
+    if (!e.reason().empty()) w.Key("reason").String(e.reason());
+    if (!e.message().empty()) w.Key("message").String(e.message());
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("nextPageToken").String(events.next_page_token());
   w.EndObject();
   return w.Take();
 }

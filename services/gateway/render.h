@@ -32,6 +32,9 @@ std::string UsageJson(const v1::Usage& usage);
 // GET /v1/sandboxes/{id}/network/log: {"entries": [{"time", "address", "port", "domain"?,
 // "verdict", "protocol"}]}.
 std::string NetworkLogJson(const v1::NetworkLog& log);
+// GET /v1/sandboxes/{id}/events: {"events": [{"time", "kind", "state", "reason"?, "message"?}],
+// "nextPageToken"}.
+std::string EventsJson(const v1::ListSandboxEventsResponse& events);
 
 // A shortest round-trip decimal for a double (10 -> "10", 0.5 -> "0.5").
 std::string FormatDouble(double value);

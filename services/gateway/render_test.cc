@@ -45,6 +45,46 @@ TEST(SandboxJson, ExactlyTheContractsShape) {
       R"("urls":{"8080":"http://8080-0123.localhost:8081"}})");
 }
 
+TEST(SandboxJson, AStartingSandboxShowsWhatItWaitsFor) {
+  v1::Sandbox s = FullSandbox();
+  s.set_state(v1::STARTING);
+  s.clear_urls();
+  s.mutable_start_progress()->set_phase("PULLING");
+  s.mutable_start_progress()->set_pull_bytes_done(1024);
+  s.mutable_start_progress()->set_pull_bytes_total(4096);
+  EXPECT_NE(SandboxJson(s).find(
+                R"("startProgress":{"phase":"PULLING","pullBytesDone":1024,"pullBytesTotal":4096})"),
+            std::string::npos)
+      << SandboxJson(s);
+  s.mutable_start_progress()->set_phase("PULLING");
+  s.mutable_start_progress()->set_pull_bytes_done(0);
+  s.mutable_start_progress()->set_pull_bytes_total(0);
+  EXPECT_NE(SandboxJson(s).find(R"("startProgress":{"phase":"PULLING"})"), std::string::npos)
+      << "unknown figures are left out: " << SandboxJson(s);
+  s.clear_start_progress();
+  EXPECT_EQ(SandboxJson(s).find("startProgress"), std::string::npos);
+}
+
+TEST(EventsJson, TimeKindStateAndTheEndsReason) {
+  v1::ListSandboxEventsResponse events;
+  auto* created = events.add_events();
+  *created->mutable_time() = TimeUtil::SecondsToTimestamp(1700000000);
+  created->set_kind("CREATED");
+  created->set_state(v1::PENDING);
+  auto* ended = events.add_events();
+  *ended->mutable_time() = TimeUtil::SecondsToTimestamp(1700000001);
+  ended->set_kind("ENDED");
+  ended->set_state(v1::FAILED);
+  ended->set_reason("START_FAILED");
+  ended->set_message("sandbox failed to start: image x not found");
+  events.set_next_page_token("tok");
+  EXPECT_EQ(EventsJson(events),
+            R"({"events":[{"time":"2023-11-14T22:13:20Z","kind":"CREATED","state":"PENDING"},)"
+            R"({"time":"2023-11-14T22:13:21Z","kind":"ENDED","state":"FAILED",)"
+            R"("reason":"START_FAILED","message":"sandbox failed to start: image x not found"}],)"
+            R"("nextPageToken":"tok"})");
+}
+
 TEST(SandboxJson, NeverExposesTenantRunnerOrEnv) {
   std::string json = SandboxJson(FullSandbox());
   EXPECT_EQ(json.find("11111111"), std::string::npos);

@@ -28,6 +28,7 @@ constexpr Entry kRoutes[] = {
     {"POST", "/v1/sandboxes/{id}/exec:stream", Route::kExecStream},
     {"PUT", "/v1/sandboxes/{id}/network", Route::kSetNetwork},
     {"GET", "/v1/sandboxes/{id}/network/log", Route::kGetNetworkLog},
+    {"GET", "/v1/sandboxes/{id}/events", Route::kListSandboxEvents},
     {"GET", "/v1/usage", Route::kGetUsage},
     {"GET", "/v1/keys", Route::kListKeys},
     {"POST", "/v1/keys", Route::kCreateKey},

@@ -32,6 +32,7 @@ enum class Route {
   kAdminUndrain,
   kSetNetwork,
   kGetNetworkLog,
+  kListSandboxEvents,
 };
 
 // Routes of operators: an operator token instead of an API key.

@@ -34,6 +34,8 @@ TEST(MatchRoute, EveryRoute) {
        "sbx_1"},
       {"GET", "/v1/sandboxes/sbx_1/network/log", Route::kGetNetworkLog,
        "/v1/sandboxes/{id}/network/log", "sbx_1"},
+      {"GET", "/v1/sandboxes/sbx_1/events", Route::kListSandboxEvents,
+       "/v1/sandboxes/{id}/events", "sbx_1"},
   };
   for (const Case& c : cases) {
     RouteMatch m = MatchRoute(c.method, c.path);

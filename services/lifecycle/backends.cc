@@ -487,6 +487,19 @@ absl::StatusOr<std::vector<int>> GrpcBackends::ListPorts(const std::string& addr
   return std::vector<int>(resp.ports().begin(), resp.ports().end());
 }
 
+absl::StatusOr<v1::StartProgress> GrpcBackends::StartProgress(const std::string& address,
+                                                              const std::string& sandbox_id,
+                                                              absl::Duration deadline) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadline);
+  v1::GetStartProgressRequest req;
+  req.set_sandbox_id(sandbox_id);
+  v1::GetStartProgressResponse resp;
+  grpc::Status s = RunnerAt(address).GetStartProgress(&ctx, req, &resp);
+  if (!s.ok()) return Wrap(s, "runner");
+  return resp.progress();
+}
+
 absl::StatusOr<std::string> GrpcBackends::TunnelAddress(const std::string& address) {
   grpc::ClientContext ctx;
   SetDeadline(ctx, absl::Seconds(2));

@@ -75,6 +75,13 @@ class Backends {
   virtual absl::StatusOr<v1::ListRunnersResponse> ListRunners() = 0;
   virtual absl::StatusOr<std::vector<std::string>> RunnerSandboxes(const std::string& address) = 0;
   // Public URLs: the ports a sandbox listens on now, and where its runner's tunnel listens.
+  // What the runner's StartSandbox of the sandbox, still running, waits for. NOT_FOUND when none
+  // runs there.
+  virtual absl::StatusOr<v1::StartProgress> StartProgress(const std::string& address,
+                                                          const std::string& sandbox_id,
+                                                          absl::Duration deadline) {
+    return absl::UnimplementedError("no start progress");
+  }
   virtual absl::StatusOr<std::vector<int>> ListPorts(const std::string& address,
                                                      const std::string& sandbox_id,
                                                      absl::Duration deadline) {
@@ -133,6 +140,9 @@ class GrpcBackends final : public Backends {
   absl::StatusOr<std::vector<int>> ListPorts(const std::string& address,
                                              const std::string& sandbox_id,
                                              absl::Duration deadline) override;
+  absl::StatusOr<v1::StartProgress> StartProgress(const std::string& address,
+                                                  const std::string& sandbox_id,
+                                                  absl::Duration deadline) override;
   absl::StatusOr<std::string> TunnelAddress(const std::string& address) override;
 
  private:

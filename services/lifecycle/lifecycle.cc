@@ -6,9 +6,13 @@
 
 #include "absl/synchronization/notification.h"
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "google/protobuf/util/time_util.h"
 #include "services/kit/egress_policy.h"
 #include "services/kit/ids.h"
 #include "services/kit/image_policy.h"
@@ -178,7 +182,17 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
   start.set_disk_mb(req.disk_mb());
   *start.mutable_env() = req.env();
   *start.mutable_network() = req.network();
+  // A cold start may pull for a while: meanwhile the sandbox shows what it waits for.
+  absl::Notification start_done;
+  std::thread watcher;
+  if (!placement->warm() && options_.start_progress_interval > absl::ZeroDuration()) {
+    watcher = std::thread([this, &id, &placement, &start_done] {
+      WatchStart(id, placement->runner_address(), start_done);
+    });
+  }
   auto started = backends_.Start(placement->runner_address(), start);
+  start_done.Notify();
+  if (watcher.joinable()) watcher.join();
   if (!started.ok()) {
     absl::Status undo = Compensate(**starting, placement->runner_address());
     // The runner's reasons (IMAGE_NOT_FOUND, ...) come with messages of ours; anything else is
@@ -221,6 +235,32 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
     return absl::AbortedError(absl::StrCat("sandbox ", id, " was destroyed while it started"));
   }
   return **running;
+}
+
+void Lifecycle::WatchStart(const std::string& id, const std::string& address,
+                           absl::Notification& done) {
+  v1::StartProgress last;
+  bool first = true;
+  // The first question goes at once: the runner may already be pulling.
+  do {
+    auto progress = backends_.StartProgress(address, id, absl::Milliseconds(300));
+    if (progress.ok() && (first || progress->phase() != last.phase() ||
+                          progress->pull_bytes_done() != last.pull_bytes_done() ||
+                          progress->pull_bytes_total() != last.pull_bytes_total())) {
+      if (done.HasBeenNotified()) return;
+      auto moved = store_.SetStartProgress(id, *progress);
+      if (!moved.ok()) {
+        LogWarn("cannot record a start's progress",
+                {{"sandbox", id}, {"error", std::string(moved.status().message())}});
+      } else if (!*moved) {
+        return;  // no longer starting
+      }
+      last = *progress;
+      first = false;
+    } else if (progress.status().code() == absl::StatusCode::kUnimplemented) {
+      return;  // an older runner: nothing to show
+    }
+  } while (!done.WaitForNotificationWithTimeout(options_.start_progress_interval));
 }
 
 absl::StatusOr<Sandbox> Lifecycle::WaitSettled(const std::string& tenant_id,
@@ -320,6 +360,79 @@ absl::StatusOr<ListPage> Lifecycle::List(const ListQuery& query) {
                  "pageSize must be from 1 to 1000");
   }
   return store_.List(q);
+}
+
+namespace {
+
+// Event page tokens: web-safe base64 of "ev1:<last event's row id>", checked strictly.
+std::string EventPageToken(int64_t seq) {
+  return absl::WebSafeBase64Escape(absl::StrCat("ev1:", seq));
+}
+
+absl::StatusOr<int64_t> ParseEventPageToken(const std::string& token) {
+  auto invalid = [] {
+    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
+                 "pageToken is not a token this API returned");
+  };
+  std::string raw;
+  if (token.size() > 64 || !absl::WebSafeBase64Unescape(token, &raw)) return invalid();
+  int64_t seq = 0;
+  if (!absl::StartsWith(raw, "ev1:") || !absl::SimpleAtoi(raw.substr(4), &seq) || seq < 0 ||
+      absl::StrCat("ev1:", seq) != raw) {
+    return invalid();
+  }
+  return seq;
+}
+
+// What a row of sandbox_events means for a reader of the timeline.
+std::string EventKind(const EventRow& e) {
+  if (e.to_state == "PENDING") return "CREATED";
+  if (e.to_state == "STARTING") return e.from_state == "STARTING" ? e.reason : "PLACED";
+  if (e.to_state == "RUNNING") return e.from_state == "HIBERNATED" ? "RESUMED" : "STARTED";
+  if (e.to_state == "HIBERNATED") return "HIBERNATED";
+  if (e.to_state == "DESTROYING") return "DESTROYING";
+  if (e.to_state == "DESTROYED" || e.to_state == "FAILED" || e.to_state == "LOST") return "ENDED";
+  return e.to_state;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::ListSandboxEventsResponse> Lifecycle::ListEvents(const std::string& tenant_id,
+                                                                    const std::string& id,
+                                                                    int page_size,
+                                                                    const std::string& page_token) {
+  if (page_size == 0) page_size = 50;
+  if (page_size < 1 || page_size > 1000) {
+    return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
+                 "pageSize must be from 1 to 1000");
+  }
+  int64_t after = 0;
+  if (!page_token.empty()) {
+    auto seq = ParseEventPageToken(page_token);
+    if (!seq.ok()) return seq.status();
+    after = *seq;
+  }
+  auto page = store_.ListEvents(tenant_id, id, after, page_size);
+  if (!page.ok()) return page.status();
+  v1::ListSandboxEventsResponse out;
+  for (const EventRow& row : page->events) {
+    v1::SandboxEvent* e = out.add_events();
+    *e->mutable_time() =
+        google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(row.at));
+    e->set_kind(EventKind(row));
+    SandboxState state = v1::SANDBOX_STATE_UNSPECIFIED;
+    v1::SandboxState_Parse(row.to_state, &state);
+    e->set_state(state);
+    const std::string kind = e->kind();
+    if (kind == "DESTROYING" || kind == "ENDED") e->set_reason(row.reason);
+    if (kind == "ENDED" && (row.to_state == "FAILED" || row.to_state == "LOST")) {
+      e->set_message(page->end_message);
+    }
+  }
+  if (page->more && !page->events.empty()) {
+    out.set_next_page_token(EventPageToken(page->events.back().seq));
+  }
+  return out;
 }
 
 absl::Status Lifecycle::Destroy(const std::string& tenant_id, const std::string& id) {

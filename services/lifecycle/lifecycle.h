@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "services/lifecycle/backends.h"
 #include "services/lifecycle/exec_leases.h"
@@ -56,6 +57,10 @@ struct LifecycleOptions {
   std::string public_url_template;
   // How long GetSandbox waits for the runner's port listing before answering without `urls`.
   absl::Duration ports_deadline = absl::Milliseconds(300);
+  // While a create waits for a cold start (the scheduler placed it on a runner without its
+  // image), the runner is asked this often what the start waits for (a pull, with bytes), and
+  // the answer is written to the sandbox's row; 0 turns it off.
+  absl::Duration start_progress_interval = absl::Milliseconds(250);
 };
 
 // What the public-URL proxy needs to reach a sandbox.
@@ -88,6 +93,11 @@ class Lifecycle {
   // Proxied traffic: each running sandbox of `ids` gets deadline = now + timeoutSec.
   absl::StatusOr<int> TouchMany(const std::vector<std::string>& ids);
   absl::StatusOr<ListPage> List(const ListQuery& query);
+  // The sandbox's events, oldest first: `page_size` 1-1000 (0: 50), `page_token` as returned.
+  // NOT_FOUND for an unknown id or another tenant's.
+  absl::StatusOr<v1::ListSandboxEventsResponse> ListEvents(const std::string& tenant_id,
+                                                           const std::string& id, int page_size,
+                                                           const std::string& page_token);
   // OK for an ended sandbox (idempotent). The slot is released before this returns OK.
   absl::Status Destroy(const std::string& tenant_id, const std::string& id);
   absl::StatusOr<Sandbox> SetTimeout(const std::string& tenant_id, const std::string& id,
@@ -126,6 +136,9 @@ class Lifecycle {
 
  private:
   absl::StatusOr<Sandbox> CreateOnce(const v1::CreateSandboxRequest& request, bool* retry);
+  // Until `done`: asks the runner at `address` what the start of `id` waits for, and records
+  // each change in the sandbox's row (see LifecycleOptions::start_progress_interval).
+  void WatchStart(const std::string& id, const std::string& address, absl::Notification& done);
   // The running sandbox an exec request names, once the request is valid.
   absl::StatusOr<Sandbox> SandboxForExec(const v1::ExecRequest& request);
   absl::StatusOr<Sandbox> WaitSettled(const std::string& tenant_id, const std::string& id);

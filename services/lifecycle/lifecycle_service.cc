@@ -193,4 +193,15 @@ grpc::Status LifecycleService::GetNetworkLog(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+grpc::Status LifecycleService::ListSandboxEvents(grpc::ServerContext*,
+                                                 const v1::ListSandboxEventsRequest* req,
+                                                 v1::ListSandboxEventsResponse* resp) {
+  if (auto s = TenantRequired(req->tenant_id()); !s.ok()) return s;
+  auto events =
+      lifecycle_.ListEvents(req->tenant_id(), req->id(), req->page_size(), req->page_token());
+  if (!events.ok()) return ToGrpcStatus(events.status());
+  *resp = std::move(*events);
+  return grpc::Status::OK;
+}
+
 }  // namespace isorun::lifecycle

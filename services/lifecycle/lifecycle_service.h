@@ -45,6 +45,8 @@ class LifecycleService final : public LifecycleServiceBase {
                           v1::Sandbox*) override;
   grpc::Status GetNetworkLog(grpc::ServerContext*, const v1::GetNetworkLogRequest*,
                              v1::NetworkLog*) override;
+  grpc::Status ListSandboxEvents(grpc::ServerContext*, const v1::ListSandboxEventsRequest*,
+                                 v1::ListSandboxEventsResponse*) override;
 
  private:
   Lifecycle& lifecycle_;

@@ -54,6 +54,9 @@ ABSL_FLAG(absl::Duration, ended_retention, absl::Hours(72),
           "with its events and idempotency key; at least 24h (API.md's promise)");
 ABSL_FLAG(int, purge_interval_ms, 60000,
           "how often ended sandboxes and idempotency keys past their retention are purged");
+ABSL_FLAG(int, start_progress_interval_ms, 250,
+          "while a cold start runs, how often its runner is asked what it waits for (a pull, "
+          "with bytes), shown as the sandbox's startProgress; 0 turns it off");
 ABSL_FLAG(int, purge_batch, 200,
           "rows deleted per purge statement (small, so creates never wait behind a purge)");
 ABSL_FLAG(int, stuck_after_sec, 120,
@@ -124,6 +127,8 @@ int main(int argc, char** argv) {
   options.destroy_retry_after_sec = absl::GetFlag(FLAGS_destroy_retry_after_sec);
   options.orphan_grace_sec = absl::GetFlag(FLAGS_orphan_grace_sec);
   options.public_url_template = absl::GetFlag(FLAGS_public_url_template);
+  options.start_progress_interval =
+      absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_start_progress_interval_ms)));
   isorun::lifecycle::Lifecycle lifecycle(store, backends, options);
 
   isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));

@@ -32,7 +32,8 @@ std::string Cols(bool with_json) {
       "(extract(epoch FROM s.created_at) * 1000000)::bigint, "
       "(extract(epoch FROM s.expires_at) * 1000000)::bigint, "
       "(extract(epoch FROM s.ended_at) * 1000000)::bigint, coalesce(s.end_reason, ''), "
-      "coalesce(s.end_message, ''), s.created_at::text, s.disk_mb");
+      "coalesce(s.end_message, ''), s.created_at::text, s.disk_mb, coalesce(s.start_phase, ''), "
+      "coalesce(s.pull_bytes_done, 0), coalesce(s.pull_bytes_total, 0)");
 }
 const std::string kCols = Cols(true);
 
@@ -157,6 +158,13 @@ Sandbox FromRow(const pqxx::row& row, Detail detail = Detail::kFull) {
   sb.set_end_reason(reason);
   sb.set_end_message(row[16].as<std::string>());
   sb.set_disk_mb(row[18].as<int>());
+  // The progress of a start is only news while the sandbox starts.
+  if (sb.state() == v1::STARTING && !row[19].is_null() && !row[19].as<std::string>().empty()) {
+    v1::StartProgress* p = sb.mutable_start_progress();
+    p->set_phase(row[19].as<std::string>());
+    p->set_pull_bytes_done(row[20].as<int64_t>());
+    p->set_pull_bytes_total(row[21].as<int64_t>());
+  }
   return sb;
 }
 
@@ -225,6 +233,23 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                                         "AND s.state = ANY($2::text[]) AND s.metadata @> $3::jsonb "
                                         "AND (s.created_at, s.id) > ($4::timestamptz, $5) "
                                         "ORDER BY s.created_at, s.id LIMIT $6"));
+  // A start's progress; the first sight of a pull is an event of its own (PULLING).
+  pool_.Prepare("lc_start_progress",
+                "WITH prev AS (SELECT id, start_phase FROM lifecycle.sandboxes "
+                "WHERE id = $1 AND state = 'STARTING' FOR UPDATE), "
+                "s AS (UPDATE lifecycle.sandboxes x SET start_phase = $2, "
+                "pull_bytes_done = $3::bigint, pull_bytes_total = $4::bigint FROM prev "
+                "WHERE x.id = prev.id RETURNING x.id), "
+                "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, "
+                "reason) SELECT id, 'STARTING', 'STARTING', $2 FROM prev WHERE $2 = 'PULLING' "
+                "AND prev.start_phase IS DISTINCT FROM 'PULLING') SELECT count(*) FROM s");
+  pool_.Prepare("lc_event_owner",
+                "SELECT coalesce(end_message, ''), coalesce(runner_id, '') "
+                "FROM lifecycle.sandboxes WHERE id = $1 AND tenant_id = $2");
+  pool_.Prepare("lc_events",
+                "SELECT id, coalesce(from_state, ''), to_state, coalesce(reason, ''), "
+                "(extract(epoch FROM at) * 1000000)::bigint FROM lifecycle.sandbox_events "
+                "WHERE sandbox_id = $1 AND id > $2 ORDER BY id LIMIT $3");
   pool_.Prepare("lc_count_state",
                 "SELECT count(*) FROM lifecycle.sandboxes WHERE tenant_id = $1 AND state = $2");
   to_starting_ = &AddTransition("lc_to_starting",
@@ -546,6 +571,48 @@ absl::StatusOr<ListPage> SandboxStore::List(const ListQuery& q) {
       page.next_page_token =
           EncodePageToken({last[17].as<std::string>(), last[0].as<std::string>()});
     }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return page;
+}
+
+absl::StatusOr<bool> SandboxStore::SetStartProgress(const std::string& id,
+                                                    const v1::StartProgress& progress) {
+  bool moved = false;
+  absl::Status s = pool_.Execute(
+      [&](pqxx::nontransaction& tx) -> absl::Status {
+        auto r = tx.exec_prepared("lc_start_progress", id, progress.phase(),
+                                  progress.pull_bytes_done(), progress.pull_bytes_total());
+        moved = !r.empty() && r[0][0].as<int64_t>() > 0;
+        return absl::OkStatus();
+      },
+      Durability::kAsync);
+  if (!s.ok()) return s;
+  return moved;
+}
+
+absl::StatusOr<EventPage> SandboxStore::ListEvents(const std::string& tenant_id,
+                                                   const std::string& id, int64_t after_seq,
+                                                   int limit) {
+  EventPage page;
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+    page = EventPage{};
+    auto owner = tx.exec_prepared("lc_event_owner", id, tenant_id);
+    if (owner.empty()) return NotFound(id);
+    page.end_message = owner[0][0].as<std::string>();
+    page.runner_id = owner[0][1].as<std::string>();
+    auto r = tx.exec_prepared("lc_events", id, after_seq, limit + 1);
+    for (size_t i = 0; i < r.size() && static_cast<int>(i) < limit; ++i) {
+      EventRow e;
+      e.seq = r[i][0].as<int64_t>();
+      e.from_state = r[i][1].as<std::string>();
+      e.to_state = r[i][2].as<std::string>();
+      e.reason = r[i][3].as<std::string>();
+      e.at = absl::FromUnixMicros(r[i][4].as<int64_t>());
+      page.events.push_back(std::move(e));
+    }
+    page.more = static_cast<int>(r.size()) > limit;
     return absl::OkStatus();
   });
   if (!s.ok()) return s;

@@ -46,6 +46,22 @@ struct ListPage {
 // How long a create's Idempotency-Key is remembered (API.md: 24 h).
 inline constexpr absl::Duration kIdempotencyRetention = absl::Hours(24);
 
+// One row of lifecycle.sandbox_events, read for a sandbox's timeline.
+struct EventRow {
+  int64_t seq = 0;  // the row's id: events of one sandbox in the order they were written
+  std::string from_state;  // "" for the first (PENDING)
+  std::string to_state;
+  std::string reason;
+  absl::Time at;
+};
+
+struct EventPage {
+  std::vector<EventRow> events;
+  std::string end_message;  // the sandbox's, for its ENDED event
+  std::string runner_id;    // the runner it was placed on, if any
+  bool more = false;        // rows follow the last one returned
+};
+
 class SandboxStore {
  public:
   explicit SandboxStore(PgPool& pool);
@@ -68,6 +84,13 @@ class SandboxStore {
   absl::StatusOr<Sandbox> GetByPublicId(const std::string& public_id);
   absl::StatusOr<ListPage> List(const ListQuery& query);
   absl::StatusOr<int> CountInState(const std::string& tenant_id, SandboxState state);
+  // Records what a STARTING sandbox waits for (the first PULLING also appends a PULLING event).
+  // Returns false when the sandbox is no longer STARTING (nothing changes then).
+  absl::StatusOr<bool> SetStartProgress(const std::string& id, const v1::StartProgress& progress);
+  // Up to `limit` events of the tenant's sandbox `id` after event `after_seq`, oldest first.
+  // NOT_FOUND for an unknown id or another tenant's.
+  absl::StatusOr<EventPage> ListEvents(const std::string& tenant_id, const std::string& id,
+                                       int64_t after_seq, int limit);
 
   // Guarded transitions. nullopt: the sandbox was not in an expected state. The transitions the
   // control plane uses internally (to STARTING, FAILED, DESTROYING, DESTROYED, LOST) and

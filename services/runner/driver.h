@@ -5,6 +5,7 @@
 // runc driver (real OCI containers, runc_driver.h).
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,11 @@ class Driver {
   // at once when it is cached already. Idempotent.
   virtual absl::StatusOr<CachedImageInfo> Pull(const std::string& image) {
     return absl::UnimplementedError("this runner driver does not pull images ahead of demand");
+  }
+  // The pull of `image` in progress, if any: phase "PULLING" (bytes so far and in all, 0 when
+  // unknown) or "UNPACKING"; nullopt when none runs.
+  virtual std::optional<v1::StartProgress> PullProgress(const std::string& image) {
+    return std::nullopt;
   }
   // A process in the sandbox's network namespace (its init) while the sandbox runs or is paused;
   // 0 when there is none (unknown sandbox, or a driver without processes). The public-URL

@@ -1,9 +1,11 @@
 #include "services/runner/image_cache.h"
 
 #include <stdio.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -142,6 +144,52 @@ absl::Status ImageCache::PersistLocked(const Entry& entry, bool sync) {
                          sync);
 }
 
+std::optional<PullProgress> ImageCache::Progress(const std::string& image) {
+  auto ref = ParseImageRef(image, options_.default_registry);
+  if (!ref.ok()) return std::nullopt;
+  std::string digest, dir;
+  ImageRef pulled;
+  int64_t total = 0;
+  bool ask_size = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto r = ref_pulls_.find(ref->ToString());
+    if (r == ref_pulls_.end()) return std::nullopt;
+    digest = r->second.digest;
+    auto d = digest.empty() ? digest_pulls_.end() : digest_pulls_.find(digest);
+    // Resolving the tag, or waiting for another reference's pull of the same digest to begin.
+    if (d == digest_pulls_.end()) return PullProgress{"PULLING", 0, 0};
+    dir = d->second.dir;
+    pulled = d->second.ref;
+    total = d->second.total;
+    if (total < 0) {
+      d->second.total = 0;  // asked once, by this call
+      ask_size = true;
+    }
+  }
+  if (ask_size) {
+    auto size = fetcher_.CompressedSize(pulled, digest);
+    total = size.ok() ? *size : 0;
+    absl::MutexLock lock(&mu_);
+    auto d = digest_pulls_.find(digest);
+    if (d != digest_pulls_.end()) d->second.total = total;
+  }
+  PullProgress out;
+  struct stat st;
+  // The fetcher unpacks into dir/bundle once the download is complete (skopeo_fetcher.h).
+  if (::stat(absl::StrCat(dir, "/bundle").c_str(), &st) == 0) {
+    out.phase = "UNPACKING";
+    out.bytes_done = out.bytes_total = total;
+    return out;
+  }
+  out.phase = "PULLING";
+  out.bytes_done = DiskUsage(absl::StrCat(dir, "/layout"));
+  out.bytes_total = total;
+  // The layout holds a few small files besides the blobs: never show more than all of it.
+  if (total > 0 && out.bytes_done > total) out.bytes_done = total;
+  return out;
+}
+
 absl::StatusOr<ImageLease> ImageCache::Acquire(const std::string& image,
                                                const std::string& holder) {
   auto ref = ParseImageRef(image, options_.default_registry);
@@ -200,6 +248,18 @@ void ImageCache::Release(const std::string& digest, const std::string& holder) {
 }
 
 absl::Status ImageCache::PullRef(const ImageRef& ref) {
+  const std::string key = ref.ToString();
+  {
+    absl::MutexLock lock(&mu_);
+    RefPull& pull = ref_pulls_[key];
+    ++pull.callers;
+    pull.digest = ref.digest;
+  }
+  absl::Cleanup forget = [&] {
+    absl::MutexLock lock(&mu_);
+    auto it = ref_pulls_.find(key);
+    if (it != ref_pulls_.end() && --it->second.callers <= 0) ref_pulls_.erase(it);
+  };
   std::string digest = ref.digest;
   if (digest.empty()) {
     auto resolved = fetcher_.Resolve(ref);
@@ -212,6 +272,7 @@ absl::Status ImageCache::PullRef(const ImageRef& ref) {
   }
   {
     absl::MutexLock lock(&mu_);
+    ref_pulls_[key].digest = digest;
     auto e = entries_.find(digest);
     if (e != entries_.end()) {  // another tag of the same image is cached
       RememberRefLocked(e->second, ref);
@@ -235,6 +296,14 @@ absl::Status ImageCache::PullDigest(const ImageRef& ref, const std::string& dige
   const std::string tmp =
       absl::StrCat(options_.dir, "/tmp/", HexOf(digest).substr(0, 16), "-", RandomHex(6));
   if (absl::Status s = MakeDirs(tmp, 0700); !s.ok()) return s;
+  {
+    absl::MutexLock lock(&mu_);
+    digest_pulls_[digest] = DigestPull{ref, tmp, -1};
+  }
+  absl::Cleanup forget = [&] {
+    absl::MutexLock lock(&mu_);
+    digest_pulls_.erase(digest);
+  };
   const absl::Time start = absl::Now();
   auto config = fetcher_.Fetch(ref, digest, tmp);
   if (!config.ok()) {

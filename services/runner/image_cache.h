@@ -23,6 +23,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -53,6 +54,19 @@ class ImageFetcher {
   // root filesystem into `dir`/rootfs (an empty directory `dir` exists).
   virtual absl::StatusOr<ImageConfig> Fetch(const ImageRef& ref, const std::string& digest,
                                             const std::string& dir) = 0;
+  // The compressed size of manifest `digest` of `ref`'s repository (its layers and config): what
+  // Fetch downloads into `dir`/layout. UNIMPLEMENTED when the fetcher cannot say.
+  virtual absl::StatusOr<int64_t> CompressedSize(const ImageRef& ref, const std::string& digest) {
+    return absl::UnimplementedError("no compressed size");
+  }
+};
+
+// Where a pull in progress is: "PULLING" (resolving the tag, or downloading: `bytes_done` of
+// `bytes_total`, 0 when unknown) or "UNPACKING" (the download is complete).
+struct PullProgress {
+  std::string phase;
+  int64_t bytes_done = 0;
+  int64_t bytes_total = 0;
 };
 
 struct ImageCacheOptions {
@@ -98,6 +112,11 @@ class ImageCache {
   // recently used image. Returns its entry.
   absl::StatusOr<CachedImageInfo> Prefetch(const std::string& image);
 
+  // The pull of `image` in progress now, if one is (a cold Acquire or Prefetch waiting for it).
+  // The first call of a pull asks the fetcher for its size (one registry request); later calls
+  // only measure the download folder.
+  std::optional<PullProgress> Progress(const std::string& image);
+
   std::vector<CachedImageInfo> Images();
   int64_t total_bytes();
   ImageCacheStats stats();
@@ -140,6 +159,19 @@ class ImageCache {
   std::map<std::string, std::string> tags_ ABSL_GUARDED_BY(mu_);  // registry/repo:tag -> digest
   int64_t total_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   ImageCacheStats stats_ ABSL_GUARDED_BY(mu_);
+  // Pulls in progress: reference (ImageRef::ToString) -> its digest once resolved ("" before),
+  // counted (several callers of one reference); digest -> the pull's folder and size.
+  struct RefPull {
+    int callers = 0;
+    std::string digest;
+  };
+  struct DigestPull {
+    ImageRef ref;
+    std::string dir;
+    int64_t total = -1;  // -1: not asked yet; 0: unknown
+  };
+  std::map<std::string, RefPull> ref_pulls_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, DigestPull> digest_pulls_ ABSL_GUARDED_BY(mu_);
   absl::Mutex flights_mu_;
   std::map<std::string, std::shared_ptr<Flight>> flights_ ABSL_GUARDED_BY(flights_mu_);
 };

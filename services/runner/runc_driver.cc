@@ -664,6 +664,16 @@ std::vector<std::string> RuncDriver::Sandboxes() {
 
 std::vector<CachedImageInfo> RuncDriver::Images() { return cache_.Images(); }
 
+std::optional<v1::StartProgress> RuncDriver::PullProgress(const std::string& image) {
+  auto pull = cache_.Progress(image);
+  if (!pull) return std::nullopt;
+  v1::StartProgress out;
+  out.set_phase(pull->phase);
+  out.set_pull_bytes_done(pull->bytes_done);
+  out.set_pull_bytes_total(pull->bytes_total);
+  return out;
+}
+
 int RuncDriver::InitPid(const std::string& sandbox_id) {
   absl::MutexLock lock(&mu_);
   auto it = sandboxes_.find(sandbox_id);

@@ -77,6 +77,7 @@ class RuncDriver final : public Driver {
   std::vector<CachedImageInfo> Images() override;
   // Pre-warming: pulls `image` into the cache without starting anything.
   absl::StatusOr<CachedImageInfo> Pull(const std::string& image) override;
+  std::optional<v1::StartProgress> PullProgress(const std::string& image) override;
   absl::Status SetNetwork(const std::string& sandbox_id, const v1::NetworkPolicy& policy) override;
   absl::StatusOr<std::vector<v1::EgressLogEntry>> EgressLog(const std::string& sandbox_id) override;
   absl::StatusOr<v1::ExecResponse> Exec(const std::string& sandbox_id,

@@ -12,10 +12,40 @@ grpc::Status RunnerService::StartSandbox(grpc::ServerContext*, const v1::StartSa
   if (req->sandbox_id().empty() || req->image().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sandbox id and image are required");
   }
+  std::multimap<std::string, std::string>::iterator mine;
+  {
+    absl::MutexLock lock(&starting_mu_);
+    mine = starting_.emplace(req->sandbox_id(), req->image());
+  }
   auto result = driver_.Start(*req);
+  {
+    absl::MutexLock lock(&starting_mu_);
+    starting_.erase(mine);
+  }
   if (!result.ok()) return ToGrpcStatus(result.status());
   resp->set_image_digest(result->image_digest);
   resp->set_warm(result->warm);
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::GetStartProgress(grpc::ServerContext*,
+                                             const v1::GetStartProgressRequest* req,
+                                             v1::GetStartProgressResponse* resp) {
+  std::string image;
+  {
+    absl::MutexLock lock(&starting_mu_);
+    auto it = starting_.find(req->sandbox_id());
+    if (it == starting_.end()) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no start of that sandbox is running");
+    }
+    image = it->second;
+  }
+  auto pull = driver_.PullProgress(image);
+  if (pull) {
+    *resp->mutable_progress() = *std::move(pull);
+  } else {
+    resp->mutable_progress()->set_phase("STARTING");
+  }
   return grpc::Status::OK;
 }
 

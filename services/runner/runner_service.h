@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "isorun/v1/runner.grpc.pb.h"
@@ -51,6 +52,10 @@ class RunnerService final : public RunnerServiceBase {
                                  v1::SetSandboxNetworkResponse*) override;
   grpc::Status GetEgressLog(grpc::ServerContext*, const v1::GetEgressLogRequest*,
                             v1::GetEgressLogResponse*) override;
+  // What a StartSandbox still running for the sandbox waits for: the pull of its image (with
+  // bytes), else the container's start. NOT_FOUND when no start of it is running.
+  grpc::Status GetStartProgress(grpc::ServerContext*, const v1::GetStartProgressRequest*,
+                                v1::GetStartProgressResponse*) override;
 
  private:
   // A place among the calls running in one sandbox (RunnerExecRequest.max_running); freed when
@@ -76,6 +81,9 @@ class RunnerService final : public RunnerServiceBase {
   Driver& driver_;
   absl::Mutex execs_mu_;
   std::map<std::string, int> execs_ ABSL_GUARDED_BY(execs_mu_);  // sandbox -> calls running
+  absl::Mutex starting_mu_;
+  // Sandbox id -> image of the StartSandbox calls running now (a retried start counts twice).
+  std::multimap<std::string, std::string> starting_ ABSL_GUARDED_BY(starting_mu_);
   const std::string tunnel_address_;
 };
 

@@ -103,6 +103,37 @@ absl::StatusOr<std::string> SkopeoFetcher::Resolve(const ImageRef& ref) {
   return digest;
 }
 
+int64_t ManifestBlobBytes(const std::string& manifest_json) {
+  google::protobuf::Struct manifest;
+  if (!google::protobuf::util::JsonStringToMessage(manifest_json, &manifest).ok()) return 0;
+  auto size_of = [](const google::protobuf::Value& v) -> int64_t {
+    if (!v.has_struct_value()) return 0;
+    auto f = v.struct_value().fields().find("size");
+    if (f == v.struct_value().fields().end() || !f->second.has_number_value()) return 0;
+    return f->second.number_value() > 0 ? static_cast<int64_t>(f->second.number_value()) : 0;
+  };
+  const auto& fields = manifest.fields();
+  auto layers = fields.find("layers");
+  if (layers == fields.end() || !layers->second.has_list_value()) return 0;
+  int64_t total = 0;
+  for (const auto& layer : layers->second.list_value().values()) total += size_of(layer);
+  if (auto config = fields.find("config"); config != fields.end()) total += size_of(config->second);
+  return total;
+}
+
+absl::StatusOr<int64_t> SkopeoFetcher::CompressedSize(const ImageRef& ref,
+                                                      const std::string& digest) {
+  auto run = RunCaptured({options_.skopeo_path, "inspect", "--raw",
+                          absl::StrCat("--tls-verify=", TlsVerify(ref) ? "true" : "false"),
+                          absl::StrCat("docker://", ref.PullReference(digest))},
+                         options_.resolve_timeout);
+  if (!run.ok()) return run.status();
+  if (run->timed_out || run->exit_code != 0) {
+    return absl::UnavailableError("the registry did not give the manifest");
+  }
+  return ManifestBlobBytes(run->out);
+}
+
 bool SkopeoFetcher::TlsVerify(const ImageRef& ref) const {
   const std::string host = absl::AsciiStrToLower(ref.registry);
   for (const auto& insecure : options_.insecure_registries) {

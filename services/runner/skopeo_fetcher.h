@@ -36,6 +36,8 @@ class SkopeoFetcher final : public ImageFetcher {
   absl::StatusOr<std::string> Resolve(const ImageRef& ref) override;
   absl::StatusOr<ImageConfig> Fetch(const ImageRef& ref, const std::string& digest,
                                     const std::string& dir) override;
+  // `skopeo inspect --raw` of the manifest: its layers' and config's sizes. 0 for an index.
+  absl::StatusOr<int64_t> CompressedSize(const ImageRef& ref, const std::string& digest) override;
 
  private:
   bool TlsVerify(const ImageRef& ref) const;
@@ -54,6 +56,10 @@ class SkopeoFetcher final : public ImageFetcher {
 // UNAVAILABLE (IMAGE_PULL_FAILED) for anything else.
 absl::Status SkopeoError(const std::string& image, const std::string& registry,
                          const std::string& stderr_text);
+
+// The bytes a manifest's blobs take (config and layers), from its JSON; 0 for an index or a
+// manifest without sizes.
+int64_t ManifestBlobBytes(const std::string& manifest_json);
 
 // The env and cwd of the process in a runtime-spec config.json (what umoci unpack writes).
 absl::StatusOr<ImageConfig> ImageConfigFromRuntimeSpec(const std::string& config_json);

@@ -17,11 +17,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "tests/support/cluster.h"
+#include "tests/support/eventually.h"
 #include "tests/support/http_client.h"
 #include "tests/support/json_fields.h"
 
@@ -365,6 +367,77 @@ TEST_F(Api, HibernateAndResume) {
   auto again = Call("POST", "/v1/sandboxes/" + id + "/resume");
   EXPECT_EQ(again.status, 200);
   EXPECT_EQ(Usage(), "1");
+}
+
+// GET /v1/sandboxes/{id}/events: the rows the lifecycle wrote, as a timeline, paged like the
+// sandbox list, for the tenant's own sandboxes only.
+TEST_F(Api, SandboxEventsTellItsLifePagedAndOnlyToItsTenant) {
+  auto created = Call("POST", "/v1/sandboxes", R"({"image":"busybox:1.36"})");
+  ASSERT_EQ(created.status, 201) << created.body;
+  std::string id = Str(Json(created.body), "id");
+  ASSERT_EQ(Call("POST", "/v1/sandboxes/" + id + "/hibernate").status, 200);
+  ASSERT_EQ(Call("POST", "/v1/sandboxes/" + id + "/resume").status, 200);
+  ASSERT_EQ(Call("DELETE", "/v1/sandboxes/" + id).status, 204);
+
+  // The kinds of every event, following nextPageToken with pages of `size`.
+  auto timeline = [&](int size, int* pages) {
+    std::vector<std::string> kinds;
+    std::string token;
+    *pages = 0;
+    do {
+      auto r = Call("GET", absl::StrCat("/v1/sandboxes/", id, "/events?pageSize=", size,
+                                        token.empty() ? "" : "&pageToken=" + token));
+      EXPECT_EQ(r.status, 200) << r.body;
+      if (r.status != 200) break;
+      auto body = Json(r.body);
+      const auto& events = body.fields().at("events").list_value();
+      EXPECT_LE(events.values_size(), size);
+      for (const auto& v : events.values()) {
+        const auto& e = v.struct_value();
+        EXPECT_EQ(Str(e, "time").back(), 'Z');
+        std::string kind = Str(e, "kind");
+        if (kind == "DESTROYING" || kind == "ENDED") {
+          EXPECT_EQ(Str(e, "reason"), "DELETED") << r.body;
+        } else {
+          EXPECT_EQ(e.fields().count("reason"), 0u) << r.body;
+        }
+        kinds.push_back(kind + "/" + Str(e, "state"));
+      }
+      token = Str(body, "nextPageToken");
+      ++*pages;
+    } while (!token.empty() && *pages < 20);
+    return absl::StrJoin(kinds, ",");
+  };
+  const std::string want =
+      "CREATED/PENDING,PLACED/STARTING,STARTED/RUNNING,HIBERNATED/HIBERNATED,RESUMED/RUNNING,"
+      "DESTROYING/DESTROYING,ENDED/DESTROYED";
+  int pages = 0;
+  // DELETE answers once the slot is free; the row becomes DESTROYED right after.
+  EXPECT_TRUE(testing::Eventually([&] { return timeline(50, &pages) == want; }, absl::Seconds(10)))
+      << timeline(50, &pages);
+  EXPECT_EQ(pages, 1);
+  EXPECT_EQ(timeline(2, &pages), want);
+  EXPECT_EQ(pages, 4);
+  EXPECT_EQ(timeline(7, &pages), want);
+  EXPECT_EQ(pages, 1);  // a full last page has no token
+
+  // Bad paging is 400 and names the parameter.
+  for (std::string q : {"pageSize=0", "pageSize=1001", "pageSize=x", "pageToken=bm90LWEtdG9rZW4",
+                        "state=RUNNING"}) {
+    auto r = Call("GET", "/v1/sandboxes/" + id + "/events?" + q);
+    EXPECT_EQ(r.status, 400) << q << ": " << r.body;
+    EXPECT_EQ(Str(ErrorOf(r), "reason"), "INVALID_ARGUMENT") << q;
+  }
+  // Another tenant's sandbox answers exactly as an unknown one.
+  std::string intruder = cluster_->CreateKey(cluster_->CreateTenant(tenant_name_ + "ev", 5));
+  auto theirs = Call("GET", "/v1/sandboxes/" + id + "/events", "", {}, intruder);
+  auto unknown = Call("GET", "/v1/sandboxes/sbx_nosuchsandbox/events", "", {}, intruder);
+  EXPECT_EQ(theirs.status, 404) << theirs.body;
+  EXPECT_EQ(unknown.status, 404) << unknown.body;
+  EXPECT_EQ(Str(ErrorOf(theirs), "reason"), "NOT_FOUND");
+  EXPECT_EQ(Call("GET", "/v1/sandboxes/" + id + "/events", "", {{"Authorization", "Bearer x"}})
+                .status,
+            401);
 }
 
 TEST_F(Api, IdempotentCreatesReturnTheFirstSandbox) {

@@ -14,13 +14,16 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "services/runner/runc_test_env.h"
@@ -509,6 +512,77 @@ TEST_F(SandboxApi, UnknownImageFailsNamingItAndLeaksNothing) {
   // The tenant can still use its slots.
   std::string id = Create();
   EXPECT_FALSE(id.empty());
+}
+
+// A create that waits for its runner to pull a cold image (fat:1.0, a layer of random data) is
+// seen by other requests as STARTING with the runner's own figures in startProgress; its events
+// have a PULLING step. A second create of the image is warm: no pull, no PULLING.
+TEST_F(SandboxApi, AColdPullShowsItsProgressWhileTheCreateWaits) {
+  HttpResponse created;
+  std::atomic<bool> done{false};
+  std::thread create([&] {
+    created = Call("POST", "/v1/sandboxes", R"({"image":"fat:1.0"})");
+    done = true;
+  });
+  std::set<std::string> phases;
+  int64_t max_total = 0, max_done = 0, last_done = 0;
+  std::string id, seen;
+  while (!done) {
+    auto list = Call("GET", "/v1/sandboxes?state=STARTING");
+    EXPECT_EQ(list.status, 200) << list.body;
+    if (list.status != 200) break;
+    const auto doc = Json(list.body);
+    for (const auto& v : doc.fields().at("sandboxes").list_value().values()) {
+      const auto& sb = v.struct_value();
+      if (Str(sb, "image") != "fat:1.0" || sb.fields().count("startProgress") == 0) continue;
+      id = Str(sb, "id");
+      const auto& p = Obj(sb, "startProgress");
+      const std::string phase = Str(p, "phase");
+      phases.insert(phase);
+      const int64_t total = p.fields().count("pullBytesTotal") ? Num(p, "pullBytesTotal") : 0;
+      const int64_t so_far = p.fields().count("pullBytesDone") ? Num(p, "pullBytesDone") : 0;
+      if (total > 0) {
+        EXPECT_LE(so_far, total) << list.body;
+      }
+      if (phase == "PULLING") {
+        EXPECT_GE(so_far, last_done) << "bytes only grow: " << list.body;
+        last_done = so_far;
+      }
+      max_total = std::max(max_total, total);
+      max_done = std::max(max_done, so_far);
+      seen = list.body;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  create.join();
+  ASSERT_EQ(created.status, 201) << created.body;
+  ASSERT_FALSE(id.empty()) << "the list never showed the pull";
+  EXPECT_EQ(Str(Json(created.body), "id"), id);
+  EXPECT_EQ(phases.count("PULLING"), 1u) << seen;
+  // The manifest's sizes: the random layer alone is ISORUN_FAT_IMAGE_MB (48) MiB.
+  EXPECT_GT(max_total, 1 << 20) << seen;
+  EXPECT_GT(max_done, 0) << seen;
+  // Running now: no progress any more, and the events tell the pull.
+  auto got = Json(Call("GET", "/v1/sandboxes/" + id).body);
+  EXPECT_EQ(Str(got, "state"), "RUNNING");
+  EXPECT_EQ(got.fields().count("startProgress"), 0u);
+  auto kinds = [&](const std::string& sandbox) {
+    std::vector<std::string> out;
+    auto r = Call("GET", "/v1/sandboxes/" + sandbox + "/events");
+    EXPECT_EQ(r.status, 200) << r.body;
+    const auto doc = Json(r.body);
+    for (const auto& e : doc.fields().at("events").list_value().values()) {
+      out.push_back(Str(e.struct_value(), "kind"));
+    }
+    return absl::StrJoin(out, ",");
+  };
+  EXPECT_EQ(kinds(id), "CREATED,PLACED,PULLING,STARTED");
+
+  auto warm = Call("POST", "/v1/sandboxes", R"({"image":"fat:1.0"})");
+  ASSERT_EQ(warm.status, 201) << warm.body;
+  EXPECT_EQ(kinds(Str(Json(warm.body), "id")), "CREATED,PLACED,STARTED");
+  EXPECT_EQ(Call("DELETE", "/v1/sandboxes/" + id).status, 204);
+  EXPECT_EQ(Call("DELETE", "/v1/sandboxes/" + Str(Json(warm.body), "id")).status, 204);
 }
 
 TEST_F(SandboxApi, DeleteRemovesTheContainer) {
