@@ -52,6 +52,14 @@ void WriteTriple(JsonWriter& w, const char* key, int64_t capacity, int64_t alloc
   w.EndObject();
 }
 
+void WriteStates(JsonWriter& w, const CapacitySample& s) {
+  w.Key("sandboxesByState").BeginObject();
+  w.Key("PENDING").Int(s.sandboxes_pending).Key("STARTING").Int(s.sandboxes_starting);
+  w.Key("RUNNING").Int(s.sandboxes_running).Key("HIBERNATED").Int(s.sandboxes_hibernated);
+  w.Key("DESTROYING").Int(s.sandboxes_destroying);
+  w.EndObject();
+}
+
 void WritePoint(JsonWriter& w, const CapacitySample& s) {
   w.BeginObject();
   w.Key("time").String(Rfc3339(s.at));
@@ -63,12 +71,33 @@ void WritePoint(JsonWriter& w, const CapacitySample& s) {
   WriteTriple(w, "memoryMb", s.capacity.memory_mb, s.allocated.memory_mb, s.free.memory_mb);
   WriteTriple(w, "sandboxSlots", s.capacity.sandboxes, s.allocated.sandboxes, s.free.sandboxes);
   w.Key("sandboxes").Int(s.sandboxes).Key("cachedImages").Int(s.images);
+  WriteStates(w, s);
   w.Key("placementsWarm").Int(s.placements_warm).Key("placementsCold").Int(s.placements_cold);
   w.Key("capacityRefusals").Int(s.capacity_refusals).Key("pulls").Int(s.pulls);
   w.EndObject();
 }
 
 }  // namespace
+
+void AddSandboxStates(const std::vector<SandboxStateCount>& counts,
+                      const std::map<std::string, std::string>& runner_regions,
+                      std::vector<CapacitySample>& samples) {
+  auto add = [](CapacitySample& s, const std::string& state, int64_t n) {
+    if (state == "PENDING") s.sandboxes_pending += n;
+    if (state == "STARTING") s.sandboxes_starting += n;
+    if (state == "RUNNING") s.sandboxes_running += n;
+    if (state == "HIBERNATED") s.sandboxes_hibernated += n;
+    if (state == "DESTROYING") s.sandboxes_destroying += n;
+  };
+  for (const SandboxStateCount& c : counts) {
+    auto region = runner_regions.find(c.runner_id);
+    for (CapacitySample& s : samples) {
+      if (s.region.empty() || (region != runner_regions.end() && s.region == region->second)) {
+        add(s, c.state, c.count);
+      }
+    }
+  }
+}
 
 std::vector<CapacitySample> Summarize(const std::vector<RunnerStatus>& runners, absl::Time at) {
   std::map<std::string, CapacitySample> by_region;

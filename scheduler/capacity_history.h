@@ -47,6 +47,13 @@ struct CapacitySample {
   ResourceVector free;       // on schedulable (healthy, not draining) runners
   int64_t sandboxes = 0;     // placements
   int64_t images = 0;        // distinct images cached
+  // Live sandboxes by state, as the lifecycle's rows say (PENDING ones have no runner yet, so
+  // they count in the fleet only).
+  int64_t sandboxes_pending = 0;
+  int64_t sandboxes_starting = 0;
+  int64_t sandboxes_running = 0;
+  int64_t sandboxes_hibernated = 0;
+  int64_t sandboxes_destroying = 0;
   // Counters (events in the interval).
   int64_t placements_warm = 0;
   int64_t placements_cold = 0;
@@ -60,7 +67,22 @@ struct CapacityCounters {
   int64_t placements_cold = 0;
   int64_t capacity_refusals = 0;
   int64_t pulls = 0;
+  // capacity_refusals by the region the placement asked for.
+  std::map<std::string, int64_t> region_refusals = {};
 };
+
+// Live sandboxes of one state on one runner ("" = not placed yet).
+struct SandboxStateCount {
+  std::string runner_id;
+  std::string state;
+  int64_t count = 0;
+};
+
+// Adds the counts to the samples: to the fleet's, and to the region of each runner (a runner
+// absent from `runner_regions` counts in the fleet only).
+void AddSandboxStates(const std::vector<SandboxStateCount>& counts,
+                      const std::map<std::string, std::string>& runner_regions,
+                      std::vector<CapacitySample>& samples);
 
 // The fleet (region "") first, then each region in name order, with gauges filled and the
 // warm/cold counters cumulative per region (from the runners' own counts).
@@ -113,6 +135,7 @@ std::string ForecastJson(const std::vector<RegionForecast>& forecasts, absl::Tim
 // {"from", "to", "stepSec", "fleet": [points], "regions": {"name": [points]}}, a point being
 // {"time", "runners": {"healthy", "unhealthy", "lost", "draining"}, "cpuMillis": {"capacity",
 // "allocated", "free"}, "memoryMb": {...}, "sandboxSlots": {...}, "sandboxes", "cachedImages",
+// "sandboxesByState": {"PENDING", "STARTING", "RUNNING", "HIBERNATED", "DESTROYING"},
 // "placementsWarm", "placementsCold", "capacityRefusals", "pulls"}.
 std::string HistoryJson(const std::vector<CapacitySample>& samples, absl::Time from, absl::Time to,
                         absl::Duration step);

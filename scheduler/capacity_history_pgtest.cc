@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "scheduler/capacity_history_store.h"
 #include "tests/support/test_database.h"
 
@@ -123,7 +125,96 @@ TEST_F(CapacityHistoryTest, RecorderWritesDeltasOfCumulativeCounters) {
   EXPECT_EQ((*got)[1].allocated.sandboxes, 2);
   EXPECT_EQ((*got)[3].region, "local");
   EXPECT_EQ((*got)[3].placements_warm, 3);
-  EXPECT_EQ((*got)[3].capacity_refusals, 0) << "refusals are fleet-wide only";
+  EXPECT_EQ((*got)[3].capacity_refusals, 0) << "no refusals were counted for the region";
+}
+
+// 429 CAPACITY by the region asked for (a region without runners gets a row too), and live
+// sandboxes by state: the fleet counts every one, a region those on its runners.
+TEST_F(CapacityHistoryTest, RecorderCountsRefusalsPerRegionAndSandboxesByState) {
+  std::vector<RunnerStatus> runners(2);
+  runners[0].view.id = "id-a";
+  runners[0].view.region = "local";
+  runners[0].state = "HEALTHY";
+  runners[0].view.capacity = {4000, 4096, 10};
+  runners[1].view.id = "id-b";
+  runners[1].view.region = "eu";
+  runners[1].state = "HEALTHY";
+  runners[1].view.capacity = {4000, 4096, 10};
+  CapacityCounters counters{0, 0, 7, 0, {{"local", 5}, {"eu", 2}}};
+  std::vector<SandboxStateCount> states = {{"", "PENDING", 4},
+                                           {"id-a", "RUNNING", 2},
+                                           {"id-a", "HIBERNATED", 1},
+                                           {"id-b", "RUNNING", 3},
+                                           {"id-b", "STARTING", 1},
+                                           {"id-gone", "DESTROYING", 6}};
+  CapacityRecorder::Options options;
+  options.interval = absl::Seconds(10);
+  CapacityRecorder recorder(
+      *store_, [&] { return runners; }, [&] { return counters; }, options,
+      [&]() -> absl::StatusOr<std::vector<SandboxStateCount>> { return states; });
+  ASSERT_TRUE(recorder.RecordOnce(kT0).ok());
+  counters = {0, 0, 13, 0, {{"local", 9}, {"eu", 2}, {"ap", 2}}};
+  ASSERT_TRUE(recorder.RecordOnce(kT0 + absl::Seconds(10)).ok());
+
+  auto got = store_->Query(kT0 + absl::Seconds(10), kT0 + absl::Seconds(20), absl::Seconds(10));
+  ASSERT_TRUE(got.ok()) << got.status();
+  std::map<std::string, CapacitySample> by_region;
+  for (const auto& s : *got) by_region[s.region] = s;
+  ASSERT_EQ(by_region.size(), 4u) << "fleet, ap, eu, local";
+  EXPECT_EQ(by_region[""].capacity_refusals, 6);
+  EXPECT_EQ(by_region["local"].capacity_refusals, 4);
+  EXPECT_EQ(by_region["eu"].capacity_refusals, 0);
+  EXPECT_EQ(by_region["ap"].capacity_refusals, 2) << "a region without runners, all refused";
+  EXPECT_EQ(by_region["ap"].capacity.sandboxes, 0);
+  const CapacitySample& fleet = by_region[""];
+  EXPECT_EQ(fleet.sandboxes_pending, 4);
+  EXPECT_EQ(fleet.sandboxes_starting, 1);
+  EXPECT_EQ(fleet.sandboxes_running, 5);
+  EXPECT_EQ(fleet.sandboxes_hibernated, 1);
+  EXPECT_EQ(fleet.sandboxes_destroying, 6) << "a runner no longer listed still counts";
+  EXPECT_EQ(by_region["local"].sandboxes_pending, 0) << "not placed yet: no region";
+  EXPECT_EQ(by_region["local"].sandboxes_running, 2);
+  EXPECT_EQ(by_region["local"].sandboxes_hibernated, 1);
+  EXPECT_EQ(by_region["eu"].sandboxes_running, 3);
+  EXPECT_EQ(by_region["eu"].sandboxes_starting, 1);
+  const std::string json =
+      HistoryJson(*got, kT0 + absl::Seconds(10), kT0 + absl::Seconds(20), absl::Seconds(10));
+  EXPECT_NE(json.find(R"("sandboxesByState":{"PENDING":4,"STARTING":1,"RUNNING":5,)"
+                      R"("HIBERNATED":1,"DESTROYING":6})"),
+            std::string::npos)
+      << json;
+
+  // A failing count fails the snapshot (no row with made-up zeros).
+  CapacityRecorder failing(
+      *store_, [&] { return runners; }, [&] { return counters; }, options,
+      []() -> absl::StatusOr<std::vector<SandboxStateCount>> {
+        return absl::UnavailableError("lifecycle rows unreadable");
+      });
+  EXPECT_FALSE(failing.RecordOnce(kT0 + absl::Seconds(30)).ok());
+  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM scheduler.capacity_history WHERE at = "
+                        "to_timestamp(" + std::to_string(absl::ToUnixSeconds(kT0) + 30) + ")"),
+            "0");
+}
+
+// The count the scheduler's recorder uses: live rows of lifecycle.sandboxes by runner and state.
+TEST_F(CapacityHistoryTest, CountsLiveSandboxesOfTheLifecycleByRunnerAndState) {
+  const std::string tenant = "00000000-0000-0000-0000-0000000000aa";
+  int n = 0;
+  for (auto [state, runner] : std::vector<std::pair<std::string, std::string>>{
+           {"RUNNING", "'r1'"}, {"RUNNING", "'r1'"}, {"HIBERNATED", "'r1'"}, {"RUNNING", "'r2'"},
+           {"PENDING", "NULL"}, {"DESTROYED", "'r1'"}, {"FAILED", "NULL"}}) {
+    ++n;
+    db_->Scalar("INSERT INTO lifecycle.sandboxes (id, tenant_id, state, image, cpu_millis, "
+                "memory_mb, timeout_sec, public_id, runner_id) VALUES ('sbx" + std::to_string(n) +
+                "', '" + tenant + "', '" + state + "', 'busybox:1.36', 1000, 512, 300, 'p" +
+                std::to_string(n) + "', " + runner + ") RETURNING 1");
+  }
+  auto counts = store_->CountSandboxes();
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  std::map<std::string, int64_t> got;
+  for (const auto& c : *counts) got[c.runner_id + "/" + c.state] = c.count;
+  EXPECT_EQ(got, (std::map<std::string, int64_t>{
+                     {"r1/RUNNING", 2}, {"r1/HIBERNATED", 1}, {"r2/RUNNING", 1}, {"/PENDING", 1}}));
 }
 
 }  // namespace

@@ -2,6 +2,9 @@
 
 #include <pqxx/pqxx>
 
+#include <iterator>
+#include <map>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "services/kit/log.h"
@@ -14,13 +17,17 @@ constexpr char kFold[] = "sched_capacity_fold";
 constexpr char kDeleteRaw[] = "sched_capacity_delete_raw";
 constexpr char kDeleteOld[] = "sched_capacity_delete_downsampled";
 constexpr char kQuery[] = "sched_capacity_query";
+constexpr char kCountSandboxes[] = "sched_capacity_count_sandboxes";
 
 // Column order of both tables after (at, region).
 constexpr const char* kGauges[] = {
     "runners_healthy",     "runners_unhealthy",  "runners_lost",        "runners_draining",
     "cpu_capacity_millis", "cpu_allocated_millis", "cpu_free_millis",   "memory_capacity_mb",
     "memory_allocated_mb", "memory_free_mb",     "slots_capacity",      "slots_allocated",
-    "slots_free",          "sandboxes",          "cached_images"};
+    "slots_free",          "sandboxes",          "cached_images",
+    // Migration 0016: appended to both tables, so `SELECT *` of either has this order.
+    "sandboxes_pending",   "sandboxes_starting", "sandboxes_running",   "sandboxes_hibernated",
+    "sandboxes_destroying"};
 constexpr const char* kCounters[] = {"placements_warm", "placements_cold", "capacity_refusals",
                                      "pulls"};
 
@@ -46,7 +53,9 @@ std::string Iso(absl::Time t) {
 
 CapacityHistoryStore::CapacityHistoryStore(PgPool& pool) : pool_(pool) {
   std::vector<std::string> params;
-  for (int i = 1; i <= 2 + 15 + 4; ++i) params.push_back(absl::StrCat("$", i));
+  for (size_t i = 1; i <= 2 + std::size(kGauges) + std::size(kCounters); ++i) {
+    params.push_back(absl::StrCat("$", i));
+  }
   params[0] += "::timestamptz";
   pool_.Prepare(kInsert, absl::StrCat("INSERT INTO scheduler.capacity_history (at, region, ",
                                       Columns(), ") VALUES (", absl::StrJoin(params, ", "),
@@ -58,6 +67,11 @@ CapacityHistoryStore::CapacityHistoryStore(PgPool& pool) : pool_(pool) {
                              Aggregates(),
                              " FROM scheduler.capacity_history WHERE at < $1::timestamptz "
                              "GROUP BY b, region ON CONFLICT (at, region) DO NOTHING"));
+  // One read of the live rows a snapshot (ended rows, kept for days, are filtered out).
+  pool_.Prepare(kCountSandboxes,
+                "SELECT coalesce(runner_id, ''), state, count(*) FROM lifecycle.sandboxes "
+                "WHERE state IN ('PENDING', 'STARTING', 'RUNNING', 'HIBERNATED', 'DESTROYING') "
+                "GROUP BY 1, 2");
   pool_.Prepare(kDeleteRaw, "DELETE FROM scheduler.capacity_history WHERE at < $1::timestamptz");
   pool_.Prepare(kDeleteOld,
                 "DELETE FROM scheduler.capacity_history_5m WHERE at < $1::timestamptz");
@@ -83,7 +97,8 @@ absl::Status CapacityHistoryStore::Insert(const std::vector<CapacitySample>& sam
                        s.allocated.cpu_millis, s.free.cpu_millis, s.capacity.memory_mb,
                        s.allocated.memory_mb, s.free.memory_mb, s.capacity.sandboxes,
                        s.allocated.sandboxes, s.free.sandboxes, s.sandboxes, s.images,
-                       s.placements_warm, s.placements_cold, s.capacity_refusals, s.pulls);
+                       s.sandboxes_pending, s.sandboxes_starting, s.sandboxes_running,
+                       s.sandboxes_hibernated, s.sandboxes_destroying, s.placements_warm, s.placements_cold, s.capacity_refusals, s.pulls);
     }
     return absl::OkStatus();
   });
@@ -135,6 +150,11 @@ absl::StatusOr<std::vector<CapacitySample>> CapacityHistoryStore::Query(absl::Ti
       s.free.sandboxes = next();
       s.sandboxes = next();
       s.images = next();
+      s.sandboxes_pending = next();
+      s.sandboxes_starting = next();
+      s.sandboxes_running = next();
+      s.sandboxes_hibernated = next();
+      s.sandboxes_destroying = next();
       s.placements_warm = next();
       s.placements_cold = next();
       s.capacity_refusals = next();
@@ -147,11 +167,25 @@ absl::StatusOr<std::vector<CapacitySample>> CapacityHistoryStore::Query(absl::Ti
   return out;
 }
 
+absl::StatusOr<std::vector<SandboxStateCount>> CapacityHistoryStore::CountSandboxes() {
+  std::vector<SandboxStateCount> out;
+  absl::Status st = pool_.Execute([&](pqxx::nontransaction& tx) {
+    out.clear();
+    for (const auto& row : tx.exec_prepared(kCountSandboxes)) {
+      out.push_back({row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()});
+    }
+    return absl::OkStatus();
+  });
+  if (!st.ok()) return st;
+  return out;
+}
+
 CapacityRecorder::CapacityRecorder(CapacityHistoryStore& store, RunnersFn runners,
-                                   CountersFn counters, Options options)
+                                   CountersFn counters, Options options, StatesFn states)
     : store_(store),
       runners_(std::move(runners)),
       counters_(std::move(counters)),
+      states_(std::move(states)),
       options_(options) {}
 
 CapacityRecorder::~CapacityRecorder() { Stop(); }
@@ -180,15 +214,39 @@ absl::Status CapacityRecorder::RecordOnce(absl::Time now) {
   // One row per interval, the same instant for every replica.
   const int64_t every = std::max<int64_t>(1, absl::ToInt64Seconds(options_.interval));
   const absl::Time at = absl::FromUnixSeconds(absl::ToUnixSeconds(now) / every * every);
-  std::vector<CapacitySample> samples = Summarize(runners_(), at);
+  const std::vector<RunnerStatus> runners = runners_();
+  std::vector<CapacitySample> samples = Summarize(runners, at);
   const CapacityCounters fleet_now = counters_();
+  // A region where creates were refused for capacity gets a row even without runners (all of
+  // its creates are refused then: the row an operator most needs).
+  for (const auto& [region, n] : fleet_now.region_refusals) {
+    if (region.empty()) continue;
+    bool known = false;
+    for (const CapacitySample& s : samples) known = known || s.region == region;
+    if (!known) {
+      CapacitySample empty;
+      empty.at = at;
+      empty.region = region;
+      samples.push_back(empty);
+    }
+  }
+  if (states_) {
+    auto counts = states_();
+    if (!counts.ok()) return counts.status();
+    std::map<std::string, std::string> regions;
+    for (const RunnerStatus& r : runners) regions[r.view.id] = r.view.region;
+    AddSandboxStates(*counts, regions, samples);
+  }
   for (CapacitySample& s : samples) {
-    // Per region only warm and cold are known (from the runners' counts); refusals and pulls
-    // are fleet-wide counters.
+    // Per region: warm and cold from the runners' counts, refusals by the region asked for;
+    // pulls are a fleet-wide counter.
     CapacityCounters cumulative{s.placements_warm, s.placements_cold, 0, 0};
     if (s.region.empty()) {
       cumulative.capacity_refusals = fleet_now.capacity_refusals;
       cumulative.pulls = fleet_now.pulls;
+    } else if (auto r = fleet_now.region_refusals.find(s.region);
+               r != fleet_now.region_refusals.end()) {
+      cumulative.capacity_refusals = r->second;
     }
     CapacityCounters& previous = s.region.empty() ? previous_fleet_ : previous_regions_[s.region];
     CapacityCounters delta =

@@ -40,6 +40,9 @@ class CapacityHistoryStore {
   absl::StatusOr<std::vector<CapacitySample>> Query(absl::Time from, absl::Time to,
                                                     absl::Duration step,
                                                     const std::string& region = "");
+  // Live sandboxes by runner and state. The lifecycle service owns sandboxes' states: this reads
+  // its table (lifecycle.sandboxes, never written here) once a snapshot.
+  absl::StatusOr<std::vector<SandboxStateCount>> CountSandboxes();
 
  private:
   PgPool& pool_;
@@ -56,9 +59,11 @@ class CapacityRecorder {
   // What a snapshot needs: the runners now, and the cumulative fleet counters.
   using RunnersFn = std::function<std::vector<RunnerStatus>()>;
   using CountersFn = std::function<CapacityCounters()>;
+  // Live sandboxes by runner and state (CapacityHistoryStore::CountSandboxes); none: not counted.
+  using StatesFn = std::function<absl::StatusOr<std::vector<SandboxStateCount>>()>;
 
   CapacityRecorder(CapacityHistoryStore& store, RunnersFn runners, CountersFn counters,
-                   Options options);
+                   Options options, StatesFn states = nullptr);
   ~CapacityRecorder();
   CapacityRecorder(const CapacityRecorder&) = delete;
   CapacityRecorder& operator=(const CapacityRecorder&) = delete;
@@ -72,6 +77,7 @@ class CapacityRecorder {
   CapacityHistoryStore& store_;
   RunnersFn runners_;
   CountersFn counters_;
+  StatesFn states_;
   const Options options_;
   // Touched only by the recording thread (or a test calling RecordOnce before Start).
   bool have_previous_ = false;

@@ -19,6 +19,7 @@
 #include "scheduler/scheduler_service.h"
 #include "scheduler/scheduler_store.h"
 #include "services/kit/flags.h"
+#include "services/kit/json.h"
 #include "services/kit/log.h"
 #include "services/kit/migrate.h"
 #include "services/kit/pg.h"
@@ -170,9 +171,23 @@ std::string ForecastJsonNow(isorun::scheduler::CapacityHistoryStore& history) {
   return isorun::scheduler::ForecastJson(isorun::scheduler::Forecast(*samples, now, options), now);
 }
 
+// {"total": N, "regions": {"name": N}}: placements refused for capacity (429 CAPACITY) since this
+// scheduler started, by the region they asked for.
+std::string RefusalsJson(const isorun::scheduler::SchedulerService& service) {
+  isorun::JsonWriter w;
+  w.BeginObject().Key("total").Int(service.capacity_refusals()).Key("regions").BeginObject();
+  for (const auto& [region, n] : service.capacity_refusals_by_region()) {
+    if (!region.empty()) w.Key(region).Int(n);
+  }
+  w.EndObject().EndObject();
+  return w.Take();
+}
+
 AdminResponse ServeAdmin(const std::atomic<bool>& leading, isorun::scheduler::Fleet& fleet,
                          isorun::scheduler::CapacityHistoryStore& history,
-                         isorun::scheduler::SchedulerStore& store, const AdminRequest& req) {
+                         isorun::scheduler::SchedulerStore& store,
+                         const isorun::scheduler::SchedulerService& service,
+                         const AdminRequest& req) {
   if (req.path == "/healthz" && req.method == "GET") return {200, "text/plain", "ok\n"};
   if (!leading.load()) {
     return {503, "text/plain", "this scheduler replica is not the leader; ask another replica\n"};
@@ -206,6 +221,9 @@ AdminResponse ServeAdmin(const std::atomic<bool>& leading, isorun::scheduler::Fl
   std::vector<isorun::scheduler::RunnerStatus> runners;
   if (options.runners) runners = fleet.List();
   std::string json = isorun::scheduler::CapacityJson(runners, totals, absl::Now(), options);
+  // Appended as one more member of the top-level object.
+  json.pop_back();
+  json += ",\"capacityRefusals\":" + RefusalsJson(service) + "}";
   if (flag("forecast") == "1" || flag("forecast") == "true") {
     // Appended as one more member of the top-level object.
     json.pop_back();
@@ -271,8 +289,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<isorun::scheduler::AdminHttpServer> admin;
   if (const std::string addr = absl::GetFlag(FLAGS_admin_http_addr); !addr.empty()) {
     auto started_admin = isorun::scheduler::AdminHttpServer::Start(
-        addr, [&leading, &fleet, &history, &store](const AdminRequest& req) {
-          return ServeAdmin(leading, fleet, history, store, req);
+        addr, [&leading, &fleet, &history, &store, &service](const AdminRequest& req) {
+          return ServeAdmin(leading, fleet, history, store, service, req);
         });
     if (started_admin.ok()) {
       admin = std::move(*started_admin);
@@ -343,9 +361,10 @@ int main(int argc, char** argv) {
         return isorun::scheduler::CapacityCounters{
             service.placements_warm(), service.placements_cold(), service.capacity_refusals(),
             static_cast<int64_t>(fleet_metrics.pulls_ok().Value() +
-                                 fleet_metrics.pulls_failed().Value())};
+                                 fleet_metrics.pulls_failed().Value()),
+            service.capacity_refusals_by_region()};
       },
-      recorder_options);
+      recorder_options, [&history] { return history.CountSandboxes(); });
   // Started by whichever thread sees the leadership first; stopped at shutdown if started.
   std::atomic<bool> workers_started{false};
   std::thread workers([&] {

@@ -165,11 +165,21 @@ grpc::ServerReadReactor<v1::HeartbeatRequest>* SchedulerService::HeartbeatStream
   return new HeartbeatReactor(fleet_);
 }
 
-void SchedulerService::Report(const std::string& sandbox_id,
+std::map<std::string, int64_t> SchedulerService::capacity_refusals_by_region() const {
+  absl::MutexLock lock(&refusals_mu_);
+  return refusals_by_region_;
+}
+
+void SchedulerService::Report(const std::string& sandbox_id, const std::string& region,
                               const absl::StatusOr<PlacementResult>& result,
                               v1::Placement* resp) {
   if (!result.ok()) {
-    if (result.status().code() == absl::StatusCode::kResourceExhausted) no_capacity_.Increment();
+    if (result.status().code() == absl::StatusCode::kResourceExhausted) {
+      no_capacity_.Increment();
+      // Regions are few (an operator's list): one entry each, never one per request.
+      absl::MutexLock lock(&refusals_mu_);
+      ++refusals_by_region_[region.size() <= 63 ? region : region.substr(0, 63)];
+    }
     return;
   }
   (result->warm ? warm_ : cold_).Increment();
@@ -188,7 +198,7 @@ grpc::Status SchedulerService::Place(grpc::ServerContext*, const v1::PlaceReques
                            req->request().memory_mb()};
   auto result = fleet_.Place(req->sandbox_id(), request);
   latency_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  Report(req->sandbox_id(), result, resp);
+  Report(req->sandbox_id(), req->region(), result, resp);
   return ToGrpcStatus(result.status());
 }
 
@@ -217,7 +227,7 @@ grpc::Status SchedulerService::PlaceBatch(grpc::ServerContext*, const v1::PlaceB
   for (size_t i = 0; i < results.size(); ++i) {
     v1::PlaceResult* out = resp->add_results();
     *out->mutable_status() = ToItemStatus(results[i].status());
-    Report(items[i].sandbox_id, results[i], out->mutable_placement());
+    Report(items[i].sandbox_id, items[i].request.region, results[i], out->mutable_placement());
   }
   return grpc::Status::OK;
 }

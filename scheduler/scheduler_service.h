@@ -6,7 +6,11 @@
 // a reaction is fine.
 
 #include <atomic>
+#include <map>
+#include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "isorun/v1/scheduler.grpc.pb.h"
 #include "prometheus/counter.h"
 #include "prometheus/histogram.h"
@@ -27,6 +31,8 @@ class SchedulerService final
   int64_t placements_warm() const { return static_cast<int64_t>(warm_.Value()); }
   int64_t placements_cold() const { return static_cast<int64_t>(cold_.Value()); }
   int64_t capacity_refusals() const { return static_cast<int64_t>(no_capacity_.Value()); }
+  // The same refusals by the region the placement asked for ("" when it named none).
+  std::map<std::string, int64_t> capacity_refusals_by_region() const;
 
   grpc::Status RegisterRunner(grpc::ServerContext*, const v1::RegisterRunnerRequest*,
                               v1::RegisterRunnerResponse*) override;
@@ -50,8 +56,8 @@ class SchedulerService final
 
  private:
   // Counts a placement outcome and fills `resp` when it is a placement.
-  void Report(const std::string& sandbox_id, const absl::StatusOr<PlacementResult>& result,
-              v1::Placement* resp);
+  void Report(const std::string& sandbox_id, const std::string& region,
+              const absl::StatusOr<PlacementResult>& result, v1::Placement* resp);
 
   bool Leading() const { return leading_ == nullptr || leading_->load(); }
 
@@ -63,6 +69,8 @@ class SchedulerService final
   prometheus::Counter& cold_;
   prometheus::Counter& no_capacity_;
   prometheus::Histogram& latency_;
+  mutable absl::Mutex refusals_mu_;
+  std::map<std::string, int64_t> refusals_by_region_ ABSL_GUARDED_BY(refusals_mu_);
 };
 
 // The report a heartbeat message carries (shared by the unary and the streaming method).

@@ -205,6 +205,8 @@ export interface Capacity {
   totals: Record<string, unknown>;
   runners: RunnerInfo[];
   forecast: { method: string; fleet: RegionForecast | null; regions: Record<string, RegionForecast> } | null;
+  // 429 CAPACITY since the scheduler started, by the region the creates asked for.
+  capacityRefusals?: { total: number; regions: Record<string, number> };
 }
 export interface HistoryPoint {
   time: string;
@@ -214,6 +216,7 @@ export interface HistoryPoint {
   sandboxSlots: Resource;
   sandboxes: number;
   cachedImages: number;
+  sandboxesByState?: Record<string, number>;
   placementsWarm: number;
   placementsCold: number;
   capacityRefusals: number;

@@ -26,7 +26,8 @@ export async function operatorView(main: HTMLElement, signal: AbortSignal): Prom
     try {
       const cap = await operator.capacity();
       runners.replaceChildren(h('h2', {}, 'Runners'), runnerTable(cap, loadNow));
-      forecast.replaceChildren(h('h2', {}, 'Forecast'), forecastPanel(cap));
+      forecast.replaceChildren(h('h2', {}, 'Forecast'), forecastPanel(cap),
+        h('h2', {}, '429 CAPACITY by region'), refusalTable(cap));
     } catch (e) {
       runners.replaceChildren(h('p', { role: 'alert', class: 'error' }, errorText(e)));
     }
@@ -76,6 +77,14 @@ function runnerTable(cap: Capacity, reload: () => Promise<void>): HTMLElement {
     'Cached images', 'Warm placements', ''], rows, 'Runners');
 }
 
+function refusalTable(cap: Capacity): HTMLElement {
+  const r = cap.capacityRefusals;
+  if (!r) return h('p', {}, 'This scheduler does not count refusals by region.');
+  return table('Creates refused for capacity since the scheduler started', ['Region', 'Refused'],
+    [...Object.entries(r.regions).map(([region, n]) => [region, String(n)]),
+     ['all regions', String(r.total)]], '429 CAPACITY by region');
+}
+
 function describe(f: RegionForecast | null | undefined): string {
   if (!f) return 'no data yet';
   if (f.secondsLeft === undefined) {
@@ -117,9 +126,19 @@ function historyCharts(history: History, range: [number, number]): HTMLElement[]
       { label: 'Cold', values: pts.map((p) => p.placementsCold / step), color: colors[4] },
     ], 'placements/s', range),
     chart('429 CAPACITY', times, [
-      { label: 'Refused for capacity', values: pts.map((p) => p.capacityRefusals),
-        color: colors[1] },
+      { label: 'All regions', values: pts.map((p) => p.capacityRefusals), color: colors[1] },
+      // Each region's own count, on the fleet's time axis (a step without a row is absent).
+      ...Object.entries(history.regions).map(([region, rpts], i) => {
+        const at = new Map(rpts.map((p) => [p.time, p.capacityRefusals]));
+        return { label: region, values: pts.map((p) => at.get(p.time) ?? null),
+                 color: colors[(i + 2) % colors.length] };
+      }),
     ], 'per step', range),
+    chart('Sandboxes by state', times,
+      ['RUNNING', 'HIBERNATED', 'STARTING', 'PENDING', 'DESTROYING'].map((state, i) => ({
+        label: state, values: pts.map((p) => p.sandboxesByState?.[state] ?? null),
+        color: colors[i % colors.length] })),
+      'sandboxes', range),
     chart('Pre-warming', times, [
       { label: 'Pulls finished', values: pts.map((p) => p.pulls), color: colors[5] },
       { label: 'Cached images', values: pts.map((p) => p.cachedImages), color: colors[3] },

@@ -168,9 +168,16 @@ test('operator charts render the points of the history API', async () => {
   // The page asked for the same hour (its own step): every point it shows came from the API.
   assert.ok(points <= history.body.fleet.length + 1, `${points} points, the API has ${history.body.fleet.length}`);
   assert.equal(await utilisation.locator('canvas').count(), 1, 'uPlot drew it');
-  for (const name of [/^Creates per second/, /^429 CAPACITY/, /^Pre-warming/]) {
+  for (const name of [/^Creates per second/, /^429 CAPACITY/, /^Pre-warming/, /^Sandboxes by state/]) {
     await page.getByRole('img', { name }).locator('canvas').waitFor();
   }
+  // Sandboxes by state and 429 CAPACITY by region come from the same history and capacity APIs.
+  assert.ok(history.body.fleet.every((p) => typeof p.sandboxesByState?.RUNNING === 'number'));
+  const states = page.getByRole('img', { name: /^Sandboxes by state/ });
+  assert.ok(Number(await states.getAttribute('data-points')) > 0, 'the states chart has points');
+  const now = await callApi('GET', '/v1/admin/capacity', token);
+  assert.equal(typeof now.body.capacityRefusals.total, 'number');
+  await page.getByRole('table', { name: '429 CAPACITY by region' }).getByText('all regions').waitFor();
   await shot('operator');
 
   // A narrow screen: the layout still holds.

@@ -166,6 +166,37 @@ TEST_F(Admin, HistoryRecordsAllocationAndCapacityRefusals) {
   EXPECT_EQ(Num(body, "stepSec"), 1);
   EXPECT_EQ(Obj(body, "regions").fields().count("local"), 1u) << last;
 
+  // The region's own rows count its refusals and its sandboxes by state (from the lifecycle's
+  // rows): six running, in the fleet and in region local.
+  ASSERT_TRUE(testing::Eventually(
+      [&] {
+        auto h = Get(History(absl::Minutes(2), 1), token_);
+        last = h.body;
+        if (h.status != 200) return false;
+        const auto doc = Json(h.body);
+        const auto& fleet = doc.fields().at("fleet").list_value().values();
+        const auto& regions = Obj(doc, "regions");
+        if (fleet.empty() || regions.fields().count("local") == 0) return false;
+        const auto& local = regions.fields().at("local").list_value().values();
+        if (local.empty()) return false;
+        double refused = 0;
+        for (const auto& p : local) refused += Num(p.struct_value(), "capacityRefusals");
+        const auto& f = fleet[fleet.size() - 1].struct_value();
+        const auto& l = local[local.size() - 1].struct_value();
+        return refused >= 1 && Num(Obj(f, "sandboxesByState"), "RUNNING") == 6 &&
+               Num(Obj(l, "sandboxesByState"), "RUNNING") == 6 &&
+               Num(Obj(l, "sandboxesByState"), "PENDING") == 0;
+      },
+      absl::Seconds(20)))
+      << last;
+  // The capacity endpoint counts them by region too (since the scheduler started).
+  auto now = Get("/v1/admin/capacity", token_);
+  ASSERT_EQ(now.status, 200) << now.body;
+  auto refusals = Obj(Json(now.body), "capacityRefusals");
+  EXPECT_GE(Num(refusals, "total"), 1) << now.body;
+  EXPECT_GE(Num(Obj(refusals, "regions"), "local"), 1) << now.body;
+  EXPECT_LE(Num(Obj(refusals, "regions"), "local"), Num(refusals, "total")) << now.body;
+
   // Coarser steps average gauges and sum counts: one bucket for two minutes.
   auto coarse = Get(History(absl::Minutes(2), 300), token_);
   ASSERT_EQ(coarse.status, 200);
