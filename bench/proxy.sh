@@ -8,12 +8,28 @@
 # Prints proxy_rps, direct_rps, nginx_rps, proxy_ratio (to direct), proxy_vs_nginx, proxy_p50_ms,
 # proxy_p99_ms, download_mib_per_sec, proxy_rss_mib (the gateway's peak RSS) and more, one
 # key=value a line.
+# --tls: the same run twice, in plain text and then with mutual TLS on every connection of the
+# cluster, the public-URL tunnel included (certificates made with openssl as ./isorun up does);
+# every line of each run is prefixed plain_ or tls_, then what the tunnel's TLS costs:
+# tls_cost_pct (proxied requests per second lost), tls_added_p50_ms, tls_download_cost_pct and
+# tls_ttfb_new_port_added_ms (a new port needs a new tunnel, so a handshake).
 set -euo pipefail
 : "${ISORUN_REPO:?run through ./isorun bench proxy}"
 # shellcheck source=scripts/pg.sh
 source "$ISORUN_REPO/scripts/pg.sh"
 # shellcheck source=scripts/registry.sh
 source "$ISORUN_REPO/scripts/registry.sh"
+# shellcheck source=scripts/cluster.sh
+source "$ISORUN_REPO/scripts/cluster.sh"  # cluster_tls_certs, for --tls
+
+tls=0
+args=()
+while (($#)); do
+  case "$1" in
+    --tls) tls=1; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
 
 is_root || die "bench proxy runs real sandboxes: run it as root"
 command -v runc >/dev/null || die "bench proxy needs runc (./isorun deps)"
@@ -35,5 +51,28 @@ pg_throwaway "$tmp"
 export ISORUN_TEST_IMAGES_DIR="${ISORUN_TEST_IMAGES_DIR:-/tmp/isorun-test-images}"
 registry="$(registry_start "$tmp/registry" "$(pick_free_port)")"
 
-"$ISORUN_BIN_DIR/isorun-proxy-load" --registry="$registry" \
-  --server="$ISORUN_BIN_DIR/isorun-sandbox-http-server" "$@"
+run() {
+  "$ISORUN_BIN_DIR/isorun-proxy-load" --registry="$registry" \
+    --server="$ISORUN_BIN_DIR/isorun-sandbox-http-server" "${args[@]}" "$@"
+}
+if ((!tls)); then
+  run
+  exit
+fi
+plain_out="$(run)"
+CLUSTER_DATA="$tmp"
+cluster_tls_certs
+tls_out="$(run --tls_dir="$tmp/tls")"
+sed 's/^/plain_/' <<<"$plain_out"
+sed 's/^/tls_/' <<<"$tls_out"
+val() { sed -n "s/^$1=//p" <<<"$2"; }
+awk -v p="$(val proxy_rps "$plain_out")" -v t="$(val proxy_rps "$tls_out")" \
+  -v p50p="$(val proxy_p50_ms "$plain_out")" -v p50t="$(val proxy_p50_ms "$tls_out")" \
+  -v dp="$(val download_mib_per_sec "$plain_out")" -v dt="$(val download_mib_per_sec "$tls_out")" \
+  -v fp="$(val ttfb_new_port_p50_ms "$plain_out")" -v ft="$(val ttfb_new_port_p50_ms "$tls_out")" \
+  'BEGIN {
+     printf "tls_cost_pct=%.1f\n", (p > 0 ? 100 * (p - t) / p : 0)
+     printf "tls_added_p50_ms=%.3f\n", p50t - p50p
+     printf "tls_download_cost_pct=%.1f\n", (dp > 0 ? 100 * (dp - dt) / dp : 0)
+     printf "tls_ttfb_new_port_added_ms=%.2f\n", ft - fp
+   }'

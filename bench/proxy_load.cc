@@ -1,5 +1,6 @@
 // Load program of `./isorun bench proxy`: a throwaway cluster (real processes, one runc runner,
-// the gateway's public-URL proxy) on the Postgres named by ISORUN_TEST_DATABASE_URL. A small
+// the gateway's public-URL proxy; mutual TLS everywhere, the tunnel included, with --tls_dir) on
+// the Postgres named by ISORUN_TEST_DATABASE_URL. A small
 // keep-alive HTTP server (isorun-sandbox-http-server) runs in a real sandbox on its 127.0.0.1:8080;
 // Debian's wrk sends the same load of small GETs three ways, one after the other:
 //   proxy:  wrk on the host -> the gateway's proxy -> the runner's tunnel -> the server
@@ -30,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -49,6 +51,12 @@ ABSL_FLAG(int, rounds, 2,
 ABSL_FLAG(int, connections, 32, "wrk connections (keep-alive)");
 ABSL_FLAG(int, threads, 2, "wrk threads");
 ABSL_FLAG(int, new_ports, 10, "first requests to new ports to time");
+ABSL_FLAG(std::string, tls_dir, "",
+          "mutual TLS on every connection of the cluster, the tunnel included: a folder with "
+          "ca.crt and <identity>.crt/.key as ./isorun up makes them; empty: plain text");
+ABSL_DECLARE_FLAG(std::string, tls_cert_file);
+ABSL_DECLARE_FLAG(std::string, tls_key_file);
+ABSL_DECLARE_FLAG(std::string, tls_ca_file);
 
 namespace {
 
@@ -172,6 +180,13 @@ int main(int argc, char** argv) {
   options.runner_driver = "runc";
   options.registry = absl::GetFlag(FLAGS_registry);
   options.proxy_max_connections_per_sandbox = 10000;
+  if (const std::string tls_dir = absl::GetFlag(FLAGS_tls_dir); !tls_dir.empty()) {
+    options.tls_dir = tls_dir;
+    // The cluster's readiness checks use this process's flags.
+    absl::SetFlag(&FLAGS_tls_cert_file, tls_dir + "/admin.crt");
+    absl::SetFlag(&FLAGS_tls_key_file, tls_dir + "/admin.key");
+    absl::SetFlag(&FLAGS_tls_ca_file, tls_dir + "/ca.crt");
+  }
   auto cluster = isorun::testing::Cluster::StartOrExplain(options);
   if (!cluster) return 1;
   std::string tenant = cluster->CreateTenant("bench", 10);
@@ -319,8 +334,8 @@ int main(int argc, char** argv) {
   if (proxy.errors + direct.errors + nginx.errors > 0) {
     std::printf("errors=%ld\n", proxy.errors + direct.errors + nginx.errors);
   }
-  std::printf("connections=%d\nseconds=%d\nrounds=%d\n", absl::GetFlag(FLAGS_connections),
-              absl::GetFlag(FLAGS_seconds), rounds);
+  std::printf("connections=%d\nseconds=%d\nrounds=%d\ntls=%d\n", absl::GetFlag(FLAGS_connections),
+              absl::GetFlag(FLAGS_seconds), rounds, absl::GetFlag(FLAGS_tls_dir).empty() ? 0 : 1);
   std::printf("load_avg_1m_before=%s\nload_avg_1m_after=%s\n", load_before.c_str(),
               LoadAverage().c_str());
   std::printf("proxy_rps=%.0f\ndirect_rps=%.0f\nnginx_rps=%.0f\n", proxy.rps, direct.rps,

@@ -75,7 +75,8 @@ ABSL_FLAG(
 ABSL_FLAG(std::string, public_domain, "localhost", "the domain of public URLs");
 ABSL_FLAG(std::string, tunnel_token, "",
           "shared secret for the runners' tunnel listeners (ISORUN_TUNNEL_TOKEN; the runners get "
-          "the same); required with --public_addr");
+          "the same); required with --public_addr unless the tunnels are mutual TLS (--tls_* "
+          "files), and sent as well when set");
 ABSL_FLAG(std::string, forwarded_proto, "http",
           "X-Forwarded-Proto the proxy sends (https when a TLS terminator is in front)");
 ABSL_FLAG(int32_t, proxy_threads, 2, "I/O threads of the public-URL proxy");
@@ -220,9 +221,17 @@ int Run() {
     proxy_options.max_connections_per_sandbox =
         absl::GetFlag(FLAGS_proxy_max_connections_per_sandbox);
     proxy_options.touch_interval = absl::GetFlag(FLAGS_proxy_activity_interval);
-    if (proxy_options.tunnel_token.empty()) {
+    auto tunnel_tls = http::TunnelTlsContext(/*server=*/false);
+    if (!tunnel_tls.ok()) {
+      std::fprintf(stderr, "isorun-gateway: %s\n",
+                   std::string(tunnel_tls.status().message()).c_str());
+      return 2;
+    }
+    proxy_options.tunnel_tls = *tunnel_tls;
+    if (proxy_options.tunnel_token.empty() && !proxy_options.tunnel_tls) {
       std::fprintf(stderr,
-                   "--tunnel_token (or ISORUN_TUNNEL_TOKEN) is required with --public_addr\n");
+                   "--public_addr needs mutual TLS (--tls_* files) or --tunnel_token (or "
+                   "ISORUN_TUNNEL_TOKEN) for the runners' tunnels\n");
       return 2;
     }
     proxy = std::make_unique<PublicProxy>(proxy_options, lifecycle, metrics.registry());

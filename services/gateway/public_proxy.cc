@@ -31,6 +31,10 @@ namespace bhttp = boost::beast::http;
 using tcp = asio::ip::tcp;
 using ResponseParser = bhttp::response_parser<bhttp::buffer_body>;
 using http::Stream;
+using http::TunnelStream;
+
+bool IsTls(const Stream&) { return false; }
+bool IsTls(const TunnelStream& s) { return s.tls(); }
 
 // Bodies move a piece at a time per direction; the piece exists only while a body moves.
 constexpr size_t kPiece = 64 * 1024;
@@ -224,7 +228,7 @@ class ProxySession : public http::ConnectionHandler {
       return Fail(Error(absl::StatusCode::kUnavailable, "UNAVAILABLE",
                         "the sandbox's runner advertises an unusable tunnel address"));
     }
-    up_ = std::make_unique<Stream>(c_->executor());
+    up_ = std::make_unique<TunnelStream>(c_->executor(), proxy_.options().tunnel_tls.get());
     up_buf_ = std::make_unique<beast::flat_buffer>(kMaxUpstreamHead);
     // Beast reads at most the buffer's spare capacity (512 bytes at least): give it room.
     up_buf_->reserve(kUpstreamIdleBuffer);
@@ -239,13 +243,30 @@ class ProxySession : public http::ConnectionHandler {
           if (ec) return TunnelFailed("cannot reach the sandbox's runner");
           beast::error_code ignored;
           up_->socket().set_option(tcp::no_delay(true), ignored);
-          SendPreamble();
+          if (!up_->tls()) return SendPreamble();
+          up_->Handshake(http::ssl::stream_base::client, "runner",
+                         [c, this, gen](beast::error_code ec, std::string peer) {
+                           if (gen != gen_) return;
+                           if (ec == asio::error::access_denied) {
+                             LogError("a tunnel's peer is not a runner; refused",
+                                      {{"identity", peer}, {"tunnel", tunnel_}});
+                             return TunnelFailed("the sandbox's runner is not who it should be");
+                           }
+                           if (ec) {
+                             LogWarn("TLS with a runner's tunnel failed",
+                                     {{"error", ec.message()}, {"tunnel", tunnel_}});
+                             return TunnelFailed("cannot reach the sandbox's runner over TLS");
+                           }
+                           SendPreamble();
+                         });
         }));
   }
 
   void SendPreamble() {
     auto line = std::make_shared<std::string>(absl::StrCat(
-        "ISORUN-TUNNEL/1 ", proxy_.options().tunnel_token, " ", up_sandbox_, " ", port_, "\n"));
+        "ISORUN-TUNNEL/1 ",
+        proxy_.options().tunnel_token.empty() ? "-" : proxy_.options().tunnel_token, " ",
+        up_sandbox_, " ", port_, "\n"));
     const uint64_t gen = gen_;
     asio::async_write(
         *up_, asio::buffer(*line),
@@ -287,7 +308,9 @@ class ProxySession : public http::ConnectionHandler {
                   502);
     }
     if (line == "ERR AUTH") {
-      LogError("the runner refused the gateway's tunnel token: check --tunnel_token on both");
+      LogError(
+          "the runner refused the gateway's tunnel: check --tunnel_token and the TLS "
+          "certificates on both");
     }
     Fail(Error(absl::StatusCode::kUnavailable, "UNAVAILABLE",
                "the sandbox's runner refused the tunnel"),
@@ -368,8 +391,10 @@ class ProxySession : public http::ConnectionHandler {
   // `next` runs right away, with no timer and no trip through the event loop; the rest of a
   // write that does not fit is written asynchronously (with the write timeout). Every buffer
   // must stay valid until `next` runs (members of this session, or static).
-  void Send(Stream& to, std::vector<asio::const_buffer> bufs,
+  template <class S>
+  void Send(S& to, std::vector<asio::const_buffer> bufs,
             std::function<void(beast::error_code)> next) {
+    if (IsTls(to)) return SendAsync(to, std::move(bufs), std::move(next));
     iovec iov[8];
     size_t count = 0, total = 0;
     for (const auto& b : bufs) {
@@ -397,8 +422,13 @@ class ProxySession : public http::ConnectionHandler {
       if (static_cast<size_t>(w) == total) return next({});
     }
     // Drop what went out; the rest goes asynchronously.
+    bufs = Skip(std::move(bufs), static_cast<size_t>(w));
+    SendAsync(to, std::move(bufs), std::move(next));
+  }
+
+  static std::vector<asio::const_buffer> Skip(std::vector<asio::const_buffer> bufs, size_t n) {
     std::vector<asio::const_buffer> rest;
-    size_t skip = static_cast<size_t>(w);
+    size_t skip = n;
     for (const auto& b : bufs) {
       if (skip >= b.size()) {
         skip -= b.size();
@@ -407,9 +437,26 @@ class ProxySession : public http::ConnectionHandler {
       rest.push_back(b + skip);
       skip = 0;
     }
+    return rest;
+  }
+
+  // Writes `bufs` asynchronously (a TLS tunnel: asio's TLS stream encrypts and writes them).
+  template <class S>
+  void SendAsync(S& to, std::vector<asio::const_buffer> bufs,
+                 std::function<void(beast::error_code)> next) {
+    if (IsTls(to) && bufs.size() > 1) {
+      // One TLS record rather than one per piece (asio's TLS stream writes a buffer at a time).
+      size_t total = 0;
+      for (const auto& b : bufs) total += b.size();
+      if (total <= 16 * 1024) {
+        tls_out_.clear();
+        for (const auto& b : bufs) tls_out_.append(static_cast<const char*>(b.data()), b.size());
+        bufs = {asio::buffer(tls_out_)};
+      }
+    }
     const uint64_t gen = gen_;
     to.expires_after(Chrono(c_->options().write_timeout));
-    asio::async_write(to, std::move(rest),
+    asio::async_write(to, std::move(bufs),
                       [c = Self(), this, gen, next = std::move(next)](beast::error_code ec,
                                                                       size_t) {
                         if (gen != gen_) return;
@@ -628,7 +675,7 @@ class ProxySession : public http::ConnectionHandler {
     // The exchange (and its activity count) stays open for as long as the relay runs.
     ++gen_;  // nothing of the HTTP exchange may run any more
     auto c = Self();
-    auto up = std::shared_ptr<Stream>(std::move(up_));
+    auto up = std::shared_ptr<TunnelStream>(std::move(up_));
     auto up_buf = std::shared_ptr<beast::flat_buffer>(std::move(up_buf_));
     http::RelayBothWays(c_->stream(), c_->buffer(), *up, *up_buf, c_->executor(),
                         [c, up, up_buf, this] {
@@ -741,7 +788,7 @@ class ProxySession : public http::ConnectionHandler {
   bool close_after_ = false;
   bool client_keep_ = true;
   bool upstream_keep_ = true;
-  std::unique_ptr<Stream> up_;
+  std::unique_ptr<TunnelStream> up_;
   std::unique_ptr<beast::flat_buffer> up_buf_;
   std::string up_sandbox_;
   int up_port_ = 0;
@@ -756,6 +803,7 @@ class ProxySession : public http::ConnectionHandler {
   std::unique_ptr<char[]> resp_piece_;
   // What the writes in flight point to (see Send).
   std::string up_head_;
+  std::string tls_out_;  // a write to a TLS tunnel gathered into one record
   std::string down_head_;
   std::pair<std::string, std::string> req_frame_;
   std::pair<std::string, std::string> resp_frame_;

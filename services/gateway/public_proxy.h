@@ -4,7 +4,8 @@
 // sandbox. It runs on the kit's event-driven front end (services/kit/http_front.h); per client
 // connection a ProxySession (public_proxy.cc) relays each request to a tunnel into the sandbox:
 //
-//   client --HTTP/1.1--> gateway --TCP, token preamble--> runner tunnel --netns socket--> port
+//   client --HTTP/1.1--> gateway --mutual TLS (or TCP + token), preamble--> runner tunnel
+//     --netns socket--> port
 //
 // - The public id is resolved through the lifecycle (isorun.v1.PublicUrls, asynchronous, cached
 //   for `resolve_ttl`; a tunnel that answers "no such sandbox" drops the entry at once).
@@ -38,12 +39,17 @@
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
 #include "services/kit/http_front.h"
+#include "services/kit/tunnel_tls.h"
 
 namespace isorun::gateway {
 
 struct PublicProxyOptions {
   std::string public_domain = "localhost";
+  // Sent in every tunnel's preamble when set ("-" otherwise); required when tunnel_tls is null.
   std::string tunnel_token;
+  // Mutual TLS to the runners' tunnels (http::TunnelTlsContext(false)): the gateway presents its
+  // certificate and accepts only a runner's. Null: plain TCP.
+  std::shared_ptr<http::ssl::context> tunnel_tls;
   // What X-Forwarded-Proto says (https behind a TLS terminator).
   std::string forwarded_proto = "http";
   int max_connections_per_sandbox = 1000;

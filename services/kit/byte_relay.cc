@@ -145,7 +145,104 @@ struct Relay : std::enable_shared_from_this<Relay> {
   }
 };
 
+// Both directions with asynchronous reads and writes (a TLS side involved).
+template <class A, class B>
+struct AsyncRelay : std::enable_shared_from_this<AsyncRelay<A, B>> {
+  static constexpr size_t kPiece = 16 * 1024;
+  A& a;
+  B& b;
+  beast::flat_buffer& a_pending;
+  beast::flat_buffer& b_pending;
+  std::function<void()> done;
+  std::unique_ptr<char[]> piece[2];
+  bool ended[2] = {false, false};
+  bool failed = false;
+
+  AsyncRelay(A& a_, beast::flat_buffer& ap, B& b_, beast::flat_buffer& bp, std::function<void()> d)
+      : a(a_), b(b_), a_pending(ap), b_pending(bp), done(std::move(d)) {}
+
+  void Start() {
+    Flush(0, a, b, a_pending);
+    Flush(1, b, a, b_pending);
+  }
+
+  template <class F, class T>
+  void Flush(int i, F& from, T& to, beast::flat_buffer& pending) {
+    if (pending.size() == 0) return Read(i, from, to);
+    asio::async_write(to, pending.data(),
+                      [self = this->shared_from_this(), i, &from, &to, &pending](
+                          beast::error_code ec, size_t) {
+                        pending.consume(pending.size());
+                        if (ec || self->failed) return self->Fail(i);
+                        self->Read(i, from, to);
+                      });
+  }
+
+  template <class F, class T>
+  void Read(int i, F& from, T& to) {
+    if (!piece[i]) piece[i].reset(new char[kPiece]);
+    from.async_read_some(
+        asio::buffer(piece[i].get(), kPiece),
+        [self = this->shared_from_this(), i, &from, &to](beast::error_code ec, size_t n) {
+          if (self->failed) return self->Fail(i);
+          if (ec == asio::error::eof) {
+            beast::error_code ignored;
+            to.socket().shutdown(tcp::socket::shutdown_send, ignored);
+            return self->Finish(i);
+          }
+          if (ec) return self->Fail(i);
+          asio::async_write(to, asio::buffer(self->piece[i].get(), n),
+                            [self, i, &from, &to](beast::error_code ec, size_t) {
+                              if (ec || self->failed) return self->Fail(i);
+                              self->Read(i, from, to);
+                            });
+        });
+  }
+
+  // Closes both sides; the other direction's operation comes back cancelled and ends it.
+  void Fail(int i) {
+    if (!failed) {
+      failed = true;
+      beast::error_code ignored;
+      a.socket().close(ignored);
+      b.socket().close(ignored);
+    }
+    Finish(i);
+  }
+
+  void Finish(int i) {
+    if (ended[i]) return;
+    ended[i] = true;
+    piece[i].reset();
+    if (!ended[0] || !ended[1]) return;
+    auto d = std::move(done);
+    done = nullptr;
+    if (d) d();
+  }
+};
+
+template <class A, class B>
+void StartAsyncRelay(A& a, beast::flat_buffer& a_pending, B& b, beast::flat_buffer& b_pending,
+                     Executor executor, std::function<void()> done) {
+  a.expires_never();
+  b.expires_never();
+  auto relay = std::make_shared<AsyncRelay<A, B>>(a, a_pending, b, b_pending, std::move(done));
+  asio::dispatch(executor, [relay] { relay->Start(); });
+}
+
 }  // namespace
+
+void RelayBothWays(Stream& a, beast::flat_buffer& a_pending, TunnelStream& b,
+                   beast::flat_buffer& b_pending, Executor executor, std::function<void()> done) {
+  if (!b.tls()) return RelayBothWays(a, a_pending, b.tcp(), b_pending, executor, std::move(done));
+  StartAsyncRelay(a, a_pending, b, b_pending, executor, std::move(done));
+}
+
+void RelayBothWays(TunnelStream& a, beast::flat_buffer& a_pending, Stream& b,
+                   beast::flat_buffer& b_pending, Executor executor, std::function<void()> done) {
+  if (!a.tls()) return RelayBothWays(a.tcp(), a_pending, b, b_pending, executor, std::move(done));
+  StartAsyncRelay(a, a_pending, b, b_pending, executor, std::move(done));
+}
 
 void RelayBothWays(Stream& a, beast::flat_buffer& a_pending, Stream& b,
                    beast::flat_buffer& b_pending, Executor executor, std::function<void()> done,

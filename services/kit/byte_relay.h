@@ -14,6 +14,7 @@
 #include <memory>
 
 #include "services/kit/http_front.h"
+#include "services/kit/tunnel_tls.h"
 
 namespace isorun::http {
 
@@ -24,5 +25,16 @@ namespace isorun::http {
 void RelayBothWays(Stream& a, beast::flat_buffer& a_pending, Stream& b,
                    beast::flat_buffer& b_pending, Executor executor, std::function<void()> done,
                    size_t piece_bytes = 64 * 1024);
+
+// The same between a plain stream and a tunnel stream (services/kit/tunnel_tls.h). A plain
+// tunnel takes the path above. A TLS one cannot: OpenSSL may hold decrypted bytes that no
+// readiness event announces, so each direction reads with an asynchronous read into a piece of
+// its own (16 KiB, one TLS record) and writes it before the next read (backpressure as above);
+// the piece exists for as long as the relay runs. An end of stream is passed on as a TCP
+// half-close (what is relayed frames its own messages).
+void RelayBothWays(Stream& a, beast::flat_buffer& a_pending, TunnelStream& b,
+                   beast::flat_buffer& b_pending, Executor executor, std::function<void()> done);
+void RelayBothWays(TunnelStream& a, beast::flat_buffer& a_pending, Stream& b,
+                   beast::flat_buffer& b_pending, Executor executor, std::function<void()> done);
 
 }  // namespace isorun::http

@@ -120,6 +120,17 @@ absl::Status LoadTls() {
   return m.status;
 }
 
+absl::Status TlsPem(std::string* cert, std::string* key, std::string* ca) {
+  if (!TlsEnabled()) return absl::FailedPreconditionError("TLS is off");
+  if (absl::Status s = LoadTls(); !s.ok()) return s;
+  TlsMaterial& m = Material();
+  absl::MutexLock lock(&m.mu);
+  *cert = m.cert;
+  *key = m.key;
+  *ca = m.ca;
+  return absl::OkStatus();
+}
+
 std::shared_ptr<grpc::ServerCredentials> GrpcServerCredentials() {
   if (!TlsEnabled()) return grpc::InsecureServerCredentials();
   std::string cert, key, ca;

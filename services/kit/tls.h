@@ -25,6 +25,10 @@ bool TlsEnabled();
 // Reads the certificate files once; an error names the file. With TLS off: OK.
 absl::Status LoadTls();
 
+// The PEM material of --tls_cert_file, --tls_key_file and --tls_ca_file (for the public-URL
+// tunnel, which speaks TLS outside gRPC). Requires TlsEnabled(); an error names the file.
+absl::Status TlsPem(std::string* cert, std::string* key, std::string* ca);
+
 // Credentials for servers and channels: mutual TLS when enabled, else plain text. Call LoadTls()
 // first (a process whose files cannot be read exits with status 2 here otherwise).
 std::shared_ptr<grpc::ServerCredentials> GrpcServerCredentials();

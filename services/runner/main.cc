@@ -15,6 +15,7 @@
 #include "services/kit/image_policy.h"
 #include "services/kit/log.h"
 #include "services/kit/server.h"
+#include "services/kit/tunnel_tls.h"
 #include "services/runner/agent.h"
 #include "services/runner/runc_driver.h"
 #include "services/runner/runner_service.h"
@@ -74,12 +75,13 @@ ABSL_FLAG(bool, stop_sandboxes_on_exit, false,
           "runner re-attaches them");
 ABSL_FLAG(std::string, tunnel_addr, "",
           "host:port of the public-URL tunnel listener (the gateway's way into sandbox ports); "
-          "empty: none. Requires --tunnel_token");
+          "empty: none. Mutual TLS with the process's --tls_* files (only the gateway's "
+          "certificate gets in); without TLS it requires --tunnel_token");
 ABSL_FLAG(std::string, tunnel_advertise_addr, "",
           "host:port the gateway uses to reach the tunnel; empty: --tunnel_addr with the bound port");
 ABSL_FLAG(std::string, tunnel_token, "",
           "shared secret the gateway presents on every tunnel connection (at least 16 characters; "
-          "ISORUN_TUNNEL_TOKEN)");
+          "ISORUN_TUNNEL_TOKEN); required without TLS, checked as well when set with TLS");
 ABSL_FLAG(int, grpc_max_threads, 64,
           "threads of the pool that serves start, stop, pause and the other short calls; exec "
           "and exec:stream calls each run on a thread of their own, outside it");
@@ -195,6 +197,12 @@ int main(int argc, char** argv) {
     isorun::runner::TunnelOptions tunnel_options;
     tunnel_options.address = tunnel_addr;
     tunnel_options.token = absl::GetFlag(FLAGS_tunnel_token);
+    auto tls = isorun::http::TunnelTlsContext(/*server=*/true);
+    if (!tls.ok()) {
+      isorun::LogError("cannot start the tunnel", {{"error", tls.status().ToString()}});
+      return 2;
+    }
+    tunnel_options.tls = *tls;
     auto started = isorun::runner::TunnelServer::Start(
         tunnel_options, [d = driver.get()](const std::string& id) { return d->NetnsPid(id); });
     if (!started.ok()) {

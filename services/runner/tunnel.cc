@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "services/kit/byte_relay.h"
+#include "services/kit/tunnel_tls.h"
 #include "services/kit/http_front.h"
 #include "services/kit/ids.h"
 #include "services/kit/log.h"
@@ -39,6 +40,7 @@ using tcp = asio::ip::tcp;
 using http::Executor;
 using http::Socket;
 using http::Stream;
+using http::TunnelStream;
 
 constexpr size_t kMaxPreamble = 512;
 
@@ -159,7 +161,7 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
  public:
   Tunnel(Socket socket, TunnelServer::Impl& server)
       : executor_(socket.get_executor()),
-        client_(std::move(socket)),
+        client_(Stream(std::move(socket)), server.options.tls.get()),
         client_buf_(kMaxPreamble),
         upstream_(executor_),
         server_(server) {
@@ -169,7 +171,24 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
   const Executor& executor() const { return executor_; }
 
   void Start() {
+    // The handshake and the preamble share one deadline.
     client_.expires_after(absl::ToChronoNanoseconds(server_.options.preamble_timeout));
+    if (!client_.tls()) return ReadPreamble();
+    client_.Handshake(boost::asio::ssl::stream_base::server, "gateway",
+                      [self = shared_from_this()](beast::error_code ec, std::string peer) {
+                        if (ec == asio::error::access_denied) {
+                          // A certificate of the CA, but not the gateway's (a runner's, say).
+                          LogWarn("tunnel refused a peer that is not the gateway",
+                                  {{"identity", peer}});
+                          return self->Answer("ERR AUTH\n", false);
+                        }
+                        if (ec) return self->Close();  // no or a foreign certificate
+                        self->ReadPreamble();
+                      });
+  }
+
+ private:
+  void ReadPreamble() {
     // asio takes a dynamic buffer by value: a string adapter refers to preamble_ (a
     // beast::flat_buffer would be copied and the bytes read into the copy).
     asio::async_read_until(
@@ -179,7 +198,6 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
         }));
   }
 
- private:
   void OnPreamble(beast::error_code ec, size_t n) {
     if (ec) return Close();  // too long, too slow or gone: nothing to answer
     std::string line = preamble_.substr(0, n - 1);
@@ -196,7 +214,10 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
     std::vector<std::string> f = absl::StrSplit(line, ' ');
     if (f.size() != 4 || f[0] != "ISORUN-TUNNEL/1") return Answer("ERR BAD_REQUEST\n", false);
     // Compared first and in constant time: nothing else is looked at for a wrong token.
-    if (!ConstantTimeEquals(f[1], server_.options.token)) return Answer("ERR AUTH\n", false);
+    // With TLS the token is optional (the identity was checked); when set it must match.
+    if (!server_.options.token.empty() && !ConstantTimeEquals(f[1], server_.options.token)) {
+      return Answer("ERR AUTH\n", false);
+    }
     sandbox_ = f[2];
     if (!absl::SimpleAtoi(f[3], &port_) || port_ < 1 || port_ > 65535) {
       return Answer("ERR BAD_REQUEST\n", false);
@@ -257,7 +278,7 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
   }
 
   Executor executor_;
-  Stream client_;
+  TunnelStream client_;
   std::string preamble_;
   beast::flat_buffer client_buf_;
   Stream upstream_;
@@ -287,10 +308,10 @@ TunnelServer::TunnelServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) 
 
 absl::StatusOr<std::unique_ptr<TunnelServer>> TunnelServer::Start(TunnelOptions options,
                                                                   NetnsPidLookup lookup) {
-  if (options.token.size() < 16) {
+  if (options.token.empty() ? !options.tls : options.token.size() < 16) {
     return absl::InvalidArgumentError(
-        "the tunnel needs a shared token of at least 16 characters (--tunnel_token or "
-        "ISORUN_TUNNEL_TOKEN)");
+        "the tunnel needs mutual TLS (--tls_cert_file, --tls_key_file, --tls_ca_file) or a "
+        "shared token of at least 16 characters (--tunnel_token or ISORUN_TUNNEL_TOKEN)");
   }
   std::string host;
   int port = 0;

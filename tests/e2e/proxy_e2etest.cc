@@ -4,6 +4,11 @@
 // scripts for streaming and uploads, nc for an Upgrade). All traffic goes to loopback: the proxy,
 // the runner's tunnel, and the sandbox's own loopback behind it. Skips, saying why, where real
 // sandboxes cannot run.
+//
+// ProxyTls runs a subset (a first request and keep-alive, a stream, an Upgrade, a closed port)
+// on a cluster with mutual TLS everywhere (certificates made by openssl), where the tunnel is
+// TLS too, and tries the tunnel without a certificate, with one of another CA and with valid
+// certificates of identities other than the gateway's.
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -13,12 +18,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -32,6 +43,10 @@
 #include "tests/support/eventually.h"
 #include "tests/support/http_client.h"
 #include "tests/support/json_fields.h"
+
+ABSL_DECLARE_FLAG(std::string, tls_cert_file);
+ABSL_DECLARE_FLAG(std::string, tls_key_file);
+ABSL_DECLARE_FLAG(std::string, tls_ca_file);
 
 namespace isorun {
 namespace {
@@ -102,9 +117,100 @@ bool ReadBytes(int fd, std::string& got, size_t total, int timeout_ms = 120000) 
   return true;
 }
 
+int Sh(const std::string& command) { return std::system(command.c_str()); }
+
+// A CA DIR/PREFIXca.{crt,key} and, for each identity, DIR/PREFIX<identity>.{crt,key} with the URI
+// SAN isorun://<identity> (as ./isorun up makes them). False when openssl failed.
+bool MakePki(const std::string& dir, const std::string& prefix,
+             const std::vector<std::string>& identities) {
+  if (Sh(absl::StrCat("cd ", dir, " && openssl req -x509 -newkey ec -pkeyopt ",
+                      "ec_paramgen_curve:P-256 -nodes -keyout ", prefix, "ca.key -out ", prefix,
+                      "ca.crt -days 2 -subj /CN=", prefix, "ca >/dev/null 2>&1")) != 0) {
+    return false;
+  }
+  for (const auto& id : identities) {
+    const std::string base = prefix + id;
+    if (Sh(absl::StrCat("cd ", dir, " && openssl req -newkey ec -pkeyopt ",
+                        "ec_paramgen_curve:P-256 -nodes -keyout ", base, ".key -out ", base,
+                        ".csr -subj /CN=", id, " >/dev/null 2>&1 && printf ",
+                        "'subjectAltName=IP:127.0.0.1,URI:isorun://", id, "\\n' >", base,
+                        ".ext && openssl x509 -req -in ", base, ".csr -CA ", prefix,
+                        "ca.crt -CAkey ", prefix, "ca.key -CAcreateserial -days 2 -out ", base,
+                        ".crt -extfile ", base, ".ext >/dev/null 2>&1")) != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Opens a TLS connection to the tunnel at `port` presenting `cert`/`key` (none when empty),
+// sends `line` and returns the runner's answer line; "HANDSHAKE FAILED" or "CLOSED: <what was
+// read>" when it got no line. The server's certificate is not checked here: what is tested is
+// whom the runner lets in.
+std::string TlsTunnelAttempt(int port, const std::string& cert, const std::string& key,
+                             const std::string& line) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
+  if (!cert.empty()) {
+    EXPECT_EQ(SSL_CTX_use_certificate_chain_file(ctx, cert.c_str()), 1);
+    EXPECT_EQ(SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM), 1);
+  }
+  int fd = Connect(port);
+  EXPECT_GE(fd, 0);
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  SSL* ssl = SSL_new(ctx);
+  SSL_set_fd(ssl, fd);
+  std::string got;
+  if (SSL_connect(ssl) != 1) {
+    got = "HANDSHAKE FAILED";
+  } else {
+    // With TLS 1.3 the client's handshake ends before the server has judged its certificate:
+    // a refusal shows as an alert or a close on the first read.
+    SSL_write(ssl, line.data(), static_cast<int>(line.size()));
+    char buf[256];
+    while (got.find('\n') == std::string::npos) {
+      int n = SSL_read(ssl, buf, sizeof buf);
+      if (n <= 0) {
+        got = "CLOSED: " + got;
+        break;
+      }
+      got.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ERR_clear_error();
+  SSL_free(ssl);
+  ::close(fd);
+  SSL_CTX_free(ctx);
+  return got;
+}
+
+int OpenFds(pid_t pid) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"))) {
+    (void)e;
+    ++n;
+  }
+  return n;
+}
+
+// What a process's descriptors point to, one a line (for a failure's message).
+std::string FdList(pid_t pid) {
+  std::string out;
+  for (const auto& e : std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"))) {
+    std::error_code ec;
+    absl::StrAppend(&out, e.path().filename().string(), " -> ",
+                    std::filesystem::read_symlink(e.path(), ec).string(), "\n");
+  }
+  return out;
+}
+
 class Proxy : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
+  static void SetUpTestSuite() { StartCluster(/*tls=*/false); }
+
+  // One cluster per suite (Proxy, then ProxyTls: gtest runs a suite's tests together).
+  static void StartCluster(bool tls) {
     if (!runner::testing::RuncUnavailableReason().empty()) return;
     // The 10,000-connection test holds that many sockets here and as many in the gateway.
     rlimit rl{};
@@ -121,6 +227,21 @@ class Proxy : public ::testing::Test {
     options.registry = *registry;
     options.proxy_max_connections_per_sandbox = kCap;
     options.proxy_activity_interval_ms = 500;
+    if (tls) {
+      char tmpl[] = "/tmp/isorun-proxy-tls.XXXXXX";
+      if (::mkdtemp(tmpl) == nullptr ||
+          !MakePki(tmpl, "", {"gateway", "lifecycle", "quota", "scheduler", "runner", "admin"}) ||
+          !MakePki(tmpl, "other-", {"gateway"})) {
+        setup_error_ = new std::string("openssl could not make the test's certificates");
+        return;
+      }
+      tls_dir_ = new std::string(tmpl);
+      options.tls_dir = *tls_dir_;
+      // The cluster's readiness checks use this process's flags.
+      absl::SetFlag(&FLAGS_tls_cert_file, *tls_dir_ + "/admin.crt");
+      absl::SetFlag(&FLAGS_tls_key_file, *tls_dir_ + "/admin.key");
+      absl::SetFlag(&FLAGS_tls_ca_file, *tls_dir_ + "/ca.crt");
+    }
     try {
       cluster_ = new Cluster(options);
     } catch (const std::exception& e) {
@@ -130,6 +251,16 @@ class Proxy : public ::testing::Test {
   static void TearDownTestSuite() {
     delete cluster_;
     cluster_ = nullptr;
+    delete setup_error_;
+    setup_error_ = nullptr;
+    if (tls_dir_ != nullptr) {
+      std::filesystem::remove_all(*tls_dir_);
+      delete tls_dir_;
+      tls_dir_ = nullptr;
+      absl::SetFlag(&FLAGS_tls_cert_file, "");
+      absl::SetFlag(&FLAGS_tls_key_file, "");
+      absl::SetFlag(&FLAGS_tls_ca_file, "");
+    }
   }
 
   void SetUp() override {
@@ -212,15 +343,33 @@ class Proxy : public ::testing::Test {
                        headers);
   }
 
+  // The test bodies both suites run.
+  void LoopbackOnlyServerOnTheFirstRequest();
+  void ClosedPortUnknownAndEnded();
+  void UpgradeRelaysBothWays();
+  void StreamsBeforeTheServerFinishes();
+
   static Cluster* cluster_;
   static std::string* setup_error_;
+  static std::string* tls_dir_;
   std::string tenant_, key_;
 };
 
 Cluster* Proxy::cluster_ = nullptr;
 std::string* Proxy::setup_error_ = nullptr;
+std::string* Proxy::tls_dir_ = nullptr;
 
-TEST_F(Proxy, ReachesALoopbackOnlyServerOnTheFirstRequest) {
+class ProxyTls : public Proxy {
+ protected:
+  static void SetUpTestSuite() { StartCluster(/*tls=*/true); }
+};
+
+TEST_F(Proxy, ReachesALoopbackOnlyServerOnTheFirstRequest) { LoopbackOnlyServerOnTheFirstRequest(); }
+TEST_F(ProxyTls, ReachesALoopbackOnlyServerOnTheFirstRequest) {
+  LoopbackOnlyServerOnTheFirstRequest();
+}
+
+void Proxy::LoopbackOnlyServerOnTheFirstRequest() {
   Sandbox sb = Create();
   ASSERT_FALSE(sb.id.empty());
   StartHttpd(sb.id);
@@ -242,10 +391,24 @@ TEST_F(Proxy, ReachesALoopbackOnlyServerOnTheFirstRequest) {
   EXPECT_EQ(Str(urls, "8000"),
             absl::StrCat("http://", HostFor(8000, sb.public_id), ":", cluster_->proxy_port()))
       << got.body;
+  // Keep-alive: more requests on one client connection (over the tunnel it keeps).
+  int fd = Connect(cluster_->proxy_port());
+  ASSERT_GE(fd, 0);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(SendAll(
+        fd, absl::StrCat("GET / HTTP/1.1\r\nHost: ", HostFor(8000, sb.public_id), "\r\n\r\n")));
+    std::string reply;
+    ASSERT_TRUE(ReadUntil(fd, reply, "hello from the sandbox\n")) << i << ": " << reply;
+    EXPECT_TRUE(absl::StartsWith(reply, "HTTP/1.1 200")) << reply;
+  }
+  ::close(fd);
   Call("DELETE", "/v1/sandboxes/" + sb.id);
 }
 
-TEST_F(Proxy, ClosedPortIs502UnknownAndEndedAre404) {
+TEST_F(Proxy, ClosedPortIs502UnknownAndEndedAre404) { ClosedPortUnknownAndEnded(); }
+TEST_F(ProxyTls, ClosedPortIs502UnknownAndEndedAre404) { ClosedPortUnknownAndEnded(); }
+
+void Proxy::ClosedPortUnknownAndEnded() {
   Sandbox sb = Create();
   ASSERT_FALSE(sb.id.empty());
   auto r = Get(8001, sb.public_id);
@@ -277,7 +440,10 @@ TEST_F(Proxy, ClosedPortIs502UnknownAndEndedAre404) {
   EXPECT_EQ(r.status, 404) << r.body;
 }
 
-TEST_F(Proxy, UpgradeRelaysBytesBothWays) {
+TEST_F(Proxy, UpgradeRelaysBytesBothWays) { UpgradeRelaysBothWays(); }
+TEST_F(ProxyTls, UpgradeRelaysBytesBothWays) { UpgradeRelaysBothWays(); }
+
+void Proxy::UpgradeRelaysBothWays() {
   Sandbox sb = Create();
   ASSERT_FALSE(sb.id.empty());
   // A WebSocket-style server: answers 101 to any request, greets, then echoes what it gets.
@@ -308,7 +474,12 @@ TEST_F(Proxy, UpgradeRelaysBytesBothWays) {
   Call("DELETE", "/v1/sandboxes/" + sb.id);
 }
 
-TEST_F(Proxy, StreamsTheFirstEventBeforeTheServerFinishes) {
+TEST_F(Proxy, StreamsTheFirstEventBeforeTheServerFinishes) { StreamsBeforeTheServerFinishes(); }
+TEST_F(ProxyTls, StreamsTheFirstEventBeforeTheServerFinishes) {
+  StreamsBeforeTheServerFinishes();
+}
+
+void Proxy::StreamsBeforeTheServerFinishes() {
   Sandbox sb = Create();
   ASSERT_FALSE(sb.id.empty());
   StartHttpd(sb.id);
@@ -425,6 +596,67 @@ TEST_F(Proxy, TunnelRefusesConnectionsWithoutTheToken) {
   EXPECT_EQ(
       attempt(absl::StrCat("ISORUN-TUNNEL/1 ", cluster_->tunnel_token(), " ", sb.id, " 8000\n")),
       "OK\n");
+  Call("DELETE", "/v1/sandboxes/" + sb.id);
+}
+
+// Only the gateway's certificate opens a TLS tunnel: no certificate, one of another CA, and the
+// valid certificates of the runner and the lifecycle are all refused, and the refusals leave
+// nothing open in the runner.
+TEST_F(ProxyTls, TunnelAdmitsTheGatewaysCertificateOnly) {
+  Sandbox sb = Create();
+  ASSERT_FALSE(sb.id.empty());
+  StartHttpd(sb.id);
+  const std::string addr = cluster_->tunnel_addr("runner-1");
+  int port = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(addr.substr(addr.rfind(':') + 1), &port));
+  const std::string& dir = *tls_dir_;
+  const std::string line =
+      absl::StrCat("ISORUN-TUNNEL/1 ", cluster_->tunnel_token(), " ", sb.id, " 8000\n");
+  // The gateway's certificate gets in (so the refusals below are the certificates' doing). The
+  // first tunnel also starts what the runner makes once (its namespace thread): the descriptors
+  // are counted after it.
+  EXPECT_EQ(TlsTunnelAttempt(port, dir + "/gateway.crt", dir + "/gateway.key", line), "OK\n");
+  const pid_t runner = cluster_->pid("runner-1");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const int fds_before = OpenFds(runner);
+  const std::string list_before = FdList(runner);
+
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
+    // Plain text is no way in: the runner reads a TLS handshake, not a preamble, and closes.
+    {
+      int fd = Connect(port);
+      ASSERT_GE(fd, 0);
+      ASSERT_TRUE(SendAll(fd, line));
+      std::string got;
+      EXPECT_FALSE(ReadUntil(fd, got, "\n", 10000));
+      EXPECT_FALSE(absl::StrContains(got, "OK")) << got;
+      ::close(fd);
+    }
+    std::string got = TlsTunnelAttempt(port, "", "", line);
+    EXPECT_FALSE(absl::StrContains(got, "OK")) << "no certificate: " << got;
+    got = TlsTunnelAttempt(port, dir + "/other-gateway.crt", dir + "/other-gateway.key", line);
+    EXPECT_FALSE(absl::StrContains(got, "OK")) << "another CA's gateway: " << got;
+    // Valid certificates of the CA, but not the gateway's.
+    EXPECT_EQ(TlsTunnelAttempt(port, dir + "/runner.crt", dir + "/runner.key", line),
+              "ERR AUTH\n");
+    EXPECT_EQ(TlsTunnelAttempt(port, dir + "/lifecycle.crt", dir + "/lifecycle.key", line),
+              "ERR AUTH\n");
+    // A token set with TLS is checked as well: the gateway's certificate with none fails.
+    EXPECT_EQ(TlsTunnelAttempt(port, dir + "/gateway.crt", dir + "/gateway.key",
+                               absl::StrCat("ISORUN-TUNNEL/1 - ", sb.id, " 8000\n")),
+              "ERR AUTH\n");
+    EXPECT_EQ(TlsTunnelAttempt(port, dir + "/gateway.crt", dir + "/gateway.key", line), "OK\n");
+  }
+
+  // The refused and the finished attempts left nothing open in the runner.
+  EXPECT_TRUE(testing::Eventually([&] { return OpenFds(runner) <= fds_before; },
+                                  absl::Seconds(10)))
+      << OpenFds(runner) << " open descriptors, " << fds_before << " before:\n"
+      << FdList(runner) << "before:\n"
+      << list_before;
+  // And the proxy still works.
+  EXPECT_EQ(Get(8000, sb.public_id).status, 200);
   Call("DELETE", "/v1/sandboxes/" + sb.id);
 }
 
