@@ -1,15 +1,14 @@
 // Load program of `./isorun bench proxy`: a throwaway cluster (real processes, one runc runner,
 // the gateway's public-URL proxy; mutual TLS everywhere, the tunnel included, with --tls_dir) on
-// the Postgres named by ISORUN_TEST_DATABASE_URL. A small
-// keep-alive HTTP server (isorun-sandbox-http-server) runs in a real sandbox on its 127.0.0.1:8080;
-// Debian's wrk sends the same load of small GETs three ways, one after the other:
+// the Postgres named by ISORUN_TEST_DATABASE_URL. A small keep-alive HTTP server
+// (isorun-sandbox-http-server) runs in a real sandbox with egress `open` on 0.0.0.0:8080, so on
+// its loopback and on the address it has from the runner's --sandbox_network. Debian's wrk sends
+// the same load of small GETs three ways, one after the other:
 //   proxy:  wrk on the host -> the gateway's proxy -> the runner's tunnel -> the server
-//   direct: wrk inside the sandbox's network namespace -> the server (the floor)
-//   nginx:  wrk inside the sandbox's network namespace -> Debian's nginx as a plain reverse proxy
-//           (upstream keep-alive) in that namespace -> the server. The sandbox has no address of
-//           its own yet (egress profiles give it one), so nginx runs where the server's address
-//           is reachable: the namespace's loopback. That spares nginx the host-to-namespace hop
-//           our proxy makes; it is the reference an operator would otherwise put in front.
+//   direct: wrk inside the sandbox's network namespace -> 127.0.0.1:8080 there (the floor)
+//   nginx:  wrk on the host -> Debian's nginx on the host, a plain reverse proxy (upstream
+//           keep-alive) -> the server on the sandbox's address (the reference an operator would
+//           otherwise put in front)
 // Then a 1 GiB download through the proxy (throughput; the gateway's peak RSS) and the time to
 // first byte of the first request to a port the proxy has not seen. Prints key=value lines.
 
@@ -62,6 +61,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using isorun::testing::HttpRequest;
+using isorun::testing::HttpResponse;
 
 [[noreturn]] void Die(const std::string& why) {
   std::fprintf(stderr, "bench proxy: %s\n", why.c_str());
@@ -231,7 +231,7 @@ int main(int argc, char** argv) {
                              "LISTEN");
   };
   auto start_server = [&](int port) {
-    exec(absl::StrCat("(/srv ", port, " >/dev/null 2>&1 &)"));
+    exec(absl::StrCat("(/srv ", port, " 0.0.0.0 >/dev/null 2>&1 &)"));
     for (int i = 0; i < 200 && !listening(port); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
@@ -244,7 +244,14 @@ int main(int argc, char** argv) {
   auto check = HttpRequest("GET", proxy_url, "", {{"Host", host}});
   if (check.status != 200) Die(absl::StrCat("proxy check: ", check.status, " ", check.body));
 
-  // nginx in the sandbox's namespace, as a reverse proxy with upstream keep-alive.
+  // The sandbox's own address (egress `open`: a veth with an address of the runner's range).
+  const std::string addr_out = Run(netns + "ip -4 -o addr show dev eth0 2>/dev/null");
+  if (!std::regex_search(addr_out, m, std::regex(R"(inet (\d+\.\d+\.\d+\.\d+)[ /])"))) {
+    Die("the sandbox has no address on eth0: " + addr_out);
+  }
+  const std::string sandbox_ip = m[1].str();
+  // nginx on the host, as a reverse proxy with upstream keep-alive to the sandbox's address.
+  const int nginx_port = isorun::testing::PickFreePort();
   char tmpl[] = "/tmp/isorun-bench-nginx.XXXXXX";
   const std::string ndir = ::mkdtemp(tmpl);
   {
@@ -254,17 +261,29 @@ int main(int argc, char** argv) {
          << "http {\n  access_log off;\n  client_body_temp_path " << ndir << ";\n"
          << "  proxy_temp_path " << ndir << ";\n  fastcgi_temp_path " << ndir << ";\n"
          << "  uwsgi_temp_path " << ndir << ";\n  scgi_temp_path " << ndir << ";\n"
-         << "  upstream sandbox { server 127.0.0.1:8080; keepalive 64; }\n"
-         << "  server {\n    listen 127.0.0.1:8090;\n    location / {\n"
+         << "  upstream sandbox { server " << sandbox_ip << ":8080; keepalive 64; }\n"
+         << "  server {\n    listen 127.0.0.1:" << nginx_port << ";\n    location / {\n"
          << "      proxy_pass http://sandbox;\n      proxy_http_version 1.1;\n"
          << "      proxy_set_header Connection \"\";\n      proxy_set_header X-Forwarded-For "
             "$remote_addr;\n    }\n  }\n}\n";
   }
-  Run(netns + "nginx -c " + ndir + "/nginx.conf -p " + ndir + " >/dev/null 2>&1 &");
-  for (int i = 0; i < 300 && !listening(8090); ++i) {
+  Run("nginx -c " + ndir + "/nginx.conf -p " + ndir + " >/dev/null 2>&1 &");
+  const std::string nginx_url = absl::StrCat("http://127.0.0.1:", nginx_port, "/");
+  HttpResponse through_nginx;
+  for (int i = 0; i < 300; ++i) {
+    try {
+      through_nginx = HttpRequest("GET", nginx_url, "", {});
+    } catch (const std::exception&) {  // not listening yet
+      through_nginx.status = 0;
+    }
+    if (through_nginx.status == 200) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  if (!listening(8090)) Die("nginx did not start: " + Run("cat " + ndir + "/error.log"));
+  if (through_nginx.status != 200) {
+    Die(absl::StrCat("nginx on the host does not reach the sandbox's ", sandbox_ip,
+                     ":8080: ", through_nginx.status, " ", through_nginx.body, " ",
+                     Run("cat " + ndir + "/error.log")));
+  }
 
   const pid_t gateway = cluster->pid("gateway");
   const std::string load_before = LoadAverage();
@@ -275,7 +294,7 @@ int main(int argc, char** argv) {
   for (int round = 0; round < rounds; ++round) {
     auto run_proxy = [&] { proxy.Add(Wrk("", proxy_url, host), rounds); };
     auto run_direct = [&] { direct.Add(Wrk(netns, "http://127.0.0.1:8080/", ""), rounds); };
-    auto run_nginx = [&] { nginx.Add(Wrk(netns, "http://127.0.0.1:8090/", ""), rounds); };
+    auto run_nginx = [&] { nginx.Add(Wrk("", nginx_url, ""), rounds); };
     if (round % 2 == 0) {
       run_proxy();
       run_direct();

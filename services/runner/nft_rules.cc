@@ -65,6 +65,9 @@ std::string TableBatch(const RulesetSpec& spec) {
                   "    policy accept\n",
                   "    iifname @veths ip daddr ", gw, " udp dport 53 accept\n",
                   "    iifname @veths ip daddr ", gw, " tcp dport 53 accept\n",
+                  // Replies to connections the host opened to a sandbox's address (an operator's
+                  // reverse proxy on the runner host); a sandbox still opens none to the host.
+                  "    iifname @veths ct state established,related accept\n",
                   "    iifname vmap @tohost\n",
                   // A veth of ours not (or no longer) in the map: nothing reaches the host.
                   "    iifname @veths drop\n  }\n");
