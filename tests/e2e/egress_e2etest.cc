@@ -37,6 +37,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "services/runner/runc_test_env.h"
 #include "tests/support/cluster.h"
+#include "tests/support/host_command.h"
 #include "tests/support/http_client.h"
 #include "tests/support/json_fields.h"
 
@@ -54,15 +55,7 @@ using testing::Str;
 
 // Runs a shell command on the host; returns its stdout and stderr.
 std::string Host(const std::string& cmd, int* status = nullptr) {
-  std::string out;
-  if (FILE* p = ::popen((cmd + " 2>&1").c_str(), "r"); p != nullptr) {
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    int st = ::pclose(p);
-    if (status != nullptr) *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  }
-  return out;
+  return testing::Host(cmd + " 2>&1", status);
 }
 
 bool HostOk(const std::string& cmd) {

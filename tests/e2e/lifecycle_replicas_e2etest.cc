@@ -33,6 +33,7 @@
 #include "services/runner/runc_test_env.h"
 #include "tests/support/cluster.h"
 #include "tests/support/eventually.h"
+#include "tests/support/host_command.h"
 #include "tests/support/http_client.h"
 #include "tests/support/json_fields.h"
 
@@ -61,17 +62,7 @@ std::string Quote(const std::string& s) {
   return quoted;
 }
 
-// Runs a shell command on the host; returns its stdout.
-std::string Host(const std::string& cmd) {
-  std::string out;
-  if (FILE* p = ::popen(cmd.c_str(), "r"); p != nullptr) {
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    ::pclose(p);
-  }
-  return out;
-}
+using testing::Host;
 
 int PortOf(const std::string& url) {
   int port = 0;

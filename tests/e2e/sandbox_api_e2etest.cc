@@ -28,6 +28,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "services/runner/runc_test_env.h"
 #include "tests/support/cluster.h"
+#include "tests/support/host_command.h"
 #include "tests/support/http_client.h"
 #include "tests/support/json_fields.h"
 
@@ -48,17 +49,7 @@ double MsSince(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-// Runs a shell command on the host; returns its stdout.
-std::string Host(const std::string& cmd) {
-  std::string out;
-  if (FILE* p = ::popen(cmd.c_str(), "r"); p != nullptr) {
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    ::pclose(p);
-  }
-  return out;
-}
+using testing::Host;
 
 // One NDJSON line of exec:stream and when it arrived.
 struct StreamLine {
