@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+
 namespace isorun {
 namespace {
 
@@ -32,8 +34,11 @@ TEST(EgressPolicy, ParsesNamesAndWildcards) {
   ASSERT_TRUE(w.ok());
   EXPECT_EQ(w->kind, AllowEntry::Kind::kWildcard);
   EXPECT_EQ(w->domain, "example.com");
+  // A label over 63 characters; a named string, since a temporary's c_str() in the list below
+  // would dangle before the loop reads it.
+  const std::string long_label = std::string(64, 'a') + ".com";
   for (const char* bad : {"", "bad host", "a..b", "-a.com", "a-.com", "*.", "*", "*.*.a.com",
-                          "a.*.com", "localhost", "x.com/24", std::string(64, 'a').append(".com").c_str()}) {
+                          "a.*.com", "localhost", "x.com/24", long_label.c_str()}) {
     EXPECT_FALSE(ParseAllowEntry(bad).ok()) << bad;
   }
 }
