@@ -106,3 +106,16 @@ wait_for_http() {
     sleep 0.2
   done
 }
+
+# sanitize_mode MODE: `build` and `test` with --sanitize=MODE work in a tree of their own,
+# instrumented: address (AddressSanitizer with LeakSanitizer, plus UndefinedBehaviorSanitizer)
+# in build-asan/, thread (ThreadSanitizer) in build-tsan/. See sanitize_cmake_flags in build.sh.
+sanitize_mode() {
+  case "$1" in
+    address | asan) ISORUN_SANITIZE=address; ISORUN_BUILD_DIR="$ISORUN_REPO/build-asan" ;;
+    thread | tsan) ISORUN_SANITIZE=thread; ISORUN_BUILD_DIR="$ISORUN_REPO/build-tsan" ;;
+    *) die "--sanitize takes address or thread, not '$1'" ;;
+  esac
+  ISORUN_BIN_DIR="$ISORUN_BUILD_DIR/bin"
+  export ISORUN_SANITIZE ISORUN_BUILD_DIR ISORUN_BIN_DIR
+}

@@ -42,6 +42,58 @@ test_cleanup() {
   exit "$rc"
 }
 
+# Where every instrumented process of a sanitizer run writes its reports (one file per process).
+SANITIZE_REPORTS=""
+
+# sanitize_test_env ARRAY: sets the sanitizers' options for the tests and every process they start
+# (the services inherit them), and puts the ctest selection of the mode into ARRAY. Reports go to
+# files, not stderr: a service's report would otherwise end in a log that a passing test never
+# shows. Suppressions (scripts/sanitizers/) name third-party code only, never ours.
+sanitize_test_env() {
+  local -n sel="$1"
+  local supp="$ISORUN_REPO/scripts/sanitizers"
+  SANITIZE_REPORTS="$ISORUN_BUILD_DIR/Testing/sanitizer"
+  rm -rf "$SANITIZE_REPORTS"
+  mkdir -p "$SANITIZE_REPORTS"
+  chmod 0777 "$SANITIZE_REPORTS"
+  local common="log_path=$SANITIZE_REPORTS/report:log_exe_name=1:print_stacktrace=1"
+  case "$ISORUN_SANITIZE" in
+    address)
+      export ASAN_OPTIONS="$common:detect_leaks=1:halt_on_error=1"
+      export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
+      export UBSAN_OPTIONS="$common:halt_on_error=1"
+      sel=(-L 'unit|pg|e2e')
+      log "AddressSanitizer and UndefinedBehaviorSanitizer: unit, pg and e2e tests"
+      ;;
+    thread)
+      # Debian's gRPC, protobuf and abseil are not instrumented: TSan sees neither their
+      # accesses nor their atomics, only the libc calls they make (memcpy, sendmsg, free), which
+      # then look like races with each other. ignore_noninstrumented_modules drops what those
+      # calls do; our own code's accesses are all still checked.
+      export TSAN_OPTIONS="$common:halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$supp/tsan.supp"
+      sel=(-L tsan)
+      log "ThreadSanitizer: the concurrency tests (label tsan)"
+      ;;
+  esac
+}
+
+# sanitize_reports: prints every report of the run; false when there is one.
+sanitize_reports() {
+  local files=()
+  mapfile -t files < <(find "$SANITIZE_REPORTS" -type f -size +0 | sort)
+  if ((${#files[@]} == 0)); then
+    log "sanitizers ($ISORUN_SANITIZE): no report"
+    return 0
+  fi
+  local f
+  for f in "${files[@]}"; do
+    log "sanitizer report $f:"
+    head -n 80 "$f" | sed 's/^/    | /' >&2
+  done
+  warn "sanitizers ($ISORUN_SANITIZE): ${#files[@]} report(s), in $SANITIZE_REPORTS"
+  return 1
+}
+
 # run_tests [CTEST_ARGS...]
 run_tests() {
   build_all
@@ -64,11 +116,16 @@ run_tests() {
   # test it started (a signal interrupts `wait` at once, not a foreground command).
   local status=0 junit="$ISORUN_BUILD_DIR/Testing/junit.xml"
   rm -f "$junit"
+  local select=()
+  [[ -n "${ISORUN_SANITIZE:-}" ]] && sanitize_test_env select
   setsid ctest --test-dir "$ISORUN_BUILD_DIR" --output-on-failure -j2 --timeout 300 \
-    --output-junit "$junit" "$@" &
+    --output-junit "$junit" "${select[@]}" "$@" &
   TEST_CTEST_PID=$!
   wait "$TEST_CTEST_PID" || status=$?
   TEST_CTEST_PID=""
+  if [[ -n "${ISORUN_SANITIZE:-}" ]] && ! sanitize_reports; then
+    ((status != 0)) || status=1
+  fi
   # Every skipped test with its reason; under CI as root (where every tool and privilege is
   # present) a skip fails the run, so "100% passed" never hides a suite that did not run.
   local report_args=()
