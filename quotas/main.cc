@@ -18,6 +18,10 @@ ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:7001", "host:port of the gRPC liste
 ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9101", "host:port of /metrics; empty: none");
 ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL");
 ABSL_FLAG(int, db_connections, 16, "size of the Postgres connection pool");
+ABSL_FLAG(int, db_timeout_ms, 2000,
+          "deadline of one database call (waiting for a pooled connection, connecting, its "
+          "statements and commit); past it, and while the database is unreachable, calls fail "
+          "with UNAVAILABLE (HTTP 503) instead of waiting");
 ABSL_FLAG(int, limits_ttl_ms, 2000, "how long tenant limits are cached for rate checks");
 
 int main(int argc, char** argv) {
@@ -29,7 +33,9 @@ int main(int argc, char** argv) {
     isorun::LogError("--database_url (ISORUN_DATABASE_URL) is required");
     return 2;
   }
-  isorun::PgPool pool(url, absl::GetFlag(FLAGS_db_connections), isorun::Durability::kAsync);
+  isorun::PgPool pool(
+      url, absl::GetFlag(FLAGS_db_connections), isorun::Durability::kAsync,
+      isorun::PgPoolOptions{absl::Milliseconds(absl::GetFlag(FLAGS_db_timeout_ms))});
   isorun::quota::QuotaStore store(pool);
   if (absl::Status s = isorun::RequireSchemaVersion(pool, isorun::LatestMigrationVersion());
       !s.ok()) {

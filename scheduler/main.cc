@@ -33,6 +33,10 @@ ABSL_FLAG(std::string, admin_http_addr, "127.0.0.1:9202",
           "none");
 ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL");
 ABSL_FLAG(int, db_connections, 16, "size of the Postgres connection pool");
+ABSL_FLAG(int, db_timeout_ms, 2000,
+          "deadline of one database call (waiting for a pooled connection, connecting, its "
+          "statements and commit); past it, and while the database is unreachable, calls fail "
+          "with UNAVAILABLE (HTTP 503) instead of waiting");
 ABSL_FLAG(int, heartbeat_interval_ms, 1000, "how often runners are told to heartbeat");
 ABSL_FLAG(int, healthy_within_ms, 5000,
           "a runner whose last heartbeat is older than this is UNHEALTHY and gets no placements");
@@ -248,7 +252,9 @@ int main(int argc, char** argv) {
     isorun::LogError("--placement_fit must be least or most");
     return 2;
   }
-  isorun::PgPool pool(url, absl::GetFlag(FLAGS_db_connections));
+  isorun::PgPool pool(
+      url, absl::GetFlag(FLAGS_db_connections), isorun::Durability::kSync,
+      isorun::PgPoolOptions{absl::Milliseconds(absl::GetFlag(FLAGS_db_timeout_ms))});
   isorun::scheduler::SchedulerStore store(pool);
   isorun::scheduler::CapacityHistoryStore history(pool);
   if (absl::Status s = isorun::RequireSchemaVersion(pool, isorun::LatestMigrationVersion());

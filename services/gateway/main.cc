@@ -61,6 +61,10 @@ ABSL_FLAG(double, max_requests_per_client_per_sec, 1000,
 ABSL_FLAG(absl::Duration, health_cache_ttl, absl::Seconds(1),
           "how long /healthz answers from its last check (0: checks every time)");
 ABSL_FLAG(int32_t, db_pool_size, 8, "PostgreSQL connections for key lookups and health checks");
+ABSL_FLAG(int, db_timeout_ms, 2000,
+          "deadline of one database call (waiting for a pooled connection, connecting, its "
+          "statements and commit); past it, and while the database is unreachable, calls fail "
+          "with UNAVAILABLE (HTTP 503) instead of waiting");
 ABSL_FLAG(std::string, scheduler_admin_url, "http://127.0.0.1:9202",
           "the scheduler's admin listener (capacity view, history, drain) behind /v1/admin/*; "
           "several replicas: a comma-separated list (the leader answers); "
@@ -115,7 +119,8 @@ int Run() {
   // Thousands of proxied connections (each a client socket and a tunnel) need more than 1,024.
   http::RaiseOpenFileLimit();
 
-  PgPool pool(database_url, absl::GetFlag(FLAGS_db_pool_size));
+  PgPool pool(database_url, absl::GetFlag(FLAGS_db_pool_size), Durability::kSync,
+              PgPoolOptions{absl::Milliseconds(absl::GetFlag(FLAGS_db_timeout_ms))});
   // Registers its statement: before the pool's first query.
   PgKeyStore keys(pool);
   PgKeyAdmin key_admin(pool);

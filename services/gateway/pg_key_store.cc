@@ -147,6 +147,14 @@ bool PgKeyStore::AwaitBarrier() {
 }
 
 absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Find(const std::string& key_id) {
+  // One time budget for the barrier and the read: a hung database answers 503 as soon as any
+  // other call would.
+  const absl::Time deadline = absl::Now() + pool_.options().call_timeout;
+  // While the database is known to be down the cache cannot be confirmed (no barrier) nor a key
+  // read: fail at once rather than wait for the barrier first.
+  if (!pool_.Reachable()) {
+    return absl::UnavailableError("the database is unreachable");
+  }
   int fd;
   uint64_t epoch;
   uint64_t negative_epoch;
@@ -193,7 +201,7 @@ absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Find(const std::string& key
     epoch = epoch_;
   }
   ++misses_;
-  auto read = Read(key_id);
+  auto read = Read(key_id, deadline);
   if (!read.ok()) return read;
   if (!read->has_value()) {
     absl::MutexLock lock(&mu_);
@@ -212,9 +220,10 @@ absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Find(const std::string& key
   return read;
 }
 
-absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Read(const std::string& key_id) {
+absl::StatusOr<std::optional<StoredKey>> PgKeyStore::Read(const std::string& key_id,
+                                                         absl::Time deadline) {
   std::optional<StoredKey> found;
-  absl::Status status = pool_.Transact([&](pqxx::work& tx) {
+  absl::Status status = pool_.TransactBefore(deadline, [&](pqxx::work& tx) {
     found.reset();
     pqxx::result r = tx.exec_prepared(kFindKey, key_id);
     if (!r.empty()) {
@@ -273,6 +282,8 @@ void PgKeyStore::ListenLoop() {
         if ((p[0].revents & (POLLIN | POLLHUP | POLLERR)) == 0 && !ping) continue;
         draining_ = true;
         if (ping) {
+          // A frozen server would hold the listener (and every barrier) forever.
+          PgPool::Deadline bounded(pool_, *conn, absl::Now() + pool_.options().call_timeout);
           pqxx::nontransaction tx(*conn);
           tx.exec("SELECT 1");
           tx.commit();

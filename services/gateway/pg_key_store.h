@@ -109,7 +109,7 @@ class PgKeyStore final : public KeyStore {
   // timeout), in which case the caller must read Postgres.
   bool AwaitBarrier();
   void WakeListener();
-  absl::StatusOr<std::optional<StoredKey>> Read(const std::string& key_id);
+  absl::StatusOr<std::optional<StoredKey>> Read(const std::string& key_id, absl::Time deadline);
 
   PgPool& pool_;
   const Options options_;

@@ -4,6 +4,7 @@
 
 #include "services/kit/migrate.h"
 #include "services/kit/pg.h"
+#include "tests/support/eventually.h"
 #include "tests/support/test_database.h"
 
 namespace isorun {
@@ -63,6 +64,60 @@ TEST(PgPool, MapsErrorsAndRecoversFromABrokenConnection) {
   });
   EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(one, 1);
+}
+
+// A statement past the call's deadline fails as UNAVAILABLE (not after the statement ends), the
+// pool marks the database down and its probe brings it back.
+TEST(PgPool, ACallPastItsDeadlineIsUnavailableAndThePoolServesAgain) {
+  testing::TestDatabase db;
+  PgPoolOptions options;
+  options.call_timeout = absl::Milliseconds(500);
+  PgPool pool(db.url(), 2, Durability::kSync, options);
+  const absl::Time start = absl::Now();
+  absl::Status slow = pool.Transact([](pqxx::work& tx) {
+    tx.exec("SELECT pg_sleep(30)");
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(slow.code(), absl::StatusCode::kUnavailable) << slow;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20)) << "the call waited for the statement";
+  ASSERT_TRUE(testing::Eventually([&] { return pool.Reachable(); }, absl::Seconds(10)));
+  int one = 0;
+  EXPECT_TRUE(pool.Transact([&](pqxx::work& tx) {
+                    one = tx.exec("SELECT 1")[0][0].as<int>();
+                    return absl::OkStatus();
+                  }).ok());
+  EXPECT_EQ(one, 1);
+}
+
+// A refused connection fails at once and marks the database down; calls then fail fast.
+TEST(PgPool, ARefusedDatabaseIsUnavailable) {
+  PgPool pool("postgresql://isorun@127.0.0.1:1/nothing", 1);
+  absl::Status first = pool.Transact([](pqxx::work&) { return absl::OkStatus(); });
+  EXPECT_EQ(first.code(), absl::StatusCode::kUnavailable) << first;
+  EXPECT_FALSE(pool.Reachable());
+  absl::Status again = pool.Execute([](pqxx::nontransaction&) { return absl::OkStatus(); });
+  EXPECT_EQ(again.code(), absl::StatusCode::kUnavailable) << again;
+}
+
+TEST(PgPool, ConnectionsCarryTimeoutsAndKeepalives) {
+  EXPECT_EQ(WithConnectionSafeguards("postgresql://u@h:1/d", 2),
+            "postgresql://u@h:1/d?connect_timeout=2&keepalives=1&keepalives_idle=10&"
+            "keepalives_interval=3&keepalives_count=3&tcp_user_timeout=10000");
+  EXPECT_EQ(WithConnectionSafeguards("postgresql://u@h:1/d?connect_timeout=5", 2),
+            "postgresql://u@h:1/d?connect_timeout=5&keepalives=1&keepalives_idle=10&"
+            "keepalives_interval=3&keepalives_count=3&tcp_user_timeout=10000");
+  EXPECT_EQ(WithConnectionSafeguards("host=h dbname=d", 3),
+            "host=h dbname=d connect_timeout=3 keepalives=1 keepalives_idle=10 "
+            "keepalives_interval=3 keepalives_count=3 tcp_user_timeout=10000");
+  // The server applies the call deadline to each statement too.
+  testing::TestDatabase db;
+  PgPool pool(db.url(), 1);
+  std::string timeout;
+  ASSERT_TRUE(pool.Transact([&](pqxx::work& tx) {
+                    timeout = tx.exec("SHOW statement_timeout")[0][0].as<std::string>();
+                    return absl::OkStatus();
+                  }).ok());
+  EXPECT_EQ(timeout, "2s");
 }
 
 TEST(PgTextArray, RoundTripsOddStringsThroughPostgres) {

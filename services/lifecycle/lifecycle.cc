@@ -462,13 +462,15 @@ absl::Status Lifecycle::FinishDestroy(const Sandbox& sb) {
       // The slot is free; the container and placement wait for the reconciler.
       LogWarn("runner stop failed; will retry",
               {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
-      return absl::OkStatus();
+      // The DESTROYING transition and the slot's release committed asynchronously; the caller
+      // is about to be told the sandbox is gone, which must survive a database crash.
+      return store_.Persist(sb.id());
     }
   }
   if (absl::Status s = backends_.ReleasePlacement(sb.id()); !s.ok()) {
     LogWarn("placement release failed; will retry",
             {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
-    return absl::OkStatus();
+    return store_.Persist(sb.id());
   }
   auto done = store_.ToDestroyed(sb.id());
   if (!done.ok()) return done.status();

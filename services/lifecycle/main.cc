@@ -24,6 +24,10 @@ ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:7003", "host:port of the gRPC liste
 ABSL_FLAG(std::string, metrics_addr, "127.0.0.1:9103", "host:port of /metrics; empty: none");
 ABSL_FLAG(std::string, database_url, "", "PostgreSQL URL");
 ABSL_FLAG(int, db_connections, 32, "size of the Postgres connection pool");
+ABSL_FLAG(int, db_timeout_ms, 2000,
+          "deadline of one database call (waiting for a pooled connection, connecting, its "
+          "statements and commit); past it, and while the database is unreachable, calls fail "
+          "with UNAVAILABLE (HTTP 503) instead of waiting");
 ABSL_FLAG(int, grpc_max_threads, 256,
           "most requests served at once (each waits on its backends in a thread of its own); "
           "beyond it, calls fail with RESOURCE_EXHAUSTED");
@@ -88,7 +92,9 @@ int main(int argc, char** argv) {
     isorun::LogError("--database_url (ISORUN_DATABASE_URL) is required");
     return 2;
   }
-  isorun::PgPool pool(url, absl::GetFlag(FLAGS_db_connections), isorun::Durability::kAsync);
+  isorun::PgPool pool(
+      url, absl::GetFlag(FLAGS_db_connections), isorun::Durability::kAsync,
+      isorun::PgPoolOptions{absl::Milliseconds(absl::GetFlag(FLAGS_db_timeout_ms))});
   isorun::lifecycle::SandboxStore store(pool);
   // isorun.v1.Keys: key changes commit durably (a revocation must survive a crash), on a small
   // pool of their own, with the gateway's key code (its statements are prepared here).

@@ -337,6 +337,9 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                              kCols));
   // The state is a parameter: with a literal 'RUNNING' the plan walks sandboxes_expiry (every
   // running sandbox) instead of the primary key.
+  // A no-op row update committed durably: its WAL flush makes every earlier asynchronous commit
+  // (the DESTROYING transition, quota's release) durable too.
+  pool_.Prepare("lc_persist", "UPDATE lifecycle.sandboxes SET updated_at = updated_at WHERE id = $1");
   pool_.Prepare("lc_touch",
                 "UPDATE lifecycle.sandboxes SET expires_at = now() + timeout_sec * "
                 "interval '1 second' WHERE id = $1 AND state = $2::text");
@@ -818,6 +821,15 @@ absl::StatusOr<std::optional<Sandbox>> SandboxStore::SetNetwork(const std::strin
                                                                 const std::string& id,
                                                                 const v1::NetworkPolicy& policy) {
   return UpdateOne(pool_, "lc_set_network", tenant_id, id, NetworkJson(policy));
+}
+
+absl::Status SandboxStore::Persist(const std::string& id) {
+  return pool_.Execute(
+      [&](pqxx::nontransaction& tx) {
+        tx.exec_prepared("lc_persist", id);
+        return absl::OkStatus();
+      },
+      Durability::kSync);
 }
 
 absl::Status SandboxStore::Touch(const std::string& id) {

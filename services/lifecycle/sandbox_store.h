@@ -143,6 +143,8 @@ class SandboxStore {
   absl::StatusOr<int> PurgeEnded(absl::Duration retention, int limit);
   // Deletes up to `limit` idempotency keys older than `retention`; returns how many.
   absl::StatusOr<int> PurgeIdempotencyKeys(absl::Duration retention, int limit);
+  // Makes the sandbox's row, and every commit before it, durable (a synchronous commit).
+  absl::Status Persist(const std::string& id);
 
   // Hibernate and resume of one sandbox, serialized with each other and with every other
   // transition by the row's lock, held from the first read to the commit (the runner and quota

@@ -109,7 +109,8 @@ std::string Cluster::BinDir() {
   return env != nullptr && *env != '\0' ? env : ISORUN_BIN_DIR;
 }
 
-Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
+Cluster::Cluster(ClusterOptions options)
+    : options_(std::move(options)), db_(options_.admin_database_url) {
   char tmpl[] = "/tmp/isorun-cluster.XXXXXX";
   if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
   dir_ = tmpl;

@@ -65,6 +65,9 @@ struct ClusterOptions {
   // scheduler, runner) made by openssl; every process gets its identity's files. The test
   // process's own clients (readiness checks) use its --tls_* flags: give it the admin identity.
   std::string tls_dir;
+  // The server to make the cluster's database on (superuser URL of its maintenance database);
+  // empty: the one of `./isorun test` (ISORUN_TEST_DATABASE_URL).
+  std::string admin_database_url;
   // Extra environment for every process (NAME=value).
   std::vector<std::string> env;
   // Extra flags of the lifecycle, every runner and the gateway.

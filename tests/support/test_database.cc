@@ -34,7 +34,10 @@ std::string AdminDatabaseUrl() {
   return url;
 }
 
-TestDatabase::TestDatabase() : admin_url_(AdminDatabaseUrl()) {
+TestDatabase::TestDatabase() : TestDatabase(std::string()) {}
+
+TestDatabase::TestDatabase(const std::string& admin_url)
+    : admin_url_(admin_url.empty() ? AdminDatabaseUrl() : admin_url) {
   name_ = "isorun_test_" + RandomHex(8);
   {
     pqxx::connection conn(admin_url_);

@@ -12,6 +12,8 @@ class TestDatabase {
  public:
   // Fails the calling test (via ADD_FAILURE + exception) when no server is configured.
   TestDatabase();
+  // On another server: `admin_url` is its maintenance database's superuser URL (empty: as above).
+  explicit TestDatabase(const std::string& admin_url);
   ~TestDatabase();
   TestDatabase(const TestDatabase&) = delete;
   TestDatabase& operator=(const TestDatabase&) = delete;
