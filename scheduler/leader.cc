@@ -1,5 +1,7 @@
 #include "scheduler/leader.h"
 
+#include "services/kit/pg.h"
+
 namespace isorun::scheduler {
 namespace {
 
@@ -9,7 +11,10 @@ constexpr char kTryLock[] =
 
 }  // namespace
 
-LeaderLock::LeaderLock(std::string database_url) : url_(std::move(database_url)) {}
+// Connect timeout and keepalives, as every service connection: a database that does not answer
+// must not hold the election forever.
+LeaderLock::LeaderLock(std::string database_url)
+    : url_(WithConnectionSafeguards(database_url, 2)) {}
 
 absl::StatusOr<bool> LeaderLock::TryAcquire() {
   absl::MutexLock lock(&mu_);

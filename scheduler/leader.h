@@ -10,8 +10,8 @@
 // a follower takes it within `poll`, loads the fleet from Postgres (placements are written before
 // they are acknowledged, so none is lost) and serves; runners reconnect their heartbeat streams
 // to it. A leader whose lock connection stops answering cannot know whether it still holds the
-// lock, so it stops (the process exits and its supervisor restarts it as a follower) rather than
-// risk two deciders.
+// lock, so it stops deciding at once (follows) rather than risk two deciders, and competes for
+// the lock again: a database that restarted dropped it, and the winner reloads the fleet.
 //
 // Thread-safe: the connection is used by one thread at a time (the caller of TryAcquire/Check).
 

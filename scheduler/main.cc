@@ -315,21 +315,26 @@ int main(int argc, char** argv) {
   if (leading) became_leader.Notify();
   const absl::Duration poll = absl::Milliseconds(std::max(20, absl::GetFlag(FLAGS_leader_poll_ms)));
   std::thread election([&] {
-    while (!leading && !stop.WaitForNotificationWithTimeout(poll)) {
-      if (take_lead()) {
-        isorun::LogInfo("took the leadership",
-                        {{"after_ms", std::to_string(absl::ToInt64Milliseconds(absl::Now() - started))},
-                         {"runners", std::to_string(fleet.List().size())}});
-        became_leader.Notify();
+    while (!stop.HasBeenNotified()) {
+      while (!leading && !stop.WaitForNotificationWithTimeout(poll)) {
+        if (take_lead()) {
+          isorun::LogInfo("took the leadership",
+                          {{"after_ms", std::to_string(absl::ToInt64Milliseconds(absl::Now() - started))},
+                           {"runners", std::to_string(fleet.List().size())}});
+          if (!became_leader.HasBeenNotified()) became_leader.Notify();
+        }
       }
-    }
-    while (!stop.WaitForNotificationWithTimeout(poll)) {
-      if (absl::Status s = leader_lock.Check(); !s.ok()) {
-        // Another replica may hold the lock by now: two deciders could overcommit runners.
-        isorun::LogError("lost the leader lock's connection; exiting so a restart rejoins as a "
-                         "follower",
-                         {{"error", std::string(s.message())}});
-        std::_Exit(1);
+      while (!stop.WaitForNotificationWithTimeout(poll)) {
+        if (absl::Status s = leader_lock.Check(); !s.ok()) {
+          // Another replica may hold the lock by now: two deciders could overcommit runners. Stop
+          // deciding at once and compete for the lock again (a database that restarted dropped
+          // it): the winner loads the fleet from Postgres, so no restart is needed to serve.
+          leading = false;
+          isorun::LogError("lost the leader lock's connection; following until the lock is taken "
+                           "again",
+                           {{"error", std::string(s.message())}});
+          break;
+        }
       }
     }
   });
