@@ -72,11 +72,51 @@ absl::Status Fleet::Load() {
   if (!snap.ok()) return snap.status();
   absl::MutexLock lock(&mu_);
   const absl::Time now = clock_();
+  // What this process heard from runners itself (a leader that lost its lock's connection and won
+  // it again kept its heartbeat streams open meanwhile): fresher than the store's coarse
+  // last-seen and image lists, and the runner will not resend unchanged lists on a stream that
+  // stayed open. Forgetting it would make every live runner UNHEALTHY until its next heartbeat.
+  struct Heard {
+    RunnerView view;
+    bool disconnected = false;
+    Tracking tracking;
+  };
+  absl::flat_hash_map<std::string, Heard> heard;
+  for (RunnerIndex i = 0; i < state_.size(); ++i) {
+    if (TrackingOf(i).heard == absl::InfinitePast()) continue;  // loaded, never heard
+    Heard h{state_.View(i), state_.slot(i).disconnected, TrackingOf(i)};
+    heard.emplace(h.view.id, std::move(h));
+  }
   state_ = FleetState();
   state_.set_demand_window(options_.spread_window);
   tracking_.clear();
   placements_.clear();
+  std::vector<RunnerIndex> kept;
   for (auto& r : snap->runners) {
+    auto h = heard.find(r.id);
+    if (h != heard.end() && h->second.tracking.heard >= r.last_heartbeat) {
+      // Registration facts (name, address, region, draining) come from the store; what the
+      // heartbeats said comes from memory.
+      const RunnerView& v = h->second.view;
+      r.last_heartbeat = v.last_heartbeat;
+      r.capacity = v.capacity;
+      r.images = v.images;
+      r.sandbox_ids = v.sandbox_ids;
+      r.image_cache_used_bytes = v.image_cache_used_bytes;
+      RunnerIndex i = state_.Upsert(r);
+      state_.mutable_slot(i).disconnected = h->second.disconnected;
+      Tracking& t = TrackingOf(i);
+      const Tracking& old = h->second.tracking;
+      t.stream = old.stream;
+      t.heard = old.heard;
+      t.reported = old.reported;
+      t.unplaced_since = old.unplaced_since;
+      t.persisted_seen = old.persisted_seen;
+      t.images_dirty = old.images_dirty;
+      t.capacity_dirty = old.capacity_dirty;
+      kept.push_back(i);
+      continue;
+    }
     // Nobody could be heard while the scheduler was down: silence counts from the load at most.
     r.last_heartbeat =
         std::max(r.last_heartbeat, now - options_.policy.healthy_within - absl::Milliseconds(1));
@@ -93,6 +133,8 @@ absl::Status Fleet::Load() {
     (p.warm ? t.warm : t.cold) += 1;
     placements_[p.sandbox_id] = std::move(p);
   }
+  // Sandboxes the runners reported beyond the placements just loaded.
+  for (RunnerIndex i : kept) RecomputeExtra(i, now);
   return absl::OkStatus();
 }
 
@@ -108,6 +150,7 @@ absl::StatusOr<std::string> Fleet::Register(RunnerView runner) {
   RunnerIndex r = state_.Upsert(runner);
   Tracking& t = TrackingOf(r);
   t.persisted_seen = now;
+  t.heard = now;
   t.images_dirty = false;
   t.unplaced_since.clear();
   RecomputeExtra(r, now);
@@ -152,6 +195,7 @@ absl::Status Fleet::Heartbeat(HeartbeatReport report) {
   slot.last_heartbeat = now;
   slot.disconnected = false;
   Tracking& t = TrackingOf(r);
+  t.heard = now;
   if (report.stream != 0) t.stream = report.stream;
   t.reported = report.allocated;
   if (report.capacity && *report.capacity != slot.capacity) {

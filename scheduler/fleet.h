@@ -24,7 +24,9 @@
 //   HEALTHY    everything else.
 // After a restart, silence counts from the later of the stored last-seen and `healthy_within`
 // before the load: a runner that was fine is UNHEALTHY until its first heartbeat (well under a
-// second), never LOST because the scheduler itself was down.
+// second), never LOST because the scheduler itself was down. A reload in a running process (a
+// leader that lost its lock during a database outage and won it back) keeps what the process
+// heard itself since: runners whose heartbeat streams stayed open stay HEALTHY throughout.
 
 #include <atomic>
 #include <functional>
@@ -164,6 +166,8 @@ class Fleet {
     bool images_dirty = false;
     bool capacity_dirty = false;
     uint64_t stream = 0;
+    // When this process last heard from the runner itself (registration or heartbeat).
+    absl::Time heard = absl::InfinitePast();
   };
 
   PlacementResult ResultFor(RunnerIndex r, bool warm) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -257,6 +257,52 @@ TEST_F(FleetTest, ARestartedFleetKnowsRunnersAndReservationsAndLosesNoRunnerForI
   EXPECT_EQ(StateOf(*restarted, id), "LOST");
 }
 
+// A leader that lost its lock's connection (a database outage) and won the lock back reloads the
+// fleet in the same process: runners whose heartbeat streams stayed open are placed on at once,
+// with what they reported on the stream (it will not resend unchanged lists); a runner whose
+// stream broke meanwhile, and one this process never heard, wait for their next heartbeat.
+TEST_F(FleetTest, AReloadKeepsWhatOpenHeartbeatStreamsSaid) {
+  auto fleet = NewFleet();
+  const std::string a = *fleet->Register(NewRunner("a", 3));
+  ASSERT_TRUE(fleet->Place("x", Req()).ok());  // on a, the only runner
+  const std::string b = *fleet->Register(NewRunner("b", 3));
+  ASSERT_TRUE(fleet->Sync().ok());
+  const uint64_t sa = fleet->NewStreamId(), sb = fleet->NewStreamId();
+  HeartbeatReport hb{.runner_id = a, .stream = sa};
+  hb.images = std::vector<CachedImage>{Img("busybox:1.36", "sha256:bb")};
+  hb.sandbox_ids = std::vector<std::string>{"leftover"};
+  ASSERT_TRUE(fleet->Heartbeat(hb).ok());
+  ASSERT_TRUE(fleet->Heartbeat({.runner_id = b, .stream = sb}).ok());
+  // Another scheduler process registered runner c in the store; this one never heard it.
+  RunnerView c = NewRunner("c", 3);
+  c.last_heartbeat = now_ - absl::Minutes(1);
+  const std::string c_id = store_.inner.UpsertRunner(c)->first;
+  fleet->StreamEnded(b, sb);
+  now_ += absl::Seconds(2);
+  ASSERT_TRUE(fleet->Heartbeat({.runner_id = a, .stream = sa}).ok());  // unchanged lists
+  ASSERT_TRUE(fleet->Load().ok());
+  EXPECT_EQ(StateOf(*fleet, a), "HEALTHY") << "its stream stayed open";
+  EXPECT_EQ(StateOf(*fleet, b), "UNHEALTHY") << "its stream broke and it was not heard since";
+  EXPECT_EQ(StateOf(*fleet, c_id), "UNHEALTHY") << "not heard by this process: wait for it";
+  // The images and sandboxes a reported on its stream are kept; the placement came from the store.
+  auto p = fleet->Place("y", Req());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->runner_id, a);
+  EXPECT_TRUE(p->warm);
+  now_ += absl::Seconds(5);  // the unplaced sandbox's grace ends
+  ASSERT_TRUE(fleet->Heartbeat({.runner_id = a, .stream = sa}).ok());
+  for (const auto& r : fleet->List()) {
+    if (r.view.id == a) {
+      EXPECT_EQ(r.view.allocated.sandboxes, 3) << "x, y and the leftover";
+    }
+  }
+  EXPECT_EQ(fleet->Place("z", Req()).status().code(), absl::StatusCode::kResourceExhausted)
+      << "a is full; b and c are not heard";
+  // The stream's end, reported after the reload, still counts.
+  fleet->StreamEnded(a, sa);
+  EXPECT_EQ(StateOf(*fleet, a), "UNHEALTHY");
+}
+
 TEST_F(FleetTest, AFailedPlacementWriteUndoesTheReservation) {
   auto fleet = NewFleet();
   ASSERT_TRUE(fleet->Register(NewRunner("a", 1)).ok());

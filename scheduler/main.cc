@@ -95,7 +95,8 @@ ABSL_FLAG(int, prewarm_parallel_pulls, 8, "pre-warm pull calls in flight at once
 ABSL_FLAG(int, prewarm_pull_timeout_sec, 600, "deadline of one pre-warm pull call");
 ABSL_FLAG(int, leader_poll_ms, 250,
           "a follower replica tries to take the leadership (a Postgres advisory lock) this often; "
-          "the leader checks its lock's connection as often and exits when it stops answering");
+          "the leader checks its lock's connection as often and, when it stops answering, stops "
+          "deciding and competes for the lock again");
 
 namespace {
 
@@ -268,13 +269,27 @@ int main(int argc, char** argv) {
   // Leadership first, before serving: a lone scheduler is the leader from its first call on.
   isorun::scheduler::LeaderLock leader_lock(url);
   std::atomic<bool> leading{false};
+  // Set while another replica holds the lock (a follower knows it when its try fails without an
+  // error): runners' heartbeat streams still open to this replica are then ended, so they move
+  // to the leader. During a database outage nobody can be known to lead, and the streams stay:
+  // what they say keeps the fleet's view live for when the lock is won again.
+  std::atomic<bool> other_leads{false};
+  bool load_failing = false;
   auto take_lead = [&]() -> bool {
     auto got = leader_lock.TryAcquire();
+    other_leads = got.ok() && !*got;
     if (!got.ok() || !*got) return false;
+    // The lock stays held while the load is retried at the next poll: a database that answers
+    // the lock's connection but fails the load (a moment after its return) must not end the
+    // process, nor let the leadership pass to a replica that would fail the same way.
     if (absl::Status s = fleet.Load(); !s.ok()) {
-      isorun::LogError("cannot load the fleet", {{"error", std::string(s.message())}});
-      std::_Exit(1);
+      if (!load_failing) {
+        isorun::LogError("cannot load the fleet; retrying", {{"error", std::string(s.message())}});
+      }
+      load_failing = true;
+      return false;
     }
+    load_failing = false;
     leading = true;
     return true;
   };
@@ -285,7 +300,8 @@ int main(int argc, char** argv) {
   isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
   isorun::scheduler::FleetMetrics fleet_metrics(metrics.registry());
   isorun::scheduler::SchedulerService service(fleet, metrics.registry(),
-                                              absl::GetFlag(FLAGS_heartbeat_interval_ms), &leading);
+                                              absl::GetFlag(FLAGS_heartbeat_interval_ms), &leading,
+                                              &other_leads);
   auto server = isorun::StartGrpcServer(absl::GetFlag(FLAGS_grpc_addr), {&service});
   if (!server.ok()) {
     isorun::LogError("cannot start", {{"error", std::string(server.status().message())}});

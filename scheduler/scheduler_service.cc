@@ -1,6 +1,7 @@
 #include "scheduler/scheduler_service.h"
 
 #include <chrono>
+#include <functional>
 
 #include "google/protobuf/util/time_util.h"
 #include "services/kit/status.h"
@@ -18,17 +19,27 @@ ResourceVector FromProto(const v1::Resources& r) {
   return {r.cpu_millis(), r.memory_mb(), r.sandboxes()};
 }
 
+grpc::Status NotLeader() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                      "this scheduler replica is not the leader; retry on another replica");
+}
+
 // One runner's heartbeat stream: reads until the runner goes away, applying each message to the
 // fleet. Deletes itself when the call is done.
 class HeartbeatReactor final : public grpc::ServerReadReactor<v1::HeartbeatRequest> {
  public:
-  explicit HeartbeatReactor(Fleet& fleet) : fleet_(fleet), stream_(fleet.NewStreamId()) {
+  HeartbeatReactor(Fleet& fleet, std::function<bool()> moved)
+      : fleet_(fleet), moved_(std::move(moved)), stream_(fleet.NewStreamId()) {
     StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the runner closed the stream, or the connection broke
       Finish(grpc::Status::OK);
+      return;
+    }
+    if (moved_()) {  // another replica leads now: the runner reconnects to it
+      Finish(NotLeader());
       return;
     }
     runner_id_ = request_.runner_id();
@@ -47,6 +58,7 @@ class HeartbeatReactor final : public grpc::ServerReadReactor<v1::HeartbeatReque
 
  private:
   Fleet& fleet_;
+  const std::function<bool()> moved_;
   const uint64_t stream_;
   v1::HeartbeatRequest request_;
   std::string runner_id_;
@@ -59,11 +71,6 @@ class RefusedStream final : public grpc::ServerReadReactor<v1::HeartbeatRequest>
   explicit RefusedStream(grpc::Status status) { Finish(std::move(status)); }
   void OnDone() override { delete this; }
 };
-
-grpc::Status NotLeader() {
-  return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                      "this scheduler replica is not the leader; retry on another replica");
-}
 
 }  // namespace
 
@@ -106,10 +113,12 @@ HeartbeatReport ReportFromProto(const v1::HeartbeatRequest& req, uint64_t stream
 }
 
 SchedulerService::SchedulerService(Fleet& fleet, prometheus::Registry& registry,
-                                   int heartbeat_interval_ms, const std::atomic<bool>* leading)
+                                   int heartbeat_interval_ms, const std::atomic<bool>* leading,
+                                   const std::atomic<bool>* other_leads)
     : fleet_(fleet),
       heartbeat_interval_ms_(heartbeat_interval_ms),
       leading_(leading),
+      other_leads_(other_leads),
       placements_(prometheus::BuildCounter()
                       .Name("isorun_scheduler_placements_total")
                       .Help("Placement decisions by outcome")
@@ -162,7 +171,7 @@ grpc::Status SchedulerService::Heartbeat(grpc::ServerContext*, const v1::Heartbe
 grpc::ServerReadReactor<v1::HeartbeatRequest>* SchedulerService::HeartbeatStream(
     grpc::CallbackServerContext*, v1::HeartbeatResponse*) {
   if (!Leading()) return new RefusedStream(NotLeader());
-  return new HeartbeatReactor(fleet_);
+  return new HeartbeatReactor(fleet_, [this] { return !Leading() && OtherLeads(); });
 }
 
 std::map<std::string, int64_t> SchedulerService::capacity_refusals_by_region() const {

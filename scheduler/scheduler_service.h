@@ -24,8 +24,13 @@ class SchedulerService final
  public:
   // `leading`: whether this replica holds the leadership (scheduler/leader.h); while it is false
   // every method answers UNAVAILABLE so that clients retry on another replica. Null: always.
+  // Heartbeat streams opened while leading stay open when the leadership is lost (the lock's
+  // connection failed: the database may just be down, and this replica may win the lock back
+  // with a live view) until `other_leads` says another replica holds the lock; then each ends at
+  // its next message, so its runner moves to the leader.
   SchedulerService(Fleet& fleet, prometheus::Registry& registry, int heartbeat_interval_ms,
-                   const std::atomic<bool>* leading = nullptr);
+                   const std::atomic<bool>* leading = nullptr,
+                   const std::atomic<bool>* other_leads = nullptr);
 
   // Placements since start, for the capacity history.
   int64_t placements_warm() const { return static_cast<int64_t>(warm_.Value()); }
@@ -60,10 +65,12 @@ class SchedulerService final
               const absl::StatusOr<PlacementResult>& result, v1::Placement* resp);
 
   bool Leading() const { return leading_ == nullptr || leading_->load(); }
+  bool OtherLeads() const { return other_leads_ != nullptr && other_leads_->load(); }
 
   Fleet& fleet_;
   const int heartbeat_interval_ms_;
   const std::atomic<bool>* const leading_;
+  const std::atomic<bool>* const other_leads_;
   prometheus::Family<prometheus::Counter>& placements_;
   prometheus::Counter& warm_;
   prometheus::Counter& cold_;

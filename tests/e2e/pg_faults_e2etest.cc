@@ -64,6 +64,11 @@ class PgFaults : public ::testing::Test {
     options.runner_slots = 1000;
     options.stuck_after_sec = 3;
     options.destroy_retry_after_sec = 1;
+    // A commit whose answer the frozen server never sent may still have happened (the server
+    // reads it from its socket when thawed): a create answered 503 can leave a RUNNING row with
+    // no container, which the reconciler marks LOST once it is orphan_grace_sec old.
+    options.orphan_grace_sec = 3;
+    options.reconcile_interval_ms = 500;
     cluster_ = std::make_unique<Cluster>(options);
     tenant_ = cluster_->CreateTenant("faults", 200);
     cluster_->db().Scalar(
@@ -78,23 +83,25 @@ class PgFaults : public ::testing::Test {
   }
 
   HttpResponse Call(const std::string& method, const std::string& path,
-                    const std::string& body = "", const std::string& key = "") {
+                    const std::string& body = "", const std::string& key = "",
+                    const std::string& idempotency_key = "") {
     std::map<std::string, std::string> headers = {
         {"Authorization", "Bearer " + (key.empty() ? key_ : key)}};
     if (!body.empty()) headers["Content-Type"] = "application/json";
+    if (!idempotency_key.empty()) headers["Idempotency-Key"] = idempotency_key;
     return HttpRequest(method, cluster_->gateway_url() + path, body, headers);
   }
 
   // One client: create, get, delete, again and again, recording every answer.
-  void Client(std::atomic<bool>& stop, std::vector<Sample>& out, std::mutex& mu) {
+  void Client(int client, std::atomic<bool>& stop, std::vector<Sample>& out, std::mutex& mu) {
     auto call = [&](const std::string& op, const std::string& method, const std::string& path,
-                    const std::string& body) {
+                    const std::string& body, const std::string& idempotency_key = "") {
       Sample s;
       std::string full;
       s.op = op;
       s.start = absl::Now();
       try {
-        HttpResponse r = Call(method, path, body);
+        HttpResponse r = Call(method, path, body, "", idempotency_key);
         s.status = r.status;
         full = r.body;
         s.body = r.body.substr(0, 300);
@@ -111,20 +118,46 @@ class PgFaults : public ::testing::Test {
         s.body = e.what();
       }
       s.end = absl::Now();
-      std::lock_guard lock(mu);
-      out.push_back(s);
+      {
+        std::lock_guard lock(mu);
+        out.push_back(s);
+      }
+      // A client backs off a little after a failure, as any real one does: without it four
+      // clients would send thousands of 503-answered requests a second, and the gateway's
+      // per-address rate cap (429 CLIENT_RATE_LIMIT) would answer instead.
+      if (s.status / 100 != 2) absl::SleepFor(absl::Milliseconds(20));
       return std::make_pair(s.status, full);
     };
     std::vector<std::string> undeleted;
-    while (!stop.load()) {
+    // Creates answered with an error: one whose commit the database applied after its answer
+    // was lost (a frozen server reads the COMMIT from its socket when thawed) is RUNNING. As a
+    // careful client does, each create carries an Idempotency-Key and failed ones are repeated
+    // afterwards to learn the sandbox and delete it: nothing may be left behind.
+    std::vector<std::string> unanswered;
+    for (int n = 0; !stop.load(); ++n) {
+      const std::string idem = absl::StrCat("pgf-", client, "-", n, "-", absl::ToUnixNanos(absl::Now()));
       auto [status, body] = call("create", "POST", "/v1/sandboxes",
-                                 R"({"image":"busybox:1.36","timeoutSec":600})");
-      if (status != 201) continue;
+                                 R"({"image":"busybox:1.36","timeoutSec":600})", idem);
+      if (status != 201) {
+        unanswered.push_back(idem);
+        continue;
+      }
       const std::string id = Str(Json(body), "id");
       call("get", "GET", "/v1/sandboxes/" + id, "");
       if (call("delete", "DELETE", "/v1/sandboxes/" + id, "").first != 204) {
         undeleted.push_back(id);
       }
+    }
+    for (const auto& idem : unanswered) {
+      Eventually(
+          [&] {
+            HttpResponse r = Call("POST", "/v1/sandboxes",
+                                  R"({"image":"busybox:1.36","timeoutSec":600})", "", idem);
+            if (r.status != 200 && r.status != 201) return r.status / 100 == 4;
+            undeleted.push_back(Str(Json(r.body), "id"));
+            return true;
+          },
+          absl::Seconds(20));
     }
     for (const auto& id : undeleted) {
       Eventually([&] { return Call("DELETE", "/v1/sandboxes/" + id).status == 204; },
@@ -142,7 +175,7 @@ class PgFaults : public ::testing::Test {
     std::mutex mu;
     std::vector<std::thread> clients;
     for (int i = 0; i < kClients; ++i) {
-      clients.emplace_back([&] { Client(stop, samples, mu); });
+      clients.emplace_back([&, i] { Client(i, stop, samples, mu); });
     }
     absl::SleepFor(absl::Seconds(2));
     const absl::Time fault_begin = absl::Now();
@@ -241,7 +274,12 @@ class PgFaults : public ::testing::Test {
           return (active == "0" || active.empty()) && live == "0";
         },
         absl::Seconds(30)))
-        << scenario << ": slots still admitted " << active << ", sandboxes not ended " << live;
+        << scenario << ": slots still admitted " << active << ", sandboxes not ended " << live
+        << ": "
+        << cluster_->db().Scalar(
+               "SELECT string_agg(id || ' ' || state || ' ' || coalesce(runner_address, '') || ' ' "
+               "|| (now() - updated_at)::text, '; ') FROM lifecycle.sandboxes WHERE tenant_id = '" +
+               tenant_ + "' AND state NOT IN ('DESTROYED', 'FAILED', 'LOST')");
   }
 
   std::unique_ptr<PrivatePostgres> pg_;
