@@ -135,7 +135,8 @@ class PgFaults : public ::testing::Test {
     // afterwards to learn the sandbox and delete it: nothing may be left behind.
     std::vector<std::string> unanswered;
     for (int n = 0; !stop.load(); ++n) {
-      const std::string idem = absl::StrCat("pgf-", client, "-", n, "-", absl::ToUnixNanos(absl::Now()));
+      const std::string idem =
+          absl::StrCat("pgf-", client, "-", n, "-", absl::ToUnixNanos(absl::Now()));
       auto [status, body] = call("create", "POST", "/v1/sandboxes",
                                  R"({"image":"busybox:1.36","timeoutSec":600})", idem);
       if (status != 201) {
