@@ -167,9 +167,14 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
     return placement.status();
   }
   auto starting = store_.ToStarting(id, placement->runner_id(), placement->runner_address());
-  if (!starting.ok() || !starting->has_value()) {
+  if (!starting.ok()) {
+    // The commit may have happened (an answer lost past the database deadline): the row may be
+    // STARTING, and a slot released under it would let the tenant's next create in above its
+    // limit. Everything stays held; the reconciler fails the row first, then releases.
+    return starting.status();
+  }
+  if (!starting->has_value()) {
     (void)Compensate(pending, "");
-    if (!starting.ok()) return starting.status();
     return absl::AbortedError(absl::StrCat("sandbox ", id, " was destroyed while it was created"));
   }
 
@@ -194,7 +199,6 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
   start_done.Notify();
   if (watcher.joinable()) watcher.join();
   if (!started.ok()) {
-    absl::Status undo = Compensate(**starting, placement->runner_address());
     // The runner's reasons (IMAGE_NOT_FOUND, ...) come with messages of ours; anything else is
     // the runner's or runc's own text, which stays in the logs.
     auto runner_detail = ErrorDetailOf(started.status());
@@ -206,10 +210,14 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
       LogWarn("sandbox failed to start", {{"sandbox", id},
                                           {"error", std::string(started.status().message())}});
     }
-    if (undo.ok()) {
-      auto failed = store_.ToFailed(id, message);
-      if (!failed.ok()) undo = failed.status();
-    }
+    // FAILED first, then the slot, placement and container: released while the row was still
+    // STARTING, the slot would admit the tenant's next create while this one still counts as
+    // admitted (over its limit). When the row cannot be moved, everything stays held for the
+    // reconciler (it does the same once stuck_after_sec passed); what the compensation cannot
+    // release now, the reconciler's orphan passes release (an ended sandbox holds nothing).
+    auto failed = store_.ToFailed(id, message);
+    absl::Status undo =
+        failed.ok() ? Compensate(**starting, placement->runner_address()) : failed.status();
     if (!undo.ok()) {
       LogWarn("create compensation incomplete; the reconciler will finish it",
               {{"sandbox", id}, {"error", std::string(undo.message())}});
@@ -713,13 +721,19 @@ absl::StatusOr<LoopCounts> Lifecycle::ReconcileOnce(int limit) {
     auto stuck = store_.ClaimStuck(state, options_.stuck_after_sec, limit);
     if (!stuck.ok()) return stuck.status();
     for (const auto& sb : *stuck) {
-      if (!Compensate(sb, sb.runner_address()).ok()) continue;
+      // FAILED first, then what it holds (as a failed start does, see CreateOnce): a slot freed
+      // under a row that still counts as admitted would let the tenant exceed its limit, and a
+      // create that finished meanwhile (RUNNING now) keeps its container and slot. Whatever the
+      // compensation cannot release now, the orphan passes below release.
       auto failed = store_.ToFailed(
           sb.id(), absl::StrCat("create did not finish within ", options_.stuck_after_sec,
                                 " s (its lifecycle process stopped or a service was down)"));
-      if (failed.ok() && failed->has_value()) {
-        ++counts.creates_abandoned;
-        LogInfo("abandoned create repaired", {{"sandbox", sb.id()}});
+      if (!failed.ok() || !failed->has_value()) continue;
+      ++counts.creates_abandoned;
+      LogInfo("abandoned create repaired", {{"sandbox", sb.id()}});
+      if (absl::Status s = Compensate(sb, sb.runner_address()); !s.ok()) {
+        LogWarn("abandoned create's compensation incomplete; the orphan passes will finish it",
+                {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
       }
     }
   }

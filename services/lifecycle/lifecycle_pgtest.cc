@@ -514,6 +514,66 @@ TEST_F(LifecycleTest, ReconcilerFinishesCreatesWhoseCompensationFailed) {
   EXPECT_EQ(Count("SELECT state FROM lifecycle.sandboxes"), "FAILED");
 }
 
+// A slot is released only once its sandbox no longer counts as admitted (STARTING or RUNNING):
+// released while the row still counted, it would let the tenant's next create in above its
+// limit, for as long as the row stays (with its runner unreachable, until the runner is lost).
+TEST_F(LifecycleTest, AFailedOrAbandonedStartReleasesItsSlotOnlyOnceItNoLongerCounts) {
+  // At every slot release: how many of the tenant's sandboxes counted as admitted.
+  std::atomic<int> releases{0}, admitted_at_release{0};
+  faulty_->before_release = [&] {
+    ++releases;
+    admitted_at_release += std::stoi(
+        Count("SELECT count(*) FROM lifecycle.sandboxes WHERE tenant_id = '" + tenant_ +
+              "' AND state IN ('STARTING', 'RUNNING')"));
+  };
+  auto admitted_without_slot = [&] {
+    return Count("SELECT count(*) FROM lifecycle.sandboxes s WHERE state IN ('STARTING', "
+                 "'RUNNING') AND NOT EXISTS (SELECT 1 FROM quota.reservations r WHERE "
+                 "r.sandbox_id = s.id)");
+  };
+
+  // 1. A start whose answer was lost, with the runner unreachable for the compensation's stop.
+  faulty_->fail_start_after = true;
+  faulty_->fail_stop = true;
+  EXPECT_FALSE(lifecycle_->Create(Req()).ok());
+  faulty_->fail_start_after = false;
+  EXPECT_EQ(admitted_without_slot(), "0");
+  EXPECT_EQ(Count("SELECT state FROM lifecycle.sandboxes"), "FAILED");
+  EXPECT_EQ(releases.load(), 1);
+  EXPECT_EQ(admitted_at_release.load(), 0);
+  // The container left behind goes once the runner answers again.
+  auto counts = lifecycle_->ReconcileOnce();
+  ASSERT_TRUE(counts.ok());
+  EXPECT_FALSE(driver_->Sandboxes().empty()) << "stopped although the runner was unreachable";
+  faulty_->fail_stop = false;
+  counts = lifecycle_->ReconcileOnce();
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->containers_stopped, 1);
+  ExpectNothingHeld();
+
+  // 2. A create abandoned while STARTING (its lifecycle died after the runner started it), with
+  // the runner unreachable at the reconciler's first pass.
+  auto sb = lifecycle_->Create(Req());
+  ASSERT_TRUE(sb.ok()) << sb.status();
+  db_.Scalar("UPDATE lifecycle.sandboxes SET state = 'STARTING' WHERE id = '" + sb->id() +
+             "' RETURNING id");
+  releases = 0;
+  admitted_at_release = 0;
+  faulty_->fail_stop = true;
+  counts = lifecycle_->ReconcileOnce();
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->creates_abandoned, 1);
+  EXPECT_EQ(admitted_without_slot(), "0");
+  EXPECT_EQ(lifecycle_->Get(tenant_, sb->id())->state(), v1::FAILED);
+  EXPECT_GE(releases.load(), 1);
+  EXPECT_EQ(admitted_at_release.load(), 0);
+  faulty_->fail_stop = false;
+  counts = lifecycle_->ReconcileOnce();
+  ASSERT_TRUE(counts.ok());
+  faulty_->before_release = nullptr;
+  ExpectNothingHeld();
+}
+
 TEST_F(LifecycleTest, ReconcilerFinishesInterruptedDestroys) {
   auto sb = lifecycle_->Create(Req());
   ASSERT_TRUE(sb.ok());
