@@ -103,6 +103,8 @@ int ExitCodeOf(int status) {
 
 }  // namespace
 
+void DrainInBackground(int fd) { PipeDrainer::Get().Adopt(fd); }
+
 std::string ShellQuote(const std::vector<std::string>& argv) {
   std::string out;
   for (const auto& a : argv) {
@@ -155,6 +157,7 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
     if (absl::Status s = make_pipe(launcher_r, launcher_w); !s.ok()) return s;
   }
 
+  std::vector<int> inherited_copies;  // closed once the child has them
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   if (options.null_stdio) {
@@ -172,6 +175,24 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
     posix_spawn_file_actions_adddup2(&actions, in_r.get(), 0);
     posix_spawn_file_actions_adddup2(&actions, out_w.get(), 1);
     posix_spawn_file_actions_adddup2(&actions, err_w.get(), 2);
+  }
+  if (!options.command_fds) {
+    // Sources are close-on-exec; each target below a later source would overwrite it, so they
+    // go through duplicates above every target first.
+    std::vector<int> high;
+    for (int fd : options.inherit_fds) {
+      int h = ::fcntl(fd, F_DUPFD_CLOEXEC, 16 + static_cast<int>(options.inherit_fds.size()));
+      if (h < 0) {
+        for (int x : high) ::close(x);
+        posix_spawn_file_actions_destroy(&actions);
+        return Errno("fcntl");
+      }
+      high.push_back(h);
+    }
+    for (size_t i = 0; i < high.size(); ++i) {
+      posix_spawn_file_actions_adddup2(&actions, high[i], 3 + static_cast<int>(i));
+    }
+    inherited_copies.swap(high);
   }
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
@@ -191,6 +212,7 @@ absl::StatusOr<ProcessResult> RunProcess(const ProcessOptions& options) {
   int rc = ::posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
+  for (int fd : inherited_copies) ::close(fd);
   if (rc != 0) {
     return absl::InternalError(
         absl::StrCat("cannot run ", options.argv[0], ": ", std::strerror(rc)));

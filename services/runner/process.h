@@ -42,6 +42,9 @@ struct ProcessOptions {
   // stdin, stdout and stderr on /dev/null (for programs that leave a daemon holding them, like
   // `runc run -d`, whose container would otherwise keep our pipes open).
   bool null_stdio = false;
+  // Descriptors the child gets as fds 3, 4, ... (not with command_fds), e.g. the exec agent's
+  // channel handed to `runc run --preserve-fds 1`.
+  std::vector<int> inherit_fds;
 };
 
 struct ProcessResult {
@@ -65,6 +68,10 @@ struct CapturedOutput {
 // Runs `argv` to completion (killed after `timeout`) and returns its output.
 absl::StatusOr<CapturedOutput> RunCaptured(const std::vector<std::string>& argv,
                                            absl::Duration timeout);
+
+// Reads and discards what arrives on `fd` (a pipe still held by a background process of a
+// finished command) until EOF, then closes it; takes ownership.
+void DrainInBackground(int fd);
 
 // "a b 'c d'": argv for log lines and error messages.
 std::string ShellQuote(const std::vector<std::string>& argv);

@@ -1,14 +1,19 @@
 #include "services/runner/runc_driver.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/ascii.h"
@@ -124,7 +129,112 @@ RuncDriver::RuncDriver(RuncOptions options, ImageFetcher& fetcher)
           DiskLayerPoolOptions{.dir = absl::StrCat(options_.data_dir, "/layers"),
                                .owner = options_.uid_base,
                                .default_mb = options_.default_disk_mb,
-                               .per_size = options_.disk_pool_per_size})) {}
+                               .per_size = options_.disk_pool_per_size})) {
+  epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
+  wake_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (epoll_ >= 0 && wake_ >= 0) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = 0;
+    if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, wake_, &ev) == 0) {
+      watcher_ = std::thread([this] { WatchLoop(); });
+    }
+  }
+}
+
+RuncDriver::~RuncDriver() {
+  if (watcher_.joinable()) {
+    const uint64_t one = 1;
+    (void)!::write(wake_, &one, sizeof one);
+    watcher_.join();
+  }
+  {
+    absl::MutexLock lock(&watch_mu_);
+    for (auto& [key, w] : watches_) {
+      if (w.pidfd >= 0) ::close(w.pidfd);
+    }
+    watches_.clear();
+  }
+  if (wake_ >= 0) ::close(wake_);
+  if (epoll_ >= 0) ::close(epoll_);
+}
+
+void RuncDriver::AddWatch(Watch watch, int fd) {
+  if (epoll_ < 0 || fd < 0) {
+    if (watch.pidfd >= 0) ::close(watch.pidfd);
+    return;
+  }
+  absl::MutexLock lock(&watch_mu_);
+  const uint64_t key = next_watch_++;
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
+  ev.data.u64 = key;
+  if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    if (watch.pidfd >= 0) ::close(watch.pidfd);
+    return;
+  }
+  watches_[key] = std::move(watch);
+}
+
+void RuncDriver::WatchSandbox(const std::string& id, const std::shared_ptr<Sandbox>& sb) {
+  int pid = 0;
+  std::shared_ptr<AgentChannel> agent;
+  {
+    absl::MutexLock lock(&mu_);
+    pid = sb->init_pid;
+    agent = sb->agent;
+  }
+  if (pid > 0) {
+    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    // The pid may have been reused before the pidfd was opened: only the sandbox's own init
+    // counts (the check after the open holds, as a pidfd never changes process).
+    if (pidfd >= 0 && InitAlive(id, pid)) {
+      AddWatch(Watch{.id = id, .sandbox = sb, .pidfd = pidfd, .agent = nullptr}, pidfd);
+    } else if (pidfd >= 0) {
+      ::close(pidfd);
+    }
+  }
+  if (agent != nullptr) AddWatch(Watch{.id = id, .sandbox = sb, .pidfd = -1, .agent = agent}, agent->fd());
+}
+
+void RuncDriver::WatchLoop() {
+  epoll_event events[16];
+  while (true) {
+    const int n = ::epoll_wait(epoll_, events, 16, -1);
+    if (n < 0 && errno != EINTR) return;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t key = events[i].data.u64;
+      if (key == 0) return;  // the driver is going away
+      Watch w;
+      {
+        absl::MutexLock lock(&watch_mu_);
+        auto it = watches_.find(key);
+        if (it == watches_.end()) continue;
+        w = std::move(it->second);
+        watches_.erase(it);
+      }
+      std::shared_ptr<Sandbox> sb = w.sandbox.lock();
+      if (w.agent != nullptr) {
+        ::epoll_ctl(epoll_, EPOLL_CTL_DEL, w.agent->fd(), nullptr);
+        const bool expected = w.agent->gone();  // Stop marks it before the teardown
+        w.agent->MarkGone();
+        bool live = false;
+        if (sb != nullptr) {
+          absl::MutexLock lock(&mu_);
+          live = sb->state == State::kRunning || sb->state == State::kPaused;
+        }
+        if (live && !expected) {
+          LogWarn("the sandbox's exec agent closed its channel", {{"sandbox", w.id}});
+        }
+      }
+      if (w.pidfd >= 0) {
+        ::epoll_ctl(epoll_, EPOLL_CTL_DEL, w.pidfd, nullptr);
+        ::close(w.pidfd);
+        if (sb != nullptr) ReapIfDead(w.id, sb);
+      }
+    }
+  }
+}
 
 absl::StatusOr<std::unique_ptr<RuncDriver>> RuncDriver::Create(RuncOptions options,
                                                                ImageFetcher& fetcher) {
@@ -248,9 +358,12 @@ absl::Status RuncDriver::Recover() {
       sb->init_pid = c->second.pid;
       sb->cgroups = CgroupDirsOf(sb->init_pid);
       sb->result = {sb->digest, true};
-      absl::MutexLock lock(&mu_);
-      sandboxes_[id] = sb;
+      {
+        absl::MutexLock lock(&mu_);
+        sandboxes_[id] = sb;
+      }
       LogInfo("re-attached sandbox", {{"sandbox", id}, {"state", c->second.status}});
+      WatchSandbox(id, sb);
     } else {
       LogInfo("removing the remains of a stopped sandbox", {{"sandbox", id}});
       if (absl::Status s = Teardown(id); !s.ok()) {
@@ -329,6 +442,8 @@ absl::StatusOr<StartResult> RuncDriver::Start(const v1::StartSandboxRequest& req
       sb->state = State::kGone;
       auto it = sandboxes_.find(id);
       if (it != sandboxes_.end() && it->second == sb) sandboxes_.erase(it);
+    } else {
+      WatchSandbox(id, sb);
     }
     return result;
   }
@@ -393,7 +508,8 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
     spec.args = {"/bin/sh", "-c", "while :; do sleep 3600 & wait $!; done"};
   } else {
     spec.init_path = options_.init_path;
-    spec.args = {kInitInSandbox};
+    // The init is also the exec agent, reached over the channel runc passes on as its fd 3.
+    spec.args = {kInitInSandbox, "agent"};
     // The init installs the syscall filter itself, on PID 1 and on every exec (seccomp_bpf.h):
     // runc's `linux.seccomp` would have libseccomp compile the profile on every start and exec.
     spec.seccomp = false;
@@ -428,14 +544,31 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
       !s.ok()) {
     return fail(s);
   }
+  std::shared_ptr<AgentChannel> agent;
+  int agent_end = -1;
+  if (!spec.init_path.empty()) {
+    auto made = AgentChannel::Make();
+    if (!made.ok()) return fail(made.status());
+    agent = std::move(made->first);
+    agent_end = made->second;
+  }
   const absl::Time t_bundle = absl::Now();
   ProcessOptions run;
   // The container's PID 1 inherits runc's stdio: /dev/null, not pipes it would hold forever.
   run.null_stdio = true;
-  run.argv = Runc({"--log", dir + "/runc.log", "--log-format", "json", "run", "--detach",
-                   "--bundle", dir, "--pid-file", dir + "/init.pid", id});
+  std::vector<std::string> run_args = {"--log", dir + "/runc.log", "--log-format", "json", "run",
+                                       "--detach", "--bundle", dir, "--pid-file",
+                                       dir + "/init.pid"};
+  if (agent_end >= 0) {
+    run_args.insert(run_args.end(), {"--preserve-fds", "1"});
+    run.inherit_fds = {agent_end};
+  }
+  run_args.push_back(id);
+  run.argv = Runc(std::move(run_args));
   run.deadline = absl::Now() + kRuncTimeout;
   auto started = RunProcess(run);
+  // Only the sandbox's init holds the agent's end from here on: its exit is EOF on ours.
+  if (agent_end >= 0) ::close(agent_end);
   if (!started.ok()) return fail(started.status());
   if (started->exit_code != 0) {
     auto log = ReadFile(dir + "/runc.log");
@@ -463,6 +596,8 @@ absl::StatusOr<StartResult> RuncDriver::StartLocked(Sandbox& sb,
     sb.init_filter = !spec.seccomp;
     sb.cgroups = std::move(cgroups);
     sb.result = {lease->digest, lease->warm};
+    sb.agent = agent;
+    sb.fallback_logged = false;
   }
   LogInfo("sandbox started",
           {{"sandbox", id},
@@ -497,11 +632,13 @@ absl::StatusOr<bool> RuncDriver::Stop(const std::string& sandbox_id) {
     absl::MutexLock lock(&mu_);
     if (sb->state == State::kGone || sb->state == State::kNew) return false;
     digest = sb->digest;
+    if (sb->agent != nullptr) sb->agent->MarkGone();
   }
   if (absl::Status s = Teardown(sandbox_id); !s.ok()) return s;
   cache_.Release(digest, sandbox_id);
   absl::MutexLock lock(&mu_);
   sb->state = State::kGone;
+  sb->agent = nullptr;
   auto it = sandboxes_.find(sandbox_id);
   if (it != sandboxes_.end() && it->second == sb) sandboxes_.erase(it);
   LogInfo("sandbox stopped", {{"sandbox", sandbox_id}});
@@ -589,26 +726,34 @@ void RuncDriver::ReapVanished() {
       }
     }
   }
-  for (const auto& [id, sb] : candidates) {
-    if (InitAlive(id, sb->init_pid)) continue;
-    absl::MutexLock op(&sb->op_mu);
-    std::string digest;
-    {
-      absl::MutexLock lock(&mu_);
-      if (sb->state != State::kRunning && sb->state != State::kPaused) continue;
-      digest = sb->digest;
-    }
-    LogWarn("sandbox died: its init is gone; removing it", {{"sandbox", id}});
-    if (absl::Status s = Teardown(id); !s.ok()) {
-      LogWarn("cannot remove a dead sandbox", {{"sandbox", id}, {"error", s.ToString()}});
-      continue;
-    }
-    cache_.Release(digest, id);
+  for (const auto& [id, sb] : candidates) ReapIfDead(id, sb);
+}
+
+void RuncDriver::ReapIfDead(const std::string& id, const std::shared_ptr<Sandbox>& sb) {
+  int pid = 0;
+  {
     absl::MutexLock lock(&mu_);
-    sb->state = State::kGone;
-    auto it = sandboxes_.find(id);
-    if (it != sandboxes_.end() && it->second == sb) sandboxes_.erase(it);
+    pid = sb->init_pid;
   }
+  if (pid <= 0 || InitAlive(id, pid)) return;
+  absl::MutexLock op(&sb->op_mu);
+  std::string digest;
+  {
+    absl::MutexLock lock(&mu_);
+    if (sb->state != State::kRunning && sb->state != State::kPaused) return;
+    digest = sb->digest;
+  }
+  LogWarn("sandbox died: its init is gone; removing it", {{"sandbox", id}});
+  if (absl::Status s = Teardown(id); !s.ok()) {
+    LogWarn("cannot remove a dead sandbox", {{"sandbox", id}, {"error", s.ToString()}});
+    return;
+  }
+  cache_.Release(digest, id);
+  absl::MutexLock lock(&mu_);
+  sb->state = State::kGone;
+  sb->agent = nullptr;
+  auto it = sandboxes_.find(id);
+  if (it != sandboxes_.end() && it->second == sb) sandboxes_.erase(it);
 }
 
 absl::Status RuncDriver::SetNetwork(const std::string& sandbox_id,
@@ -694,7 +839,10 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
                                         const std::function<bool()>& cancelled) {
   std::map<std::string, std::string> cgroups;
   int memory_mb = 0;
+  int init_pid = 0;
   bool init_filter = false;
+  std::shared_ptr<Sandbox> sb;
+  std::shared_ptr<AgentChannel> agent;
   {
     absl::MutexLock lock(&mu_);
     auto it = sandboxes_.find(sandbox_id);
@@ -704,9 +852,12 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
       return Error(absl::StatusCode::kFailedPrecondition, "SANDBOX_NOT_RUNNING",
                    absl::StrCat("sandbox ", sandbox_id, " is not running"));
     }
-    cgroups = it->second->cgroups;
-    memory_mb = it->second->memory_mb;
-    init_filter = it->second->init_filter;
+    sb = it->second;
+    cgroups = sb->cgroups;
+    memory_mb = sb->memory_mb;
+    init_filter = sb->init_filter;
+    init_pid = sb->init_pid;
+    agent = sb->agent;
   }
   if (request.cmd().find('\0') != std::string::npos) {
     return absl::InvalidArgumentError("cmd contains a NUL character");
@@ -724,41 +875,33 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
       return absl::InvalidArgumentError(absl::StrCat("invalid env variable name \"", k, "\""));
     }
   }
-  // The command's stdio are our pipes passed as fds 3-5, and a wrapper shell moves them to 0-2
-  // for `/bin/sh -c cmd`. runc's own stdio (its copy loop, its error messages) stay apart: runc
-  // waits for the wrapper only, so a server the command leaves in the background holding our
-  // pipes does not hold the exec open (with runc's stdio it would, until the timeout killed it),
-  // and a failure of runc to start the command is never mistaken for the command's output. The
-  // wrapper stays runc's child, so runc reaps it.
-  std::vector<std::string> args = {"exec", "--preserve-fds", "3"};
   const std::string tag = RandomHex(6);
   const std::string& freezer = cgroups["freezer"];
+  // A fork bomb an earlier command left in the background (its shell exited before the bomb
+  // reached the limit, so that exec could not tell): if the sandbox hit its pids limit since
+  // and one finished command's cgroup holds most of the sandbox's tasks, it goes now.
+  if (!freezer.empty()) {
+    int64_t seen = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      seen = sb->pids_hits_seen;
+    }
+    if (PidsLimitHits(cgroups["pids"]) > seen) {
+      for (const auto& name : ListDir(freezer)) {
+        const std::string dir = absl::StrCat(freezer, "/", name);
+        if (name.size() != 13 || name[0] != 'x' || !PathExists(dir + "/tasks")) continue;
+        if (CountTasks(dir) * 2 < options_.pids_limit) continue;
+        LogWarn("stopping a fork bomb a finished command left running",
+                {{"sandbox", sandbox_id}, {"cgroup", name}});
+        KillFreezerCgroup(dir);
+        ::rmdir(dir.c_str());
+      }
+    }
+  }
   // Each command runs in a freezer cgroup of its own below the sandbox's: at the timeout
   // everything it started is killed, including processes that left its process group.
   const std::string exec_cgroup = freezer.empty() ? "" : absl::StrCat(freezer, "/x", tag);
   const bool have_cgroup = !exec_cgroup.empty() && ::mkdir(exec_cgroup.c_str(), 0755) == 0;
-  if (have_cgroup) args.insert(args.end(), {"--cgroup", absl::StrCat("freezer:x", tag)});
-  // Without that cgroup, the command's process group is what can be killed: find it by pid.
-  const std::string pid_file =
-      have_cgroup ? "" : absl::StrCat(SandboxDir(sandbox_id), "/exec-", tag, ".pid");
-  if (!pid_file.empty()) args.insert(args.end(), {"--pid-file", pid_file});
-  // The working directory is entered by the wrapper, inside the sandbox, after runc has
-  // finished and the syscall filter is on: runc itself never chdirs where the request says (its
-  // working-directory escapes used a path resolved while it still held host file descriptors).
-  // runc starts the wrapper in "/" for a request with a cwd, in the image's directory otherwise.
-  if (!request.cwd().empty()) args.insert(args.end(), {"--cwd", "/"});
-  for (const auto& [k, v] : request.env()) {
-    args.insert(args.end(), {"--env", absl::StrCat(k, "=", v)});
-  }
-  args.push_back(sandbox_id);
-  // With the init, the command starts through it: it installs the syscall filter first.
-  if (init_filter) args.insert(args.end(), {kInitInSandbox, "exec"});
-  args.insert(
-      args.end(),
-      {"/bin/sh", "-c",
-       absl::StrCat("if [ -n \"$2\" ]; then cd -- \"$2\" 2>/dev/null || { echo '", kCwdFailed,
-                    "' >&2; exit 1; }; fi; ", "/bin/sh -c \"$1\" <&3 >&4 2>&5 3<&- 4>&- 5>&-"),
-       "isorun-exec", request.cmd(), request.cwd()});
 
   const int64_t oom_before = OomKills(cgroups["memory"]);
   const int64_t pids_before = PidsLimitHits(cgroups["pids"]);
@@ -770,37 +913,162 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
     if (!have_cgroup || PidsLimitHits(cgroups["pids"]) <= pids_before) return false;
     return CountTasks(exec_cgroup) * 2 >= options_.pids_limit;
   };
-  ProcessOptions po;
-  po.argv = Runc(std::move(args));
-  po.command_fds = true;
-  po.stdin_data = request.stdin();
-  if (timeout != absl::InfiniteDuration()) po.deadline = absl::Now() + timeout;
-  po.cancelled = [&] {
+  auto poll_cancelled = [&] {
     if (cancelled && cancelled()) return true;
     if (!fork_bomb && is_fork_bomb()) fork_bomb = true;
     return fork_bomb;
   };
-  po.on_output = on_output;
-  po.on_kill = [&] {
-    if (have_cgroup) KillFreezerCgroup(exec_cgroup);
-    if (pid_file.empty()) return;
-    auto text = ReadFile(pid_file);
-    int pid = 0;
-    if (text.ok() && absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &pid) && pid > 1) {
-      ::kill(-pid, SIGKILL);  // the command's process group (runc makes it a session leader)
+  const absl::Time deadline =
+      timeout != absl::InfiniteDuration() ? absl::Now() + timeout : absl::InfiniteFuture();
+
+  // What either way of running the command ends with.
+  int exit_code = -1;
+  bool timed_out = false, was_cancelled = false, cwd_failed = false;
+  std::string runc_why;  // runc's own message (runc exec only)
+  bool ran = false;
+
+  if (agent != nullptr && !agent->gone()) {
+    AgentExecOptions ao;
+    ao.cmd = request.cmd();
+    ao.cwd = request.cwd();
+    for (const auto& [k, v] : request.env()) ao.env.emplace_back(k, v);
+    ao.stdin_data = request.stdin();
+    ao.deadline = deadline;
+    ao.cancelled = poll_cancelled;
+    ao.on_output = on_output;
+    int host_pid = 0;
+    ao.on_started = [&](int pid) -> absl::Status {
+      host_pid = pid;
+      if (!have_cgroup) return absl::OkStatus();
+      // Before the command runs (it waits for our go): nothing it starts can be outside.
+      const std::string procs = exec_cgroup + "/cgroup.procs";
+      const int fd = ::open(procs.c_str(), O_WRONLY | O_CLOEXEC);
+      const std::string text = absl::StrCat(pid, "\n");
+      const bool ok = fd >= 0 && ::write(fd, text.data(), text.size()) ==
+                                     static_cast<ssize_t>(text.size());
+      if (fd >= 0) ::close(fd);
+      if (!ok) return absl::InternalError("cannot move the command into its cgroup");
+      return absl::OkStatus();
+    };
+    ao.on_kill = [&] {
+      if (have_cgroup) KillFreezerCgroup(exec_cgroup);
+      if (host_pid > 1) ::kill(-host_pid, SIGKILL);
+    };
+    auto r = RunAgentExec(*agent, ao);
+    if (r.ok()) {
+      ran = true;
+      exit_code = r->exec_errno != 0 ? 127 : r->exit_code;
+      timed_out = r->timed_out;
+      was_cancelled = r->cancelled;
+      cwd_failed = r->cwd_failed;
+      if (r->exec_errno != 0 && !timed_out && !was_cancelled) {
+        if (have_cgroup) ::rmdir(exec_cgroup.c_str());
+        return absl::InternalError(absl::StrCat("cannot run the command in sandbox ", sandbox_id,
+                                                ": /bin/sh: ", std::strerror(r->exec_errno)));
+      }
+    } else if (r.status().code() == absl::StatusCode::kUnavailable &&
+               InitAlive(sandbox_id, init_pid)) {
+      // Nothing ran: the command goes through `runc exec` below.
+      LogWarn("exec agent unavailable: this exec uses runc exec",
+              {{"sandbox", sandbox_id}, {"reason", std::string(r.status().message())}});
+    } else {
+      if (have_cgroup) {
+        KillFreezerCgroup(exec_cgroup);
+        ::rmdir(exec_cgroup.c_str());
+      }
+      if (r.status().code() == absl::StatusCode::kUnavailable ||
+          !InitAlive(sandbox_id, init_pid)) {
+        return Error(absl::StatusCode::kFailedPrecondition, "SANDBOX_NOT_RUNNING",
+                     absl::StrCat("sandbox ", sandbox_id, " is not running (its init exited)"));
+      }
+      return r.status();
     }
-  };
-  auto result = RunProcess(po);
+  } else {
+    bool first = false;
+    {
+      absl::MutexLock lock(&mu_);
+      first = !sb->fallback_logged;
+      sb->fallback_logged = true;
+    }
+    if (first) {
+      LogInfo("sandbox has no exec agent (started by an earlier runner process, or without the "
+              "init): its execs use runc exec",
+              {{"sandbox", sandbox_id}});
+    }
+  }
+
+  if (!ran) {
+    // The runc exec fallback. The command's stdio are our pipes passed as fds 3-5, and a wrapper
+    // shell moves them to 0-2 for `/bin/sh -c cmd`. runc's own stdio (its copy loop, its error
+    // messages) stay apart: runc waits for the wrapper only, so a server the command leaves in
+    // the background holding our pipes does not hold the exec open (with runc's stdio it would,
+    // until the timeout killed it), and a failure of runc to start the command is never
+    // mistaken for the command's output. The wrapper stays runc's child, so runc reaps it.
+    std::vector<std::string> args = {"exec", "--preserve-fds", "3"};
+    if (have_cgroup) args.insert(args.end(), {"--cgroup", absl::StrCat("freezer:x", tag)});
+    // Without that cgroup, the command's process group is what can be killed: find it by pid.
+    const std::string pid_file =
+        have_cgroup ? "" : absl::StrCat(SandboxDir(sandbox_id), "/exec-", tag, ".pid");
+    if (!pid_file.empty()) args.insert(args.end(), {"--pid-file", pid_file});
+    // The working directory is entered by the wrapper, inside the sandbox, after runc has
+    // finished and the syscall filter is on: runc itself never chdirs where the request says
+    // (its working-directory escapes used a path resolved while it still held host file
+    // descriptors). runc starts the wrapper in "/" for a request with a cwd, in the image's
+    // directory otherwise.
+    if (!request.cwd().empty()) args.insert(args.end(), {"--cwd", "/"});
+    for (const auto& [k, v] : request.env()) {
+      args.insert(args.end(), {"--env", absl::StrCat(k, "=", v)});
+    }
+    args.push_back(sandbox_id);
+    // With the init, the command starts through it: it installs the syscall filter first.
+    if (init_filter) args.insert(args.end(), {kInitInSandbox, "exec"});
+    args.insert(args.end(),
+                {"/bin/sh", "-c",
+                 absl::StrCat("if [ -n \"$2\" ]; then cd -- \"$2\" 2>/dev/null || { echo '",
+                              kCwdFailed, "' >&2; exit 1; }; fi; ",
+                              "/bin/sh -c \"$1\" <&3 >&4 2>&5 3<&- 4>&- 5>&-"),
+                 "isorun-exec", request.cmd(), request.cwd()});
+    ProcessOptions po;
+    po.argv = Runc(std::move(args));
+    po.command_fds = true;
+    po.stdin_data = request.stdin();
+    po.deadline = deadline;
+    po.cancelled = poll_cancelled;
+    po.on_output = on_output;
+    po.on_kill = [&] {
+      if (have_cgroup) KillFreezerCgroup(exec_cgroup);
+      if (pid_file.empty()) return;
+      auto text = ReadFile(pid_file);
+      int pid = 0;
+      if (text.ok() && absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &pid) && pid > 1) {
+        ::kill(-pid, SIGKILL);  // the command's process group (runc makes it a session leader)
+      }
+    };
+    auto result = RunProcess(po);
+    if (!pid_file.empty()) ::unlink(pid_file.c_str());
+    if (!result.ok()) {
+      if (have_cgroup) ::rmdir(exec_cgroup.c_str());
+      return result.status();
+    }
+    exit_code = result->exit_code;
+    timed_out = result->timed_out;
+    was_cancelled = result->cancelled;
+    cwd_failed = exit_code == 1 && absl::StrContains(result->launcher_output, kCwdFailed);
+    runc_why = RuncMessage(result->launcher_output);
+  }
   // The shell may have exited leaving the bomb running in the background.
-  if (result.ok() && !fork_bomb && is_fork_bomb()) {
+  if (!fork_bomb && is_fork_bomb()) {
     fork_bomb = true;
     KillFreezerCgroup(exec_cgroup);
   }
-  if (!pid_file.empty()) ::unlink(pid_file.c_str());
   // Fails (EBUSY) while processes the command left in the background still run: then the
   // directory goes with the sandbox's cgroup.
   if (have_cgroup) ::rmdir(exec_cgroup.c_str());
-  if (!result.ok()) return result.status();
+  {
+    const int64_t hits = PidsLimitHits(cgroups["pids"]);
+    absl::MutexLock lock(&mu_);
+    sb->pids_hits_seen = std::max(sb->pids_hits_seen, hits);
+  }
 
   std::string note;
   if (OomKills(cgroups["memory"]) > oom_before) {
@@ -815,7 +1083,7 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
     absl::StrAppend(&note, "isorun: the sandbox reached its limit of ", options_.pids_limit,
                     " processes: a fork failed\n");
   }
-  if (result->timed_out) {
+  if (timed_out) {
     std::string message =
         absl::StrCat("command still running after ", absl::ToInt64Seconds(timeout),
                      " s: killed; use a longer timeoutSec or exec:stream");
@@ -824,33 +1092,31 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
     }
     return Error(absl::StatusCode::kDeadlineExceeded, "EXEC_TIMEOUT", message);
   }
-  if (result->cancelled && !fork_bomb) {
+  if (was_cancelled && !fork_bomb) {
     return absl::CancelledError("the client went away: the command was killed");
   }
-  if (!fork_bomb && result->exit_code == 1 &&
-      absl::StrContains(result->launcher_output, kCwdFailed)) {
+  if (!fork_bomb && cwd_failed) {
     return Error(absl::StatusCode::kInvalidArgument, "INVALID_ARGUMENT",
                  absl::StrCat("cwd ", request.cwd(), " is not a directory in the sandbox"));
   }
   // runc says why it could not start the command ("exec failed: ...") on its own stderr.
-  const std::string why = RuncMessage(result->launcher_output);
-  if (!fork_bomb && result->exit_code != 0 && absl::StrContains(why, "exec failed")) {
-    if (absl::StrContains(why, "paused")) return Hibernated(sandbox_id);
-    if (absl::StrContains(why, "chdir to cwd")) {
+  if (!fork_bomb && exit_code != 0 && absl::StrContains(runc_why, "exec failed")) {
+    if (absl::StrContains(runc_why, "paused")) return Hibernated(sandbox_id);
+    if (absl::StrContains(runc_why, "chdir to cwd")) {
       return absl::InvalidArgumentError(
           absl::StrCat("cwd ", request.cwd(), " is not a directory in the sandbox"));
     }
     return absl::InternalError(
-        absl::StrCat("cannot run the command in sandbox ", sandbox_id, ": ", why));
+        absl::StrCat("cannot run the command in sandbox ", sandbox_id, ": ", runc_why));
   }
-  if (!fork_bomb && result->exit_code != 0 &&
-      (absl::StrContains(why, "not running") || absl::StrContains(why, "does not exist") ||
-       absl::StrContains(why, "stopped"))) {
+  if (!fork_bomb && exit_code != 0 &&
+      (absl::StrContains(runc_why, "not running") || absl::StrContains(runc_why, "does not exist") ||
+       absl::StrContains(runc_why, "stopped"))) {
     return Error(absl::StatusCode::kFailedPrecondition, "SANDBOX_NOT_RUNNING",
                  absl::StrCat("sandbox ", sandbox_id, " is not running"));
   }
   if (!note.empty()) on_output(2, note);
-  return fork_bomb ? 128 + SIGKILL : result->exit_code;
+  return fork_bomb ? 128 + SIGKILL : exit_code;
 }
 
 absl::StatusOr<v1::ExecResponse> RuncDriver::Exec(const std::string& sandbox_id,

@@ -22,12 +22,14 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "services/runner/disk_layer.h"
 #include "services/runner/driver.h"
+#include "services/runner/exec_agent.h"
 #include "services/runner/image_cache.h"
 #include "services/runner/sandbox_network.h"
 
@@ -66,7 +68,7 @@ class RuncDriver final : public Driver {
   // for pulls (tests pass a counting wrapper); it must outlive the driver.
   static absl::StatusOr<std::unique_ptr<RuncDriver>> Create(RuncOptions options,
                                                             ImageFetcher& fetcher);
-  ~RuncDriver() override = default;
+  ~RuncDriver() override;
 
   absl::StatusOr<StartResult> Start(const v1::StartSandboxRequest& request) override;
   absl::StatusOr<bool> Stop(const std::string& sandbox_id) override;
@@ -106,12 +108,32 @@ class RuncDriver final : public Driver {
     bool init_filter = false;
     StartResult result;                          // what a repeated Start answers
     std::map<std::string, std::string> cgroups;  // controller -> dir
+    // The channel to its init's exec agent (exec_agent.h); null for sandboxes an earlier runner
+    // process started (their channel went with that process: execs use `runc exec`).
+    std::shared_ptr<AgentChannel> agent;
+    bool fallback_logged = false;  // that execs go through `runc exec` was said once
+    int64_t pids_hits_seen = 0;    // its pids limit hits when its last exec ended
+  };
+  // What the watcher thread waits on: a sandbox init's pidfd (it exited) or its agent's channel
+  // (closed).
+  struct Watch {
+    std::string id;
+    std::weak_ptr<Sandbox> sandbox;
+    int pidfd = -1;                        // owned
+    std::shared_ptr<AgentChannel> agent;   // or this
   };
   RuncDriver(RuncOptions options, ImageFetcher& fetcher);
   absl::Status Recover();
   // Tears down sandboxes whose init died (killed from outside, or the host's OOM killer), so
   // Sandboxes() stops reporting them and the lifecycle marks them LOST.
   void ReapVanished();
+  // Tears `sb` down if its init is gone (what ReapVanished does for each sandbox).
+  void ReapIfDead(const std::string& id, const std::shared_ptr<Sandbox>& sb);
+  // Has the watcher thread notice at once when the init of `sb` exits or its agent's channel
+  // closes, instead of at the next Sandboxes() call.
+  void WatchSandbox(const std::string& id, const std::shared_ptr<Sandbox>& sb);
+  void AddWatch(Watch watch, int fd);
+  void WatchLoop();
   bool InitAlive(const std::string& id, int pid) const;
   std::string SandboxDir(const std::string& id) const;
   std::vector<std::string> Runc(std::vector<std::string> args) const;
@@ -130,6 +152,12 @@ class RuncDriver final : public Driver {
   bool limit_swap_ = true;
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Sandbox>> sandboxes_ ABSL_GUARDED_BY(mu_);
+  int epoll_ = -1;  // the watcher's
+  int wake_ = -1;   // eventfd: the watcher stops
+  absl::Mutex watch_mu_;
+  std::map<uint64_t, Watch> watches_ ABSL_GUARDED_BY(watch_mu_);
+  uint64_t next_watch_ ABSL_GUARDED_BY(watch_mu_) = 1;
+  std::thread watcher_;
 };
 
 // Sandbox ids become file and container names: letters, digits, '_', '-', '.', not leading

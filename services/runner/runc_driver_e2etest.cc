@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -429,7 +430,7 @@ TEST_F(RuncDriverTest, SandboxesShareNoFilesAndSeeNoOtherProcesses) {
   EXPECT_FALSE(absl::StrContains(ps, "runner")) << ps;
   EXPECT_EQ(OtherProcesses("sbx_two"), "") << ps;
   EXPECT_EQ(Sh("sbx_one", kOtherProcesses), "sleep 107\n") << Sh("sbx_one", "ps -o pid,stat,args");
-  EXPECT_EQ(Sh("sbx_two", "cat /proc/1/cmdline"), std::string("/dev/init\0", 10));
+  EXPECT_EQ(Sh("sbx_two", "cat /proc/1/cmdline"), std::string("/dev/init\0agent\0", 16));
   EXPECT_EQ(Sh("sbx_two", "hostname"), "sandbox\n");
   // The host's files are not there either.
   EXPECT_EQ(Sh("sbx_two", "ls /work /var/lib/isorun 2>/dev/null | wc -l"), "0\n");
@@ -632,6 +633,9 @@ TEST_F(RuncDriverTest, ARestartKeepsTheCacheAndFindsItsSandboxes) {
   EXPECT_EQ(ids, (std::vector<std::string>{"sbx_keep", "sbx_paused"}));
   EXPECT_FALSE(PathExists(dir_ + "/sandboxes/sbx_dies")) << "remains of the dead one removed";
   EXPECT_EQ(Sh("sbx_keep", "cat /root/f"), "survived\n");
+  // Its exec agent's channel went with the old process: execs now go through `runc exec` (whose
+  // command's parent is outside the sandbox's pid namespace: PPID 0), still under the filter.
+  EXPECT_EQ(Sh("sbx_keep", "echo $PPID; grep Seccomp: /proc/self/status"), "0\nSeccomp:\t2\n");
   EXPECT_EQ(ReasonOf(driver_->Exec("sbx_paused", Cmd("true")).status()), "SANDBOX_NOT_RUNNING");
   ASSERT_TRUE(driver_->Unpause("sbx_paused").ok());
   EXPECT_EQ(Sh("sbx_paused", "echo back"), "back\n");
@@ -642,6 +646,7 @@ TEST_F(RuncDriverTest, ARestartKeepsTheCacheAndFindsItsSandboxes) {
   auto warm = driver_->Start(StartReq("sbx_new"));
   ASSERT_TRUE(warm.ok());
   EXPECT_TRUE(warm->warm);
+  EXPECT_EQ(Sh("sbx_new", "echo $PPID"), "1\n") << "a new sandbox has its agent";
   EXPECT_EQ(fresh.resolves.load() + fresh.fetches.load(), 0);
   EXPECT_TRUE(*driver_->Stop("sbx_keep"));
 }
@@ -663,6 +668,123 @@ TEST_F(RuncDriverTest, ASandboxWhoseContainerDiedIsNoLongerReported) {
   EXPECT_FALSE(PathExists(dir_ + "/sandboxes/sbx_v1"));
   EXPECT_EQ(driver_->Exec("sbx_v1", Cmd("true")).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(driver_->Images().at(0).sandboxes, 1);
+}
+
+TEST_F(RuncDriverTest, ExecsRunThroughTheAgentUnderTheFilterAndLimits) {
+  Driver();
+  Start("sbx_ag");
+  // The command is a child of the sandbox's init (PPID 1), not of a `runc exec` outside the
+  // sandbox (PPID 0), runs under the syscall filter, as the sandbox's root, in a session of
+  // its own, and in the sandbox's cgroups.
+  EXPECT_EQ(Sh("sbx_ag",
+               "echo $PPID; grep Seccomp: /proc/self/status; id -u; "
+               "[ \"$(cut -d' ' -f6 /proc/$$/stat)\" = $$ ] && echo session-leader"),
+            "1\nSeccomp:\t2\n0\nsession-leader\n");
+  const int init = driver_->InitPid("sbx_ag");
+  ASSERT_GT(init, 0);
+  Sh("sbx_ag", "sleep 109 >/dev/null 2>&1 &");
+  auto pids = WaitForHostPids("sleep 109");
+  ASSERT_EQ(pids.size(), 1u);
+  auto init_cgroup = ReadFile(absl::StrCat("/proc/", init, "/cgroup"));
+  auto cmd_cgroup = ReadFile(absl::StrCat("/proc/", pids[0], "/cgroup"));
+  ASSERT_TRUE(init_cgroup.ok() && cmd_cgroup.ok());
+  for (absl::string_view line : absl::StrSplit(*init_cgroup, '\n', absl::SkipEmpty())) {
+    // memory, pids, cpu...: the sandbox's own; freezer: the exec's, below the sandbox's.
+    std::vector<std::string> f = absl::StrSplit(line, absl::MaxSplits(':', 2));
+    ASSERT_EQ(f.size(), 3u);
+    EXPECT_TRUE(absl::StrContains(*cmd_cgroup, absl::StrCat(f[0], ":", f[1], ":", f[2])))
+        << line << " not in\n" << *cmd_cgroup;
+  }
+  // Many at once, each with its own output.
+  std::vector<std::thread> threads;
+  std::atomic<int> right{0};
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      v1::ExecRequest r = Cmd("echo $N; cat >&2");
+      (*r.mutable_env())["N"] = absl::StrCat("n", i);
+      r.set_stdin(absl::StrCat("in", i));
+      auto out = driver_->Exec("sbx_ag", r);
+      if (out.ok() && out->stdout() == absl::StrCat("n", i, "\n") &&
+          out->stderr() == absl::StrCat("in", i)) {
+        ++right;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(right.load(), 8);
+  // A shell that is not there is the sandbox's problem, reported as such.
+  EXPECT_EQ(Sh("sbx_ag", "exit 0"), "");
+  auto code = driver_->Exec("sbx_ag", Cmd("exit 7"));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(code->exit_code(), 7);
+  auto killed = driver_->Exec("sbx_ag", Cmd("kill -9 $$"));
+  ASSERT_TRUE(killed.ok());
+  EXPECT_EQ(killed->exit_code(), 137);
+}
+
+TEST_F(RuncDriverTest, TheAgentsChannelIsOutOfTheSandboxsReach) {
+  Driver();
+  Start("sbx_probe");
+  auto probe = ReadFile(ISORUN_CHANNEL_PROBE);
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  v1::ExecRequest copy = Cmd("cat > /tmp/probe && chmod 755 /tmp/probe");
+  copy.set_stdin(*probe);
+  auto copied = driver_->Exec("sbx_probe", copy);
+  ASSERT_TRUE(copied.ok() && copied->exit_code() == 0) << copied.status();
+  // Against PID 1 (the agent, holding the channel as fd 3): every way is blocked.
+  auto r = driver_->Exec("sbx_probe", Cmd("/tmp/probe"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code(), 0) << r->stdout() << r->stderr();
+  for (const char* way : {"readlink_proc_fd", "open_proc_fd", "open_proc_mem", "pidfd_getfd",
+                          "process_vm_readv", "ptrace_seize", "inherited_fds"}) {
+    EXPECT_TRUE(absl::StrContains(r->stdout(), absl::StrCat(way, " blocked"))) << way << "\n"
+                                                                               << r->stdout();
+  }
+  // The control: against an ordinary process of the same sandbox, the /proc and ptrace ways
+  // work, so what stops them above is PID 1 being non-dumpable, not the probe.
+  auto control = driver_->Exec(
+      "sbx_probe", Cmd("sleep 30 & p=$!; sleep 0.2; /tmp/probe $p; kill $p"));
+  ASSERT_TRUE(control.ok()) << control.status();
+  for (const char* way : {"readlink_proc_fd", "open_proc_fd", "open_proc_mem", "process_vm_readv",
+                          "ptrace_seize"}) {
+    EXPECT_TRUE(absl::StrContains(control->stdout(), absl::StrCat(way, " REACHED")))
+        << way << "\n" << control->stdout();
+  }
+  // And the agent still serves.
+  EXPECT_EQ(Sh("sbx_probe", "echo $PPID"), "1\n");
+}
+
+TEST_F(RuncDriverTest, AKilledAgentIsDetectedAndTheSandboxReported) {
+  Driver();
+  Start("sbx_dead");
+  Start("sbx_alive");
+  const int init = driver_->InitPid("sbx_dead");
+  ASSERT_GT(init, 0);
+  // A command running when the agent (the sandbox's PID 1) dies ends with the sandbox.
+  std::atomic<bool> done{false};
+  absl::Status streamed;
+  std::thread running([&] {
+    auto code = driver_->ExecStream(
+        "sbx_dead", Cmd("echo up; sleep 60"), [](const v1::ExecChunk&) { return true; },
+        [] { return false; });
+    streamed = code.status();
+    done = true;
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_EQ(::kill(init, SIGKILL), 0);
+  // Noticed without anyone asking (no Sandboxes() call): the watcher tears it down.
+  for (int i = 0; i < 100 && driver_->InitPid("sbx_dead") != 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(driver_->InitPid("sbx_dead"), 0);
+  EXPECT_FALSE(PathExists(dir_ + "/sandboxes/sbx_dead"));
+  for (int i = 0; i < 100 && !done; ++i) absl::SleepFor(absl::Milliseconds(50));
+  running.join();
+  EXPECT_EQ(ReasonOf(streamed), "SANDBOX_NOT_RUNNING") << streamed;
+  // Reported as gone (the lifecycle marks such sandboxes LOST), and no exec falls back to runc.
+  EXPECT_EQ(driver_->Sandboxes(), std::vector<std::string>{"sbx_alive"});
+  EXPECT_EQ(driver_->Exec("sbx_dead", Cmd("true")).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Sh("sbx_alive", "echo $PPID"), "1\n");
 }
 
 TEST_F(RuncDriverTest, PullWarmsTheCacheWithoutASandbox) {
