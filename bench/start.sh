@@ -8,6 +8,10 @@
 #                 fresh manifest digest the runner must pull and unpack (the busybox layer blob
 #                 itself is shared, as between real images of one base)
 #   exec_*        round trips of `true` in one running sandbox
+# and the machine's own floor in the same run: runc_exec_ms (`runc exec` of `true` in that
+# sandbox, timed directly), runc_run_ms (`runc run -d` of the same image, as the runner timed it
+# for each warm start), host_fork_exec_ms (fork+exec of `true` on the host), with the load
+# average before and after. pool_start_* is not printed: runners keep no pools yet.
 # against a throwaway cluster (PostgreSQL, quota, scheduler, lifecycle, gateway, one runc runner)
 # and a local registry. Needs root, runc, skopeo, umoci, docker-registry and busybox-static.
 # Prints warm_start_p50_ms, warm_start_p99_ms, cold_start_p50_ms, exec_p50_ms, exec_p99_ms (and

@@ -5,6 +5,10 @@
 //               has answered;
 //   cold start: the same with images no runner has cached (--cold_images, fresh digests);
 //   exec:       round trips of `true` in one running sandbox.
+// and, in the same run, the machine's own floor: `runc exec` of `true` in that sandbox timed
+// directly (runc_exec_ms), `runc run -d` of the same image as the runner timed it for each warm
+// start (runc_run_ms, from its log), and a fork+exec of `true` on the host (host_fork_exec_ms).
+// Pooled starts (pool_start_*) are not measured: runners keep no pools of started sandboxes yet.
 // Sandboxes are deleted between runs (not timed). Prints key=value lines.
 
 #include <sys/wait.h>
@@ -37,6 +41,7 @@ ABSL_FLAG(std::string, cold_images, "",
 ABSL_FLAG(int, warm, 40, "warm starts to time");
 ABSL_FLAG(int, execs, 200, "exec round trips to time");
 ABSL_FLAG(std::string, image, "busybox:1.36", "image of the warm starts and execs");
+ABSL_FLAG(int, floor_runs, 30, "runc exec and host fork+exec runs of the floor figures");
 ABSL_FLAG(int, breakdown, 20,
           "warm starts to time step by step, each service called directly (0: none)");
 
@@ -245,6 +250,13 @@ void Breakdown(isorun::testing::Cluster& cluster, Client& client, const std::str
     std::printf("breakdown_%s_p50_ms=%.1f\n", step.c_str(), Pct(v, 0.5));
 }
 
+std::string LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  std::string one;
+  in >> one;
+  return one.empty() ? "unknown" : one;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -261,6 +273,7 @@ int main(int argc, char** argv) {
   options.reconcile_interval_ms = 600'000;
   auto cluster = isorun::testing::Cluster::StartOrExplain(options);
   if (!cluster) return 1;
+  const std::string load_before = LoadAverage();
   const std::string tenant = cluster->CreateTenant("bench", 1000);
   cluster->db().Scalar(
       "UPDATE quota.limits SET creates_per_sec = 100000, requests_per_sec = 100000 "
@@ -312,7 +325,7 @@ int main(int argc, char** argv) {
     cold_create.push_back(s.create_ms);
   }
 
-  std::vector<double> exec;
+  std::vector<double> exec, runc_exec, host_fork_exec;
   if (std::string id = client.Create(image); !id.empty()) {
     client.ExecTrue(id);  // the first exec of a sandbox is not a round trip like the others
     for (int i = 0; i < absl::GetFlag(FLAGS_execs); ++i) {
@@ -323,6 +336,15 @@ int main(int argc, char** argv) {
       }
       exec.push_back(Ms(t0, Clock::now()));
     }
+    // The floor, in the same sandbox and the same minute: runc's own exec, and a process on
+    // the host. (The runner names each container after its sandbox.)
+    const std::string runc_root = cluster->runner_data_dir("runner-1") + "/runc";
+    for (int i = 0; i < absl::GetFlag(FLAGS_floor_runs); ++i) {
+      if (double ms = TimeCommand({"runc", "--root", runc_root, "exec", id, "true"}); ms >= 0) {
+        runc_exec.push_back(ms);
+      }
+      if (double ms = TimeCommand({"true"}); ms >= 0) host_fork_exec.push_back(ms);
+    }
     if (!client.Delete(id)) ++errors;
   } else {
     ++errors;
@@ -330,6 +352,8 @@ int main(int argc, char** argv) {
 
   if (const int n = absl::GetFlag(FLAGS_breakdown); n > 0)
     Breakdown(*cluster, client, tenant, image, n);
+  std::vector<double> bundle, runc_run;
+  RunnerLogTimes(cluster->log_path("runner-1"), &bundle, &runc_run);
 
   std::printf("warm_starts=%zu\ncold_starts=%zu\nexecs=%zu\nerrors=%ld\n", warm.size(), cold.size(),
               exec.size(), errors);
@@ -339,6 +363,15 @@ int main(int argc, char** argv) {
   std::printf("cold_start_p50_ms=%.1f\ncold_create_p50_ms=%.1f\n", Pct(cold, 0.5),
               Pct(cold_create, 0.5));
   std::printf("exec_p50_ms=%.1f\nexec_p99_ms=%.1f\n", Pct(exec, 0.5), Pct(exec, 0.99));
+  // The floor. A figure that could not be measured is left out, never printed as 0.
+  if (!runc_exec.empty()) std::printf("runc_exec_ms=%.1f\n", Pct(runc_exec, 0.5));
+  if (!runc_run.empty()) std::printf("runc_run_ms=%.1f\n", Pct(runc_run, 0.5));
+  if (!host_fork_exec.empty()) {
+    std::printf("host_fork_exec_ms=%.2f\n", Pct(host_fork_exec, 0.5));
+  }
+  std::fprintf(stderr, "pool_start_p50_ms/pool_start_p99_ms: not measured (runners keep no "
+                       "pools of started sandboxes)\n");
+  std::printf("loadavg_before=%s\nloadavg_after=%s\n", load_before.c_str(), LoadAverage().c_str());
   std::printf("leftover_reservations=%s\nleftover_placements=%s\n",
               cluster->db().Scalar("SELECT count(*) FROM quota.reservations").c_str(),
               cluster->db().Scalar("SELECT count(*) FROM scheduler.placements").c_str());
