@@ -186,6 +186,7 @@ absl::StatusOr<AgentExecResult> RunAgentExec(AgentChannel& channel,
   bool started = false, exited = false, killed = false, agent_lost = false;
   absl::Status failure;  // the command could not be started
   std::string lost_why;
+  bool init_exited = false;  // EOF on ctl with no status and no "stopped" before it
   absl::Time drain_until = absl::InfiniteFuture();
   absl::Time give_up = absl::InfiniteFuture();
   std::string buf(64 * 1024, '\0');
@@ -287,6 +288,7 @@ absl::StatusOr<AgentExecResult> RunAgentExec(AgentChannel& channel,
       exited = true;
       agent_lost = true;
       if (lost_why.empty()) {
+        init_exited = n == 0;
         lost_why = n == 0 ? "EOF" : absl::StrCat("recv: ", std::strerror(errno));
       }
     }
@@ -379,6 +381,13 @@ absl::StatusOr<AgentExecResult> RunAgentExec(AgentChannel& channel,
     channel.MarkGone();
     if (!started) {
       return absl::UnavailableError("the sandbox's exec agent went away before the command ran");
+    }
+    // EOF on ctl with neither an exit status nor a "stopped" message: the init holds its end
+    // until it has sent the status, so its descriptors were closed by its exit. That comes
+    // before the init is a zombie (a PID namespace's init first waits for every other process
+    // of the namespace to die), so the caller cannot rely on seeing it gone yet.
+    if (init_exited) {
+      return absl::AbortedError("the sandbox's init exited while the command ran");
     }
     return absl::InternalError(
         absl::StrCat("the sandbox's init exited while the command ran (", lost_why, ")"));

@@ -75,7 +75,8 @@ struct AgentExecResult {
 
 // Runs one command through `channel`. UNAVAILABLE when the agent is gone before the command
 // started (the channel is then marked gone; nothing ran, so the caller may use another way);
-// INTERNAL when it could not start it (fork failed) or died while it ran.
+// ABORTED when the agent (the sandbox's init) exited while the command ran; INTERNAL when it
+// could not start it (fork failed) or stopped reporting on it.
 absl::StatusOr<AgentExecResult> RunAgentExec(AgentChannel& channel,
                                              const AgentExecOptions& options);
 

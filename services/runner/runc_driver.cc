@@ -976,8 +976,10 @@ absl::StatusOr<int> RuncDriver::RunExec(const std::string& sandbox_id,
         KillFreezerCgroup(exec_cgroup);
         ::rmdir(exec_cgroup.c_str());
       }
+      // ABORTED: the init exited while the command ran; it may not look dead yet (InitAlive)
+      // while the kernel kills the rest of its PID namespace.
       if (r.status().code() == absl::StatusCode::kUnavailable ||
-          !InitAlive(sandbox_id, init_pid)) {
+          r.status().code() == absl::StatusCode::kAborted || !InitAlive(sandbox_id, init_pid)) {
         return Error(absl::StatusCode::kFailedPrecondition, "SANDBOX_NOT_RUNNING",
                      absl::StrCat("sandbox ", sandbox_id, " is not running (its init exited)"));
       }

@@ -97,12 +97,18 @@ int HostUidOf(int pid) {
   return -1;
 }
 
-// The processes of a sandbox other than its init and the `ps` that lists them. `[sh]` is a shell
-// of this or an earlier exec caught without a command line: exiting and not yet reaped by init,
-// or a pipeline's child in the middle of its exec.
+// The command lines of a sandbox's processes other than its init and this exec's own: the shell
+// the agent started (`$$`) and its children (the `ps`). The listing is taken whole into a
+// variable before anything filters it, and filtered by pid and parent pid, never by name: with a
+// `ps | grep` pipeline the grep runs beside the ps, and busybox starts applets by exec'ing
+// /proc/self/exe, so once in a while ps caught it between the exec's new memory map and its
+// arguments, as `[exe]` (comm "exe", no command line yet). That was this exec's own grep, not a
+// neighbour's process; a name filter could not tell the two apart, parent pids can. A zombie
+// (`[sh]`) still counts: OtherProcesses() waits for the init to reap it.
 constexpr char kOtherProcesses[] =
-    "ps -o args | grep -v -e '^COMMAND' -e '^/dev/init' -e 'ps -o args' -e 'grep -v' "
-    "-e '^\\[sh\\]$' || true";
+    "l=$(ps -o pid,ppid,args) && echo \"$l\" | while read -r pid ppid args; do "
+    "[ \"$pid\" = PID ] || [ \"$pid\" = 1 ] || [ \"$pid\" = $$ ] || [ \"$ppid\" = $$ ] || "
+    "echo \"$args\"; done";
 
 class RuncDriverTest : public ::testing::Test {
  protected:
