@@ -42,7 +42,8 @@ Lifecycle::Lifecycle(SandboxStore& store, Backends& backends, LifecycleOptions o
     : store_(store),
       backends_(backends),
       options_(std::move(options)),
-      leases_(backends, options_.exec_lease_ttl) {}
+      leases_(backends, options_.exec_lease_ttl),
+      lanes_(64, options_.runner_cool_off) {}
 
 absl::StatusOr<v1::Limits> Lifecycle::LimitsOf(const std::string& tenant_id) {
   const absl::Time now = absl::Now();
@@ -302,7 +303,7 @@ absl::StatusOr<Sandbox> Lifecycle::WaitSettled(const std::string& tenant_id,
 
 absl::Status Lifecycle::Compensate(const Sandbox& sb, const std::string& runner_address) {
   absl::Status first;
-  if (!runner_address.empty()) Keep(first, backends_.Stop(runner_address, sb.id()));
+  if (!runner_address.empty()) Keep(first, StopOn(runner_address, sb.id()));
   Keep(first, backends_.ReleasePlacement(sb.id()));
   Keep(first, backends_.Release(sb.tenant_id(), sb.id()));
   return first;
@@ -466,7 +467,7 @@ absl::Status Lifecycle::FinishDestroy(const Sandbox& sb) {
                                                s.message(), "; retry the delete"));
   }
   if (!sb.runner_address().empty()) {
-    if (absl::Status s = backends_.Stop(sb.runner_address(), sb.id()); !s.ok()) {
+    if (absl::Status s = StopOn(sb.runner_address(), sb.id()); !s.ok()) {
       // The slot is free; the container and placement wait for the reconciler.
       LogWarn("runner stop failed; will retry",
               {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
@@ -687,63 +688,140 @@ void Lifecycle::TouchActiveExecs() {
   for (const auto& id : execs_.DueForTouch(absl::Now())) (void)store_.Touch(id);
 }
 
+absl::Status Lifecycle::StopOn(const std::string& runner_address, const std::string& id) {
+  return lanes_.Call(runner_address, [&] { return backends_.Stop(runner_address, id); });
+}
+
+void Lifecycle::OnLanes(const std::vector<Sandbox>& sandboxes,
+                        std::function<void(const Sandbox&)> each,
+                        std::vector<RunnerLanes::Done>& done) {
+  std::map<std::string, std::vector<Sandbox>> by_runner;
+  for (const auto& sb : sandboxes) by_runner[sb.runner_address()].push_back(sb);
+  for (auto& [runner, group] : by_runner) {
+    done.push_back(lanes_.Submit(runner, [each, group = std::move(group)] {
+      for (const auto& sb : group) each(sb);
+    }));
+  }
+}
+
 absl::StatusOr<int> Lifecycle::ReapOnce(int limit) {
+  // Claimed rows are DESTROYING: whatever is not finished here is the reconciler's to retry.
+  // Each runner's destroys run on its own lane, so one that does not answer delays only its own.
+  std::vector<RunnerLanes::Done> done;
   auto kept = store_.ClaimRetentionExpired(limit);
   if (!kept.ok()) return kept.status();
-  for (const auto& sb : *kept) {
-    LogInfo("hibernation retention expired", {{"sandbox", sb.id()}, {"tenant", sb.tenant_id()}});
-    if (absl::Status s = FinishDestroy(sb); !s.ok()) {
-      LogWarn("destroy after hibernation expiry incomplete; will retry",
-              {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
-    }
-  }
+  OnLanes(
+      *kept,
+      [this](const Sandbox& sb) {
+        LogInfo("hibernation retention expired",
+                {{"sandbox", sb.id()}, {"tenant", sb.tenant_id()}});
+        if (absl::Status s = FinishDestroy(sb); !s.ok()) {
+          LogWarn("destroy after hibernation expiry incomplete; will retry",
+                  {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
+        }
+      },
+      done);
   auto expired = store_.ClaimExpired(limit);
-  if (!expired.ok()) return expired.status();
-  for (const auto& sb : *expired) {
-    LogInfo("idle timeout", {{"sandbox", sb.id()}, {"tenant", sb.tenant_id()}});
-    if (absl::Status s = FinishDestroy(sb); !s.ok()) {
-      LogWarn("destroy after idle timeout incomplete; will retry",
-              {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
-    }
+  if (!expired.ok()) {
+    RunnerLanes::WaitAll(done, absl::Now() + options_.runner_pass_wait);
+    return expired.status();
   }
+  OnLanes(
+      *expired,
+      [this](const Sandbox& sb) {
+        LogInfo("idle timeout", {{"sandbox", sb.id()}, {"tenant", sb.tenant_id()}});
+        if (absl::Status s = FinishDestroy(sb); !s.ok()) {
+          LogWarn("destroy after idle timeout incomplete; will retry",
+                  {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
+        }
+      },
+      done);
+  RunnerLanes::WaitAll(done, absl::Now() + options_.runner_pass_wait);
   return static_cast<int>(expired->size() + kept->size());
 }
 
+// Counts and the first error of the lane jobs of one reconcile pass (jobs still running when
+// the pass stops waiting add theirs to a tally nobody reads any more).
+struct Lifecycle::PassTally {
+  absl::Mutex mu;
+  LoopCounts counts ABSL_GUARDED_BY(mu);
+  absl::Status first_error ABSL_GUARDED_BY(mu);
+  void Add(const LoopCounts& c, const absl::Status& s) {
+    absl::MutexLock lock(&mu);
+    counts.destroys_finished += c.destroys_finished;
+    counts.creates_abandoned += c.creates_abandoned;
+    counts.reservations_released += c.reservations_released;
+    counts.placements_released += c.placements_released;
+    counts.containers_stopped += c.containers_stopped;
+    counts.sandboxes_lost += c.sandboxes_lost;
+    Keep(first_error, s);
+  }
+};
+
 absl::StatusOr<LoopCounts> Lifecycle::ReconcileOnce(int limit) {
-  LoopCounts counts;
-  absl::Status first_error;
+  auto tally = std::make_shared<PassTally>();
+  std::vector<RunnerLanes::Done> done;
+  // Runners still busy from an earlier pass (or the reaper) are not given a runner check now;
+  // this pass's own jobs on a runner run before its check, in order, on its lane.
+  const std::set<std::string> busy = lanes_.BusyRunners();
   auto destroying = store_.ClaimStuck(v1::DESTROYING, options_.destroy_retry_after_sec, limit);
   if (!destroying.ok()) return destroying.status();
-  for (const auto& sb : *destroying) {
-    if (FinishDestroy(sb).ok()) ++counts.destroys_finished;
-  }
+  // Not queued behind a busy lane (a silent runner's would pile up a retry per pass): a later
+  // pass claims them again.
+  std::erase_if(*destroying,
+                [&](const Sandbox& sb) { return busy.count(sb.runner_address()) > 0; });
+  OnLanes(
+      *destroying,
+      [this, tally](const Sandbox& sb) {
+        LoopCounts c;
+        if (FinishDestroy(sb).ok()) ++c.destroys_finished;
+        tally->Add(c, absl::OkStatus());
+      },
+      done);
   for (SandboxState state : {v1::PENDING, v1::STARTING}) {
     auto stuck = store_.ClaimStuck(state, options_.stuck_after_sec, limit);
-    if (!stuck.ok()) return stuck.status();
+    if (!stuck.ok()) {
+      RunnerLanes::WaitAll(done, absl::Now() + options_.runner_pass_wait);
+      return stuck.status();
+    }
+    // FAILED first, here, then what it holds, on its runner's lane (as a failed start does, see
+    // CreateOnce): a slot freed under a row that still counts as admitted would let the tenant
+    // exceed its limit, and a create that finished meanwhile (RUNNING now) keeps its container
+    // and slot. Whatever the compensation cannot release now, the orphan passes release.
+    std::vector<Sandbox> abandoned;
+    LoopCounts c;
     for (const auto& sb : *stuck) {
-      // FAILED first, then what it holds (as a failed start does, see CreateOnce): a slot freed
-      // under a row that still counts as admitted would let the tenant exceed its limit, and a
-      // create that finished meanwhile (RUNNING now) keeps its container and slot. Whatever the
-      // compensation cannot release now, the orphan passes below release.
       auto failed = store_.ToFailed(
           sb.id(), absl::StrCat("create did not finish within ", options_.stuck_after_sec,
                                 " s (its lifecycle process stopped or a service was down)"));
       if (!failed.ok() || !failed->has_value()) continue;
-      ++counts.creates_abandoned;
+      ++c.creates_abandoned;
       LogInfo("abandoned create repaired", {{"sandbox", sb.id()}});
-      if (absl::Status s = Compensate(sb, sb.runner_address()); !s.ok()) {
-        LogWarn("abandoned create's compensation incomplete; the orphan passes will finish it",
-                {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
-      }
+      abandoned.push_back(sb);
     }
+    tally->Add(c, absl::OkStatus());
+    OnLanes(
+        abandoned,
+        [this](const Sandbox& sb) {
+          if (absl::Status s = Compensate(sb, sb.runner_address()); !s.ok()) {
+            LogWarn("abandoned create's compensation incomplete; the orphan passes will finish it",
+                    {{"sandbox", sb.id()}, {"error", std::string(s.message())}});
+          }
+        },
+        done);
   }
+  absl::Status first_error;
+  LoopCounts counts;
   Keep(first_error, ReleaseOrphanReservations(counts));
-  Keep(first_error, ReleaseOrphanPlacements(counts));
-  Keep(first_error, ReconcileRunners(counts));
-  if (!first_error.ok()) {
-    LogWarn("reconcile pass incomplete", {{"error", std::string(first_error.message())}});
+  Keep(first_error, ReleaseOrphanPlacements(tally, done));
+  Keep(first_error, ReconcileRunners(counts, tally, busy, done));
+  RunnerLanes::WaitAll(done, absl::Now() + options_.runner_pass_wait);
+  tally->Add(counts, first_error);
+  absl::MutexLock lock(&tally->mu);
+  if (!tally->first_error.ok()) {
+    LogWarn("reconcile pass incomplete", {{"error", std::string(tally->first_error.message())}});
   }
-  return counts;
+  return tally->counts;
 }
 
 namespace {
@@ -780,8 +858,11 @@ absl::Status Lifecycle::ReleaseOrphanReservations(LoopCounts& counts) {
   return absl::OkStatus();
 }
 
-absl::Status Lifecycle::ReleaseOrphanPlacements(LoopCounts& counts) {
+absl::Status Lifecycle::ReleaseOrphanPlacements(std::shared_ptr<PassTally> tally,
+                                                 std::vector<RunnerLanes::Done>& done) {
   std::string token;
+  // Per runner: the orphans found on every page, stopped and released on the runner's lane.
+  std::map<std::string, std::vector<std::pair<std::string, std::string>>> by_runner;
   do {
     auto page = backends_.ListPlacements(options_.orphan_grace_sec, token);
     if (!page.ok()) return page.status();
@@ -792,16 +873,25 @@ absl::Status Lifecycle::ReleaseOrphanPlacements(LoopCounts& counts) {
     for (const auto& p : page->placements()) {
       auto it = states->find(p.sandbox_id());
       if (it != states->end() && HoldsPlacement(it->second.state)) continue;
-      // Whatever may run there goes first, then the reservation of its resources.
-      if (!backends_.Stop(p.runner_address(), p.sandbox_id()).ok()) continue;
-      if (backends_.ReleasePlacement(p.sandbox_id()).ok()) {
-        ++counts.placements_released;
-        LogInfo("released an orphan placement",
-                {{"sandbox", p.sandbox_id()}, {"runner", p.runner_name()}});
-      }
+      by_runner[p.runner_address()].emplace_back(p.sandbox_id(), p.runner_name());
     }
     token = page->next_page_token();
   } while (!token.empty());
+  for (auto& [runner, orphans] : by_runner) {
+    auto job = [this, tally, runner = runner, orphans = std::move(orphans)] {
+      LoopCounts c;
+      for (const auto& [id, name] : orphans) {
+        // Whatever may run there goes first, then the reservation of its resources.
+        if (!StopOn(runner, id).ok()) continue;
+        if (backends_.ReleasePlacement(id).ok()) {
+          ++c.placements_released;
+          LogInfo("released an orphan placement", {{"sandbox", id}, {"runner", name}});
+        }
+      }
+      tally->Add(c, absl::OkStatus());
+    };
+    done.push_back(lanes_.Submit(runner, std::move(job)));
+  }
   return absl::OkStatus();
 }
 
@@ -815,10 +905,11 @@ void Lifecycle::MarkLost(const Sandbox& sb, const std::string& why, LoopCounts& 
   (void)backends_.ReleasePlacement(sb.id());
 }
 
-absl::Status Lifecycle::ReconcileRunners(LoopCounts& counts) {
+absl::Status Lifecycle::ReconcileRunners(LoopCounts& counts, std::shared_ptr<PassTally> tally,
+                                          const std::set<std::string>& busy,
+                                          std::vector<RunnerLanes::Done>& done) {
   auto runners = backends_.ListRunners();
   if (!runners.ok()) return runners.status();
-  absl::Status first_error;
   for (const auto& runner : runners->runners()) {
     if (runner.state() == "LOST") {
       auto live = store_.LiveOnRunner(runner.runner_id());
@@ -829,51 +920,64 @@ absl::Status Lifecycle::ReconcileRunners(LoopCounts& counts) {
       continue;
     }
     if (runner.state() != "HEALTHY" && runner.state() != "DRAINING") continue;
-    auto on_runner = backends_.RunnerSandboxes(runner.address());
-    if (!on_runner.ok()) {
-      Keep(first_error, on_runner.status());
+    // A runner whose lane is still busy (its calls wait out their deadline) is checked at a
+    // later pass; the others are checked in parallel, each on its own lane.
+    if (busy.count(runner.address()) > 0) continue;
+    done.push_back(lanes_.Submit(runner.address(), [this, tally, runner] {
+      LoopCounts c;
+      absl::Status s = ReconcileRunner(runner, c);
+      tally->Add(c, s);
+    }));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Lifecycle::ReconcileRunner(const v1::RunnerInfo& runner, LoopCounts& counts) {
+  absl::StatusOr<std::vector<std::string>> on_runner;
+  absl::Status called = lanes_.Call(runner.address(), [&] {
+    on_runner = backends_.RunnerSandboxes(runner.address());
+    return on_runner.status();
+  });
+  if (!called.ok()) return called;
+  std::set<std::string> present(on_runner->begin(), on_runner->end());
+  // Containers no live sandbox of this runner owns: stop them.
+  auto states = store_.StatesOf(*on_runner);
+  if (!states.ok()) return states.status();
+  for (const auto& id : *on_runner) {
+    auto it = states->find(id);
+    bool owned = it != states->end() && HoldsPlacement(it->second.state) &&
+                 it->second.runner_id == runner.runner_id();
+    bool young = it != states->end() &&
+                 it->second.since_update < absl::Seconds(options_.orphan_grace_sec);
+    // No row at all: the create that started it is gone (rows are written before starts).
+    if (owned || (young && it->second.state != v1::DESTROYED && it->second.state != v1::FAILED &&
+                  it->second.state != v1::LOST)) {
       continue;
     }
-    std::set<std::string> present(on_runner->begin(), on_runner->end());
-    // Containers no live sandbox of this runner owns: stop them.
-    auto states = store_.StatesOf(*on_runner);
-    if (!states.ok()) return states.status();
-    for (const auto& id : *on_runner) {
-      auto it = states->find(id);
-      bool owned = it != states->end() && HoldsPlacement(it->second.state) &&
-                   it->second.runner_id == runner.runner_id();
-      bool young = it != states->end() &&
-                   it->second.since_update < absl::Seconds(options_.orphan_grace_sec);
-      // No row at all: the create that started it is gone (rows are written before starts).
-      if (owned || (young && it->second.state != v1::DESTROYED && it->second.state != v1::FAILED &&
-                    it->second.state != v1::LOST)) {
-        continue;
-      }
-      if (backends_.Stop(runner.address(), id).ok()) {
-        ++counts.containers_stopped;
-        LogInfo("stopped a container no sandbox owns", {{"sandbox", id}, {"runner", runner.name()}});
-      }
-    }
-    // Sandboxes the runner no longer has (it restarted, or the container died): LOST.
-    auto live = store_.LiveOnRunner(runner.runner_id());
-    if (!live.ok()) return live.status();
-    auto live_states = store_.StatesOf([&] {
-      std::vector<std::string> ids;
-      for (const auto& sb : *live) ids.push_back(sb.id());
-      return ids;
-    }());
-    if (!live_states.ok()) return live_states.status();
-    for (const auto& sb : *live) {
-      if (present.count(sb.id()) > 0) continue;
-      auto it = live_states->find(sb.id());
-      if (it == live_states->end() ||
-          it->second.since_update < absl::Seconds(options_.orphan_grace_sec)) {
-        continue;
-      }
-      MarkLost(sb, absl::StrCat("runner ", runner.name(), " no longer has this sandbox"), counts);
+    if (StopOn(runner.address(), id).ok()) {
+      ++counts.containers_stopped;
+      LogInfo("stopped a container no sandbox owns", {{"sandbox", id}, {"runner", runner.name()}});
     }
   }
-  return first_error;
+  // Sandboxes the runner no longer has (it restarted, or the container died): LOST.
+  auto live = store_.LiveOnRunner(runner.runner_id());
+  if (!live.ok()) return live.status();
+  auto live_states = store_.StatesOf([&] {
+    std::vector<std::string> ids;
+    for (const auto& sb : *live) ids.push_back(sb.id());
+    return ids;
+  }());
+  if (!live_states.ok()) return live_states.status();
+  for (const auto& sb : *live) {
+    if (present.count(sb.id()) > 0) continue;
+    auto it = live_states->find(sb.id());
+    if (it == live_states->end() ||
+        it->second.since_update < absl::Seconds(options_.orphan_grace_sec)) {
+      continue;
+    }
+    MarkLost(sb, absl::StrCat("runner ", runner.name(), " no longer has this sandbox"), counts);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace isorun::lifecycle

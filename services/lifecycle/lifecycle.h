@@ -14,6 +14,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "services/lifecycle/backends.h"
 #include "services/lifecycle/exec_leases.h"
 #include "services/lifecycle/exec_tracker.h"
+#include "services/lifecycle/runner_lanes.h"
 #include "services/lifecycle/sandbox_store.h"
 
 namespace isorun::lifecycle {
@@ -61,6 +63,13 @@ struct LifecycleOptions {
   // image), the runner is asked this often what the start waits for (a pull, with bytes), and
   // the answer is written to the sandbox's row; 0 turns it off.
   absl::Duration start_progress_interval = absl::Milliseconds(250);
+  // The reaper and the reconciler work on each runner in a lane of its own (runner_lanes.h);
+  // a pass waits this long at most for its lanes, then goes on (unfinished work continues on
+  // its lane; a runner that does not answer holds up only its own lane).
+  absl::Duration runner_pass_wait = absl::Seconds(1);
+  // After a runner call ran out its deadline (DEADLINE_EXCEEDED), further calls to that runner
+  // fail at once for this long (runner_lanes.h).
+  absl::Duration runner_cool_off = absl::Seconds(5);
 };
 
 // What the public-URL proxy needs to reach a sandbox.
@@ -146,9 +155,19 @@ class Lifecycle {
   absl::Status Compensate(const Sandbox& sb, const std::string& runner_address);
   // The steps after DESTROYING: slot, runner, placement, DESTROYED.
   absl::Status FinishDestroy(const Sandbox& sb);
+  struct PassTally;
+  // Stop on a runner, through its lanes' cool-off.
+  absl::Status StopOn(const std::string& runner_address, const std::string& id);
+  // Runs `each` for every sandbox, in order per runner, each runner on its own lane.
+  void OnLanes(const std::vector<Sandbox>& sandboxes, std::function<void(const Sandbox&)> each,
+               std::vector<RunnerLanes::Done>& done);
   absl::Status ReleaseOrphanReservations(LoopCounts& counts);
-  absl::Status ReleaseOrphanPlacements(LoopCounts& counts);
-  absl::Status ReconcileRunners(LoopCounts& counts);
+  absl::Status ReleaseOrphanPlacements(std::shared_ptr<PassTally> tally,
+                                       std::vector<RunnerLanes::Done>& done);
+  absl::Status ReconcileRunners(LoopCounts& counts, std::shared_ptr<PassTally> tally,
+                                const std::set<std::string>& busy,
+                                std::vector<RunnerLanes::Done>& done);
+  absl::Status ReconcileRunner(const v1::RunnerInfo& runner, LoopCounts& counts);
   // LOST, then its slot and placement released.
   void MarkLost(const Sandbox& sb, const std::string& why, LoopCounts& counts);
 
@@ -183,6 +202,8 @@ class Lifecycle {
   absl::Mutex creating_mu_;
   absl::CondVar creating_cv_;
   std::set<std::string> creating_ ABSL_GUARDED_BY(creating_mu_);
+  // Last: destroyed first, waiting for the jobs that use the members above.
+  RunnerLanes lanes_;
 };
 
 }  // namespace isorun::lifecycle

@@ -165,6 +165,8 @@ class LifecycleTest : public ::testing::Test {
     options.stuck_after_sec = 0;
     options.destroy_retry_after_sec = 0;
     options.orphan_grace_sec = 0;
+    // A pass here waits for all of its runner work (nothing hangs), so its counts are complete.
+    options.runner_pass_wait = absl::Seconds(60);
     lifecycle_ = std::make_unique<Lifecycle>(*sandbox_store_, *faulty_, options);
     tenant_ = CreateTenant("acme", 5);
     other_tenant_ = CreateTenant("other", 5);

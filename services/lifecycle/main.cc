@@ -53,6 +53,13 @@ ABSL_FLAG(absl::Duration, exec_lease_ttl, absl::Seconds(10),
           "calls of a lifecycle that died keep their places");
 ABSL_FLAG(int, reaper_interval_ms, 500, "how often the idle reaper looks for expired sandboxes");
 ABSL_FLAG(int, reconcile_interval_ms, 5000, "how often the reconciler runs");
+ABSL_FLAG(int, runner_pass_wait_ms, 1000,
+          "the reaper and the reconciler work on each runner in parallel (a lane per runner); a "
+          "pass waits this long at most for its runners, then goes on while their work continues "
+          "(a runner that does not answer holds up only its own lane)");
+ABSL_FLAG(int, runner_cool_off_ms, 5000,
+          "after a call to a runner ran out its deadline (a black-holed or hung runner), the "
+          "reaper's and reconciler's further calls to it fail at once for this long");
 ABSL_FLAG(absl::Duration, ended_retention, absl::Hours(72),
           "how long an ended sandbox (DESTROYED, FAILED, LOST) stays readable before it is purged "
           "with its events and idempotency key; at least 24h (API.md's promise)");
@@ -135,6 +142,10 @@ int main(int argc, char** argv) {
   options.public_url_template = absl::GetFlag(FLAGS_public_url_template);
   options.start_progress_interval =
       absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_start_progress_interval_ms)));
+  options.runner_pass_wait =
+      absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_runner_pass_wait_ms)));
+  options.runner_cool_off =
+      absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_runner_cool_off_ms)));
   isorun::lifecycle::Lifecycle lifecycle(store, backends, options);
 
   isorun::Metrics metrics(absl::GetFlag(FLAGS_metrics_addr));
