@@ -48,7 +48,9 @@ SANITIZE_REPORTS=""
 # sanitize_test_env ARRAY: sets the sanitizers' options for the tests and every process they start
 # (the services inherit them), and puts the ctest selection of the mode into ARRAY. Reports go to
 # files, not stderr: a service's report would otherwise end in a log that a passing test never
-# shows. Suppressions (scripts/sanitizers/) name third-party code only, never ours.
+# shows. Suppressions (scripts/sanitizers/) name third-party code only, never ours. Options already
+# in ASAN_OPTIONS, LSAN_OPTIONS, UBSAN_OPTIONS or TSAN_OPTIONS come last and so win (e.g.
+# ASAN_OPTIONS=fast_unwind_on_malloc=0 for whole stacks through libraries without frame pointers).
 sanitize_test_env() {
   local -n sel="$1"
   local supp="$ISORUN_REPO/scripts/sanitizers"
@@ -59,9 +61,9 @@ sanitize_test_env() {
   local common="log_path=$SANITIZE_REPORTS/report:log_exe_name=1:print_stacktrace=1"
   case "$ISORUN_SANITIZE" in
     address)
-      export ASAN_OPTIONS="$common:detect_leaks=1:halt_on_error=1"
-      export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
-      export UBSAN_OPTIONS="$common:halt_on_error=1"
+      export ASAN_OPTIONS="$common:detect_leaks=1:halt_on_error=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+      export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+      export UBSAN_OPTIONS="$common:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
       sel=(-L 'unit|pg|e2e')
       log "AddressSanitizer and UndefinedBehaviorSanitizer: unit, pg and e2e tests"
       ;;
@@ -70,7 +72,7 @@ sanitize_test_env() {
       # accesses nor their atomics, only the libc calls they make (memcpy, sendmsg, free), which
       # then look like races with each other. ignore_noninstrumented_modules drops what those
       # calls do; our own code's accesses are all still checked.
-      export TSAN_OPTIONS="$common:halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$supp/tsan.supp"
+      export TSAN_OPTIONS="$common:halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$supp/tsan.supp${TSAN_OPTIONS:+:$TSAN_OPTIONS}"
       sel=(-L tsan)
       log "ThreadSanitizer: the concurrency tests (label tsan)"
       ;;
