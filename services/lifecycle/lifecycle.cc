@@ -45,6 +45,12 @@ Lifecycle::Lifecycle(SandboxStore& store, Backends& backends, LifecycleOptions o
       leases_(backends, options_.exec_lease_ttl),
       lanes_(64, options_.runner_cool_off) {}
 
+Lifecycle::~Lifecycle() {
+  absl::MutexLock lock(&redrives_mu_);
+  auto none = [this]() ABSL_SHARED_LOCKS_REQUIRED(redrives_mu_) { return redrives_ == 0; };
+  redrives_mu_.Await(absl::Condition(&none));
+}
+
 absl::StatusOr<v1::Limits> Lifecycle::LimitsOf(const std::string& tenant_id) {
   const absl::Time now = absl::Now();
   {
@@ -108,6 +114,8 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
     }
   }
   const std::string id = NewSandboxId();
+  // The owner the row records (InsertPending reads the same value).
+  const int32_t owner = store_.owner();
   std::string existing_id;
   absl::Status inserted = store_.InsertPending(req, id, NewPublicId(), &existing_id);
   if (inserted.code() == absl::StatusCode::kAlreadyExists && !existing_id.empty()) {
@@ -116,6 +124,29 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
     return settled;
   }
   if (!inserted.ok()) return inserted;
+  return Drive(req, id, owner, nullptr);
+}
+
+absl::StatusOr<Sandbox> Lifecycle::Redrive(const Sandbox& row) {
+  v1::CreateSandboxRequest req;
+  req.set_tenant_id(row.tenant_id());
+  req.set_image(row.image());
+  req.set_cpu_millis(row.cpu_millis());
+  req.set_memory_mb(row.memory_mb());
+  req.set_disk_mb(row.disk_mb());
+  *req.mutable_env() = row.env();
+  *req.mutable_network() = row.network();
+  LogInfo("taking over a create whose replica is gone",
+          {{"sandbox", row.id()}, {"state", StateName(row.state())}});
+  const int32_t owner = options_.session != nullptr ? options_.session->id() : 0;
+  return Drive(req, row.id(), owner,
+               row.state() == v1::STARTING && !row.runner_address().empty() ? &row : nullptr);
+}
+
+absl::StatusOr<Sandbox> Lifecycle::Drive(const v1::CreateSandboxRequest& req,
+                                         const std::string& id, int32_t owner,
+                                         const Sandbox* placed) {
+  const std::string& tenant = req.tenant_id();
   // Retries of this create in this process wait for it on creating_cv_ (WaitSettled).
   {
     absl::MutexLock lock(&creating_mu_);
@@ -135,48 +166,83 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
   pending.set_id(id);
   pending.set_tenant_id(tenant);
 
-  // 1. Admission.
+  // Ends the create, then undoes what it took: removes its never acknowledged row (refusals) or
+  // ends it FAILED (start failures; `fail_message` not empty), under the row's lock and only
+  // while this replica still drives the create (one taken over by another replica is left to
+  // it), and only then releases. Released while the row still counted as admitted, a slot
+  // would let the tenant's next create in above its limit. When the row cannot be ended,
+  // everything stays held for the reconciler; what `undo` cannot release now (or a crash right
+  // after the commit leaves), the reconciler's orphan passes release: an ended sandbox holds
+  // nothing.
+  auto compensate = [&](const std::function<absl::Status()>& undo,
+                        const std::string& fail_message) {
+    auto ran = store_.WithOwnedInFlight(
+        id, owner, [&](const Sandbox&, SandboxStore::Locked& locked) -> absl::Status {
+          return fail_message.empty() ? locked.DeleteUnacknowledged() : locked.Fail(fail_message);
+        });
+    const absl::Status outcome = !ran.ok() ? ran.status() : *ran ? undo() : absl::OkStatus();
+    if (!outcome.ok()) {
+      LogWarn("create compensation incomplete; the reconciler will finish it",
+              {{"sandbox", id}, {"error", std::string(outcome.message())}});
+    }
+  };
+  // A guarded transition found the row elsewhere: a destroy raced with the create (undo what it
+  // took, as the destroy may have released before we took), or another replica took it over (it
+  // drives the create now; undo nothing). Returns the row when it is RUNNING.
+  auto lost_row = [&](const std::string& runner_address,
+                      const char* what) -> absl::StatusOr<Sandbox> {
+    auto now = store_.GetAny(id);
+    if (now.ok() && now->state() == v1::RUNNING) return *now;
+    if (now.ok() && (now->state() == v1::PENDING || now->state() == v1::STARTING)) {
+      return Error(absl::StatusCode::kUnavailable, "UNAVAILABLE",
+                   absl::StrCat("sandbox ", id,
+                                " is being created by another replica; retry with the same "
+                                "Idempotency-Key"));
+    }
+    Sandbox sb = pending;
+    (void)Compensate(sb, runner_address);
+    return absl::AbortedError(absl::StrCat("sandbox ", id, " was destroyed while it ", what));
+  };
+
+  // 1. Admission (again, for a create taken over: a no-op when it happened).
   if (absl::Status s = backends_.Admit(tenant, id); !s.ok()) {
     // A refusal took nothing; any other error may hide an admission that happened.
-    absl::Status undo = s.code() == absl::StatusCode::kResourceExhausted
-                            ? absl::OkStatus()
-                            : backends_.Release(tenant, id);
-    if (undo.ok()) Keep(undo, store_.DeleteUnacknowledged(id));
-    if (!undo.ok()) {
-      LogWarn("create compensation incomplete; the reconciler will finish it",
-              {{"sandbox", id}, {"error", std::string(undo.message())}});
-    }
+    const bool refused = s.code() == absl::StatusCode::kResourceExhausted;
+    compensate([&] { return refused ? absl::OkStatus() : backends_.Release(tenant, id); }, "");
     return s;
   }
 
   // 2. Placement.
-  v1::PlaceRequest place;
-  place.set_sandbox_id(id);
-  place.set_tenant_id(tenant);
-  place.set_image(req.image());
-  place.set_region(options_.region);
-  place.mutable_request()->set_cpu_millis(req.cpu_millis());
-  place.mutable_request()->set_memory_mb(req.memory_mb());
-  auto placement = backends_.Place(place);
-  if (!placement.ok()) {
-    absl::Status undo = Compensate(pending, "");
-    if (undo.ok()) undo = store_.DeleteUnacknowledged(id);
-    if (!undo.ok()) {
-      LogWarn("create compensation incomplete; the reconciler will finish it",
-              {{"sandbox", id}, {"error", std::string(undo.message())}});
+  std::string runner_address;
+  Sandbox starting_row;
+  bool cold = false;  // placed on a runner without the image (unknown for a create taken over)
+  if (placed != nullptr) {
+    runner_address = placed->runner_address();
+    starting_row = *placed;
+  } else {
+    v1::PlaceRequest place;
+    place.set_sandbox_id(id);
+    place.set_tenant_id(tenant);
+    place.set_image(req.image());
+    place.set_region(options_.region);
+    place.mutable_request()->set_cpu_millis(req.cpu_millis());
+    place.mutable_request()->set_memory_mb(req.memory_mb());
+    auto placement = backends_.Place(place);
+    if (!placement.ok()) {
+      compensate([&] { return Compensate(pending, ""); }, "");
+      return placement.status();
     }
-    return placement.status();
-  }
-  auto starting = store_.ToStarting(id, placement->runner_id(), placement->runner_address());
-  if (!starting.ok()) {
-    // The commit may have happened (an answer lost past the database deadline): the row may be
-    // STARTING, and a slot released under it would let the tenant's next create in above its
-    // limit. Everything stays held; the reconciler fails the row first, then releases.
-    return starting.status();
-  }
-  if (!starting->has_value()) {
-    (void)Compensate(pending, "");
-    return absl::AbortedError(absl::StrCat("sandbox ", id, " was destroyed while it was created"));
+    auto starting = store_.ToStarting(id, placement->runner_id(), placement->runner_address());
+    if (!starting.ok()) {
+      // The commit may have happened (an answer lost past the database deadline): the row may
+      // be STARTING, and a slot released under it would let the tenant's next create in above
+      // its limit. Everything stays held; the reconciler fails the row first, then releases.
+      return starting.status();
+    }
+    if (!starting->has_value()) return lost_row("", "was created");
+    runner_address = placement->runner_address();
+    cold = !placement->warm();
+    starting_row = **starting;
   }
 
   // 3. Start on the runner.
@@ -191,12 +257,12 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
   // A cold start may pull for a while: meanwhile the sandbox shows what it waits for.
   absl::Notification start_done;
   std::thread watcher;
-  if (!placement->warm() && options_.start_progress_interval > absl::ZeroDuration()) {
-    watcher = std::thread([this, &id, &placement, &start_done] {
-      WatchStart(id, placement->runner_address(), start_done);
+  if (cold && options_.start_progress_interval > absl::ZeroDuration()) {
+    watcher = std::thread([this, &id, &runner_address, &start_done] {
+      WatchStart(id, runner_address, start_done);
     });
   }
-  auto started = backends_.Start(placement->runner_address(), start);
+  auto started = backends_.Start(runner_address, start);
   start_done.Notify();
   if (watcher.joinable()) watcher.join();
   if (!started.ok()) {
@@ -211,18 +277,7 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
       LogWarn("sandbox failed to start", {{"sandbox", id},
                                           {"error", std::string(started.status().message())}});
     }
-    // FAILED first, then the slot, placement and container: released while the row was still
-    // STARTING, the slot would admit the tenant's next create while this one still counts as
-    // admitted (over its limit). When the row cannot be moved, everything stays held for the
-    // reconciler (it does the same once stuck_after_sec passed); what the compensation cannot
-    // release now, the reconciler's orphan passes release (an ended sandbox holds nothing).
-    auto failed = store_.ToFailed(id, message);
-    absl::Status undo =
-        failed.ok() ? Compensate(**starting, placement->runner_address()) : failed.status();
-    if (!undo.ok()) {
-      LogWarn("create compensation incomplete; the reconciler will finish it",
-              {{"sandbox", id}, {"error", std::string(undo.message())}});
-    }
+    compensate([&] { return Compensate(starting_row, runner_address); }, message);
     // The runner's reason (IMAGE_NOT_FOUND, say) stays; only the message gains context.
     if (ours) {
       return Error(started.status().code(), runner_detail->reason(), message,
@@ -232,17 +287,15 @@ absl::StatusOr<Sandbox> Lifecycle::CreateOnce(const v1::CreateSandboxRequest& re
     return Error(started.status().code(), "START_FAILED", message);
   }
 
-  // 4. RUNNING, durably. The guard fails only if the sandbox was destroyed meanwhile.
+  // 4. RUNNING, durably. The guard fails only if the sandbox was destroyed meanwhile (or another
+  // replica took the create over and finished it).
   auto running = store_.ToRunning(id, started->image_digest());
   if (!running.ok()) {
     // The commit may have happened: the row is RUNNING (and will idle out holding what it should)
     // or still STARTING (the reconciler compensates it). Undoing here could orphan a RUNNING row.
     return running.status();
   }
-  if (!running->has_value()) {
-    (void)Compensate(**starting, placement->runner_address());
-    return absl::AbortedError(absl::StrCat("sandbox ", id, " was destroyed while it started"));
-  }
+  if (!running->has_value()) return lost_row(runner_address, "started");
   return **running;
 }
 
@@ -276,6 +329,11 @@ absl::StatusOr<Sandbox> Lifecycle::WaitSettled(const std::string& tenant_id,
                                                const std::string& id) {
   const absl::Time deadline = absl::Now() + options_.idempotent_wait;
   absl::Duration pause = absl::Milliseconds(20);
+  auto pending_error = [&] {
+    return Error(absl::StatusCode::kDeadlineExceeded, "IDEMPOTENT_CREATE_PENDING",
+                 absl::StrCat("the first create with this Idempotency-Key (sandbox ", id,
+                              ") has not finished yet; retry later"));
+  };
   while (true) {
     {
       // The first create runs in this process: wait for it to end, without asking Postgres.
@@ -287,15 +345,37 @@ absl::StatusOr<Sandbox> Lifecycle::WaitSettled(const std::string& tenant_id,
         creating_cv_.WaitWithDeadline(&creating_mu_, deadline);
       }
     }
+    ReplicaSession* session = options_.session;
+    const int32_t me = session != nullptr ? session->id() : 0;
+    if (me != 0) {
+      // Another replica runs (or ran) it. Watch first, then mark the row awaited: its way out of
+      // PENDING/STARTING then notifies us, and no notification can fall between the two.
+      auto watch = session->WatchSettled(id);
+      auto in_flight = store_.MarkAwaited(tenant_id, id);
+      if (!in_flight.ok()) return in_flight.status();
+      if (!in_flight->has_value()) return store_.Get(tenant_id, id);  // settled (or gone)
+      if ((*in_flight)->owner != 0 && !(*in_flight)->owner_alive) {
+        // Its replica died: this retry finishes the create (unless another got there first).
+        auto taken = store_.TakeOver(id, me);
+        if (!taken.ok()) return taken.status();
+        if (taken->has_value()) return Redrive(**taken);
+        continue;
+      }
+      if (absl::Now() > deadline) return pending_error();
+      // Woken by the row's notification, by the session going down or up (look again), or by
+      // the deadline. The driver's death is not notified: the reconciler of a live replica takes
+      // such a create over and finishes it, which notifies.
+      if (watch->Wait(deadline) == ReplicaSession::Wake::kSettled) {
+        auto sb = store_.Get(tenant_id, id);
+        if (!sb.ok() || (sb->state() != v1::PENDING && sb->state() != v1::STARTING)) return sb;
+      }
+      continue;
+    }
+    // Without a session (or while it is down): look at the row, less and less often.
     auto sb = store_.Get(tenant_id, id);
     if (!sb.ok()) return sb.status();
     if (sb->state() != v1::PENDING && sb->state() != v1::STARTING) return sb;
-    if (absl::Now() > deadline) {
-      return Error(absl::StatusCode::kDeadlineExceeded, "IDEMPOTENT_CREATE_PENDING",
-                   absl::StrCat("the first create with this Idempotency-Key (sandbox ", id,
-                                ") has not finished yet; retry later"));
-    }
-    // Another replica runs the first create: look again, less and less often.
+    if (absl::Now() > deadline) return pending_error();
     absl::SleepFor(pause);
     pause = std::min(pause * 2, absl::Milliseconds(500));
   }
@@ -749,6 +829,7 @@ struct Lifecycle::PassTally {
   void Add(const LoopCounts& c, const absl::Status& s) {
     absl::MutexLock lock(&mu);
     counts.destroys_finished += c.destroys_finished;
+    counts.creates_taken_over += c.creates_taken_over;
     counts.creates_abandoned += c.creates_abandoned;
     counts.reservations_released += c.reservations_released;
     counts.placements_released += c.placements_released;
@@ -761,6 +842,30 @@ struct Lifecycle::PassTally {
 absl::StatusOr<LoopCounts> Lifecycle::ReconcileOnce(int limit) {
   auto tally = std::make_shared<PassTally>();
   std::vector<RunnerLanes::Done> done;
+  // Creates whose replica died: finished here, each on a thread of its own (a start may take as
+  // long as an image pull), before the stuck ones below would be failed.
+  if (options_.session != nullptr && options_.session->id() != 0) {
+    auto taken = store_.TakeOverOrphans(options_.session->id(), limit);
+    if (!taken.ok()) return taken.status();
+    LoopCounts c;
+    for (const Sandbox& row : *taken) {
+      ++c.creates_taken_over;
+      {
+        absl::MutexLock lock(&redrives_mu_);
+        ++redrives_;
+      }
+      std::thread([this, row] {
+        auto result = Redrive(row);
+        if (!result.ok()) {
+          LogWarn("create taken over did not finish",
+                  {{"sandbox", row.id()}, {"error", std::string(result.status().message())}});
+        }
+        absl::MutexLock lock(&redrives_mu_);
+        --redrives_;
+      }).detach();
+    }
+    tally->Add(c, absl::OkStatus());
+  }
   // Runners still busy from an earlier pass (or the reaper) are not given a runner check now;
   // this pass's own jobs on a runner run before its check, in order, on its lane.
   const std::set<std::string> busy = lanes_.BusyRunners();

@@ -10,6 +10,13 @@
 // compensation itself cannot finish, the row stays PENDING/STARTING and the reconciler finishes
 // it once it is older than `stuck_after`: nothing is leaked even if this process dies mid-way.
 //
+// With a ReplicaSession, each PENDING/STARTING row records the replica that drives it (its
+// `owner`); when that replica dies (its session lock is gone), the next idempotent retry of the
+// create, or else the reconciler of any replica, takes the row over with one guarded update and
+// drives the remaining steps itself (admission, placement and the runner's start are idempotent
+// per sandbox id), so the create ends RUNNING instead of FAILED. A create compensates only under
+// its row's lock and while it still owns the row, so two drivers never undo each other's work.
+//
 // Thread-safe: all state is in Postgres; methods may run concurrently.
 
 #include <functional>
@@ -26,6 +33,7 @@
 #include "services/lifecycle/backends.h"
 #include "services/lifecycle/exec_leases.h"
 #include "services/lifecycle/exec_tracker.h"
+#include "services/lifecycle/replica_session.h"
 #include "services/lifecycle/runner_lanes.h"
 #include "services/lifecycle/sandbox_store.h"
 
@@ -70,6 +78,10 @@ struct LifecycleOptions {
   // After a runner call ran out its deadline (DEADLINE_EXCEEDED), further calls to that runner
   // fail at once for this long (runner_lanes.h).
   absl::Duration runner_cool_off = absl::Seconds(5);
+  // This replica's presence in Postgres (owner of its creates in flight; notifications that wake
+  // idempotent retries). nullptr: rows get no owner (only --stuck_after_sec repairs a create
+  // whose process died) and a retry served by another replica looks at the row with backoff.
+  ReplicaSession* session = nullptr;
 };
 
 // What the public-URL proxy needs to reach a sandbox.
@@ -85,11 +97,14 @@ struct LoopCounts {
   int placements_released = 0;
   int containers_stopped = 0;
   int sandboxes_lost = 0;
+  int creates_taken_over = 0;
 };
 
 class Lifecycle {
  public:
   Lifecycle(SandboxStore& store, Backends& backends, LifecycleOptions options = {});
+  // Waits for the creates this replica took over to finish.
+  ~Lifecycle();
 
   absl::StatusOr<Sandbox> Create(const v1::CreateSandboxRequest& request);
   absl::StatusOr<Sandbox> Get(const std::string& tenant_id, const std::string& id);
@@ -148,6 +163,13 @@ class Lifecycle {
   // Until `done`: asks the runner at `address` what the start of `id` waits for, and records
   // each change in the sandbox's row (see LifecycleOptions::start_progress_interval).
   void WatchStart(const std::string& id, const std::string& address, absl::Notification& done);
+  // The steps of a create after its PENDING row exists: admission, placement (unless `placed`,
+  // the row of a STARTING create taken over), runner start, RUNNING. `owner`: the row's owner,
+  // under which compensations run (SandboxStore::WithOwnedInFlight).
+  absl::StatusOr<Sandbox> Drive(const v1::CreateSandboxRequest& req, const std::string& id,
+                                int32_t owner, const Sandbox* placed);
+  // Finishes a create taken over from a replica that died (its row, as TakeOver returned it).
+  absl::StatusOr<Sandbox> Redrive(const Sandbox& row);
   // The running sandbox an exec request names, once the request is valid.
   absl::StatusOr<Sandbox> SandboxForExec(const v1::ExecRequest& request);
   absl::StatusOr<Sandbox> WaitSettled(const std::string& tenant_id, const std::string& id);
@@ -202,6 +224,9 @@ class Lifecycle {
   absl::Mutex creating_mu_;
   absl::CondVar creating_cv_;
   std::set<std::string> creating_ ABSL_GUARDED_BY(creating_mu_);
+  // Creates the reconciler took over, running on threads of their own.
+  absl::Mutex redrives_mu_;
+  int redrives_ ABSL_GUARDED_BY(redrives_mu_) = 0;
   // Last: destroyed first, waiting for the jobs that use the members above.
   RunnerLanes lanes_;
 };

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "quotas/quota_service.h"
@@ -23,10 +24,13 @@
 #include "services/runner/agent.h"
 #include "services/runner/runner_service.h"
 #include "services/runner/sim_driver.h"
+#include "tests/support/eventually.h"
 #include "tests/support/test_database.h"
 
 namespace isorun::lifecycle {
 namespace {
+
+using testing::Eventually;
 
 // Fails chosen steps. `after` variants perform the call first and then report failure, like a
 // response lost on the wire.
@@ -279,7 +283,8 @@ TEST_F(LifecycleTest, NoStatementScansAHotTableOrWalksAStateIndex) {
                                      "reservations", "usage", "placements"};
   // The partial indexes on state hold every row that was ever in those states until a vacuum:
   // only the reaper's and the reconciler's claims, which look for such rows, may walk them.
-  const std::set<std::string> claims = {"lc_claim_expired", "lc_claim_stuck"};
+  const std::set<std::string> claims = {"lc_claim_expired", "lc_claim_stuck",
+                                        "lc_take_over_orphans"};
   std::vector<std::string> scans;
   int explained = 0;
   absl::Status explain = pool_->Execute([&](pqxx::nontransaction& tx) {
@@ -1064,6 +1069,155 @@ TEST_F(LifecycleTest, SandboxesOfALostRunnerAreLostAndTheirSlotsReturn) {
   EXPECT_EQ(Count("SELECT count(*) FROM scheduler.placements"), "0");
   // Deleting a lost sandbox answers as for any ended one.
   EXPECT_TRUE(lifecycle_->Destroy(tenant_, a->id()).ok());
+}
+
+// Two lifecycle replicas, each with its own connections and ReplicaSession.
+struct Replica {
+  Replica(const std::string& url, Backends& backends) : pool(url, 8, Durability::kAsync),
+                                                        store(pool), session(pool) {
+    EXPECT_TRUE(session.WaitUp(absl::Seconds(10)));
+    store.SetOwner(session.id());
+    LifecycleOptions options;
+    options.session = &session;
+    lifecycle = std::make_unique<Lifecycle>(store, backends, options);
+  }
+  PgPool pool;
+  SandboxStore store;
+  ReplicaSession session;
+  std::unique_ptr<Lifecycle> lifecycle;
+};
+
+TEST_F(LifecycleTest, ARetryOnAnotherReplicaIsWokenByANotificationWithoutPolling) {
+  Replica a(db_.url(), *faulty_), b(db_.url(), *grpc_backends_);
+  ASSERT_NE(a.session.id(), b.session.id());
+  // The first create (on A) is held inside the runner's start; its retry reaches B meanwhile.
+  absl::Notification in_start, go_on;
+  faulty_->before_start = [&] {
+    if (in_start.HasBeenNotified()) return;
+    in_start.Notify();
+    go_on.WaitForNotificationWithTimeout(absl::Seconds(20));
+  };
+  auto req = Req();
+  req.set_idempotency_key("slow-first-elsewhere");
+  absl::StatusOr<Sandbox> first, retry;
+  absl::Time first_done, retry_done;
+  std::thread ta([&] {
+    first = a.lifecycle->Create(req);
+    first_done = absl::Now();
+  });
+  in_start.WaitForNotification();
+  const int64_t gets_before = b.store.gets(), marks_before = b.store.marks();
+  std::thread tb([&] {
+    retry = b.lifecycle->Create(req);
+    retry_done = absl::Now();
+  });
+  absl::SleepFor(absl::Milliseconds(1500));
+  // 1.5 s of waiting: one statement marked the row awaited, and the row was never read again
+  // (polling with backoff from 20 ms would have read it some ten times).
+  EXPECT_EQ(b.store.gets() - gets_before, 0);
+  EXPECT_EQ(b.store.marks() - marks_before, 1);
+  EXPECT_EQ(b.session.notifications(), 0);
+  go_on.Notify();
+  ta.join();
+  tb.join();
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->id(), first->id());
+  EXPECT_EQ(retry->state(), v1::RUNNING);
+  // Woken by the row's notification: one read after it.
+  EXPECT_EQ(b.session.notifications(), 1);
+  EXPECT_EQ(b.store.gets() - gets_before, 1);
+  std::fprintf(stderr, "retry_answered_after_first_ms=%.1f\n",
+               absl::ToDoubleMilliseconds(retry_done - first_done));
+  EXPECT_LT(retry_done - first_done, absl::Seconds(2));
+  // A create nobody waits for notifies nothing.
+  ASSERT_TRUE(a.lifecycle->Create(Req()).ok());
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_EQ(b.session.notifications(), 1);
+}
+
+TEST_F(LifecycleTest, ACreateWhoseReplicaLostItsSessionIsFinishedByTheRetryOnce) {
+  Replica a(db_.url(), *faulty_), b(db_.url(), *grpc_backends_);
+  absl::Notification in_start, go_on;
+  faulty_->before_start = [&] {
+    if (in_start.HasBeenNotified()) return;
+    in_start.Notify();
+    go_on.WaitForNotificationWithTimeout(absl::Seconds(20));
+  };
+  auto req = Req();
+  req.set_idempotency_key("orphaned");
+  absl::StatusOr<Sandbox> first, retry;
+  std::thread ta([&] { first = a.lifecycle->Create(req); });
+  in_start.WaitForNotification();
+  // A's session ends (as when its process dies): its lock goes, so B's retry takes the create
+  // over and finishes it while A's own attempt is still under way.
+  const int32_t a_id = a.session.id();
+  db_.Scalar(absl::StrCat("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
+                          "'advisory' AND classid = ", kReplicaLockSpace, " AND objid = ", a_id));
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Count(absl::StrCat("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                  "AND classid = ", kReplicaLockSpace, " AND objid = ", a_id)) ==
+               "0";
+      },
+      absl::Seconds(10)));
+  retry = b.lifecycle->Create(req);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->state(), v1::RUNNING);
+  EXPECT_EQ(Count("SELECT owner FROM lifecycle.sandboxes WHERE id = '" + retry->id() + "'"),
+            std::to_string(b.session.id()));
+  // A's attempt goes on and finds the create done: it answers the same sandbox and undoes
+  // nothing.
+  go_on.Notify();
+  ta.join();
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->id(), retry->id());
+  EXPECT_EQ(first->state(), v1::RUNNING);
+  EXPECT_EQ(Count("SELECT count(*) FROM quota.reservations"), "1");
+  EXPECT_EQ(Usage(tenant_), "1");
+  EXPECT_EQ(Count("SELECT count(*) FROM scheduler.placements"), "1");
+  EXPECT_EQ(driver_->Sandboxes().size(), 1u);
+  EXPECT_EQ(Count("SELECT state FROM lifecycle.sandboxes"), "RUNNING");
+}
+
+TEST_F(LifecycleTest, TheReconcilerFinishesACreateWhoseReplicaDiedAndNobodyRetries) {
+  auto b = std::make_unique<Replica>(db_.url(), *grpc_backends_);
+  std::string id;
+  {
+    Replica a(db_.url(), *faulty_);
+    // A dies after its row is STARTING, before its runner start: nothing but the row is left.
+    faulty_->before_start = [&] { throw std::runtime_error("simulated death"); };
+    try {
+      (void)a.lifecycle->Create(Req());
+    } catch (const std::runtime_error&) {
+    }
+    faulty_->before_start = nullptr;
+    id = Count("SELECT id FROM lifecycle.sandboxes");
+    EXPECT_EQ(Count("SELECT state FROM lifecycle.sandboxes"), "STARTING");
+  }  // A's session closes: its lock goes
+  // (Postgres drops A's lock once its backend has seen the connection close.)
+  int taken = 0, abandoned = 0;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        auto counts = b->lifecycle->ReconcileOnce();
+        EXPECT_TRUE(counts.ok()) << counts.status();
+        if (counts.ok()) {
+          taken += counts->creates_taken_over;
+          abandoned += counts->creates_abandoned;
+        }
+        return taken > 0;
+      },
+      absl::Seconds(10)));
+  EXPECT_EQ(taken, 1);
+  EXPECT_EQ(abandoned, 0);
+  ASSERT_TRUE(Eventually(
+      [&] { return Count("SELECT state FROM lifecycle.sandboxes WHERE id = '" + id + "'") ==
+                   "RUNNING"; },
+      absl::Seconds(10)));
+  b.reset();  // waits for its takeovers
+  EXPECT_EQ(Usage(tenant_), "1");
+  EXPECT_EQ(Count("SELECT count(*) FROM scheduler.placements"), "1");
+  EXPECT_EQ(driver_->Sandboxes().size(), 1u);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "services/lifecycle/lifecycle.h"
 #include "services/lifecycle/keys_service.h"
 #include "services/lifecycle/lifecycle_service.h"
+#include "services/lifecycle/replica_session.h"
 #include "services/lifecycle/sandbox_store.h"
 
 ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:7003", "host:port of the gRPC listener");
@@ -131,7 +132,16 @@ int main(int argc, char** argv) {
   isorun::lifecycle::GrpcBackends backends(isorun::MakeChannel(absl::GetFlag(FLAGS_quota_addr)),
                                            isorun::MakeChannel(absl::GetFlag(FLAGS_scheduler_addr)),
                                            deadlines, quota_replicas);
+  // This replica's id and lock (owner of its creates in flight) and the notifications that wake
+  // idempotent retries waiting for creates on other replicas.
+  isorun::lifecycle::ReplicaSession::Options session_options;
+  session_options.on_up = [&store](int32_t id) { store.SetOwner(id); };
+  isorun::lifecycle::ReplicaSession session(pool, session_options);
+  if (!session.WaitUp(absl::Seconds(10))) {
+    isorun::LogWarn("replica session not up yet; creates record no owner until it is");
+  }
   isorun::lifecycle::LifecycleOptions options;
+  options.session = &session;
   options.region = absl::GetFlag(FLAGS_region);
   options.registries = isorun::ParseRegistryList(absl::GetFlag(FLAGS_registries));
   options.max_execs_per_sandbox = absl::GetFlag(FLAGS_max_execs_per_sandbox);
@@ -160,6 +170,7 @@ int main(int argc, char** argv) {
   auto& orphan_placements = loop_family.Add({{"action", "orphan_placement_released"}});
   auto& orphan_containers = loop_family.Add({{"action", "orphan_container_stopped"}});
   auto& lost = loop_family.Add({{"action", "marked_lost"}});
+  auto& taken_over = loop_family.Add({{"action", "create_taken_over"}});
   auto& purged_sandboxes = loop_family.Add({{"action", "ended_sandbox_purged"}});
   isorun::lifecycle::LifecycleService service(lifecycle, metrics.registry());
   isorun::lifecycle::PublicUrlsService public_urls(lifecycle);
@@ -223,6 +234,7 @@ int main(int argc, char** argv) {
         orphan_placements.Increment(counts->placements_released);
         orphan_containers.Increment(counts->containers_stopped);
         lost.Increment(counts->sandboxes_lost);
+        taken_over.Increment(counts->creates_taken_over);
       });
 
   isorun::LogInfo("serving", {{"grpc_port", std::to_string(server->port)},

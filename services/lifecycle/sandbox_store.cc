@@ -37,6 +37,16 @@ std::string Cols(bool with_json) {
 }
 const std::string kCols = Cols(true);
 
+// Whether lifecycle replica `owner_expr` (an integer expression) holds its session lock
+// (replica_session.h), in this database.
+std::string OwnerAlive(const std::string& owner_expr) {
+  return absl::StrCat(
+      "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.database = "
+      "(SELECT oid FROM pg_database WHERE datname = current_database()) AND l.classid = 4243 "
+      "AND l.objid = (",
+      owner_expr, ")::oid AND l.objsubid = 2 AND l.granted)");
+}
+
 const std::vector<SandboxState>& LiveStates() {
   static const std::vector<SandboxState> kLive = {v1::PENDING, v1::STARTING, v1::RUNNING,
                                                   v1::HIBERNATED, v1::DESTROYING};
@@ -213,9 +223,11 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                 "AND key = $2 AND created_at >= now() - interval '24 hours'");
   pool_.Prepare("lc_insert",
                 "WITH s AS (INSERT INTO lifecycle.sandboxes (id, tenant_id, state, image, "
-                "cpu_millis, memory_mb, timeout_sec, env, metadata, network, public_id, disk_mb) "
+                "cpu_millis, memory_mb, timeout_sec, env, metadata, network, public_id, disk_mb, "
+                "owner) "
                 "SELECT id, tenant::uuid, 'PENDING', image, cpu::integer, mem::integer, "
-                "timeout::integer, env::jsonb, meta::jsonb, net::jsonb, public_id, disk::integer "
+                "timeout::integer, env::jsonb, meta::jsonb, net::jsonb, public_id, disk::integer, "
+                "NULLIF($12::integer, 0) "
                 "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
                 "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) "
                 "AS r(id, tenant, image, cpu, mem, timeout, env, meta, net, public_id, disk) "
@@ -408,6 +420,40 @@ SandboxStore::SandboxStore(PgPool& pool) : pool_(pool) {
                 "ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
                 "DELETE FROM lifecycle.idempotency_keys i USING d "
                 "WHERE i.tenant_id = d.tenant_id AND i.key = d.key");
+  pool_.Prepare("lc_mark_awaited",
+                absl::StrCat("WITH u AS (UPDATE lifecycle.sandboxes SET awaited = true "
+                             "WHERE id = $1 AND tenant_id = $2 "
+                             "AND state IN ('PENDING', 'STARTING') RETURNING state, owner) "
+                             "SELECT u.state, coalesce(u.owner, 0), u.owner IS NOT NULL AND ",
+                             OwnerAlive("u.owner"), " FROM u"));
+  pool_.Prepare("lc_take_over",
+                absl::StrCat("UPDATE lifecycle.sandboxes s SET owner = $2::integer, "
+                             "updated_at = now() WHERE s.id = $1 "
+                             "AND s.state IN ('PENDING', 'STARTING') AND s.owner IS NOT NULL "
+                             "AND s.owner <> $2::integer AND NOT ",
+                             OwnerAlive("s.owner"), " RETURNING ", kCols));
+  pool_.Prepare("lc_take_over_orphans",
+                absl::StrCat("WITH c AS (SELECT id FROM lifecycle.sandboxes "
+                             "WHERE state IN ('PENDING', 'STARTING') AND owner IS NOT NULL "
+                             "AND owner <> $1::integer AND NOT ",
+                             OwnerAlive("owner"),
+                             " ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
+                             "UPDATE lifecycle.sandboxes s SET owner = $1::integer, "
+                             "updated_at = now() FROM c WHERE s.id = c.id RETURNING ",
+                             kCols));
+  pool_.Prepare("lc_lock_in_flight",
+                absl::StrCat("SELECT ", kCols,
+                             ", coalesce(s.owner, 0) FROM lifecycle.sandboxes s WHERE s.id = $1 "
+                             "FOR UPDATE"));
+  pool_.Prepare(
+      "lc_fail_locked",
+      "WITH prev AS (SELECT id, state FROM lifecycle.sandboxes WHERE id = $1 "
+      "AND state IN ('PENDING', 'STARTING')), "
+      "s AS (UPDATE lifecycle.sandboxes s SET state = 'FAILED', ended_at = now(), "
+      "expires_at = NULL, end_reason = 'START_FAILED', end_message = $2, env = '{}', "
+      "updated_at = now() FROM prev WHERE s.id = prev.id RETURNING s.id, prev.state AS from_state), "
+      "ev AS (INSERT INTO lifecycle.sandbox_events (sandbox_id, from_state, to_state, reason) "
+      "SELECT id, from_state, 'FAILED', 'START_FAILED' FROM s) SELECT count(*) FROM s");
   pool_.Prepare("lc_claim_stuck",
                 // The constant IN list lets the generic plan use sandboxes_unsettled.
                 absl::StrCat("WITH c AS (SELECT id FROM lifecycle.sandboxes WHERE state = $1 "
@@ -459,8 +505,9 @@ absl::Status SandboxStore::InsertPending(const v1::CreateSandboxRequest& r, cons
         return absl::AlreadyExistsError("idempotency key already used");
       }
     }
-    tx.exec_prepared("lc_insert",
-                     pqxx::prepare::make_dynamic_params(InsertArrays({&r}, {id}, {public_id})));
+    auto params = InsertArrays({&r}, {id}, {public_id});
+    params.push_back(std::to_string(owner_.load()));
+    tx.exec_prepared("lc_insert", pqxx::prepare::make_dynamic_params(params));
     return absl::OkStatus();
   });
 }
@@ -473,9 +520,10 @@ std::vector<absl::Status> SandboxStore::RunInserts(std::vector<InsertCall>& call
     ids.push_back(c.id);
     public_ids.push_back(c.public_id);
   }
+  auto params = InsertArrays(requests, ids, public_ids);
+  params.push_back(std::to_string(owner_.load()));
   absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
-    tx.exec_prepared("lc_insert",
-                     pqxx::prepare::make_dynamic_params(InsertArrays(requests, ids, public_ids)));
+    tx.exec_prepared("lc_insert", pqxx::prepare::make_dynamic_params(params));
     return absl::OkStatus();
   });
   if (s.ok() || calls.size() == 1 || s.code() == absl::StatusCode::kUnavailable) {
@@ -904,6 +952,84 @@ absl::StatusOr<std::optional<Sandbox>> SandboxStore::Locked::Resume() {
   auto rows = tx_.exec_prepared("lc_resume_locked", id_, "HIBERNATED");
   if (rows.empty()) return std::optional<Sandbox>();
   return std::optional<Sandbox>(FromRow(rows[0]));
+}
+
+absl::StatusOr<std::optional<SandboxStore::InFlight>> SandboxStore::MarkAwaited(
+    const std::string& tenant_id, const std::string& id) {
+  ++marks_;
+  std::optional<InFlight> out;
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
+    out.reset();
+    auto rows = tx.exec_prepared("lc_mark_awaited", id, tenant_id);
+    if (rows.empty()) return absl::OkStatus();
+    InFlight f;
+    f.state = ParseState(rows[0][0].as<std::string>());
+    f.owner = rows[0][1].as<int32_t>();
+    f.owner_alive = rows[0][2].as<bool>();
+    out = f;
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<std::optional<Sandbox>> SandboxStore::TakeOver(const std::string& id,
+                                                              int32_t owner) {
+  std::optional<Sandbox> out;
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
+    out.reset();
+    auto rows = tx.exec_prepared("lc_take_over", id, owner);
+    if (!rows.empty()) out = FromRow(rows[0]);
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<std::vector<Sandbox>> SandboxStore::TakeOverOrphans(int32_t owner, int limit) {
+  std::vector<Sandbox> out;
+  absl::Status s = pool_.Execute([&](pqxx::nontransaction& tx) {
+    out.clear();
+    for (const auto& row : tx.exec_prepared("lc_take_over_orphans", owner, limit)) {
+      out.push_back(FromRow(row));
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<bool> SandboxStore::WithOwnedInFlight(
+    const std::string& id, int32_t owner,
+    const std::function<absl::Status(const Sandbox&, Locked&)>& fn) {
+  bool ran = false;
+  absl::Status s = pool_.Transact(
+      [&](pqxx::work& tx) -> absl::Status {
+        ran = false;
+        auto rows = tx.exec_prepared("lc_lock_in_flight", id);
+        if (rows.empty()) return absl::OkStatus();
+        Sandbox sb = FromRow(rows[0]);
+        const int32_t row_owner = rows[0][rows[0].size() - 1].as<int32_t>();
+        if ((sb.state() != v1::PENDING && sb.state() != v1::STARTING) || row_owner != owner) {
+          return absl::OkStatus();
+        }
+        ran = true;
+        Locked locked(tx, sb.tenant_id(), id);
+        return fn(sb, locked);
+      },
+      Durability::kSync);
+  if (!s.ok()) return s;
+  return ran;
+}
+
+absl::Status SandboxStore::Locked::DeleteUnacknowledged() {
+  tx_.exec_prepared("lc_delete_unacked", id_);
+  return absl::OkStatus();
+}
+
+absl::Status SandboxStore::Locked::Fail(const std::string& message) {
+  tx_.exec_prepared("lc_fail_locked", id_, message);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<Sandbox>> SandboxStore::ClaimStuck(SandboxState state,

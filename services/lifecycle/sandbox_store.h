@@ -71,6 +71,30 @@ class SandboxStore {
   absl::Status InsertPending(const v1::CreateSandboxRequest& request, const std::string& id,
                              const std::string& public_id, std::string* existing_id);
 
+  // The lifecycle replica recorded as `owner` of the rows inserted from now on (its
+  // ReplicaSession id; 0: none, the row's owner is NULL and only --stuck_after_sec repairs it).
+  void SetOwner(int32_t owner) { owner_ = owner; }
+  int32_t owner() const { return owner_.load(); }
+
+  // An idempotent retry that is about to wait for sandbox `id` (of `tenant_id`) marks the row
+  // awaited, so that leaving PENDING/STARTING (or being removed) notifies it (migration 0017).
+  // nullopt when the row is not in flight (settled, gone, or another tenant's).
+  struct InFlight {
+    SandboxState state = v1::SANDBOX_STATE_UNSPECIFIED;
+    int32_t owner = 0;         // 0: none recorded
+    bool owner_alive = false;  // its replica still holds its advisory lock
+  };
+  absl::StatusOr<std::optional<InFlight>> MarkAwaited(const std::string& tenant_id,
+                                                      const std::string& id);
+  // How many MarkAwaited calls this store has served (tests: a waiting retry marks once).
+  int64_t marks() const { return marks_.load(); }
+  // Takes over a create in flight whose owner's replica is gone (its advisory lock is free):
+  // owner := `owner`, in one guarded statement, so of several replicas trying at once one wins.
+  // nullopt when the row is not in flight, has no owner, is already ours, or its owner lives.
+  absl::StatusOr<std::optional<Sandbox>> TakeOver(const std::string& id, int32_t owner);
+  // The reconciler's sweep of the same: up to `limit` rows, skipping rows others hold locked.
+  absl::StatusOr<std::vector<Sandbox>> TakeOverOrphans(int32_t owner, int limit);
+
   // The sandbox id a tenant's idempotency key maps to (within 24 h), if any.
   absl::StatusOr<std::optional<std::string>> FindIdempotent(const std::string& tenant_id,
                                                             const std::string& key);
@@ -159,6 +183,10 @@ class SandboxStore {
     absl::StatusOr<std::optional<Sandbox>> Hibernate(int retention_sec);
     // HIBERNATED -> RUNNING, deadline now + timeoutSec. nullopt if it was not HIBERNATED.
     absl::StatusOr<std::optional<Sandbox>> Resume();
+    // For a create's compensation under WithOwnedInFlight: removes the never acknowledged row
+    // (with its events and idempotency key), or ends it FAILED (START_FAILED) with `message`.
+    absl::Status DeleteUnacknowledged();
+    absl::Status Fail(const std::string& message);
 
    private:
     friend class SandboxStore;
@@ -172,6 +200,13 @@ class SandboxStore {
   // again when the transaction is retried, so what it does must be idempotent.
   absl::Status WithLocked(const std::string& tenant_id, const std::string& id,
                           const std::function<absl::Status(const Sandbox&, Locked&)>& fn);
+
+  // A create's compensation: runs `fn` holding the row's lock, only if the row is still in flight
+  // (PENDING or STARTING) and `owner` owns it (0: no owner recorded), and commits durably when
+  // `fn` returns OK. Returns whether `fn` ran. While it runs no other replica can take the create
+  // over, and once it has run none will (the row is gone or ended, or still ours).
+  absl::StatusOr<bool> WithOwnedInFlight(const std::string& id, int32_t owner,
+                                         const std::function<absl::Status(const Sandbox&, Locked&)>& fn);
 
   // Moves up to `limit` hibernated sandboxes kept past their retention to DESTROYING (reason
   // HIBERNATION_EXPIRED), skipping rows another replica holds. Returns them.
@@ -212,7 +247,9 @@ class SandboxStore {
   std::vector<absl::Status> RunInserts(std::vector<InsertCall>& calls);
 
   PgPool& pool_;
+  std::atomic<int32_t> owner_{0};
   std::atomic<int64_t> gets_{0};
+  std::atomic<int64_t> marks_{0};
   std::unique_ptr<Batcher<InsertCall, absl::Status>> inserts_;
   TransitionBatcher* to_starting_ = nullptr;
   TransitionBatcher* to_running_ = nullptr;

@@ -62,8 +62,8 @@ struct Counters {
   std::atomic<int64_t> execs{0};
   std::atomic<int64_t> execs_failed{0};  // not retried, as the SDKs do not
   std::atomic<int64_t> creates_ok{0};
-  // 201 for a create whose first attempt died with its lifecycle replica: the retry (same
-  // Idempotency-Key) answers with that first sandbox once the reconciler has ended it, FAILED.
+  // 201 with a sandbox that is not RUNNING (a create that failed). A create whose first attempt
+  // died with its lifecycle replica is finished by its retry (same Idempotency-Key), RUNNING.
   std::atomic<int64_t> creates_failed{0};
   std::atomic<int64_t> deletes_ok{0};
 };
@@ -427,6 +427,12 @@ TEST_F(Failover, KillingAReplicaOfEachServiceAndTheLeaderLosesNothing) {
   Snapshot total = Take(counters);
   EXPECT_GT(total.creates, 20) << "too little load to prove anything";
   EXPECT_EQ(total.seen_5xx, 0) << "a call the SDKs retry ended in a 5xx";
+  {
+    std::lock_guard lock(acked_mu);
+    std::string why;
+    for (const auto& f : failed_creates) absl::StrAppend(&why, f, "\n");
+    EXPECT_EQ(total.creates_failed, 0) << "creates answered FAILED:\n" << why;
+  }
 
   // Every acknowledged sandbox intact: keepers still run (and run commands); every acknowledged
   // create is either a keeper or destroyed by its worker, never FAILED or LOST.

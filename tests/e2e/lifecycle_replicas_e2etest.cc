@@ -6,8 +6,11 @@
 //   quota service) and the sandbox's --max_execs_per_sandbox (counted by its runner), whichever
 //   lifecycle replica serves each call; places come back when calls end, and within the lease TTL
 //   when the lifecycle holding some is killed with SIGKILL.
+// - A create in flight on a lifecycle that is killed with SIGKILL is finished by the other one:
+//   by its client's retry (same Idempotency-Key) or, for a create nobody retries, by the
+//   reconciler (simulated runners whose starts take 2 s; runs everywhere).
 //
-// Skips, saying why, where real sandboxes cannot run (root and the runc tools).
+// The exec caps need real sandboxes: they skip, saying why, without root and the runc tools.
 
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -16,6 +19,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -30,6 +35,9 @@
 #include "absl/time/clock.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
+#include "isorun/v1/runner.grpc.pb.h"
+#include "isorun/v1/sandboxes.grpc.pb.h"
+#include "services/kit/server.h"
 #include "services/runner/runc_test_env.h"
 #include "tests/support/cluster.h"
 #include "tests/support/eventually.h"
@@ -329,6 +337,143 @@ TEST_F(LifecycleReplicas, ExecCapsHoldAcrossLifecycleReplicasAndFreeWhenOneDies)
   // And the places are all free again.
   EXPECT_TRUE(Eventually([&] { return Exec(gateways_[1], b, "true").status == 200; },
                          absl::Seconds(kLeaseTtlSec)));
+}
+
+// Creates in flight on a lifecycle replica that dies are carried on by the other one. Simulated
+// runners whose starts take 2 s hold the creates in flight long enough to kill their lifecycle.
+class CreateTakeover : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ClusterOptions options;
+    options.replicas = 2;
+    options.sim_start_ms = 2000;
+    options.reconcile_interval_ms = 500;
+    // The takeover, not the reconciler's abandonment of stuck creates, must save them.
+    options.stuck_after_sec = 60;
+    cluster_ = std::make_unique<Cluster>(options);
+    tenant_ = cluster_->CreateTenant("takeover", kLimit);
+    cluster_->db().Scalar("UPDATE quota.limits SET creates_per_sec = 1000, "
+                          "requests_per_sec = 1000 WHERE tenant_id = '" + tenant_ + "'");
+    key_ = cluster_->CreateKey(tenant_);
+  }
+
+  // A create sent straight to one lifecycle replica (as its gateway would).
+  void CreateOn(const std::string& lifecycle, const std::string& idempotency_key) {
+    auto stub = v1::Sandboxes::NewStub(MakeChannel(cluster_->grpc_addr(lifecycle)));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::CreateSandboxRequest req;
+    req.set_tenant_id(tenant_);
+    req.set_image("busybox:1.36");
+    req.set_idempotency_key(idempotency_key);
+    v1::Sandbox sb;
+    (void)stub->CreateSandbox(&ctx, req, &sb);  // ends when its replica is killed
+  }
+  std::string Sql(const std::string& sql) { return cluster_->db().Scalar(sql); }
+  std::string CountOf(const std::string& where) {
+    return Sql("SELECT count(*) FROM lifecycle.sandboxes WHERE tenant_id = '" + tenant_ +
+               "' AND " + where);
+  }
+  std::vector<std::string> OnRunner() {
+    auto stub = v1::Runner::NewStub(MakeChannel(cluster_->grpc_addr("runner-1")));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ListRunnerSandboxesResponse resp;
+    EXPECT_TRUE(stub->ListSandboxes(&ctx, {}, &resp).ok());
+    std::vector<std::string> ids(resp.sandbox_ids().begin(), resp.sandbox_ids().end());
+    std::sort(ids.begin(), ids.end());
+    return ids;
+  }
+
+  static constexpr int kLimit = 2;
+  std::unique_ptr<Cluster> cluster_;
+  std::string tenant_, key_;
+};
+
+TEST_F(CreateTakeover, ACreateWhoseLifecycleDiesIsFinishedByTheRetryOrTheReconciler) {
+  // The tenant's slots, sampled all along: never over its limit.
+  std::atomic<bool> stop{false};
+  std::atomic<int> most{0};
+  std::thread sampler([&] {
+    while (!stop) {
+      const int n = std::atoi(
+          Sql("SELECT count(*) FROM quota.reservations WHERE tenant_id = '" + tenant_ + "'")
+              .c_str());
+      most = std::max(most.load(), n);
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+  });
+  // Two creates on lifecycle-2: one its client will retry, one nobody retries.
+  std::thread retried([&] { CreateOn("lifecycle-2", "retried-1"); });
+  std::thread abandoned([&] { CreateOn("lifecycle-2", "abandoned-1"); });
+  ASSERT_TRUE(Eventually([&] { return CountOf("state = 'STARTING'") == "2"; }, absl::Seconds(10)))
+      << "the creates did not reach their runner start";
+  cluster_->Kill("lifecycle-2", SIGKILL);
+  const absl::Time killed = absl::Now();
+  retried.join();
+  abandoned.join();
+
+  // The retry, through the gateway (so the surviving lifecycle), answers the first sandbox,
+  // RUNNING: taken over and finished, not ended FAILED after --stuck_after_sec.
+  const std::string first =
+      Sql("SELECT s.id FROM lifecycle.idempotency_keys k JOIN lifecycle.sandboxes s "
+          "ON s.id = k.sandbox_id WHERE k.key = 'retried-1'");
+  ASSERT_FALSE(first.empty());
+  auto r = HttpRequest("POST", cluster_->gateway_url() + "/v1/sandboxes",
+                       R"({"image":"busybox:1.36"})",
+                       {{"Authorization", "Bearer " + key_},
+                        {"Content-Type", "application/json"},
+                        {"Idempotency-Key", "retried-1"}});
+  const double retry_ms = absl::ToDoubleMilliseconds(absl::Now() - killed);
+  ASSERT_EQ(r.status, 201) << r.body;
+  auto sb = Json(r.body);
+  EXPECT_EQ(Str(sb, "id"), first);
+  EXPECT_EQ(Str(sb, "state"), "RUNNING") << r.body;
+  // The one nobody retries: the reconciler of the surviving replica finishes it.
+  const std::string second =
+      Sql("SELECT s.id FROM lifecycle.idempotency_keys k JOIN lifecycle.sandboxes s "
+          "ON s.id = k.sandbox_id WHERE k.key = 'abandoned-1'");
+  ASSERT_TRUE(Eventually(
+      [&] { return Sql("SELECT state FROM lifecycle.sandboxes WHERE id = '" + second + "'") ==
+                   "RUNNING"; },
+      absl::Seconds(15)))
+      << Sql("SELECT state FROM lifecycle.sandboxes WHERE id = '" + second + "'");
+  const double reconciled_ms = absl::ToDoubleMilliseconds(absl::Now() - killed);
+  std::fprintf(stderr, "takeover_retry_answered_after_kill_ms=%.0f takeover_reconciled_ms=%.0f\n",
+               retry_ms, reconciled_ms);
+
+  // Nothing leaked, nothing doubled: exactly two slots, two placements, two containers.
+  std::vector<std::string> both = {first, second};
+  std::sort(both.begin(), both.end());
+  EXPECT_EQ(Sql("SELECT count(*) FROM quota.reservations WHERE tenant_id = '" + tenant_ + "'"),
+            "2");
+  EXPECT_EQ(Sql("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant_ + "'"), "2");
+  EXPECT_EQ(Sql("SELECT count(*) FROM scheduler.placements WHERE sandbox_id IN ('" + first +
+                "', '" + second + "')"),
+            "2");
+  EXPECT_EQ(Sql("SELECT count(*) FROM scheduler.placements"), "2");
+  EXPECT_EQ(OnRunner(), both);
+  EXPECT_EQ(CountOf("state NOT IN ('RUNNING')"), "0");
+  // At the limit: a third create is refused.
+  r = HttpRequest("POST", cluster_->gateway_url() + "/v1/sandboxes",
+                  R"({"image":"busybox:1.36"})",
+                  {{"Authorization", "Bearer " + key_}, {"Content-Type", "application/json"}});
+  EXPECT_EQ(r.status, 429) << r.body;
+  EXPECT_TRUE(absl::StrContains(r.body, "CONCURRENT_SANDBOX_LIMIT")) << r.body;
+  // Destroyed, they give everything back.
+  for (const auto& id : both) {
+    auto d = HttpRequest("DELETE", cluster_->gateway_url() + "/v1/sandboxes/" + id, "",
+                         {{"Authorization", "Bearer " + key_}});
+    EXPECT_EQ(d.status, 204) << d.body;
+  }
+  EXPECT_TRUE(Eventually([&] { return OnRunner().empty(); }, absl::Seconds(10)));
+  EXPECT_TRUE(Eventually(
+      [&] { return Sql("SELECT count(*) FROM scheduler.placements") == "0"; }, absl::Seconds(10)));
+  EXPECT_EQ(Sql("SELECT active FROM quota.usage WHERE tenant_id = '" + tenant_ + "'"), "0");
+  stop = true;
+  sampler.join();
+  EXPECT_LE(most.load(), kLimit) << "the tenant was over its limit";
+  cluster_->Start("lifecycle-2");
 }
 
 }  // namespace
