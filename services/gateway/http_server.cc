@@ -16,6 +16,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(Options options, H
   o.front.body_timeout = options.read_timeout;
   o.front.write_timeout = options.write_timeout;
   o.front.tcp_keepalive_idle = options.keepalive_idle;
+  o.front.tcp_keepalive_interval = options.keepalive_interval;
+  o.front.tcp_keepalive_probes = options.keepalive_probes;
   o.front.max_connections_per_client = options.max_connections_per_client;
   o.front.max_requests_per_client_per_sec = options.max_requests_per_client_per_sec;
   o.max_body_bytes = options.max_body_bytes;

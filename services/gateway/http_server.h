@@ -42,6 +42,8 @@ class HttpServer {
     // connection): a client whose host vanished without a FIN or a RST is noticed even while its
     // `exec:stream` waits for output, and the command is killed. Zero: no probes.
     absl::Duration keepalive_idle = absl::Seconds(15);
+    absl::Duration keepalive_interval = absl::Seconds(5);
+    int keepalive_probes = 3;
     int io_threads = 2;
     // Handlers running at once at most (each on a thread of its own while it runs).
     int max_handler_threads = 2048;

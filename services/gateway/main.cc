@@ -43,8 +43,13 @@ ABSL_FLAG(absl::Duration, write_timeout, absl::Seconds(30),
           "acknowledge what was sent); past it the connection is closed and a streamed command "
           "killed");
 ABSL_FLAG(absl::Duration, client_keepalive, absl::Seconds(15),
-          "TCP keep-alive probes after this much silence on a connection (then every 5 s; 3 "
-          "unanswered close it and kill a streamed command); 0: none");
+          "TCP keep-alive probes after this much silence on a connection (then every "
+          "--client_keepalive_interval; --client_keepalive_probes unanswered close it and kill a "
+          "streamed command); 0: none");
+ABSL_FLAG(absl::Duration, client_keepalive_interval, absl::Seconds(5),
+          "time between TCP keep-alive probes of a silent connection (whole seconds, at least 1)");
+ABSL_FLAG(int32_t, client_keepalive_probes, 3,
+          "unanswered TCP keep-alive probes after which a connection is closed");
 ABSL_FLAG(int32_t, max_connections, 20000,
           "open connections to the public API beyond which new ones get 503 (event-driven: idle "
           "and slow clients hold no thread; the open-file limit is raised at start)");
@@ -204,6 +209,8 @@ int Run() {
   http_options.max_connections = absl::GetFlag(FLAGS_max_connections);
   http_options.write_timeout = absl::GetFlag(FLAGS_write_timeout);
   http_options.keepalive_idle = absl::GetFlag(FLAGS_client_keepalive);
+  http_options.keepalive_interval = absl::GetFlag(FLAGS_client_keepalive_interval);
+  http_options.keepalive_probes = absl::GetFlag(FLAGS_client_keepalive_probes);
   http_options.io_threads = absl::GetFlag(FLAGS_http_threads);
   http_options.max_handler_threads = absl::GetFlag(FLAGS_max_handler_threads);
   http_options.max_connections_per_client = absl::GetFlag(FLAGS_max_connections_per_client);

@@ -104,7 +104,10 @@ Connection::Connection(Socket socket, FrontEndShared& shared,
   stream_.socket().set_option(tcp::no_delay(true), ec);
   if (options_.tcp_keepalive_idle > absl::ZeroDuration()) {
     const int fd = stream_.socket().native_handle();
-    const int on = 1, interval = 5, count = 3;
+    const int on = 1;
+    const int interval =
+        std::max(1, static_cast<int>(absl::ToInt64Seconds(options_.tcp_keepalive_interval)));
+    const int count = std::max(1, options_.tcp_keepalive_probes);
     const int idle =
         std::max(1, static_cast<int>(absl::ToInt64Seconds(options_.tcp_keepalive_idle)));
     const unsigned user_timeout =

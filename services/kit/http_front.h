@@ -77,10 +77,13 @@ struct FrontEndOptions {
   absl::Duration head_timeout = absl::Seconds(15);
   absl::Duration body_timeout = absl::Seconds(60);
   absl::Duration write_timeout = absl::Seconds(60);
-  // TCP keep-alive probes after this much silence (then every 5 s; 3 unanswered end the
-  // connection), and a TCP_USER_TIMEOUT of write_timeout: a client whose host vanished without a
-  // FIN or a RST shows as an error on its socket. Zero: neither.
+  // TCP keep-alive probes after this much silence (then every tcp_keepalive_interval;
+  // tcp_keepalive_probes unanswered end the connection), and a TCP_USER_TIMEOUT of write_timeout:
+  // a client whose host vanished without a FIN or a RST shows as an error on its socket. Zero:
+  // neither.
   absl::Duration tcp_keepalive_idle = absl::ZeroDuration();
+  absl::Duration tcp_keepalive_interval = absl::Seconds(5);
+  int tcp_keepalive_probes = 3;
   // Per client address (0: no cap). Loopback and private peers count like any other.
   int max_connections_per_client = 0;
   double max_requests_per_client_per_sec = 0;

@@ -69,7 +69,9 @@ class Isolation : public ::testing::Test {
     options.runner_args = {"--grpc_max_threads=8", "--max_image_bytes=16777216"};
     options.lifecycle_args = {"--grpc_max_threads=8"};
     // A client that stops reading an exec:stream is given up on after 3 s.
-    options.gateway_args = {"--write_timeout=3s"};
+    // A client that falls silent is probed after 1 s, then every 1 s, 3 unanswered.
+    options.gateway_args = {"--write_timeout=3s", "--client_keepalive=1s",
+                            "--client_keepalive_interval=1s", "--client_keepalive_probes=3"};
     try {
       cluster_ = new Cluster(options);
     } catch (const std::exception& e) {
@@ -454,6 +456,14 @@ class RawStream {
     return got_;
   }
 
+  // The client's own port (its end of the connection).
+  int LocalPort() const {
+    sockaddr_in addr{};
+    socklen_t len = sizeof addr;
+    if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return 0;
+    return ntohs(addr.sin_port);
+  }
+
   // Closes with a RST (SO_LINGER 0), as a crashed client's kernel would.
   void Reset() {
     if (fd_ < 0) return;
@@ -510,6 +520,52 @@ TEST_F(Isolation, AStreamWhoseClientStopsReadingHasItsCommandKilled) {
   EXPECT_EQ(Exec(id, "true").status, 429);  // the command holds the cap
   EXPECT_TRUE(GoneAndCapFree([&] { return Exec(id, "true"); }, "[i]sorun-flood-4417"))
       << "the command outlived the stream its client stopped reading";
+}
+
+TEST_F(Isolation, AStreamWhoseClientFallsSilentIsKilledByKeepAlive) {
+  // A client whose machine vanished: no FIN, no RST, nothing at all. An nftables table of this
+  // test's own drops every packet to and from the client's port (loopback, a connection to the
+  // gateway this test started), so only the gateway's TCP keep-alive (1 s of silence here, then
+  // probes) can notice. Its command must then be killed and its exec place freed.
+  if (Host("command -v nft").empty()) GTEST_SKIP() << "nft is not installed";
+  Sql("UPDATE quota.limits SET max_concurrent_execs = 1 WHERE tenant_id = '" + tenant_ + "'");
+  std::string id = Create();
+  ASSERT_FALSE(id.empty());
+  const std::string tag = absl::StrCat("30", ::getpid() % 100, ".7");
+  RawStream stream(cluster_->gateway_port(), key_, id, "echo started; exec sleep " + tag);
+  ASSERT_TRUE(absl::StrContains(stream.ReadUntil("started"), "started"));
+  ASSERT_EQ(Exec(id, "true").status, 429);  // the command holds the tenant's one place
+  const int port = stream.LocalPort();
+  ASSERT_GT(port, 0);
+  const std::string table = absl::StrCat("isorun_silent_", ::getpid(), "_", port);
+  struct Table {
+    std::string name;
+    ~Table() { Host("nft delete table ip " + name + " 2>/dev/null"); }
+  } cleanup{table};
+  const std::string out = Host(absl::StrCat(
+      "nft add table ip ", table, " && nft add chain ip ", table,
+      " out '{ type filter hook output priority -10; policy accept; }' && nft add rule ip ",
+      table, " out ip daddr 127.0.0.1 tcp dport ", port, " drop && nft add rule ip ", table,
+      " out ip saddr 127.0.0.1 tcp sport ", port, " drop && echo ok 2>&1"));
+  ASSERT_EQ(out, "ok\n") << "could not add the nftables table";
+  const auto silent = Clock::now();
+  // Keep-alive after 1 s of silence (--client_keepalive), then probes every 1 s, 3 unanswered
+  // (--client_keepalive_interval, --client_keepalive_probes): the gateway gives up about 4 s
+  // after the client fell silent.
+  bool gone = false;
+  while (Clock::now() - silent < std::chrono::seconds(30)) {
+    if (Host("pgrep -c -f -x 'sleep " + tag + "'") == "0\n" && Exec(id, "true").status == 200) {
+      gone = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  const double ms =
+      std::chrono::duration<double, std::milli>(Clock::now() - silent).count();
+  std::fprintf(stderr, "silent_client_stream_killed_after_ms=%.0f\n", ms);
+  ASSERT_TRUE(gone) << "the command outlived its silent client";
+  // The bound: keep-alive idle (1 s) + 3 probes 1 s apart, plus the kill and the check's period.
+  EXPECT_LE(ms, 10000.0);
 }
 
 }  // namespace
