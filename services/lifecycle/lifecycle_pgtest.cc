@@ -1181,21 +1181,25 @@ TEST_F(LifecycleTest, ACreateWhoseReplicaLostItsSessionIsFinishedByTheRetryOnce)
 }
 
 TEST_F(LifecycleTest, TheReconcilerFinishesACreateWhoseReplicaDiedAndNobodyRetries) {
+  Replica a(db_.url(), *faulty_);
   auto b = std::make_unique<Replica>(db_.url(), *grpc_backends_);
-  std::string id;
-  {
-    Replica a(db_.url(), *faulty_);
-    // A dies after its row is STARTING, before its runner start: nothing but the row is left.
-    faulty_->before_start = [&] { throw std::runtime_error("simulated death"); };
-    try {
-      (void)a.lifecycle->Create(Req());
-    } catch (const std::runtime_error&) {
-    }
-    faulty_->before_start = nullptr;
-    id = Count("SELECT id FROM lifecycle.sandboxes");
-    EXPECT_EQ(Count("SELECT state FROM lifecycle.sandboxes"), "STARTING");
-  }  // A's session closes: its lock goes
-  // (Postgres drops A's lock once its backend has seen the connection close.)
+  // A's create is held before its runner start; then A's session ends (as when its process
+  // dies) and nobody retries: B's reconciler takes the create over and finishes it.
+  absl::Notification in_start, go_on;
+  faulty_->before_start = [&] {
+    if (in_start.HasBeenNotified()) return;
+    in_start.Notify();
+    go_on.WaitForNotificationWithTimeout(absl::Seconds(20));
+  };
+  absl::StatusOr<Sandbox> first;
+  std::thread ta([&] { first = a.lifecycle->Create(Req()); });
+  in_start.WaitForNotification();
+  const std::string id = Count("SELECT id FROM lifecycle.sandboxes");
+  EXPECT_EQ(Count("SELECT state FROM lifecycle.sandboxes"), "STARTING");
+  const int32_t a_id = a.session.id();
+  db_.Scalar(absl::StrCat("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
+                          "'advisory' AND classid = ", kReplicaLockSpace, " AND objid = ", a_id));
+  // (Postgres drops A's lock once its backend has ended.)
   int taken = 0, abandoned = 0;
   ASSERT_TRUE(Eventually(
       [&] {
@@ -1215,6 +1219,10 @@ TEST_F(LifecycleTest, TheReconcilerFinishesACreateWhoseReplicaDiedAndNobodyRetri
                    "RUNNING"; },
       absl::Seconds(10)));
   b.reset();  // waits for its takeovers
+  go_on.Notify();
+  ta.join();
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->id(), id);
   EXPECT_EQ(Usage(tenant_), "1");
   EXPECT_EQ(Count("SELECT count(*) FROM scheduler.placements"), "1");
   EXPECT_EQ(driver_->Sandboxes().size(), 1u);
