@@ -166,21 +166,28 @@ absl::StatusOr<Sandbox> Lifecycle::Drive(const v1::CreateSandboxRequest& req,
   pending.set_id(id);
   pending.set_tenant_id(tenant);
 
-  // Ends the create, then undoes what it took: removes its never acknowledged row (refusals) or
-  // ends it FAILED (start failures; `fail_message` not empty), under the row's lock and only
-  // while this replica still drives the create (one taken over by another replica is left to
-  // it), and only then releases. Released while the row still counted as admitted, a slot
-  // would let the tenant's next create in above its limit. When the row cannot be ended,
-  // everything stays held for the reconciler; what `undo` cannot release now (or a crash right
-  // after the commit leaves), the reconciler's orphan passes release: an ended sandbox holds
-  // nothing.
+  // Undoes a create, under the row's lock and only while this replica still drives it (one
+  // taken over by another replica is left to it):
+  // - a start that failed (`fail_message` not empty) is ended FAILED first and released after
+  //   the commit: released while the row still counted as admitted, its slot would let the
+  //   tenant's next create in above its limit. What the release misses (or a crash right after
+  //   the commit leaves), the reconciler's orphan passes release: an ended sandbox holds nothing.
+  // - a refused create (PENDING, never started) is released, then its never acknowledged row
+  //   removed; when the release fails the row stays for the reconciler.
   auto compensate = [&](const std::function<absl::Status()>& undo,
                         const std::string& fail_message) {
+    absl::Status outcome;
     auto ran = store_.WithOwnedInFlight(
         id, owner, [&](const Sandbox&, SandboxStore::Locked& locked) -> absl::Status {
-          return fail_message.empty() ? locked.DeleteUnacknowledged() : locked.Fail(fail_message);
+          if (!fail_message.empty()) return locked.Fail(fail_message);
+          outcome = undo();
+          return outcome.ok() ? locked.DeleteUnacknowledged() : absl::OkStatus();
         });
-    const absl::Status outcome = !ran.ok() ? ran.status() : *ran ? undo() : absl::OkStatus();
+    if (!ran.ok()) {
+      outcome = ran.status();
+    } else if (*ran && !fail_message.empty()) {
+      outcome = undo();
+    }
     if (!outcome.ok()) {
       LogWarn("create compensation incomplete; the reconciler will finish it",
               {{"sandbox", id}, {"error", std::string(outcome.message())}});
@@ -216,17 +223,36 @@ absl::StatusOr<Sandbox> Lifecycle::Drive(const v1::CreateSandboxRequest& req,
   std::string runner_address;
   Sandbox starting_row;
   bool cold = false;  // placed on a runner without the image (unknown for a create taken over)
+  v1::PlaceRequest place;
+  place.set_sandbox_id(id);
+  place.set_tenant_id(tenant);
+  place.set_image(req.image());
+  place.set_region(options_.region);
+  place.mutable_request()->set_cpu_millis(req.cpu_millis());
+  place.mutable_request()->set_memory_mb(req.memory_mb());
   if (placed != nullptr) {
+    // A STARTING create taken over: its placement is asked for again (Place is idempotent), as
+    // anything that believed the create over may have released it. Started without it, the
+    // sandbox would run in no runner slot. Unless the very same placement is still there (or a
+    // new one on the same runner), the create ends FAILED, and what it holds is released, the
+    // first runner told to stop. An error that is not an answer leaves the row as it is: the
+    // reconciler ends it after --stuck_after_sec.
+    auto placement = backends_.Place(place);
+    if (!placement.ok() && placement.status().code() != absl::StatusCode::kResourceExhausted) {
+      return placement.status();
+    }
+    if (!placement.ok() || placement->runner_id() != placed->runner_id()) {
+      const std::string why =
+          placement.ok() ? "its runner slot was released before it was taken over"
+                         : std::string(placement.status().message());
+      compensate([&] { return Compensate(*placed, placed->runner_address()); },
+                 "the create was interrupted and could not be finished: " + why);
+      return Error(absl::StatusCode::kUnavailable, "START_FAILED",
+                   absl::StrCat("sandbox ", id, " could not be started: ", why));
+    }
     runner_address = placed->runner_address();
     starting_row = *placed;
   } else {
-    v1::PlaceRequest place;
-    place.set_sandbox_id(id);
-    place.set_tenant_id(tenant);
-    place.set_image(req.image());
-    place.set_region(options_.region);
-    place.mutable_request()->set_cpu_millis(req.cpu_millis());
-    place.mutable_request()->set_memory_mb(req.memory_mb());
     auto placement = backends_.Place(place);
     if (!placement.ok()) {
       compensate([&] { return Compensate(pending, ""); }, "");

@@ -233,7 +233,9 @@ TEST_F(LifecycleReplicas, ExecCapsHoldAcrossLifecycleReplicasAndFreeWhenOneDies)
   // fourth in A is refused, naming the sandbox's cap, though the tenant has room.
   std::vector<std::unique_ptr<RawStream>> held;
   for (int i = 0; i < kPerSandbox; ++i) held.push_back(Hold(gateways_[i % 2], a, tag));
-  ASSERT_EQ(Sleeping(tag), kPerSandbox);
+  // "started" arrives just before the shell execs the sleep.
+  ASSERT_TRUE(Eventually([&] { return Sleeping(tag) == kPerSandbox; }, absl::Seconds(10)))
+      << Sleeping(tag);
   const int on_first = InProgress("lifecycle"), on_second = InProgress("lifecycle-2");
   std::fprintf(stderr, "calls in progress: lifecycle=%d lifecycle-2=%d\n", on_first, on_second);
   ASSERT_EQ(on_first + on_second, kPerSandbox);
@@ -261,7 +263,8 @@ TEST_F(LifecycleReplicas, ExecCapsHoldAcrossLifecycleReplicasAndFreeWhenOneDies)
   // The tenant's cap: a fourth command (in B) fills it, and then nothing more runs, through
   // either gateway, in any sandbox.
   held.push_back(Hold(gateways_[1], b, tag));
-  ASSERT_EQ(Sleeping(tag), kTenantCap);
+  ASSERT_TRUE(Eventually([&] { return Sleeping(tag) == kTenantCap; }, absl::Seconds(10)))
+      << Sleeping(tag);
   for (const auto& gateway : gateways_) {
     for (const auto& id : {a, b}) {
       auto refused = Exec(gateway, id, "echo no");

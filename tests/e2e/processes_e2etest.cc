@@ -153,7 +153,11 @@ TEST_P(CrashTest, KillNineMidCreateLeaksNothing) {
       << " reservations=" << db.Scalar("SELECT count(*) FROM quota.reservations")
       << " placements=" << db.Scalar("SELECT count(*) FROM scheduler.placements") << " states="
       << db.Scalar("SELECT string_agg(state || ':' || n, ',') FROM (SELECT state, count(*) n "
-                   "FROM lifecycle.sandboxes GROUP BY state) x");
+                   "FROM lifecycle.sandboxes GROUP BY state) x")
+      << " running_unplaced="
+      << db.Scalar("SELECT string_agg(s.id, ',') FROM lifecycle.sandboxes s LEFT JOIN "
+                   "scheduler.placements p ON p.sandbox_id = s.id WHERE s.state = 'RUNNING' "
+                   "AND p.sandbox_id IS NULL");
   // No acknowledged sandbox is lost.
   for (const auto& id : acked) {
     if (id.empty()) continue;
