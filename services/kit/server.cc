@@ -136,9 +136,15 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
   args.SetMaxReceiveMessageSize(64 << 20);
   // Peers here are a few services on a private network: when one restarts, reconnect within a
   // second or so instead of gRPC's default backoff that grows to two minutes, during which every
-  // call on the channel fails at once.
+  // call on the channel fails at once. The first retry comes after 100 ms (initial backoff), the
+  // later ones at most a second apart. The "min reconnect backoff" is not a backoff at all in
+  // gRPC 1.51: it is the least time a connection attempt (TCP connect, TLS and HTTP/2 handshake)
+  // is given (its subchannel's min_connect_timeout; the default is 20 s). At 100 ms a busy or
+  // briefly stopped peer failed a fresh channel's first calls with UNAVAILABLE ("tcp handshaker
+  // shutdown") although it was up; a second is still short for a peer that drops packets, whose
+  // calls then end by their own deadlines.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   if (IsReplicaSet(address)) {
     args.SetServiceConfigJSON(kReplicaServiceConfig);
