@@ -31,35 +31,57 @@ while (($#)); do
   esac
 done
 
+# A figure read from a program's output must be a positive number; anything else (nothing read,
+# 0) means it was not measured, and the run fails instead of printing 0.
+positive() {
+  [[ "$1" =~ ^[0-9]+([.][0-9]+)?$ ]] && awk -v v="$1" 'BEGIN { exit !(v > 0) }' ||
+    die "bench create: $2 was not measured (read '$1')"
+}
+
 tmp="$(mktemp -d -t isorun-bench.XXXXXX)"
 chmod 0755 "$tmp"
 cleanup() { pg_stop; rm -rf "$tmp"; }
 trap cleanup EXIT
 pg_throwaway "$tmp"
 
-out="$("$ISORUN_BIN_DIR/isorun-create-load" --clients="$clients" --seconds="$seconds" "${args[@]}")"
+# A failed load run (errors, leftovers or a figure it could not measure) still prints what it
+# measured; the script fails at the end.
+status=0
+out="$("$ISORUN_BIN_DIR/isorun-create-load" --clients="$clients" --seconds="$seconds" "${args[@]}")" ||
+  status=$?
 if ((tls)); then
   CLUSTER_DATA="$tmp"
   cluster_tls_certs
   tls_out="$("$ISORUN_BIN_DIR/isorun-create-load" --clients="$clients" --seconds="$seconds" \
-    --tls_dir="$tmp/tls" "${args[@]}")"
+    --tls_dir="$tmp/tls" "${args[@]}")" || status=$?
   sed 's/^/plain_/' <<<"$out"
   sed 's/^/tls_/' <<<"$tls_out"
   plain="$(sed -n 's/^creates_per_sec=//p' <<<"$out")"
   with="$(sed -n 's/^creates_per_sec=//p' <<<"$tls_out")"
-  awk -v p="$plain" -v t="$with" 'BEGIN { printf "tls_cost_pct=%.1f\n", (p > 0 ? 100 * (p - t) / p : 0) }'
-  sum_cpu() { sed -n 's/^cpu_ms_per_create{[^}]*}=//p' | awk '{ s += $1 } END { printf "%.3f", s }'; }
-  awk -v p="$(sum_cpu <<<"$out")" -v t="$(sum_cpu <<<"$tls_out")" \
-    'BEGIN { printf "tls_cpu_ms_per_create_delta=%.3f\n", t - p }'
+  positive "$plain" "plain creates_per_sec"
+  positive "$with" "tls creates_per_sec"
+  awk -v p="$plain" -v t="$with" 'BEGIN { printf "tls_cost_pct=%.1f\n", 100 * (p - t) / p }'
+  sum_cpu() {
+    sed -n 's/^cpu_ms_per_create{[^}]*}=//p' |
+      awk '{ s += $1; n++ } END { if (n == 0) exit 1; printf "%.3f", s }'
+  }
+  cpu_plain="$(sum_cpu <<<"$out")" || die "bench create: no cpu_ms_per_create in the plain run"
+  cpu_tls="$(sum_cpu <<<"$tls_out")" || die "bench create: no cpu_ms_per_create in the TLS run"
+  awk -v p="$cpu_plain" -v t="$cpu_tls" 'BEGIN { printf "tls_cpu_ms_per_create_delta=%.3f\n", t - p }'
 else
   printf '%s\n' "$out"
 fi
 creates="$(sed -n 's/^creates_per_sec=//p' <<<"$out")"
+positive "$creates" "creates_per_sec"
 
 bin="$(pg_bindir)"
 pg_ensure_db "$PG_PORT" pgbench >/dev/null
-"$bin/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U isorun -i -s 10 -q pgbench >/dev/null 2>&1
-tps="$("$bin/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U isorun -N -c "$clients" -j 2 -T "$seconds" pgbench 2>/dev/null |
-  sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)"
+init_out="$("$bin/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U isorun -i -s 10 -q pgbench 2>&1)" ||
+  die "pgbench -i failed: $init_out"
+pgbench_out="$("$bin/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U isorun -N -c "$clients" -j 2 \
+  -T "$seconds" pgbench 2>&1)" || die "pgbench failed: $pgbench_out"
+tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$pgbench_out" | head -1)"
+positive "$tps" "pgbench_tps (pgbench printed: $pgbench_out)"
 printf 'pgbench_tps=%.0f\n' "$tps"
-awk -v c="$creates" -v t="$tps" 'BEGIN { printf "ratio=%.3f\n", (t > 0 ? c / t : 0) }'
+awk -v c="$creates" -v t="$tps" 'BEGIN { printf "ratio=%.3f\n", c / t }'
+exit "$status"

@@ -23,6 +23,7 @@
 
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
+#include "bench/figures.h"
 #include "isorun/v1/sandboxes.grpc.pb.h"
 #include "services/kit/flags.h"
 #include "services/kit/server.h"
@@ -210,29 +211,28 @@ int main(int argc, char** argv) {
   const auto cpu_after = cpu_now();
   std::vector<double> all;
   for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-  std::sort(all.begin(), all.end());
-  auto pct = [&](double p) {
-    return all.empty() ? 0.0 : all[std::min(all.size() - 1, static_cast<size_t>(p * all.size()))];
-  };
-  std::printf("clients=%d\nseconds=%.1f\ncreates=%zu\nerrors=%ld\n", clients, elapsed, all.size(),
-              errors.load());
-  if (!first_error.empty()) std::printf("first_error=%s\n", first_error.c_str());
-  std::printf("creates_per_sec=%.0f\np50_ms=%.2f\np99_ms=%.2f\n", all.size() / elapsed, pct(0.5),
-              pct(0.99));
+  isorun::bench::Figures f;
+  f.Count("clients", clients);
+  f.Value("seconds", elapsed, 1);
+  f.Count("creates", static_cast<long long>(all.size()));
+  f.Error(errors.load());
+  if (!first_error.empty()) f.Text("first_error", first_error);
+  f.Positive("creates_per_sec", static_cast<double>(all.size()) / elapsed, 0);
+  f.Percentile("p50_ms", all, 0.5, 2);
+  f.Percentile("p99_ms", all, 0.99, 2);
   // Where the CPU went, per create (and its destroy), by process.
   double cpu_total = 0;
+  const double n = static_cast<double>(all.size());
   for (const auto& [name, after] : cpu_after) {
     auto before = cpu_before.find(name);
     double used = after - (before == cpu_before.end() ? 0.0 : before->second);
     cpu_total += used;
-    if (!all.empty()) {
-      std::printf("cpu_ms_per_create{%s}=%.3f\n", name.c_str(), 1000.0 * used / all.size());
-    }
+    f.Ratio("cpu_ms_per_create{" + name + "}", 1000.0 * used, n, 3);
   }
-  if (!all.empty()) std::printf("cpu_ms_per_create=%.3f\n", 1000.0 * cpu_total / all.size());
-  std::printf("leftover_reservations=%s\nleftover_placements=%s\n",
-              cluster->db().Scalar("SELECT count(*) FROM quota.reservations").c_str(),
-              cluster->db().Scalar("SELECT count(*) FROM scheduler.placements").c_str());
-  std::fflush(stdout);
-  return errors.load() == 0 ? 0 : 1;
+  f.Ratio("cpu_ms_per_create", 1000.0 * cpu_total, n, 3);
+  f.Leftover("leftover_reservations",
+             cluster->db().Scalar("SELECT count(*) FROM quota.reservations"));
+  f.Leftover("leftover_placements",
+             cluster->db().Scalar("SELECT count(*) FROM scheduler.placements"));
+  return f.Finish();
 }

@@ -59,20 +59,37 @@ if ((!tls)); then
   run
   exit
 fi
-plain_out="$(run)"
+# A failed run still prints what it measured; the script fails at the end.
+status=0
+plain_out="$(run)" || status=$?
 CLUSTER_DATA="$tmp"
 cluster_tls_certs
-tls_out="$(run --tls_dir="$tmp/tls")"
+tls_out="$(run --tls_dir="$tmp/tls")" || status=$?
 sed 's/^/plain_/' <<<"$plain_out"
 sed 's/^/tls_/' <<<"$tls_out"
-val() { sed -n "s/^$1=//p" <<<"$2"; }
-awk -v p="$(val proxy_rps "$plain_out")" -v t="$(val proxy_rps "$tls_out")" \
-  -v p50p="$(val proxy_p50_ms "$plain_out")" -v p50t="$(val proxy_p50_ms "$tls_out")" \
-  -v dp="$(val download_mib_per_sec "$plain_out")" -v dt="$(val download_mib_per_sec "$tls_out")" \
-  -v fp="$(val ttfb_new_port_p50_ms "$plain_out")" -v ft="$(val ttfb_new_port_p50_ms "$tls_out")" \
+# Each figure the comparison needs was measured (a positive number) or the run fails.
+val() {
+  local v
+  v="$(sed -n "s/^$1=//p" <<<"$2")"
+  [[ "$v" =~ ^[0-9]+([.][0-9]+)?$ ]] && awk -v v="$v" 'BEGIN { exit !(v > 0) }' ||
+    die "bench proxy: $1 was not measured (read '$v')"
+  printf '%s' "$v"
+}
+# (assignments, so that a value not measured stops the script under set -e)
+p="$(val proxy_rps "$plain_out")"
+t="$(val proxy_rps "$tls_out")"
+p50p="$(val proxy_p50_ms "$plain_out")"
+p50t="$(val proxy_p50_ms "$tls_out")"
+dp="$(val download_mib_per_sec "$plain_out")"
+dt="$(val download_mib_per_sec "$tls_out")"
+fp="$(val ttfb_new_port_p50_ms "$plain_out")"
+ft="$(val ttfb_new_port_p50_ms "$tls_out")"
+awk -v p="$p" -v t="$t" -v p50p="$p50p" -v p50t="$p50t" -v dp="$dp" -v dt="$dt" -v fp="$fp" \
+  -v ft="$ft" \
   'BEGIN {
-     printf "tls_cost_pct=%.1f\n", (p > 0 ? 100 * (p - t) / p : 0)
+     printf "tls_cost_pct=%.1f\n", 100 * (p - t) / p
      printf "tls_added_p50_ms=%.3f\n", p50t - p50p
-     printf "tls_download_cost_pct=%.1f\n", (dp > 0 ? 100 * (dp - dt) / dp : 0)
+     printf "tls_download_cost_pct=%.1f\n", 100 * (dp - dt) / dp
      printf "tls_ttfb_new_port_added_ms=%.2f\n", ft - fp
    }'
+exit "$status"

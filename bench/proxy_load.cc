@@ -35,6 +35,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "bench/figures.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "services/kit/flags.h"
@@ -350,25 +351,29 @@ int main(int argc, char** argv) {
   std::sort(ttfb.begin(), ttfb.end());
   api("DELETE", "/v1/sandboxes/" + id, "");
 
-  if (proxy.errors + direct.errors + nginx.errors > 0) {
-    std::printf("errors=%ld\n", proxy.errors + direct.errors + nginx.errors);
-  }
-  std::printf("connections=%d\nseconds=%d\nrounds=%d\ntls=%d\n", absl::GetFlag(FLAGS_connections),
-              absl::GetFlag(FLAGS_seconds), rounds, absl::GetFlag(FLAGS_tls_dir).empty() ? 0 : 1);
-  std::printf("load_avg_1m_before=%s\nload_avg_1m_after=%s\n", load_before.c_str(),
-              LoadAverage().c_str());
-  std::printf("proxy_rps=%.0f\ndirect_rps=%.0f\nnginx_rps=%.0f\n", proxy.rps, direct.rps,
-              nginx.rps);
-  std::printf("proxy_ratio=%.2f\nproxy_vs_nginx=%.2f\n", proxy.rps / direct.rps,
-              proxy.rps / nginx.rps);
-  std::printf("proxy_p50_ms=%.3f\nproxy_p99_ms=%.3f\n", proxy.p50_ms, proxy.p99_ms);
-  std::printf("direct_p50_ms=%.3f\ndirect_p99_ms=%.3f\nnginx_p50_ms=%.3f\nnginx_p99_ms=%.3f\n",
-              direct.p50_ms, direct.p99_ms, nginx.p50_ms, nginx.p99_ms);
-  std::printf("proxy_added_p50_ms=%.3f\n", proxy.p50_ms - direct.p50_ms);
-  std::printf("download_mib_per_sec=%.0f\nproxy_rss_mib=%.1f\n",
-              static_cast<double>(total) / (1 << 20) / download_s,
-              static_cast<double>(peak_kib) / 1024);
-  std::printf("ttfb_new_port_p50_ms=%.2f\nttfb_new_port_max_ms=%.2f\n", ttfb[ttfb.size() / 2],
-              ttfb.back());
-  return proxy.errors + direct.errors + nginx.errors > 0 ? 1 : 0;
+  isorun::bench::Figures f;
+  f.Count("connections", absl::GetFlag(FLAGS_connections));
+  f.Count("seconds", absl::GetFlag(FLAGS_seconds));
+  f.Count("rounds", rounds);
+  f.Count("tls", absl::GetFlag(FLAGS_tls_dir).empty() ? 0 : 1);
+  f.Text("load_avg_1m_before", load_before);
+  f.Text("load_avg_1m_after", LoadAverage());
+  f.Positive("proxy_rps", proxy.rps, 0);
+  f.Positive("direct_rps", direct.rps, 0);
+  f.Positive("nginx_rps", nginx.rps, 0);
+  f.Ratio("proxy_ratio", proxy.rps, direct.rps, 2);
+  f.Ratio("proxy_vs_nginx", proxy.rps, nginx.rps, 2);
+  f.Positive("proxy_p50_ms", proxy.p50_ms, 3);
+  f.Positive("proxy_p99_ms", proxy.p99_ms, 3);
+  f.Positive("direct_p50_ms", direct.p50_ms, 3);
+  f.Positive("direct_p99_ms", direct.p99_ms, 3);
+  f.Positive("nginx_p50_ms", nginx.p50_ms, 3);
+  f.Positive("nginx_p99_ms", nginx.p99_ms, 3);
+  f.Value("proxy_added_p50_ms", proxy.p50_ms - direct.p50_ms, 3);
+  f.Ratio("download_mib_per_sec", static_cast<double>(total) / (1 << 20), download_s, 0);
+  f.Positive("proxy_rss_mib", static_cast<double>(peak_kib) / 1024, 1);
+  f.Percentile("ttfb_new_port_p50_ms", ttfb, 0.5, 2);
+  f.Percentile("ttfb_new_port_max_ms", ttfb, 1.0, 2);
+  f.Error(proxy.errors + direct.errors + nginx.errors);
+  return f.Finish();
 }

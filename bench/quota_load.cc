@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "bench/figures.h"
 #include "isorun/v1/quotas.grpc.pb.h"
 #include "services/kit/flags.h"
 #include "services/kit/server.h"
@@ -25,8 +26,7 @@ using Clock = std::chrono::steady_clock;
 
 struct Result {
   double per_sec = 0;
-  double p50_ms = 0;
-  double p99_ms = 0;
+  std::vector<double> latencies_ms;
   long errors = 0;
 };
 
@@ -49,8 +49,12 @@ Result Run(isorun::v1::Quotas::Stub& stub, const std::vector<std::string>& tenan
         grpc::ClientContext ctx;
         auto t0 = Clock::now();
         grpc::Status s = stub.Admit(&ctx, req, &resp);
-        lat[c].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-        if (!s.ok()) ++errors;
+        // A failed admission is an error, not a fast admission.
+        if (s.ok()) {
+          lat[c].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+        } else {
+          ++errors;
+        }
         isorun::v1::ReleaseRequest rel;
         rel.set_tenant_id(req.tenant_id());
         rel.set_sandbox_id(req.sandbox_id());
@@ -64,16 +68,10 @@ Result Run(isorun::v1::Quotas::Stub& stub, const std::vector<std::string>& tenan
   stop = true;
   for (auto& t : threads) t.join();
   double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  std::vector<double> all;
-  for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
-  std::sort(all.begin(), all.end());
   Result r;
+  for (auto& l : lat) r.latencies_ms.insert(r.latencies_ms.end(), l.begin(), l.end());
   r.errors = errors;
-  r.per_sec = all.size() / elapsed;
-  if (!all.empty()) {
-    r.p50_ms = all[all.size() / 2];
-    r.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
-  }
+  r.per_sec = static_cast<double>(r.latencies_ms.size()) / elapsed;
   return r;
 }
 
@@ -111,6 +109,7 @@ int main(int argc, char** argv) {
 
   // The gateway's added cost: one CheckRate round trip per request (sequential, warm).
   std::vector<double> rate;
+  long rate_errors = 0;
   for (int i = 0; i < 3000; ++i) {
     isorun::v1::CheckRateRequest req;
     req.set_tenant_id(hot[0]);
@@ -119,18 +118,28 @@ int main(int argc, char** argv) {
     isorun::v1::CheckRateResponse resp;
     grpc::ClientContext ctx;
     auto t0 = Clock::now();
-    (void)stub->CheckRate(&ctx, req, &resp);
+    const grpc::Status st = stub->CheckRate(&ctx, req, &resp);
+    if (!st.ok()) {
+      ++rate_errors;
+      continue;
+    }
     if (i >= 100) rate.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
   }
-  std::sort(rate.begin(), rate.end());
-  std::printf("clients=%d\nseconds_per_phase=%d\n", clients, seconds);
-  std::printf("admits_per_sec_hot=%.0f\np50_ms_hot=%.2f\np99_ms_hot=%.2f\nerrors_hot=%ld\n",
-              h.per_sec, h.p50_ms, h.p99_ms, h.errors);
-  std::printf("admits_per_sec_spread=%.0f\np99_ms_spread=%.2f\nerrors_spread=%ld\n", s.per_sec,
-              s.p99_ms, s.errors);
-  std::printf("ratecheck_p50_us=%.0f\nratecheck_p99_us=%.0f\n", rate[rate.size() / 2],
-              rate[rate.size() * 99 / 100]);
-  std::printf("leftover_reservations=%s\n",
-              cluster->db().Scalar("SELECT count(*) FROM quota.reservations").c_str());
-  return h.errors + s.errors == 0 ? 0 : 1;
+  isorun::bench::Figures f;
+  f.Count("clients", clients);
+  f.Count("seconds_per_phase", seconds);
+  f.Positive("admits_per_sec_hot", h.per_sec, 0);
+  f.Percentile("p50_ms_hot", h.latencies_ms, 0.5, 2);
+  f.Percentile("p99_ms_hot", h.latencies_ms, 0.99, 2);
+  f.Count("errors_hot", h.errors);
+  f.Positive("admits_per_sec_spread", s.per_sec, 0);
+  f.Percentile("p99_ms_spread", s.latencies_ms, 0.99, 2);
+  f.Count("errors_spread", s.errors);
+  f.Percentile("ratecheck_p50_us", rate, 0.5, 0);
+  f.Percentile("ratecheck_p99_us", rate, 0.99, 0);
+  f.Count("errors_ratecheck", rate_errors);
+  f.Error(h.errors + s.errors + rate_errors);
+  f.Leftover("leftover_reservations",
+             cluster->db().Scalar("SELECT count(*) FROM quota.reservations"));
+  return f.Finish();
 }

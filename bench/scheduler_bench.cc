@@ -29,6 +29,7 @@
 #include "absl/flags/flag.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "bench/figures.h"
 #include "scheduler/fleet.h"
 #include "scheduler/scheduler_service.h"
 #include "scheduler/scheduler_store.h"
@@ -79,12 +80,8 @@ double ThreadCpuSeconds() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
-double Percentile(std::vector<double>& v, double p) {
-  if (v.empty()) return 0;
-  size_t k = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
-  std::nth_element(v.begin(), v.begin() + static_cast<long>(k), v.end());
-  return v[k];
-}
+// Every figure goes through here: one not measured fails the run instead of reading 0.
+isorun::bench::Figures figures;
 
 isorun::scheduler::PolicyOptions Policy() {
   isorun::scheduler::PolicyOptions p;
@@ -116,8 +113,8 @@ void PurePolicy(absl::Time now) {
   absl::BitGen rng(seed);
   auto t0 = Clock::now();
   SimFleet sim(SimOptions(), now, rng);
-  std::printf("fleet_build_ms=%.0f\n",
-              std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  figures.Positive("fleet_build_ms",
+                   std::chrono::duration<double, std::milli>(Clock::now() - t0).count(), 0);
   PlacementPolicy policy(Policy());
   int64_t refused = 0;
   auto step = [&](const PlacementRequest& req) {
@@ -141,8 +138,8 @@ void PurePolicy(absl::Time now) {
   for (const auto& req : reqs) step(req);
   const double cpu = ThreadCpuSeconds() - cpu0;
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::printf("placements_per_sec=%.0f\n", static_cast<double>(n) / cpu);
-  std::printf("placements_per_wall_sec=%.0f\n", static_cast<double>(n) / secs);
+  figures.Ratio("placements_per_sec", static_cast<double>(n), cpu, 0);
+  figures.Ratio("placements_per_wall_sec", static_cast<double>(n), secs, 0);
 
   const int q = absl::GetFlag(FLAGS_quality_decisions);
   std::vector<double> latency;
@@ -162,12 +159,12 @@ void PurePolicy(absl::Time now) {
     ++placed;
     warm_q += d->warm ? 1 : 0;
   }
-  std::printf("p50_us=%.2f\np99_us=%.2f\n", Percentile(latency, 0.50), Percentile(latency, 0.99));
-  std::printf("warm_ratio=%.4f\noracle_warm_ratio=%.4f\n",
-              static_cast<double>(warm_q) / static_cast<double>(std::max<int64_t>(1, q)),
-              static_cast<double>(oracle) / static_cast<double>(std::max<int64_t>(1, q)));
-  std::printf("active_sandboxes=%lld\nrefused=%lld\n", static_cast<long long>(sim.active()),
-              static_cast<long long>(refused));
+  figures.Percentile("p50_us", latency, 0.50, 2);
+  figures.Percentile("p99_us", latency, 0.99, 2);
+  figures.Ratio("warm_ratio", static_cast<double>(warm_q), static_cast<double>(q), 4);
+  figures.Ratio("oracle_warm_ratio", static_cast<double>(oracle), static_cast<double>(q), 4);
+  figures.Count("active_sandboxes", static_cast<long long>(sim.active()));
+  figures.Count("refused", static_cast<long long>(refused));
 }
 
 // Drives Place over gRPC from several threads for a while; returns false when nothing worked.
@@ -178,6 +175,7 @@ void GrpcPass(const std::string& prefix, Fleet& fleet, const SimFleet& shape) {
   if (!server.ok()) {
     std::fprintf(stderr, "cannot start the gRPC server: %s\n",
                  std::string(server.status().message()).c_str());
+    figures.Missing(prefix + "placements_per_sec", "no gRPC server");
     return;
   }
   const std::string addr = "127.0.0.1:" + std::to_string(server->port);
@@ -187,7 +185,8 @@ void GrpcPass(const std::string& prefix, Fleet& fleet, const SimFleet& shape) {
   const int64_t keep_per_client =
       static_cast<int64_t>(static_cast<double>(slots) * absl::GetFlag(FLAGS_utilization) / clients);
   const auto duration = std::chrono::duration<double>(absl::GetFlag(FLAGS_grpc_seconds));
-  std::atomic<int64_t> placed{0}, failed{0};
+  // A refusal (no runner has room) is the policy's answer; any other failure is an error.
+  std::atomic<int64_t> placed{0}, refused{0}, failed{0};
   std::vector<std::vector<double>> latencies(static_cast<size_t>(clients));
   std::vector<std::thread> threads;
   const auto start = Clock::now();
@@ -211,11 +210,11 @@ void GrpcPass(const std::string& prefix, Fleet& fleet, const SimFleet& shape) {
         isorun::v1::Placement resp;
         auto t = Clock::now();
         grpc::Status s = stub->Place(&ctx, req, &resp);
-        lat.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t).count());
         if (!s.ok()) {
-          ++failed;
+          ++(s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ? refused : failed);
           continue;
         }
+        lat.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t).count());
         ++placed;
         live.push_back(req.sandbox_id());
         while (static_cast<int64_t>(live.size()) > keep_per_client) {
@@ -229,10 +228,12 @@ void GrpcPass(const std::string& prefix, Fleet& fleet, const SimFleet& shape) {
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
   std::vector<double> all;
   for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-  std::printf("%splacements_per_sec=%.0f\n", prefix.c_str(), static_cast<double>(placed) / secs);
-  std::printf("%sp50_us=%.0f\n%sp99_us=%.0f\n", prefix.c_str(), Percentile(all, 0.50),
-              prefix.c_str(), Percentile(all, 0.99));
-  if (failed > 0) std::printf("%sfailed=%lld\n", prefix.c_str(), static_cast<long long>(failed));
+  figures.Positive(prefix + "placements_per_sec", static_cast<double>(placed) / secs, 0);
+  figures.Percentile(prefix + "p50_us", all, 0.50, 0);
+  figures.Percentile(prefix + "p99_us", all, 0.99, 0);
+  figures.Count(prefix + "refused", refused.load());
+  figures.Count(prefix + "failed", failed.load());
+  figures.Error(failed.load());
   server->server->Shutdown(std::chrono::system_clock::now());
 }
 
@@ -260,14 +261,15 @@ void Heartbeats(Fleet& fleet) {
       (void)fleet.Heartbeat(std::move(hb));
     }
   }
-  std::printf("fleet_heartbeats_per_sec=%.0f\n",
-              static_cast<double>(rounds * ids.size()) /
-                  std::chrono::duration<double>(Clock::now() - t0).count());
+  figures.Positive("fleet_heartbeats_per_sec",
+                   static_cast<double>(rounds * ids.size()) /
+                       std::chrono::duration<double>(Clock::now() - t0).count(),
+                   0);
 
   prometheus::Registry registry;
   isorun::scheduler::SchedulerService service(fleet, registry, 1000);
   auto server = isorun::StartGrpcServer("127.0.0.1:0", {&service});
-  if (!server.ok()) return;
+  if (!server.ok()) return figures.Missing("grpc_heartbeats_per_sec", "no gRPC server");
   const std::string addr = "127.0.0.1:" + std::to_string(server->port);
   const int streams =
       std::min<int>(absl::GetFlag(FLAGS_heartbeat_streams), static_cast<int>(ids.size()));
@@ -312,9 +314,10 @@ void Heartbeats(Fleet& fleet) {
     });
   }
   for (auto& t : threads) t.join();
-  std::printf(
-      "grpc_heartbeat_streams=%d\ngrpc_heartbeats_per_sec=%.0f\n", streams,
-      static_cast<double>(sent) / std::chrono::duration<double>(Clock::now() - start).count());
+  figures.Count("grpc_heartbeat_streams", streams);
+  figures.Positive(
+      "grpc_heartbeats_per_sec",
+      static_cast<double>(sent) / std::chrono::duration<double>(Clock::now() - start).count(), 0);
   server->server->Shutdown(std::chrono::system_clock::now());
 }
 
@@ -365,7 +368,7 @@ void GrpcPostgres(absl::Time now) {
   isorun::scheduler::SchedulerStore store(pool);
   if (absl::Status s = store.ReplaceImages(ImagesOf(sim)); !s.ok()) {
     std::fprintf(stderr, "cannot write images: %s\n", std::string(s.message()).c_str());
-    return;
+    return figures.Missing("grpc_pg_placements_per_sec", "the images could not be written");
   }
   isorun::scheduler::FleetOptions options;
   options.policy = Policy();
@@ -374,10 +377,10 @@ void GrpcPostgres(absl::Time now) {
   auto t0 = Clock::now();
   if (absl::Status s = fleet.Load(); !s.ok()) {
     std::fprintf(stderr, "cannot load: %s\n", std::string(s.message()).c_str());
-    return;
+    return figures.Missing("grpc_pg_placements_per_sec", "the fleet could not be loaded");
   }
-  std::printf("grpc_pg_load_ms=%.0f\n",
-              std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  figures.Positive("grpc_pg_load_ms",
+                   std::chrono::duration<double, std::milli>(Clock::now() - t0).count(), 0);
   // Every runner heartbeats once (a restarted scheduler's first second).
   for (const auto& r : fleet.List()) (void)fleet.Heartbeat({r.view.id});
   GrpcPass("grpc_pg_", fleet, sim);
@@ -400,5 +403,5 @@ int main(int argc, char** argv) {
     const char* url = std::getenv("ISORUN_TEST_DATABASE_URL");
     if (url != nullptr && *url != '\0') GrpcPostgres(now);
   }
-  return 0;
+  return figures.Finish();
 }

@@ -24,6 +24,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_split.h"
+#include "bench/figures.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "isorun/v1/quotas.grpc.pb.h"
@@ -53,12 +54,6 @@ using isorun::testing::HttpResponse;
 
 double Ms(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-double Pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
 }
 
 class Client {
@@ -144,7 +139,7 @@ void RunnerLogTimes(const std::string& log, std::vector<double>* bundle,
 // same requests the lifecycle makes (quota admission, placement, runner start and exec), the
 // lifecycle's create and exec without the gateway, and runc exec on the host.
 void Breakdown(isorun::testing::Cluster& cluster, Client& client, const std::string& tenant,
-               const std::string& image, int n) {
+               const std::string& image, int n, isorun::bench::Figures& f) {
   using namespace isorun::v1;
   auto quota = Quotas::NewStub(isorun::MakeChannel(cluster.grpc_addr("quota")));
   auto scheduler = Scheduler::NewStub(isorun::MakeChannel(cluster.grpc_addr("scheduler")));
@@ -246,8 +241,7 @@ void Breakdown(isorun::testing::Cluster& cluster, Client& client, const std::str
   RunnerLogTimes(cluster.log_path("runner-1"), &bundle, &runc);
   t["runner_bundle"] = bundle;
   t["runc_run"] = runc;
-  for (const auto& [step, v] : t)
-    std::printf("breakdown_%s_p50_ms=%.1f\n", step.c_str(), Pct(v, 0.5));
+  for (const auto& [step, v] : t) f.Percentile("breakdown_" + step + "_p50_ms", v, 0.5, 1);
 }
 
 std::string LoadAverage() {
@@ -350,31 +344,40 @@ int main(int argc, char** argv) {
     ++errors;
   }
 
+  isorun::bench::Figures f;
   if (const int n = absl::GetFlag(FLAGS_breakdown); n > 0)
-    Breakdown(*cluster, client, tenant, image, n);
+    Breakdown(*cluster, client, tenant, image, n, f);
   std::vector<double> bundle, runc_run;
   RunnerLogTimes(cluster->log_path("runner-1"), &bundle, &runc_run);
 
-  std::printf("warm_starts=%zu\ncold_starts=%zu\nexecs=%zu\nerrors=%ld\n", warm.size(), cold.size(),
-              exec.size(), errors);
-  std::printf("warm_start_p50_ms=%.1f\nwarm_start_p99_ms=%.1f\n", Pct(warm, 0.5), Pct(warm, 0.99));
-  std::printf("warm_create_p50_ms=%.1f\nwarm_first_exec_p50_ms=%.1f\n", Pct(warm_create, 0.5),
-              Pct(warm_exec, 0.5));
-  std::printf("cold_start_p50_ms=%.1f\ncold_create_p50_ms=%.1f\n", Pct(cold, 0.5),
-              Pct(cold_create, 0.5));
-  std::printf("exec_p50_ms=%.1f\nexec_p99_ms=%.1f\n", Pct(exec, 0.5), Pct(exec, 0.99));
-  // The floor. A figure that could not be measured is left out, never printed as 0.
-  if (!runc_exec.empty()) std::printf("runc_exec_ms=%.1f\n", Pct(runc_exec, 0.5));
-  if (!runc_run.empty()) std::printf("runc_run_ms=%.1f\n", Pct(runc_run, 0.5));
-  if (!host_fork_exec.empty()) {
-    std::printf("host_fork_exec_ms=%.2f\n", Pct(host_fork_exec, 0.5));
+  f.Count("warm_starts", static_cast<long long>(warm.size()));
+  f.Count("cold_starts", static_cast<long long>(cold.size()));
+  f.Count("execs", static_cast<long long>(exec.size()));
+  f.Error(errors);
+  f.Percentile("warm_start_p50_ms", warm, 0.5, 1);
+  f.Percentile("warm_start_p99_ms", warm, 0.99, 1);
+  f.Percentile("warm_create_p50_ms", warm_create, 0.5, 1);
+  f.Percentile("warm_first_exec_p50_ms", warm_exec, 0.5, 1);
+  // --cold 0 asks for no cold starts: then there is no figure to miss.
+  if (!absl::GetFlag(FLAGS_cold_images).empty()) {
+    f.Percentile("cold_start_p50_ms", cold, 0.5, 1);
+    f.Percentile("cold_create_p50_ms", cold_create, 0.5, 1);
   }
+  f.Percentile("exec_p50_ms", exec, 0.5, 1);
+  f.Percentile("exec_p99_ms", exec, 0.99, 1);
+  // The floor, in the same run.
+  if (absl::GetFlag(FLAGS_floor_runs) > 0) {
+    f.Percentile("runc_exec_ms", runc_exec, 0.5, 1);
+    f.Percentile("host_fork_exec_ms", host_fork_exec, 0.5, 2);
+  }
+  f.Percentile("runc_run_ms", runc_run, 0.5, 1);
   std::fprintf(stderr, "pool_start_p50_ms/pool_start_p99_ms: not measured (runners keep no "
                        "pools of started sandboxes)\n");
-  std::printf("loadavg_before=%s\nloadavg_after=%s\n", load_before.c_str(), LoadAverage().c_str());
-  std::printf("leftover_reservations=%s\nleftover_placements=%s\n",
-              cluster->db().Scalar("SELECT count(*) FROM quota.reservations").c_str(),
-              cluster->db().Scalar("SELECT count(*) FROM scheduler.placements").c_str());
-  std::fflush(stdout);
-  return errors == 0 ? 0 : 1;
+  f.Text("loadavg_before", load_before);
+  f.Text("loadavg_after", LoadAverage());
+  f.Leftover("leftover_reservations",
+             cluster->db().Scalar("SELECT count(*) FROM quota.reservations"));
+  f.Leftover("leftover_placements",
+             cluster->db().Scalar("SELECT count(*) FROM scheduler.placements"));
+  return f.Finish();
 }

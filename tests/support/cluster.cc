@@ -505,6 +505,9 @@ void Cluster::Start(const std::string& name) {
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     for (const auto& e : options_.env) ::putenv(const_cast<char*>(e.c_str()));
+    // Nothing of the test process's own (its clients' sockets, say) lives on in the service: a
+    // connection the test closes must end for its server too.
+    ::close_range(3, ~0U, 0);
     ::execv(argv[0], argv.data());
     std::perror("execv");
     ::_exit(127);

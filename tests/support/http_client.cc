@@ -21,7 +21,7 @@ std::string HttpResponse::Header(const std::string& name) const {
 
 HttpResponse HttpRequest(const std::string& method, const std::string& url,
                          const std::string& body,
-                         const std::map<std::string, std::string>& headers) {
+                         const std::map<std::string, std::string>& headers, int timeout_ms) {
   const std::string prefix = "http://";
   if (url.rfind(prefix, 0) != 0) throw std::runtime_error("only http:// URLs: " + url);
   auto slash = url.find('/', prefix.size());
@@ -34,7 +34,6 @@ HttpResponse HttpRequest(const std::string& method, const std::string& url,
   boost::asio::io_context ioc;
   tcp::resolver resolver(ioc);
   beast::tcp_stream stream(ioc);
-  stream.expires_after(std::chrono::seconds(120));
   stream.connect(resolver.resolve(host, port));
   http::request<http::string_body> req{http::string_to_verb(method), target, 11};
   req.set(http::field::host, hostport);
@@ -43,11 +42,25 @@ HttpResponse HttpRequest(const std::string& method, const std::string& url,
     req.body() = body;
     req.prepare_payload();
   }
-  http::write(stream, req);
+  // The stream's timer bounds asynchronous operations only (a blocking read would wait
+  // forever), so the exchange runs asynchronously on this thread's own io_context.
+  beast::error_code ec;
+  auto run = [&](auto start) {
+    stream.expires_after(std::chrono::milliseconds(timeout_ms));
+    start([&](beast::error_code e, std::size_t) { ec = e; });
+    ioc.restart();
+    ioc.run();
+    if (ec == beast::error::timeout) {
+      throw HttpTimeout(method + " " + url + ": no answer within " + std::to_string(timeout_ms) +
+                        " ms");
+    }
+    if (ec) throw boost::system::system_error(ec);
+  };
+  run([&](auto done) { http::async_write(stream, req, done); });
   beast::flat_buffer buffer;
   http::response_parser<http::string_body> parser;
   parser.body_limit(64 << 20);
-  http::read(stream, buffer, parser);
+  run([&](auto done) { http::async_read(stream, buffer, parser, done); });
   auto res = parser.release();
   HttpResponse out;
   out.status = static_cast<int>(res.result_int());
@@ -57,7 +70,6 @@ HttpResponse HttpRequest(const std::string& method, const std::string& url,
     out.headers[name] = std::string(field.value());
   }
   out.body = res.body();
-  beast::error_code ec;
   stream.socket().shutdown(tcp::socket::shutdown_both, ec);
   return out;
 }
