@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "services/runner/fd_util.h"
 #include "services/runner/exec_agent_protocol.h"
 #include "services/runner/process.h"
 
@@ -23,36 +24,6 @@ namespace proto = agent_protocol;
 constexpr int kChannelSendBuffer = 4 << 20;
 // After asking the agent to kill a command, how long to wait for its exit status.
 constexpr absl::Duration kKillGrace = absl::Seconds(5);
-
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { Close(); }
-  int get() const { return fd_; }
-  int Release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-  void Reset(int fd) {
-    Close();
-    fd_ = fd;
-  }
-  void Close() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
-
-absl::Status Errno(std::string_view what) {
-  return absl::InternalError(absl::StrCat(std::string(what), ": ", std::strerror(errno)));
-}
 
 absl::Status SocketPair(Fd& a, Fd& b) {
   int sv[2];
@@ -70,15 +41,7 @@ absl::Status Pipe(Fd& r, Fd& w) {
   return absl::OkStatus();
 }
 
-void SetNonBlocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
-
 void SendByte(int fd, char type) { (void)::send(fd, &type, 1, MSG_NOSIGNAL | MSG_DONTWAIT); }
-
-int ExitCodeOf(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
 
 int32_t ValueOf(const char* msg, ssize_t n) {
   int32_t v = 0;

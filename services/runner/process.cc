@@ -15,37 +15,12 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "services/runner/fd_util.h"
 
 extern char** environ;
 
 namespace isorun::runner {
 namespace {
-
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { Close(); }
-  int get() const { return fd_; }
-  int Release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-  void Reset(int fd) {
-    Close();
-    fd_ = fd;
-  }
-  void Close() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 // Reads and discards what background processes write to pipes whose command has finished:
 // closing our end instead would kill them with SIGPIPE at their next write (a dev server started
@@ -88,18 +63,6 @@ class PipeDrainer {
   }
   const int epoll_;
 };
-
-absl::Status Errno(std::string_view what) {
-  return absl::InternalError(absl::StrCat(std::string(what), ": ", std::strerror(errno)));
-}
-
-void SetNonBlocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
-
-int ExitCodeOf(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
 
 }  // namespace
 
